@@ -1,0 +1,1 @@
+//! `keyward secret …` (owned by the vault work).

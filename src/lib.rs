@@ -1,0 +1,19 @@
+//! keyward: an injecting HTTPS forward proxy for AI-agent sandboxes.
+//!
+//! Arrows point down: `proxy` and `admin` use `policy`, `resolve`, `vault`, `audit`
+//! and `tls`; none of those knows about `proxy`. See `STYLE.md` in the shared folder
+//! and `README.md` for the tour.
+
+pub mod audit;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod netaddr;
+pub mod policy;
+pub mod proxy;
+pub mod resolve;
+pub mod secret;
+pub mod tls;
+pub mod vault;
+
+pub use proxy::state::State;

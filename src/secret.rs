@@ -1,0 +1,83 @@
+//! The one type a credential value lives in while keyward holds it in memory.
+//!
+//! `Secret` has no `Display`, no `Serialize`, and a redacted `Debug`; its bytes are
+//! zeroized on drop. The only ways out are [`Secret::expose`] (for building a
+//! sensitive header value or sealing it) and [`Secret::hint`].
+
+use std::fmt;
+use zeroize::Zeroizing;
+
+/// Number of characters shown at each end of a hint (`sk-p…9xQz`).
+pub const HINT_CHARS: usize = 4;
+/// Values shorter than this get a fully masked hint: showing 8 characters of a
+/// 10-character value would give most of it away.
+pub const HINT_MIN_LEN: usize = 12;
+
+#[derive(Clone)]
+pub struct Secret(Zeroizing<Vec<u8>>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(Zeroizing::new(bytes))
+    }
+
+    pub fn from_str(s: &str) -> Self {
+        Secret::new(s.as_bytes().to_vec())
+    }
+
+    /// The raw value. Callers must not log, format or persist it unsealed.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// `first4…last4`, or `…` alone for short values.
+    pub fn hint(&self) -> String {
+        let chars: Vec<char> = String::from_utf8_lossy(&self.0).chars().collect();
+        if chars.len() < HINT_MIN_LEN {
+            return "…".to_string();
+        }
+        let head: String = chars[..HINT_CHARS].iter().collect();
+        let tail: String = chars[chars.len() - HINT_CHARS..].iter().collect();
+        format!("{head}…{tail}")
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl PartialEq for Secret {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.0.len() == other.0.len() && bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+impl Eq for Secret {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_value() {
+        let s = Secret::from_str("sk-proj-canary-1234567890");
+        assert_eq!(format!("{s:?}"), "Secret(***)");
+    }
+
+    #[test]
+    fn hint_is_first_and_last_four() {
+        assert_eq!(Secret::from_str("sk-proj-abcdefgh9xQz").hint(), "sk-p…9xQz");
+        assert_eq!(Secret::from_str("short").hint(), "…");
+    }
+}
