@@ -1,1 +1,96 @@
-fn main() {}
+//! `keyward`: argument parsing and dispatch. All behaviour lives in the library.
+
+use clap::{Parser, Subcommand};
+use keyward::cli::{self, CliError};
+use keyward::config::Config;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "keyward", version, about = "Injecting HTTPS forward proxy for AI-agent sandboxes")]
+struct Cli {
+    /// Config file (default: config/keyward.toml if present, else embedded defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (and the admin API if configured).
+    Serve,
+    /// Write an example config, CA and master key into DIR (never overwrites).
+    Init { dir: Option<PathBuf> },
+    /// Manage secrets in the vault.
+    Secret {
+        #[command(subcommand)]
+        cmd: cli::secret::SecretCmd,
+    },
+    /// Vault maintenance (master key rotation).
+    Vault {
+        #[command(subcommand)]
+        cmd: cli::secret::VaultCmd,
+    },
+    /// Register agents.
+    Agent {
+        #[command(subcommand)]
+        cmd: cli::agent::AgentCmd,
+    },
+    /// Read, verify and export the audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: cli::audit::AuditCmd,
+    },
+    /// Print the environment a sandbox needs to use keyward.
+    Env(cli::env::EnvArgs),
+    /// Validate config, vault and CA; exit 1 on error.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let args = Cli::parse();
+    let result = run(args);
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("keyward: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+fn run(args: Cli) -> Result<u8, CliError> {
+    if let Command::Init { dir } = &args.command {
+        return cli::init::run(dir.as_deref()).map(|_| 0);
+    }
+    if let Command::Check = &args.command {
+        return cli::check::run(args.config.as_deref());
+    }
+    let config = Config::load(args.config.as_deref()).map_err(|e| CliError::User(e.to_string()))?;
+    match args.command {
+        Command::Serve => serve(config),
+        Command::Secret { cmd } => cli::secret::run(cmd, &config),
+        Command::Vault { cmd } => cli::secret::run_vault(cmd, &config),
+        Command::Agent { cmd } => cli::agent::run(cmd, &config),
+        Command::Audit { cmd } => cli::audit::run(cmd, &config),
+        Command::Env(env) => cli::env::run(env, &config),
+        Command::Init { .. } | Command::Check => unreachable!("handled above"),
+    }
+}
+
+fn serve(config: Config) -> Result<u8, CliError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(keyward::proxy::listener::serve(config))
+        .map_err(|e| CliError::User(e.to_string()))?;
+    Ok(0)
+}

@@ -1,6 +1,13 @@
 //! Subcommands other than `serve`, one file per group. Each returns `CliError`,
 //! which `main` maps to the exit codes of SPEC §2 (1 user error, 2 internal).
+//! Every `run` returns the process exit code on success (0, or 1 where a command
+//! reports a finding, e.g. `secret due` with overdue secrets).
 
+pub mod agent;
+pub mod audit;
+pub mod check;
+pub mod env;
+pub mod init;
 pub mod secret;
 
 #[derive(Debug, thiserror::Error)]
