@@ -80,16 +80,32 @@ impl Vault {
     pub fn reload(&self) -> Result<bool, VaultError> {
         todo!()
     }
-    pub fn set(&self, _scope: &str, _name: &str, _value: Secret, _opts: SetOptions) -> Result<RecordMeta, VaultError> {
+    pub fn set(
+        &self,
+        _scope: &str,
+        _name: &str,
+        _value: Secret,
+        _opts: SetOptions,
+    ) -> Result<RecordMeta, VaultError> {
         todo!()
     }
-    pub fn rotate(&self, _scope: &str, _name: &str, _value: Secret) -> Result<RecordMeta, VaultError> {
+    pub fn rotate(
+        &self,
+        _scope: &str,
+        _name: &str,
+        _value: Secret,
+    ) -> Result<RecordMeta, VaultError> {
         todo!()
     }
     pub fn remove(&self, _scope: &str, _name: &str) -> Result<(), VaultError> {
         todo!()
     }
-    pub fn clone_secret(&self, _name: &str, _from: &str, _to: &str) -> Result<RecordMeta, VaultError> {
+    pub fn clone_secret(
+        &self,
+        _name: &str,
+        _from: &str,
+        _to: &str,
+    ) -> Result<RecordMeta, VaultError> {
         todo!()
     }
     pub fn list(&self, _scope: Option<&str>) -> Vec<RecordMeta> {
