@@ -240,6 +240,8 @@ mod tests {
         assert_eq!(mode, 0o600);
         let (chain, _) = ca.mint_leaf("api.openai.com").unwrap();
         let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        use rustls::client::danger::ServerCertVerifier;
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.ca_pem().as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }
