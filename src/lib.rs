@@ -8,6 +8,7 @@ pub mod audit;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod netaddr;
 pub mod policy;
 pub mod proxy;
