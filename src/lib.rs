@@ -4,6 +4,7 @@
 //! and `tls`; none of those knows about `proxy`. See `STYLE.md` in the shared folder
 //! and `README.md` for the tour.
 
+pub mod admin;
 pub mod audit;
 pub mod catalog;
 pub mod cli;
