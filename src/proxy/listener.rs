@@ -52,9 +52,14 @@ pub async fn start(
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
     spawn_vault_watcher(state.clone(), tx.subscribe());
-    tracing::info!(%addr, "keyward listening");
+    let admin_addr = match admin_listen {
+        Some(a) => Some(crate::admin::start(state.clone(), a, tx.subscribe()).await?),
+        None => None,
+    };
+    tracing::info!(%addr, admin = ?admin_addr, "keyward listening");
     Ok(Running {
         addr,
+        admin_addr,
         state,
         shutdown: tx,
         task,
