@@ -20,6 +20,10 @@ impl Patterns {
 pub type OnRedact = Box<dyn FnOnce() + Send + Sync>;
 
 /// Redacts headers now and the body (and trailers) as it streams.
-pub fn wrap_response(resp: Response<Body>, _patterns: Arc<Patterns>, _on_redact: Option<OnRedact>) -> Response<Body> {
+pub fn wrap_response(
+    resp: Response<Body>,
+    _patterns: Arc<Patterns>,
+    _on_redact: Option<OnRedact>,
+) -> Response<Body> {
     resp
 }
