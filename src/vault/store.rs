@@ -53,6 +53,8 @@ pub const SEAL_LIMIT_PER_KEY: u64 = 1 << 28;
 pub const MIN_ROTATE_EVERY: Duration = Duration::from_secs(60);
 pub const MAX_ROTATE_EVERY: Duration = Duration::from_secs(100 * 365 * 86_400);
 const RECORD_ID_BYTES: usize = 16;
+/// Temp files older than this, left by a killed writer, are removed by the next writer.
+const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
 /// Accepted Argon2id parameter ranges read from a vault header (bounds the work a
 /// crafted header can ask for).
 const ARGON2_MAX_T: u32 = 16;
@@ -1554,6 +1556,7 @@ impl Vault {
         fs4::fs_std::FileExt::lock_exclusive(&lock)
             .map_err(|e| ioerr(&self.lock_path, "cannot lock the vault", e))?;
 
+        clean_stale_temps(&self.path);
         // Always re-read under the lock: another writer may have changed the file.
         let mut draft = match self.read_file()? {
             Some((bytes, _)) => self.verify(&bytes)?,
@@ -1617,4 +1620,261 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     File::open(dir)?.sync_all()
+}
+
+/// Removes temp files a killed writer left behind (called under the writer lock).
+fn clean_stale_temps(path: &Path) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let prefix = format!(".{name}.");
+    let counter_prefix = format!(".{name}.counter.");
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(n) = file_name.to_str() else {
+            continue;
+        };
+        if !n.starts_with(&prefix) || n.starts_with(&counter_prefix) || !n.ends_with(".tmp") {
+            continue;
+        }
+        let old = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= STALE_TEMP_AGE);
+        if old {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (tempfile::TempDir, VaultConfig, Vault) {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = VaultConfig {
+            path: dir.path().join("vault.kw"),
+            master_key_file: dir.path().join("master.key"),
+        };
+        let v = Vault::open_with(
+            &cfg,
+            MasterKey::load_or_create_file(&cfg.master_key_file).unwrap(),
+        )
+        .unwrap();
+        let hosts = SetOptions {
+            hosts: vec!["api.a.com".into()],
+            ..SetOptions::default()
+        };
+        v.set(
+            "platform",
+            "A",
+            Secret::from_str("value-of-a-123456"),
+            hosts,
+        )
+        .unwrap();
+        v.set(
+            "platform",
+            "B",
+            Secret::from_str("value-of-b-123456"),
+            SetOptions::default(),
+        )
+        .unwrap();
+        v.set(
+            "owner:acme",
+            "A",
+            Secret::from_str("value-acme-123456"),
+            SetOptions::default(),
+        )
+        .unwrap();
+        (dir, cfg, v)
+    }
+
+    /// Edits the body and re-signs it with the real data key (what an attacker who
+    /// could forge the file MAC could do): only the per-record AAD stands in the way.
+    fn forge(v: &Vault, edit: impl FnOnce(&mut FileBody)) {
+        let (bytes, _) = v.read_file().unwrap().unwrap();
+        let mut d = v.verify(&bytes).unwrap();
+        edit(&mut d.body);
+        d.body.counter += 1;
+        let (bytes, _) = d.encode().unwrap();
+        fs::write(&v.path, bytes).unwrap();
+    }
+
+    fn idx(body: &FileBody, scope: &str, name: &str) -> usize {
+        body.records
+            .iter()
+            .position(|r| r.scope == scope && r.name == name)
+            .unwrap()
+    }
+
+    #[test]
+    fn swapped_moved_or_edited_records_fail_to_open() {
+        type Edit = Box<dyn Fn(&mut FileBody)>;
+        let cases: Vec<(&str, &str, &str, Edit)> = vec![
+            (
+                "sealed values swapped between names",
+                "platform",
+                "A",
+                Box::new(|b| {
+                    let (a, bb) = (idx(b, "platform", "A"), idx(b, "platform", "B"));
+                    let tmp = b.records[a].sealed.clone();
+                    b.records[a].sealed = b.records[bb].sealed.clone();
+                    b.records[bb].sealed = tmp;
+                }),
+            ),
+            (
+                "record moved to another scope",
+                "platform",
+                "A",
+                Box::new(|b| {
+                    b.records
+                        .retain(|r| !(r.scope == "platform" && r.name == "A"));
+                    let acme = idx(b, "owner:acme", "A");
+                    b.records[acme].scope = "platform".into();
+                }),
+            ),
+            (
+                "record renamed",
+                "platform",
+                "C",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "B");
+                    b.records[i].name = "C".into();
+                }),
+            ),
+            (
+                "host list edited",
+                "platform",
+                "A",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "A");
+                    b.records[i].hosts = vec!["evil.example".into()];
+                }),
+            ),
+            (
+                "host list removed",
+                "platform",
+                "A",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "A");
+                    b.records[i].hosts.clear();
+                }),
+            ),
+            (
+                "version edited",
+                "platform",
+                "B",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "B");
+                    b.records[i].version = 7;
+                }),
+            ),
+            (
+                "record id changed",
+                "platform",
+                "B",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "B");
+                    b.records[i].id = "00".repeat(RECORD_ID_BYTES);
+                }),
+            ),
+        ];
+        for (what, scope, name, edit) in cases {
+            let (_dir, cfg, v) = setup();
+            forge(&v, edit);
+            let key = MasterKey::load_file(&cfg.master_key_file).unwrap();
+            let err = Vault::open_with(&cfg, key).expect_err(what).to_string();
+            assert!(err.contains("fails authentication"), "{what}: {err}");
+            // The on-demand path refuses it too (a snapshot built without the load check).
+            let (bytes, _) = v.read_file().unwrap().unwrap();
+            let d = v.verify(&bytes).unwrap();
+            let snap = Snapshot::build(&d.body, &d.data_key, &v.path, false).unwrap();
+            let err = snap.get(scope, name).expect_err(what).to_string();
+            assert!(
+                err.contains(&format!("record {scope}/{name} fails authentication")),
+                "{what}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_forged_file_without_the_data_key_fails_the_mac() {
+        let (_dir, cfg, v) = setup();
+        let (bytes, _) = v.read_file().unwrap().unwrap();
+        let mut d = v.verify(&bytes).unwrap();
+        d.body.records.retain(|r| r.name != "B");
+        d.body.counter += 1;
+        d.data_key = Arc::new(Key::random());
+        let (forged, _) = d.encode().unwrap();
+        fs::write(&cfg.path, forged).unwrap();
+        let key = MasterKey::load_file(&cfg.master_key_file).unwrap();
+        let err = Vault::open_with(&cfg, key).unwrap_err().to_string();
+        assert!(err.contains("integrity check failed"), "{err}");
+    }
+
+    #[test]
+    fn same_counter_with_different_content_is_refused() {
+        let (_dir, _cfg, v) = setup();
+        let (bytes, _) = v.read_file().unwrap().unwrap();
+        let mut d = v.verify(&bytes).unwrap();
+        d.body.records.retain(|r| r.name != "B");
+        let (forged, _) = d.encode().unwrap();
+        fs::write(&v.path, forged).unwrap();
+        let err = v.reload().unwrap_err().to_string();
+        assert!(err.contains("forked or replaced"), "{err}");
+    }
+
+    #[test]
+    fn stale_temp_files_are_cleaned_under_the_lock() {
+        let (dir, _cfg, v) = setup();
+        let stale = dir.path().join(".vault.kw.abc123.tmp");
+        let fresh = dir.path().join(".vault.kw.def456.tmp");
+        let counter_tmp = dir.path().join(".vault.kw.counter.x.tmp");
+        for p in [&stale, &fresh, &counter_tmp] {
+            fs::write(p, b"partial").unwrap();
+        }
+        let old = std::time::SystemTime::now() - STALE_TEMP_AGE - Duration::from_secs(5);
+        for p in [&stale, &counter_tmp] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        v.set(
+            "platform",
+            "D",
+            Secret::from_str("value-of-d-123456"),
+            SetOptions::default(),
+        )
+        .unwrap();
+        assert!(!stale.exists());
+        assert!(
+            fresh.exists(),
+            "a young temp file may belong to a live writer"
+        );
+        assert!(
+            counter_tmp.exists(),
+            "counter temp files are written without the lock"
+        );
+    }
+
+    #[test]
+    fn period_formatting() {
+        assert_eq!(format_period(90 * 86_400), "90d");
+        assert_eq!(format_period(7_200), "2h");
+        assert_eq!(format_period(120), "2m");
+        assert_eq!(format_period(61), "61s");
+    }
 }
