@@ -229,9 +229,17 @@ mod doc_tests {
         let doc = include_str!("../../docs/errors.md");
         for c in Code::ALL {
             let row = format!("| `{}` | {} |", c.as_str(), c.status().as_u16());
-            assert!(doc.contains(&row), "docs/errors.md lacks the row for {}", c.as_str());
+            assert!(
+                doc.contains(&row),
+                "docs/errors.md lacks the row for {}",
+                c.as_str()
+            );
         }
         let documented = doc.lines().filter(|l| l.starts_with("| `")).count();
-        assert_eq!(documented, Code::ALL.len(), "docs/errors.md documents codes keyward does not have");
+        assert_eq!(
+            documented,
+            Code::ALL.len(),
+            "docs/errors.md documents codes keyward does not have"
+        );
     }
 }
