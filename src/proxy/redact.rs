@@ -523,12 +523,14 @@ pub fn wrap_response(
     let decoder = match content_decoder(&parts.headers) {
         Ok(d) => d,
         // SECURITY: bytes we cannot decode cannot be inspected; never pass them on.
-        Err(coding) => return refusal(
-            ERROR_UNSUPPORTED_ENCODING,
-            &format!(
+        Err(coding) => {
+            return refusal(
+                ERROR_UNSUPPORTED_ENCODING,
+                &format!(
                 "upstream response uses content-encoding {coding:?}, which keyward cannot inspect"
             ),
-        ),
+            )
+        }
     };
     if decoder.is_some() {
         parts.headers.remove(CONTENT_ENCODING);
@@ -929,6 +931,11 @@ impl RedactBody {
         };
         let mut decoded = Vec::new();
         let used = decoder.decode(&self.pending_in, &mut decoded, DECODE_OUTPUT_BUDGET)?;
+        // SECURITY: a decoder that neither consumes nor produces would spin forever;
+        // treat it as corrupt input rather than hang the response.
+        if used == 0 && decoded.is_empty() && !self.pending_in.is_empty() {
+            return Err(RedactError::Corrupt("decoder made no progress".into()));
+        }
         self.pending_in.advance(used);
         Ok(self.redact(Bytes::from(decoded)))
     }
