@@ -20,7 +20,10 @@ const TAIL_SCAN_BYTES: u64 = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit log {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("audit log {path}: {message}")]
     Corrupt { path: String, message: String },
 }
@@ -76,7 +79,11 @@ pub struct Event {
 
 impl Event {
     pub fn new(event: &str, outcome: &str) -> Event {
-        Event { event: event.to_string(), outcome: outcome.to_string(), ..Event::default() }
+        Event {
+            event: event.to_string(),
+            outcome: outcome.to_string(),
+            ..Event::default()
+        }
     }
 }
 
@@ -115,16 +122,35 @@ impl AuditLog {
         if path == Path::new("-") {
             return Ok(AuditLog {
                 path: path.to_path_buf(),
-                inner: Mutex::new(Inner { sink: Sink::Stdout, prev_hash: GENESIS_HASH.to_string() }),
+                inner: Mutex::new(Inner {
+                    sink: Sink::Stdout,
+                    prev_hash: GENESIS_HASH.to_string(),
+                }),
             });
         }
-        let io = |source| AuditError::Io { path: path.display().to_string(), source };
+        let io = |source| AuditError::Io {
+            path: path.display().to_string(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(io)?;
         }
-        let mut file = OpenOptions::new().create(true).append(true).read(true).open(path).map_err(io)?;
-        let prev_hash = last_hash(&mut file).map_err(io)?.unwrap_or_else(|| GENESIS_HASH.to_string());
-        Ok(AuditLog { path: path.to_path_buf(), inner: Mutex::new(Inner { sink: Sink::File(file), prev_hash }) })
+        let mut file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(path)
+            .map_err(io)?;
+        let prev_hash = last_hash(&mut file)
+            .map_err(io)?
+            .unwrap_or_else(|| GENESIS_HASH.to_string());
+        Ok(AuditLog {
+            path: path.to_path_buf(),
+            inner: Mutex::new(Inner {
+                sink: Sink::File(file),
+                prev_hash,
+            }),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -155,7 +181,10 @@ impl AuditLog {
                 out.write_all(line.as_bytes()).and_then(|_| out.flush())
             }
         };
-        res.map_err(|source| AuditError::Io { path: self.path.display().to_string(), source })?;
+        res.map_err(|source| AuditError::Io {
+            path: self.path.display().to_string(),
+            source,
+        })?;
         inner.prev_hash = hash.clone();
         Ok(hash)
     }
@@ -183,9 +212,9 @@ fn last_hash(file: &mut File) -> std::io::Result<Option<String>> {
     let mut buf = String::new();
     file.read_to_string(&mut buf)?;
     let last = buf.lines().rev().find(|l| !l.trim().is_empty());
-    Ok(last.and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok()).and_then(|v| {
-        v.get("hash").and_then(|h| h.as_str()).map(str::to_string)
-    }))
+    Ok(last
+        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .and_then(|v| v.get("hash").and_then(|h| h.as_str()).map(str::to_string)))
 }
 
 #[cfg(test)]
@@ -202,7 +231,10 @@ mod tests {
         let log = AuditLog::open_path(&path).unwrap();
         log.record(Event::new("deny", "denied")).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["prev_hash"], GENESIS_HASH);
         assert_eq!(lines[1]["prev_hash"], h1.as_str());
     }

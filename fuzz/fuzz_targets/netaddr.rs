@@ -20,11 +20,15 @@ fn v6_embeddings(v4: Ipv4Addr, noise: u64) -> [Ipv6Addr; 6] {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&mode, rest)) = data.split_first() else { return };
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
     match mode % 3 {
         // Text: parse like a hostname.
         0 => {
-            let Ok(s) = std::str::from_utf8(rest) else { return };
+            let Ok(s) = std::str::from_utf8(rest) else {
+                return;
+            };
             let parsed = parse_ip_lenient(s);
             if let Ok(std_ip) = s.parse::<IpAddr>() {
                 assert_eq!(parsed, Some(std_ip), "std and lenient disagree on {s:?}");
@@ -48,12 +52,20 @@ fuzz_target!(|data: &[u8]| {
             let noise = u64::from_le_bytes(rest[4..12].try_into().unwrap_or([0; 8]));
             if blocked_reason(IpAddr::V4(v4)).is_some() {
                 for v6 in v6_embeddings(v4, noise) {
-                    assert!(blocked_reason(IpAddr::V6(v6)).is_some(), "{v4} escaped via {v6}");
+                    assert!(
+                        blocked_reason(IpAddr::V6(v6)).is_some(),
+                        "{v4} escaped via {v6}"
+                    );
                 }
             }
             // Every inet_aton spelling of the address parses back to it.
             let n = u32::from(v4);
-            for s in [format!("{n}"), format!("{n:#x}"), format!("0{n:o}"), format!("{}.{}", rest[0], n & 0xff_ffff)] {
+            for s in [
+                format!("{n}"),
+                format!("{n:#x}"),
+                format!("0{n:o}"),
+                format!("{}.{}", rest[0], n & 0xff_ffff),
+            ] {
                 assert_eq!(parse_ip_lenient(&s), Some(IpAddr::V4(v4)), "{s}");
             }
         }

@@ -26,18 +26,24 @@ struct Frames(VecDeque<Bytes>);
 impl HttpBody for Frames {
     type Data = Bytes;
     type Error = BoxError;
-    fn poll_frame(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Poll::Ready(self.0.pop_front().map(|b| Ok(Frame::data(b))))
     }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&sel, rest)) = data.split_first() else { return };
+    let Some((&sel, rest)) = data.split_first() else {
+        return;
+    };
     let coding = CODINGS[usize::from(sel) % CODINGS.len()];
     let piece = 1 + usize::from(sel >> 2);
     let frames: VecDeque<Bytes> = rest.chunks(piece).map(Bytes::copy_from_slice).collect();
     let mut resp = Response::new(Frames(frames).boxed());
-    resp.headers_mut().insert("content-encoding", HeaderValue::from_static(coding));
+    resp.headers_mut()
+        .insert("content-encoding", HeaderValue::from_static(coding));
     let patterns = Arc::new(Patterns::new(&[SECRET]));
     let mut body = wrap_response(resp, patterns.clone(), None).into_body();
     let mut cx = Context::from_waker(Waker::noop());

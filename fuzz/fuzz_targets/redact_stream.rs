@@ -10,12 +10,16 @@ use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 
 /// Printable key-like alphabet (no `[`/`]`, which the marker itself uses).
-const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/+=.~\"\\ %:";
+const ALPHABET: &[u8] =
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/+=.~\"\\ %:";
 const MIN_SECRET: usize = 4;
 const MAX_SECRET: usize = 48;
 
 fn contains_ci(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+    !needle.is_empty()
+        && hay
+            .windows(needle.len())
+            .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -32,19 +36,36 @@ fuzz_target!(|data: &[u8]| {
     }
     let (cut_bytes, rest) = rest.split_at(n_cuts);
     let (secret_raw, filler) = rest.split_at(secret_len);
-    let secret: Vec<u8> = secret_raw.iter().map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()]).collect();
+    let secret: Vec<u8> = secret_raw
+        .iter()
+        .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()])
+        .collect();
     let forms = encoded_forms(&secret);
     // A secret spelled inside the marker itself would be "found" in clean output.
-    if forms.iter().any(|f| contains_ci(keyward::proxy::redact::REDACTED, f)) {
+    if forms
+        .iter()
+        .any(|f| contains_ci(keyward::proxy::redact::REDACTED, f))
+    {
         return;
     }
     let spelled = &forms[form % forms.len()];
-    let split = filler.iter().position(|&b| b == 0xff).unwrap_or(filler.len());
-    let doc = [&filler[..split], spelled.as_slice(), filler.get(split + 1..).unwrap_or(&[])].concat();
+    let split = filler
+        .iter()
+        .position(|&b| b == 0xff)
+        .unwrap_or(filler.len());
+    let doc = [
+        &filler[..split],
+        spelled.as_slice(),
+        filler.get(split + 1..).unwrap_or(&[]),
+    ]
+    .concat();
 
     let patterns = Arc::new(Patterns::new(&[&secret]));
     let mut redactor = Redactor::new(patterns.clone());
-    let mut cuts: Vec<usize> = cut_bytes.iter().map(|&c| usize::from(c) * doc.len() / 255).collect();
+    let mut cuts: Vec<usize> = cut_bytes
+        .iter()
+        .map(|&c| usize::from(c) * doc.len() / 255)
+        .collect();
     cuts.sort_unstable();
     let mut out = Vec::with_capacity(doc.len());
     let mut at = 0;
@@ -61,7 +82,11 @@ fuzz_target!(|data: &[u8]| {
     for f in &forms {
         // Encoded forms shorter than the search minimum are not searched.
         if f.len() >= keyward::proxy::redact::MIN_ENCODED_PATTERN_LEN || f == &secret {
-            assert!(!contains_ci(&out, f), "form {:?} survived", String::from_utf8_lossy(f));
+            assert!(
+                !contains_ci(&out, f),
+                "form {:?} survived",
+                String::from_utf8_lossy(f)
+            );
         }
     }
     let whole = patterns.redact_all(&doc).unwrap_or_else(|| doc.clone());
