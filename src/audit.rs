@@ -1140,4 +1140,477 @@ mod tests {
         assert_eq!(lines[0]["prev_hash"], GENESIS_HASH);
         assert_eq!(lines[1]["prev_hash"], h1.as_str());
     }
+
+    fn ev(event: &str, outcome: &str, agent: &str, secret: Option<&str>) -> Event {
+        Event {
+            agent: Some(agent.into()),
+            chain: Some("support".into()),
+            secret: secret.map(String::from),
+            host: Some("api.openai.com".into()),
+            path: Some("/v1/chat".into()),
+            ..Event::new(event, outcome)
+        }
+    }
+
+    /// A log of `n` lines in a fresh temp dir.
+    fn log_with(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        for i in 0..n {
+            log.record(ev(
+                "inject",
+                "allowed",
+                &format!("agent-{i}"),
+                Some("OPENAI_API_KEY"),
+            ))
+            .unwrap();
+        }
+        (dir, path)
+    }
+
+    fn rewrite_lines(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        f(&mut lines);
+        let mut out = lines.join("\n");
+        out.push('\n');
+        std::fs::write(path, out).unwrap();
+    }
+
+    fn problem(path: &Path) -> Tamper {
+        verify(path)
+            .unwrap()
+            .problem
+            .expect("tamper should be detected")
+    }
+
+    #[test]
+    fn clean_log_verifies_with_head_and_count() {
+        let (_d, path) = log_with(5);
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 5);
+        let last: Event = serde_json::from_str(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r.head, last.hash);
+    }
+
+    #[test]
+    fn empty_log_verifies_and_missing_log_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        assert!(matches!(verify(&path), Err(AuditError::Io { .. })));
+        AuditLog::open_path(&path).unwrap();
+        assert_eq!(verify(&path).unwrap().lines, 0);
+    }
+
+    #[test]
+    fn edited_field_is_reported_at_its_line() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| l[2] = l[2].replace("agent-2", "agent-X"));
+        let p = problem(&path);
+        assert_eq!(p.line, 3);
+        assert!(p.reason.contains("edited"), "{}", p.reason);
+    }
+
+    #[test]
+    fn edited_line_with_recomputed_own_hash_breaks_the_next_line() {
+        let (_d, path) = log_with(4);
+        rewrite_lines(&path, |l| {
+            let (body, _) = split_hash(&l[1]).unwrap();
+            let body = body.replace("agent-1", "agent-X");
+            let prev: Event = serde_json::from_str(&l[0]).unwrap();
+            let h = chain_hash(&prev.hash, &body);
+            l[1] = format!("{body}{HASH_FIELD_OPEN}{h}{HASH_FIELD_CLOSE}");
+        });
+        assert_eq!(problem(&path).line, 3);
+    }
+
+    #[test]
+    fn deleted_line_is_reported_at_the_line_after_the_gap() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| {
+            l.remove(1);
+        });
+        let p = problem(&path);
+        assert_eq!(p.line, 2);
+        assert!(p.reason.contains("deleted"), "{}", p.reason);
+    }
+
+    #[test]
+    fn reordered_lines_are_reported() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| l.swap(2, 3));
+        assert_eq!(problem(&path).line, 3);
+    }
+
+    #[test]
+    fn inserted_copy_of_a_line_is_reported() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| {
+            let dup = l[1].clone();
+            l.insert(3, dup);
+        });
+        assert_eq!(problem(&path).line, 4);
+    }
+
+    #[test]
+    fn line_cut_in_the_middle_is_reported() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| {
+            let half = l[1].len() / 2;
+            l[1].truncate(half);
+        });
+        let p = problem(&path);
+        assert_eq!(p.line, 2);
+        assert!(p.reason.contains("cut"), "{}", p.reason);
+    }
+
+    #[test]
+    fn two_lines_spliced_together_are_reported() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| {
+            let head = l[1][..l[1].len() / 2].to_string();
+            let tail = l[2][l[2].len() / 2..].to_string();
+            l[1] = head + &tail;
+            l.remove(2);
+        });
+        assert_eq!(problem(&path).line, 2);
+    }
+
+    #[test]
+    fn unfinished_last_line_is_reported_and_refused_by_the_writer() {
+        let (_d, path) = log_with(3);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.truncate(text.len() - 10);
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(problem(&path).line, 3);
+        assert!(matches!(
+            AuditLog::open_path(&path),
+            Err(AuditError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_start_needs_an_anchor() {
+        let (_d, path) = log_with(5);
+        let second: Event = serde_json::from_str(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .nth(1)
+                .unwrap(),
+        )
+        .unwrap();
+        rewrite_lines(&path, |l| {
+            l.drain(..2);
+        });
+        let p = problem(&path);
+        assert_eq!(p.line, 1);
+        assert!(p.reason.contains("genesis"), "{}", p.reason);
+        let r = verify_from(&path, &second.hash).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 3);
+    }
+
+    #[test]
+    fn rotation_continues_the_chain_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let limit = 1024;
+        let log = AuditLog::open_rotating(&path, limit).unwrap();
+        for i in 0..30 {
+            log.record(ev("inject", "allowed", &format!("a{i}"), None))
+                .unwrap();
+        }
+        let rotated = rotated_files(&path).unwrap();
+        assert!(rotated.len() >= 3, "{rotated:?}");
+        assert_eq!(rotated[0].0, 1);
+        for (_, p) in &rotated {
+            assert!(std::fs::metadata(p).unwrap().len() <= limit);
+        }
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 30);
+        assert_eq!(r.files.len(), rotated.len() + 1);
+        // The first line of the live file follows the last line of the newest rotated one.
+        let last_rotated = std::fs::read_to_string(&rotated.last().unwrap().1).unwrap();
+        let last: Event = serde_json::from_str(last_rotated.lines().last().unwrap()).unwrap();
+        let live = std::fs::read_to_string(&path).unwrap();
+        let first: Event = serde_json::from_str(live.lines().next().unwrap()).unwrap();
+        assert_eq!(first.prev_hash, last.hash);
+    }
+
+    #[test]
+    fn deleted_rotated_file_in_the_middle_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_rotating(&path, 600).unwrap();
+        for i in 0..20 {
+            log.record(ev("inject", "allowed", &format!("a{i}"), None))
+                .unwrap();
+        }
+        let rotated = rotated_files(&path).unwrap();
+        assert!(rotated.len() >= 3);
+        std::fs::remove_file(&rotated[1].1).unwrap();
+        let p = problem(&path);
+        assert_eq!(p.file, rotated[2].1);
+        assert_eq!(p.line, 1);
+    }
+
+    #[test]
+    fn reopen_after_rotation_with_empty_live_file_chains_off_the_rotated_one() {
+        let (_d, path) = log_with(3);
+        std::fs::rename(&path, rotated_path(&path, 1)).unwrap();
+        let log = AuditLog::open_path(&path).unwrap();
+        log.record(ev("deny", "denied", "x", None)).unwrap();
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 4);
+    }
+
+    #[test]
+    fn two_writers_interleaving_keep_one_chain() {
+        let (_d, path) = log_with(0);
+        let a = AuditLog::open_path(&path).unwrap();
+        let b = AuditLog::open_path(&path).unwrap();
+        a.record(ev("inject", "allowed", "a", None)).unwrap();
+        b.record(ev("secret_set", "allowed", "cli", None)).unwrap();
+        a.record(ev("inject", "allowed", "a", None)).unwrap();
+        b.record(ev("secret_rm", "allowed", "cli", None)).unwrap();
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 4);
+    }
+
+    #[test]
+    fn concurrent_writers_with_rotation_keep_one_chain() {
+        let (_d, path) = log_with(0);
+        let per_thread = 150;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let log = AuditLog::open_rotating(&path, 4096).unwrap();
+                    for i in 0..per_thread {
+                        log.record(ev("inject", "allowed", &format!("t{t}-{i}"), None))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 4 * per_thread);
+        assert!(r.files.len() > 2);
+    }
+
+    #[test]
+    fn query_filters_combine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        let at = |ts: &str, mut e: Event| {
+            e.ts = ts.into();
+            e
+        };
+        log.record(at(
+            "2024-05-01T10:00:00.000Z",
+            ev("inject", "allowed", "a1", Some("OPENAI_API_KEY")),
+        ))
+        .unwrap();
+        log.record(at(
+            "2024-05-01T11:00:00.000Z",
+            ev("deny", "denied", "a1", Some("SLACK_BOT_TOKEN")),
+        ))
+        .unwrap();
+        let mut other_chain = ev("inject", "allowed", "a2", Some("OPENAI_API_KEY"));
+        other_chain.chain = Some("billing".into());
+        log.record(at("2024-05-01T12:00:00.000Z", other_chain))
+            .unwrap();
+
+        let count = |f: Filter| query(&path, &f).unwrap().len();
+        assert_eq!(count(Filter::default()), 3);
+        assert_eq!(
+            count(Filter {
+                secret: Some("OPENAI_API_KEY".into()),
+                ..Filter::default()
+            }),
+            2
+        );
+        assert_eq!(
+            count(Filter {
+                agent: Some("a1".into()),
+                ..Filter::default()
+            }),
+            2
+        );
+        assert_eq!(
+            count(Filter {
+                chain: Some("billing".into()),
+                ..Filter::default()
+            }),
+            1
+        );
+        assert_eq!(
+            count(Filter {
+                outcome: Some("denied".into()),
+                ..Filter::default()
+            }),
+            1
+        );
+        let now = OffsetDateTime::now_utc();
+        let since = parse_time("2024-05-01T11:00:00Z", now).unwrap();
+        let until = parse_time("2024-05-01T12:00:00Z", now).unwrap();
+        assert_eq!(
+            count(Filter {
+                since: Some(since),
+                ..Filter::default()
+            }),
+            2
+        );
+        assert_eq!(
+            count(Filter {
+                since: Some(since),
+                until: Some(until),
+                ..Filter::default()
+            }),
+            1
+        );
+        let recent = parse_time("1h", now).unwrap();
+        assert_eq!(
+            count(Filter {
+                since: Some(recent),
+                ..Filter::default()
+            }),
+            0
+        );
+        let events = query(
+            &path,
+            &Filter {
+                agent: Some("a1".into()),
+                ..Filter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(events[1].secret.as_deref(), Some("SLACK_BOT_TOKEN"));
+        assert!(!events[1].hash.is_empty());
+    }
+
+    #[test]
+    fn relative_and_absolute_times_parse() {
+        let now = OffsetDateTime::parse("2024-05-02T00:00:00Z", &Rfc3339).unwrap();
+        let t = parse_time("2d", now).unwrap();
+        assert_eq!(
+            t,
+            OffsetDateTime::parse("2024-04-30T00:00:00Z", &Rfc3339).unwrap()
+        );
+        assert_eq!(
+            parse_time("90m", now).unwrap(),
+            now - time::Duration::minutes(90)
+        );
+        assert!(parse_time("2024-05-01T12:00:00+02:00", now).is_ok());
+        assert!(matches!(
+            parse_time("yesterday", now),
+            Err(AuditError::Filter(_))
+        ));
+    }
+
+    #[test]
+    fn tail_spans_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_rotating(&path, 700).unwrap();
+        for i in 0..12 {
+            log.record(ev("inject", "allowed", &format!("agent-{i}"), None))
+                .unwrap();
+        }
+        assert!(!rotated_files(&path).unwrap().is_empty());
+        let lines = tail(&path, 5).unwrap();
+        assert_eq!(lines.len(), 5);
+        for (k, line) in lines.iter().enumerate() {
+            let e: Event = serde_json::from_str(line).unwrap();
+            assert_eq!(e.agent.unwrap(), format!("agent-{}", 7 + k));
+        }
+        assert_eq!(tail(&path, 100).unwrap().len(), 12);
+    }
+
+    #[test]
+    fn follower_sees_appends_and_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_rotating(&path, 500).unwrap();
+        log.record(ev("inject", "allowed", "before", None)).unwrap();
+        let mut f = Follower::at_end(&path).unwrap();
+        assert!(f.poll().unwrap().is_empty());
+        let mut seen = Vec::new();
+        for i in 0..10 {
+            log.record(ev("inject", "allowed", &format!("n{i}"), None))
+                .unwrap();
+            seen.extend(f.poll().unwrap());
+        }
+        assert!(!rotated_files(&path).unwrap().is_empty());
+        let agents: Vec<String> = seen
+            .iter()
+            .map(|l| serde_json::from_str::<Event>(l).unwrap().agent.unwrap())
+            .collect();
+        assert_eq!(agents, (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn cef_escapes_header_and_extension() {
+        assert_eq!(cef_escape_header(r"a|b\c"), r"a\|b\\c");
+        assert_eq!(cef_escape_header("a\nb"), "a b");
+        assert_eq!(cef_escape_value(r"k=v\x"), r"k\=v\\x");
+        assert_eq!(cef_escape_value("a\r\nb|c"), r"a\r\nb|c");
+        let mut e = ev("deny", "denied", "agent=1", Some("OPENAI_API_KEY"));
+        e.event = "de|ny".into();
+        e.ts = "2024-05-01T10:00:00.000Z".into();
+        e.reason = Some("host_not_allowed\nnext".into());
+        e.status = Some(403);
+        let line = to_cef(&e);
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            line.starts_with(&format!(
+                r"CEF:0|keyward|keyward|{version}|de\|ny|de\|ny denied|{SEVERITY_DENIED}|"
+            )),
+            "{line}"
+        );
+        assert!(line.contains(r"suser=agent\=1 "), "{line}");
+        assert!(line.contains(r"reason=host_not_allowed\nnext"), "{line}");
+        assert!(line.contains("rt=1714557600000 "), "{line}");
+        assert!(line.contains("cs1Label=chain cs1=support"), "{line}");
+        assert!(
+            line.contains("cs2Label=secret cs2=OPENAI_API_KEY"),
+            "{line}"
+        );
+        assert!(line.contains("request=/v1/chat"), "{line}");
+        assert!(line.contains("cn1Label=status cn1=403"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn jsonl_export_is_byte_identical() {
+        let (_d, path) = log_with(3);
+        let mut out = Vec::new();
+        let n = export(&path, &Filter::default(), ExportFormat::Jsonl, &mut out).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(out, std::fs::read(&path).unwrap());
+    }
+
+    #[test]
+    fn stdout_log_refuses_reads() {
+        assert!(matches!(verify(Path::new("-")), Err(AuditError::Stdout)));
+        assert!(AuditLog::open_path(Path::new("-")).is_ok());
+    }
 }
