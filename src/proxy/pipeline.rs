@@ -88,6 +88,7 @@ async fn forward(
     // removed agent or an expired session stops at the next request.
     let rt = cx.state.runtime();
     let principal = current_principal(cx, &rt)?;
+    cx.state.rate_check(&cx.agent_id)?;
     ev.owner = principal.owner().map(str::to_string);
     ev.builder = principal.builder().map(str::to_string);
     ev.chain = principal.chain_name().map(str::to_string);

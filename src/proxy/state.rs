@@ -2,6 +2,7 @@
 //! `Runtime` is the hot-reloadable part (config, compiled policy, agent directory),
 //! swapped atomically so open tunnels keep working across reloads.
 
+use super::limits::Limiter;
 use super::upstream::{self, Dialer, Resolver, UpstreamClient};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, ProxyConfig};
@@ -59,6 +60,7 @@ pub struct State {
     /// Listener limits and timeouts (fixed for the process's life).
     pub limits: ProxyConfig,
     pub metrics: Metrics,
+    pub limiter: Limiter,
 }
 
 impl State {
@@ -98,12 +100,24 @@ impl State {
             client,
             limits,
             metrics,
+            limiter: Limiter::default(),
         }))
     }
 
     /// The current runtime (cheap).
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Per-agent request rate check (no-op when no rate is configured).
+    pub fn rate_check(&self, agent: &str) -> Result<(), super::error::Deny> {
+        match self.limits.max_requests_per_second_per_agent {
+            Some(rate) if rate > 0.0 => {
+                let burst = self.limits.rate_burst.unwrap_or(rate).max(1.0);
+                self.limiter.take(agent, rate, burst)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Re-reads the vault file if it changed and rebuilds the agent directory.

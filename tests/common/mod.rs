@@ -320,11 +320,17 @@ impl Kw {
     }
 
     pub async fn start_with(extra: &str, resolver: Option<Arc<dyn Resolver>>) -> Kw {
+        Kw::start_full("", extra, resolver).await
+    }
+
+    /// `proxy_extra` goes into the `[proxy]` table (limits, timeouts).
+    pub async fn start_full(proxy_extra: &str, extra: &str, resolver: Option<Arc<dyn Resolver>>) -> Kw {
         let pki = UpstreamPki::new();
         let upstream = EchoUpstream::start(&pki).await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
-        let text = base_config(dir.path(), upstream.addr, extra);
+        let text = base_config(dir.path(), upstream.addr, extra)
+            .replacen("listen = \"127.0.0.1:0\"\n", &format!("listen = \"127.0.0.1:0\"\n{proxy_extra}\n"), 1);
         let config_path = dir.path().join("keyward.toml");
         std::fs::write(&config_path, &text).unwrap();
         let config = Config::from_file(&config_path).unwrap();
