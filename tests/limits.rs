@@ -6,7 +6,12 @@ use common::*;
 
 #[tokio::test]
 async fn agent_over_its_request_rate_gets_429_with_retry_after() {
-    let kw = Kw::start_full("max_requests_per_second_per_agent = 1.0\nrate_burst = 2.0", "", None).await;
+    let kw = Kw::start_full(
+        "max_requests_per_second_per_agent = 1.0\nrate_burst = 2.0",
+        "",
+        None,
+    )
+    .await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     // The CONNECT takes one token, the first request the second.
     let mut t = kw.client().open("api.openai.com").await.unwrap();
@@ -25,7 +30,12 @@ async fn agent_over_its_tunnel_cap_is_refused_and_slots_come_back() {
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut first = kw.client().open("api.openai.com").await.unwrap();
     assert_eq!(first.get("api.openai.com", "/v1/a").await.status, 200);
-    let err = kw.client().open("api.openai.com").await.err().expect("second tunnel refused");
+    let err = kw
+        .client()
+        .open("api.openai.com")
+        .await
+        .err()
+        .expect("second tunnel refused");
     assert_eq!(err.status, 429);
     assert_eq!(err.error_code().as_deref(), Some("rate_limited"));
     drop(first);

@@ -118,7 +118,9 @@ async fn connect(
     ev.host = Some(host.clone());
     let principal = authenticate(state, &req, ev)?;
     let route = state.runtime().policy.route(&host, port)?;
-    let slot = state.limiter.open_tunnel(&principal.agent.id, state.limits.max_connections_per_agent)?;
+    let slot = state
+        .limiter
+        .open_tunnel(&principal.agent.id, state.limits.max_connections_per_agent)?;
     state.rate_check(&principal.agent.id)?;
     match route {
         Route::Tunnel => {

@@ -45,7 +45,10 @@ impl Limiter {
                 Arc::new(AgentLimits {
                     tunnels: AtomicUsize::new(0),
                     // A new bucket starts full; `take` caps it at the burst size.
-                    bucket: Mutex::new(Bucket { tokens: f64::MAX, last: Instant::now() }),
+                    bucket: Mutex::new(Bucket {
+                        tokens: f64::MAX,
+                        last: Instant::now(),
+                    }),
                 })
             })
             .clone()
@@ -58,7 +61,10 @@ impl Limiter {
         let slot = TunnelSlot(a);
         // SECURITY: one agent cannot exhaust the process's connections for all others.
         if before >= max {
-            let mut d = Deny::new(Code::RateLimited, format!("this agent already has {max} open tunnels"));
+            let mut d = Deny::new(
+                Code::RateLimited,
+                format!("this agent already has {max} open tunnels"),
+            );
             d.retry_after = Some(1);
             return Err(d);
         }
@@ -77,7 +83,10 @@ impl Limiter {
             return Ok(());
         }
         let wait = ((1.0 - b.tokens) / rate).ceil().max(1.0) as u64;
-        let mut d = Deny::new(Code::RateLimited, format!("more than {rate} requests per second"));
+        let mut d = Deny::new(
+            Code::RateLimited,
+            format!("more than {rate} requests per second"),
+        );
         d.retry_after = Some(wait);
         Err(d)
     }

@@ -16,6 +16,8 @@ use std::sync::Arc;
 
 /// ALPN offered to upstreams.
 pub const UPSTREAM_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN for upgrade (WebSocket) handshakes, which need HTTP/1.1.
+pub const UPGRADE_ALPN: [&[u8]; 1] = [b"http/1.1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -57,6 +59,8 @@ pub struct State {
     pub ca: Arc<CertAuthority>,
     pub dialer: Arc<Dialer>,
     pub client: UpstreamClient,
+    /// Verified TLS toward upstreams for upgrade handshakes (HTTP/1.1 only, unpooled).
+    pub upgrade_tls: tokio_rustls::TlsConnector,
     /// Listener limits and timeouts (fixed for the process's life).
     pub limits: ProxyConfig,
     pub metrics: Metrics,
@@ -78,7 +82,9 @@ impl State {
         let vault = Arc::new(Vault::open(&config.vault)?);
         let audit = AuditLog::open(&config.audit)?;
         let roots = tls::upstream_roots(&config.tls.upstream_roots)?;
-        let client_tls = tls::client_config(roots, &UPSTREAM_ALPN)?;
+        let client_tls = tls::client_config(roots.clone(), &UPSTREAM_ALPN)?;
+        let upgrade_tls =
+            tokio_rustls::TlsConnector::from(tls::client_config(roots, &UPGRADE_ALPN)?);
         let limits = config.proxy.clone();
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(
             Arc::new(config),
@@ -98,6 +104,7 @@ impl State {
             ca: Arc::new(ca),
             dialer,
             client,
+            upgrade_tls,
             limits,
             metrics,
             limiter: Limiter::default(),
