@@ -55,6 +55,8 @@ pub const MAX_ROTATE_EVERY: Duration = Duration::from_secs(100 * 365 * 86_400);
 const RECORD_ID_BYTES: usize = 16;
 /// Temp files older than this, left by a killed writer, are removed by the next writer.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+/// Reads of a file that keeps changing under a reader before giving up.
+const LOAD_ATTEMPTS: u32 = 5;
 /// Accepted Argon2id parameter ranges read from a vault header (bounds the work a
 /// crafted header can ask for).
 const ARGON2_MAX_T: u32 = 16;
@@ -991,9 +993,8 @@ impl Vault {
         };
         let seen = vault.read_counter_file()?;
         vault.watch.lock().seen = seen;
-        let kdf = match vault.read_file()? {
-            Some((bytes, stamp)) => {
-                let draft = vault.verify(&bytes)?;
+        let kdf = match vault.load_current()? {
+            Some((draft, stamp)) => {
                 let snap = Snapshot::build(&draft.body, &draft.data_key, &vault.path, true)?;
                 let mut w = vault.watch.lock();
                 w.stamp = Some(stamp);
@@ -1074,7 +1075,7 @@ impl Vault {
     }
 
     fn reload_now(&self) -> Result<bool, VaultError> {
-        match self.read_file()? {
+        match self.load_current()? {
             None => {
                 // SECURITY: a vault that disappears is not an empty vault; keep serving
                 // the last good snapshot rather than silently dropping every secret.
@@ -1086,8 +1087,7 @@ impl Vault {
                 }
                 Ok(false)
             }
-            Some((bytes, stamp)) => {
-                let draft = self.verify(&bytes)?;
+            Some((draft, stamp)) => {
                 let snap = Snapshot::build(&draft.body, &draft.data_key, &self.path, true)?;
                 let mut w = self.watch.lock();
                 w.stamp = Some(stamp);
@@ -1371,6 +1371,28 @@ impl Vault {
             .read_to_end(&mut bytes)
             .map_err(|e| ioerr(&self.path, "cannot read the vault", e))?;
         Ok(Some((bytes, FileStamp::of(&md))))
+    }
+
+    /// Reads and verifies the file. A reader is not under the writer lock, so a writer
+    /// may replace the file (and advance the counter file) between our read and our
+    /// checks: if verification fails and the file changed meanwhile, read again.
+    fn load_current(&self) -> Result<Option<(Draft, FileStamp)>, VaultError> {
+        let mut attempt = 0;
+        loop {
+            let Some((bytes, stamp)) = self.read_file()? else {
+                return Ok(None);
+            };
+            match self.verify(&bytes) {
+                Ok(d) => return Ok(Some((d, stamp))),
+                Err(e) => {
+                    attempt += 1;
+                    let now = fs::metadata(&self.path).ok().map(|m| FileStamp::of(&m));
+                    if attempt >= LOAD_ATTEMPTS || now == Some(stamp) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
     }
 
     /// Parses, authenticates and rollback-checks file bytes.
