@@ -252,6 +252,7 @@ pub fn run_with(
                     ("hosts", hosts),
                     ("created", meta.created.clone()),
                     ("updated", meta.updated.clone()),
+                    ("last rotated", meta.last_rotated.clone()),
                     (
                         "rotate every",
                         meta.rotate_every.clone().unwrap_or_else(|| "-".into()),

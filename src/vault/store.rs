@@ -42,6 +42,7 @@ pub const MAX_VALUE_BYTES: usize = 64 << 10;
 pub const MAX_DESCRIPTION_BYTES: usize = 1024;
 pub const MAX_HOSTS: usize = 64;
 pub const MAX_HOST_LEN: usize = 253;
+const MAX_DNS_LABEL_LEN: usize = 63;
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_SCOPE_LEN: usize = 160;
 pub const MAX_RECORDS: usize = 100_000;
@@ -113,6 +114,9 @@ pub struct RecordMeta {
     pub updated: String,
     pub rotate_every: Option<String>,
     pub rotation_due: Option<String>,
+    /// When the current value was set (RFC 3339); the rotation clock starts here.
+    #[serde(default)]
+    pub last_rotated: String,
 }
 
 impl RecordMeta {
@@ -230,7 +234,7 @@ pub fn normalize_hosts(hosts: &[String]) -> Result<Vec<String>, VaultError> {
             && h.len() <= MAX_HOST_LEN
             && bare.split('.').all(|l| {
                 !l.is_empty()
-                    && l.len() <= 63
+                    && l.len() <= MAX_DNS_LABEL_LEN
                     && !l.starts_with('-')
                     && !l.ends_with('-')
                     && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -438,6 +442,8 @@ impl MasterKey {
         let md = file
             .metadata()
             .map_err(|e| ioerr(path, "cannot read the master key file", e))?;
+        // SECURITY: the master key opens every secret; say so if others can read it
+        // (a warning, not a refusal: Kubernetes mounts Secrets 0644 by default).
         if md.permissions().mode() & 0o077 != 0 && md.file_type().is_file() {
             tracing::warn!(path = %path.display(), "master key file is readable by group or others; chmod 600 it");
         }
@@ -618,6 +624,7 @@ impl StoredRecord {
             updated: self.updated.clone(),
             rotate_every: self.rotate_every_secs.map(format_period),
             rotation_due: due,
+            last_rotated: self.last_rotated.clone(),
         }
     }
 }
@@ -853,6 +860,8 @@ impl Snapshot {
                 drop(open_record(data_key, rec, &sealed, path)?);
             }
             let key = (rec.scope.clone(), rec.name.clone());
+            // SECURITY: two records for one (scope, name) would make which value is
+            // injected depend on map order.
             if records
                 .insert(
                     key,
@@ -1360,6 +1369,7 @@ impl Vault {
         if !md.is_file() {
             return Err(ferr(&self.path, "not a regular file"));
         }
+        // SECURITY: the file is parsed before it is authenticated; bound what we read.
         if md.len() > MAX_FILE_BYTES {
             return Err(ferr(
                 &self.path,
