@@ -334,8 +334,8 @@ fn new_key_from_env() -> Result<MasterKey, CliError> {
             .map_err(vault_err);
     }
     if let Some(v) = std::env::var_os(ENV_NEW_MASTER_PASSPHRASE).filter(|v| !v.is_empty()) {
-        use std::os::unix::ffi::OsStrExt;
-        let pass = Zeroizing::new(v.as_bytes().to_vec());
+        use std::os::unix::ffi::OsStringExt;
+        let pass = Zeroizing::new(v.into_vec());
         return MasterKey::from_passphrase(
             &pass,
             MasterSource::Given(format!("${ENV_NEW_MASTER_PASSPHRASE}")),

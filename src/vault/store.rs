@@ -418,8 +418,8 @@ impl MasterKey {
             return MasterKey::from_base64(&v, MasterSource::EnvKey);
         }
         if let Some(v) = std::env::var_os(ENV_MASTER_PASSPHRASE).filter(|v| !v.is_empty()) {
-            use std::os::unix::ffi::OsStrExt;
-            let pass = Zeroizing::new(v.as_bytes().to_vec());
+            use std::os::unix::ffi::OsStringExt;
+            let pass = Zeroizing::new(v.into_vec());
             return MasterKey::from_passphrase(&pass, MasterSource::EnvPassphrase);
         }
         MasterKey::load_or_create_file(&cfg.master_key_file)
