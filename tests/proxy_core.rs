@@ -20,7 +20,11 @@ async fn bearer_injection_replaces_dummy_key() {
         .get(
             "api.openai.com",
             "/v1/models?limit=2",
-            &[("authorization", "Bearer keyward-placeholder"), ("Authorization", "Bearer dup"), ("X-API-KEY", "x")],
+            &[
+                ("authorization", "Bearer keyward-placeholder"),
+                ("Authorization", "Bearer dup"),
+                ("X-API-KEY", "x"),
+            ],
         )
         .await;
     assert_eq!(got.status, 200, "{}", got.text());
@@ -30,8 +34,11 @@ async fn bearer_injection_replaces_dummy_key() {
     assert!(seen.headers.get("x-api-key").is_none());
     assert!(seen.headers.get("proxy-authorization").is_none());
     assert_eq!(seen.uri, "/v1/models?limit=2");
-    let line = kw.last_audit();
-    assert_eq!(line["event"], "inject");
+    // The echo upstream reflects the headers it got: the agent must not read the key back.
+    assert!(!got.text().contains("sk-real-openai-0123456789"), "{}", got.text());
+    let lines = kw.audit_lines();
+    assert_eq!(lines.last().unwrap()["event"], "redact", "the echoed key was redacted and audited");
+    let line = lines.iter().find(|l| l["event"] == "inject").expect("inject line").clone();
     assert_eq!(line["outcome"], "allowed");
     assert_eq!(line["provider"], "openai");
     assert_eq!(line["secret"], "OPENAI_API_KEY");
@@ -46,7 +53,14 @@ async fn bearer_injection_replaces_dummy_key() {
 async fn header_scheme_x_api_key_for_anthropic() {
     let kw = Kw::start("").await;
     kw.set_secret("platform", "ANTHROPIC_API_KEY", "sk-ant-real-0123456789");
-    let got = kw.client().get("api.anthropic.com", "/v1/messages", &[("x-api-key", "dummy"), ("authorization", "Bearer d")]).await;
+    let got = kw
+        .client()
+        .get(
+            "api.anthropic.com",
+            "/v1/messages",
+            &[("x-api-key", "dummy"), ("authorization", "Bearer d")],
+        )
+        .await;
     assert_eq!(got.status, 200);
     let seen = kw.upstream.last();
     assert_eq!(seen.headers["x-api-key"], "sk-ant-real-0123456789");
@@ -57,9 +71,19 @@ async fn header_scheme_x_api_key_for_anthropic() {
 async fn header_template_bot_scheme_for_discord() {
     let kw = Kw::start("").await;
     kw.set_secret("platform", "DISCORD_BOT_TOKEN", "discord-real-0123456789");
-    let got = kw.client().get("discord.com", "/api/v10/users/@me", &[("authorization", "Bot dummy")]).await;
+    let got = kw
+        .client()
+        .get(
+            "discord.com",
+            "/api/v10/users/@me",
+            &[("authorization", "Bot dummy")],
+        )
+        .await;
     assert_eq!(got.status, 200);
-    assert_eq!(kw.upstream.last().headers["authorization"], "Bot discord-real-0123456789");
+    assert_eq!(
+        kw.upstream.last().headers["authorization"],
+        "Bot discord-real-0123456789"
+    );
 }
 
 #[tokio::test]
@@ -67,9 +91,19 @@ async fn basic_scheme_for_stripe() {
     use base64::Engine;
     let kw = Kw::start("").await;
     kw.set_secret("platform", "STRIPE_API_KEY", "sk_live_real_0123456789");
-    let got = kw.client().get("api.stripe.com", "/v1/charges", &[("authorization", "Basic ZHVtbXk6")]).await;
+    let got = kw
+        .client()
+        .get(
+            "api.stripe.com",
+            "/v1/charges",
+            &[("authorization", "Basic ZHVtbXk6")],
+        )
+        .await;
     assert_eq!(got.status, 200);
-    let want = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("sk_live_real_0123456789:"));
+    let want = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("sk_live_real_0123456789:")
+    );
     assert_eq!(kw.upstream.last().headers["authorization"], want.as_str());
 }
 
@@ -77,21 +111,40 @@ async fn basic_scheme_for_stripe() {
 async fn query_scheme_replaces_dummy_parameter() {
     let kw = Kw::start("").await;
     kw.set_secret("platform", "Q_KEY", "q-real-0123456789");
-    let got = kw.client().get("q.example.test", "/v1/thing?key=dummy&x=1", &[]).await;
+    let got = kw
+        .client()
+        .get("q.example.test", "/v1/thing?key=dummy&x=1", &[])
+        .await;
     assert_eq!(got.status, 200);
-    assert_eq!(kw.upstream.last().uri, "/v1/thing?x=1&key=q-real-0123456789");
+    assert_eq!(
+        kw.upstream.last().uri,
+        "/v1/thing?x=1&key=q-real-0123456789"
+    );
     assert_eq!(kw.last_audit()["path"], "/v1/thing");
 }
 
 #[tokio::test]
 async fn path_prefix_scheme_for_telegram() {
     let kw = Kw::start("").await;
-    kw.set_secret("platform", "TELEGRAM_BOT_TOKEN", "123456:real-telegram-token");
-    let got = kw.client().get("api.telegram.org", "/botDUMMY/getMe", &[]).await;
+    kw.set_secret(
+        "platform",
+        "TELEGRAM_BOT_TOKEN",
+        "123456:real-telegram-token",
+    );
+    let got = kw
+        .client()
+        .get("api.telegram.org", "/botDUMMY/getMe", &[])
+        .await;
     assert_eq!(got.status, 200);
-    assert_eq!(kw.upstream.last().uri, "/bot123456:real-telegram-token/getMe");
+    assert_eq!(
+        kw.upstream.last().uri,
+        "/bot123456:real-telegram-token/getMe"
+    );
     let line = kw.last_audit();
-    assert_eq!(line["path"], "/botDUMMY/getMe", "the audit keeps the agent's path, never the injected one");
+    assert_eq!(
+        line["path"], "/botDUMMY/getMe",
+        "the audit keeps the agent's path, never the injected one"
+    );
 }
 
 #[tokio::test]
@@ -121,13 +174,21 @@ async fn connect_with_wrong_token_gets_407() {
     assert_eq!(line["event"], "auth_fail");
     assert_eq!(line["agent"], AGENT);
     let text = std::fs::read_to_string(kw.audit_path()).unwrap();
-    assert!(!text.contains("wrong-token") && !text.contains(TOKEN), "tokens never reach the audit log");
+    assert!(
+        !text.contains("wrong-token") && !text.contains(TOKEN),
+        "tokens never reach the audit log"
+    );
 }
 
 #[tokio::test]
 async fn unlisted_host_is_refused_without_contacting_upstream() {
     let kw = Kw::start("").await;
-    let err = kw.client().open("evil.example.test").await.err().expect("refused");
+    let err = kw
+        .client()
+        .open("evil.example.test")
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.status, 403);
     assert_eq!(err.error_code().as_deref(), Some("host_not_allowed"));
     let body = err.json();
@@ -143,9 +204,20 @@ async fn unlisted_host_is_refused_without_contacting_upstream() {
 #[tokio::test]
 async fn port_outside_allowed_ports_is_refused() {
     let kw = Kw::start("").await;
-    let err = kw.client().connect("api.openai.com:22").await.err().expect("refused");
+    let err = kw
+        .client()
+        .connect("api.openai.com:22")
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.0, 403);
-    assert!(err.1.to_ascii_lowercase().contains("x-keyward-error: port_not_allowed"), "{}", err.1);
+    assert!(
+        err.1
+            .to_ascii_lowercase()
+            .contains("x-keyward-error: port_not_allowed"),
+        "{}",
+        err.1
+    );
     assert_eq!(kw.last_audit()["reason"], "port_not_allowed");
     assert_eq!(kw.upstream.connection_count(), 0);
 }
@@ -156,7 +228,13 @@ async fn allowlisted_host_is_a_blind_tunnel_with_the_upstreams_own_certificate()
     let mut c = kw.client();
     // Trust only the upstream's CA: the handshake succeeds only if keyward did not intercept.
     c.ca_pem = kw.pki.ca_pem.clone();
-    let got = c.get("pypi.example.test", "/simple/", &[("authorization", "Bearer mine")]).await;
+    let got = c
+        .get(
+            "pypi.example.test",
+            "/simple/",
+            &[("authorization", "Bearer mine")],
+        )
+        .await;
     assert_eq!(got.status, 200);
     // Nothing was stripped or injected: it is the agent's own traffic.
     assert_eq!(kw.upstream.last().headers["authorization"], "Bearer mine");
@@ -239,7 +317,12 @@ async fn sse_first_event_arrives_before_the_stream_ends() {
     let mut t = kw.client().open("api.openai.com").await.unwrap();
     let started = Instant::now();
     let resp = t
-        .send_raw(Request::get("/sse").header("host", "api.openai.com").body(Full::new(Bytes::new())).unwrap())
+        .send_raw(
+            Request::get("/sse")
+                .header("host", "api.openai.com")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
         .await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
@@ -247,7 +330,10 @@ async fn sse_first_event_arrives_before_the_stream_ends() {
     let first_at = started.elapsed();
     assert!(String::from_utf8_lossy(&first).contains("first"));
     // The upstream holds the second event back 1.5 s; the first must not wait for it.
-    assert!(first_at < Duration::from_millis(1400), "first event took {first_at:?}");
+    assert!(
+        first_at < Duration::from_millis(1400),
+        "first event took {first_at:?}"
+    );
     let rest = body.collect().await.unwrap().to_bytes();
     assert!(String::from_utf8_lossy(&rest).contains("second"));
 }
@@ -258,9 +344,18 @@ async fn h2_client_gets_injection_too() {
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut c = kw.client();
     c.h2 = true;
-    let got = c.get("api.openai.com", "/v1/models", &[("authorization", "Bearer dummy")]).await;
+    let got = c
+        .get(
+            "api.openai.com",
+            "/v1/models",
+            &[("authorization", "Bearer dummy")],
+        )
+        .await;
     assert_eq!(got.status, 200, "{}", got.text());
-    assert_eq!(kw.upstream.last().headers["authorization"], "Bearer sk-real-openai-0123456789");
+    assert_eq!(
+        kw.upstream.last().headers["authorization"],
+        "Bearer sk-real-openai-0123456789"
+    );
 }
 
 #[tokio::test]
@@ -272,5 +367,9 @@ async fn one_tunnel_carries_many_requests() {
         assert_eq!(t.get("api.openai.com", "/v1/models").await.status, 200);
     }
     assert_eq!(kw.upstream.requests().len(), 5);
-    assert_eq!(kw.upstream.connection_count(), 1, "upstream connection is pooled");
+    assert_eq!(
+        kw.upstream.connection_count(),
+        1,
+        "upstream connection is pooled"
+    );
 }

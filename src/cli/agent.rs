@@ -42,7 +42,10 @@ pub enum AgentCmd {
 /// A fresh random agent token.
 pub fn new_token() -> String {
     let bytes: [u8; TOKEN_BYTES] = rand::random();
-    format!("{TOKEN_PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    format!(
+        "{TOKEN_PREFIX}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
 }
 
 fn vault(cfg: &Config) -> Result<Vault, CliError> {
@@ -59,21 +62,36 @@ fn audit(cfg: &Config, event: &str, agent: &str) {
 
 pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
     match cmd {
-        AgentCmd::Add { id, owner, builder, chain, secrets } => {
+        AgentCmd::Add {
+            id,
+            owner,
+            builder,
+            chain,
+            secrets,
+        } => {
             if !valid_agent_id(&id) {
-                return Err(CliError::User(format!("agent id {id:?}: use letters, digits, '-', '_', '.'")));
+                return Err(CliError::User(format!(
+                    "agent id {id:?}: use letters, digits, '-', '_', '.'"
+                )));
             }
             if cfg.agents.iter().any(|a| a.id == id) {
-                return Err(CliError::User(format!("agent {id} is defined in the config file; edit it there")));
+                return Err(CliError::User(format!(
+                    "agent {id} is defined in the config file; edit it there"
+                )));
             }
             if let Some(c) = &chain {
                 if !cfg.chains.iter().any(|x| &x.name == c) {
-                    return Err(CliError::User(format!("no chain named {c:?} in {}", cfg.source_name())));
+                    return Err(CliError::User(format!(
+                        "no chain named {c:?} in {}",
+                        cfg.source_name()
+                    )));
                 }
             }
             for s in secrets.iter().flatten() {
                 if !valid_secret_name(s) {
-                    return Err(CliError::User(format!("secret name {s:?} must match ^[A-Z_][A-Z0-9_]*$")));
+                    return Err(CliError::User(format!(
+                        "secret name {s:?} must match ^[A-Z_][A-Z0-9_]*$"
+                    )));
                 }
             }
             let token = new_token();
@@ -86,10 +104,14 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
                 secrets,
                 created: crate::audit::now_rfc3339(),
             };
-            vault(cfg)?.put_agent(record).map_err(|e| CliError::User(e.to_string()))?;
+            vault(cfg)?
+                .put_agent(record)
+                .map_err(|e| CliError::User(e.to_string()))?;
             audit(cfg, "agent_add", &id);
             println!("{token}");
-            eprintln!("agent {id} registered; the token above is shown once (only its SHA-256 is stored)");
+            eprintln!(
+                "agent {id} registered; the token above is shown once (only its SHA-256 is stored)"
+            );
             Ok(0)
         }
         AgentCmd::List { json } => {
@@ -123,7 +145,9 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
             Ok(0)
         }
         AgentCmd::Rm { id } => {
-            let removed = vault(cfg)?.remove_agent(&id).map_err(|e| CliError::User(e.to_string()))?;
+            let removed = vault(cfg)?
+                .remove_agent(&id)
+                .map_err(|e| CliError::User(e.to_string()))?;
             if !removed {
                 return Err(CliError::User(format!("no agent {id} in the vault")));
             }

@@ -30,7 +30,10 @@ pub fn run(path: Option<&Path>) -> Result<u8, CliError> {
             }
         }
     } else {
-        println!("note: no CA yet at {}; `keyward serve` creates it", cfg.tls.ca_cert.display());
+        println!(
+            "note: no CA yet at {}; `keyward serve` creates it",
+            cfg.tls.ca_cert.display()
+        );
     }
     if cfg.tls.upstream_roots != "system" {
         if let Err(e) = crate::tls::upstream_roots(&cfg.tls.upstream_roots) {
@@ -46,11 +49,21 @@ pub fn run(path: Option<&Path>) -> Result<u8, CliError> {
         match Vault::open(&cfg.vault) {
             Ok(v) => {
                 let records = v.list(None);
-                println!("ok: vault {} ({} secrets)", cfg.vault.path.display(), records.len());
+                println!(
+                    "ok: vault {} ({} secrets)",
+                    cfg.vault.path.display(),
+                    records.len()
+                );
                 for p in policy.providers() {
-                    let referenced = cfg.chains.iter().any(|c| c.secrets.iter().flatten().any(|s| *s == p.secret));
+                    let referenced = cfg
+                        .chains
+                        .iter()
+                        .any(|c| c.secrets.iter().flatten().any(|s| *s == p.secret));
                     if referenced && !records.iter().any(|r| r.name == p.secret) {
-                        println!("warning: {} is used by a chain but has no value in any scope", p.secret);
+                        println!(
+                            "warning: {} is used by a chain but has no value in any scope",
+                            p.secret
+                        );
                     }
                 }
             }
@@ -60,10 +73,16 @@ pub fn run(path: Option<&Path>) -> Result<u8, CliError> {
             }
         }
     } else if cfg.vault.path.exists() {
-        println!("error: {}: vault exists but no master key is available", cfg.vault.path.display());
+        println!(
+            "error: {}: vault exists but no master key is available",
+            cfg.vault.path.display()
+        );
         errors += 1;
     } else {
-        println!("note: no vault yet at {}; the first `keyward secret set` creates it", cfg.vault.path.display());
+        println!(
+            "note: no vault yet at {}; the first `keyward secret set` creates it",
+            cfg.vault.path.display()
+        );
     }
     Ok(if errors > 0 { 1 } else { 0 })
 }

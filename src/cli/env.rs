@@ -12,8 +12,11 @@ use std::path::PathBuf;
 /// The dummy value SDK key variables get; keyward replaces it on the wire.
 pub const DUMMY_KEY: &str = "keyward-placeholder";
 /// Where the system's CA bundle usually is (Debian/Ubuntu, then RHEL/Fedora, Alpine).
-const SYSTEM_BUNDLES: &[&str] =
-    &["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"];
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Shell {
@@ -45,21 +48,35 @@ pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
     let directory = Directory::build(cfg, snapshot.agents(), Some(vault.session_key()));
     let principal = directory
         .authenticate(&args.agent, &args.token, crate::proxy::pipeline::unix_now())
-        .ok_or_else(|| CliError::User(format!("the token does not authenticate agent {:?}", args.agent)))?;
+        .ok_or_else(|| {
+            CliError::User(format!(
+                "the token does not authenticate agent {:?}",
+                args.agent
+            ))
+        })?;
 
-    let ca = CertAuthority::load_or_create(&cfg.tls.ca_cert, &cfg.tls.ca_key, 1).map_err(|e| user(&e))?;
+    let ca = CertAuthority::load_or_create(&cfg.tls.ca_cert, &cfg.tls.ca_key, 1)
+        .map_err(|e| user(&e))?;
     let bundle_path = args.bundle.clone().unwrap_or_else(|| {
-        cfg.tls.ca_cert.parent().map(|d| d.join("ca-bundle.pem")).unwrap_or_else(|| PathBuf::from("ca-bundle.pem"))
+        cfg.tls
+            .ca_cert
+            .parent()
+            .map(|d| d.join("ca-bundle.pem"))
+            .unwrap_or_else(|| PathBuf::from("ca-bundle.pem"))
     });
     let mut bundle = String::new();
-    if let Some(system) = SYSTEM_BUNDLES.iter().find_map(|p| std::fs::read_to_string(p).ok()) {
+    if let Some(system) = SYSTEM_BUNDLES
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+    {
         bundle.push_str(&system);
         if !bundle.ends_with('\n') {
             bundle.push('\n');
         }
     }
     bundle.push_str(ca.ca_pem());
-    std::fs::write(&bundle_path, bundle).map_err(|e| user(&format!("{}: {e}", bundle_path.display())))?;
+    std::fs::write(&bundle_path, bundle)
+        .map_err(|e| user(&format!("{}: {e}", bundle_path.display())))?;
     let bundle_abs = std::fs::canonicalize(&bundle_path).unwrap_or(bundle_path);
 
     let proxy_base = args.proxy.clone().unwrap_or_else(|| {
@@ -79,7 +96,13 @@ pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
         vars.push((name.into(), "localhost,127.0.0.1,::1".into()));
     }
     let bundle_str = bundle_abs.display().to_string();
-    for name in ["SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "NODE_EXTRA_CA_CERTS", "GIT_SSL_CAINFO"] {
+    for name in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+    ] {
         vars.push((name.into(), bundle_str.clone()));
     }
     vars.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
@@ -107,8 +130,15 @@ fn with_userinfo(base: &str, agent: &str, token: &str) -> Result<String, CliErro
     let (scheme, rest) = base
         .split_once("://")
         .ok_or_else(|| CliError::User(format!("--proxy {base:?}: expected http://host:port")))?;
-    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string();
-    Ok(format!("{scheme}://{}:{}@{}", enc(agent), enc(token), rest.trim_end_matches('/')))
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    Ok(format!(
+        "{scheme}://{}:{}@{}",
+        enc(agent),
+        enc(token),
+        rest.trim_end_matches('/')
+    ))
 }
 
 fn sh_quote(v: &str) -> String {

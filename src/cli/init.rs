@@ -26,11 +26,26 @@ pub fn run(dir: Option<&Path>) -> Result<(), CliError> {
     let (cert, key) = (root.join("certs/ca.pem"), root.join("certs/ca.key"));
     let existed = cert.exists();
     CertAuthority::load_or_create(&cert, &key, 1).map_err(|e| CliError::User(e.to_string()))?;
-    println!("{}{}", if existed { "kept    " } else { "wrote   " }, cert.display());
-    let vault = VaultConfig { path: root.join("data/vault.kw"), master_key_file: root.join("certs/master.key") };
+    println!(
+        "{}{}",
+        if existed { "kept    " } else { "wrote   " },
+        cert.display()
+    );
+    let vault = VaultConfig {
+        path: root.join("data/vault.kw"),
+        master_key_file: root.join("certs/master.key"),
+    };
     let existed = vault.master_key_file.exists();
     Vault::open(&vault).map_err(|e| CliError::User(e.to_string()))?;
-    println!("{}{}", if existed { "kept    " } else { "wrote   " }, vault.master_key_file.display());
-    println!("next: edit {} and run `keyward serve --config {}`", config.display(), config.display());
+    println!(
+        "{}{}",
+        if existed { "kept    " } else { "wrote   " },
+        vault.master_key_file.display()
+    );
+    println!(
+        "next: edit {} and run `keyward serve --config {}`",
+        config.display(),
+        config.display()
+    );
     Ok(())
 }

@@ -6,6 +6,7 @@ use super::pipeline::{self, TunnelCx};
 use super::state::State;
 use super::{empty, Body};
 use crate::audit::Event;
+use crate::metrics::GaugeGuard;
 use crate::policy::{self, Route};
 use crate::resolve::Principal;
 use base64::Engine;
@@ -41,6 +42,7 @@ pub async fn handle(
         Err(deny) => {
             ev.reason = Some(deny.code.as_str().to_string());
             ev.status = Some(deny.code.status().as_u16());
+            state.metrics.deny(deny.code.as_str());
             if deny.code == Code::ProxyAuthRequired {
                 ev.event = "auth_fail".into();
             }
@@ -134,7 +136,9 @@ async fn connect(
             })?;
             let idle = state.limits.idle_timeout.0;
             let upgrade = hyper::upgrade::on(&mut req);
+            let open = GaugeGuard::new(&state.metrics.open_tunnels);
             tokio::spawn(async move {
+                let _open = open;
                 match upgrade.await {
                     Ok(client) => relay(TokioIo::new(client), upstream, idle).await,
                     Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
@@ -152,7 +156,9 @@ async fn connect(
                 port,
             });
             let upgrade = hyper::upgrade::on(&mut req);
+            let open = GaugeGuard::new(&state.metrics.open_tunnels);
             tokio::spawn(async move {
+                let _open = open;
                 match upgrade.await {
                     Ok(client) => intercept(cx, client).await,
                     Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),

@@ -23,6 +23,8 @@ const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-keyward-err
 /// A running proxy (tests start one on port 0 and read `addr`).
 pub struct Running {
     pub addr: SocketAddr,
+    /// The admin API's bound address, when `[admin].listen` is set.
+    pub admin_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -42,6 +44,7 @@ pub async fn start(
     resolver: Option<Arc<dyn Resolver>>,
 ) -> Result<Running, StartError> {
     let listen = config.proxy.listen;
+    let admin_listen = config.admin.listen;
     let state = State::new(config, resolver.unwrap_or_else(|| Arc::new(SystemResolver)))?;
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
@@ -49,9 +52,14 @@ pub async fn start(
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
     spawn_vault_watcher(state.clone(), tx.subscribe());
-    tracing::info!(%addr, "keyward listening");
+    let admin_addr = match admin_listen {
+        Some(a) => Some(crate::admin::start(state.clone(), a, tx.subscribe()).await?),
+        None => None,
+    };
+    tracing::info!(%addr, admin = ?admin_addr, "keyward listening");
     Ok(Running {
         addr,
+        admin_addr,
         state,
         shutdown: tx,
         task,

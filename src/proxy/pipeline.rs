@@ -144,6 +144,7 @@ async fn forward(
     }
     let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).boxed();
 
+    let started = std::time::Instant::now();
     let sent = tokio::time::timeout(
         cx.state.limits.response_timeout.0,
         cx.state.client.request(Request::from_parts(parts, body)),
@@ -161,6 +162,9 @@ async fn forward(
     };
 
     ev.status = Some(resp.status().as_u16());
+    cx.state
+        .metrics
+        .inject(&provider.name, started.elapsed().as_secs_f64());
     // SECURITY: fail closed: a credential use that cannot be audited is not
     // handed back to the agent.
     if let Err(e) = cx.state.audit.record(ev.clone()) {
@@ -227,6 +231,7 @@ fn placeholder_grant(
 fn refuse(state: &State, deny: Deny, mut ev: Event) -> Response<Body> {
     let agent = ev.agent.clone();
     let host = ev.host.clone();
+    state.metrics.deny(deny.code.as_str());
     if !ev.event.is_empty() {
         ev.event = "deny".into();
         ev.outcome = if deny.code.status().is_server_error() {
@@ -251,6 +256,7 @@ fn refuse(state: &State, deny: Deny, mut ev: Event) -> Response<Body> {
 
 fn on_redact(state: Arc<State>, ev: Event) -> redact::OnRedact {
     Box::new(move || {
+        state.metrics.redactions.inc();
         let mut line = ev;
         line.event = "redact".into();
         line.outcome = "allowed".into();

@@ -5,6 +5,7 @@
 use super::upstream::{self, Dialer, Resolver, UpstreamClient};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, ProxyConfig};
+use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::resolve::Directory;
 use crate::tls::{self, ca::CertAuthority, TlsError};
@@ -57,6 +58,7 @@ pub struct State {
     pub client: UpstreamClient,
     /// Listener limits and timeouts (fixed for the process's life).
     pub limits: ProxyConfig,
+    pub metrics: Metrics,
 }
 
 impl State {
@@ -66,6 +68,11 @@ impl State {
             &config.tls.ca_key,
             config.proxy.cert_cache_size,
         )?;
+        let metrics = Metrics::new();
+        let ca = ca.with_counters(
+            metrics.cert_cache_hits.clone(),
+            metrics.cert_cache_misses.clone(),
+        );
         let vault = Arc::new(Vault::open(&config.vault)?);
         let audit = AuditLog::open(&config.audit)?;
         let roots = tls::upstream_roots(&config.tls.upstream_roots)?;
@@ -90,6 +97,7 @@ impl State {
             dialer,
             client,
             limits,
+            metrics,
         }))
     }
 

@@ -4,6 +4,7 @@
 use super::{provider, TlsError};
 use lru::LruCache;
 use parking_lot::Mutex;
+use prometheus_client::metrics::counter::Counter;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, SanType,
@@ -39,8 +40,8 @@ pub struct CertAuthority {
     issuer: Issuer<'static, KeyPair>,
     ca_pem: String,
     cache: Mutex<LruCache<String, Cached>>,
-    pub hits: std::sync::atomic::AtomicU64,
-    pub misses: std::sync::atomic::AtomicU64,
+    pub hits: Counter,
+    pub misses: Counter,
 }
 
 fn file_err(path: &Path, message: impl ToString) -> TlsError {
@@ -107,9 +108,16 @@ impl CertAuthority {
             issuer,
             ca_pem,
             cache: Mutex::new(LruCache::new(cap)),
-            hits: Default::default(),
-            misses: Default::default(),
+            hits: Counter::default(),
+            misses: Counter::default(),
         })
+    }
+
+    /// Counts cache hits and misses into these (shared with the metrics registry).
+    pub fn with_counters(mut self, hits: Counter, misses: Counter) -> Self {
+        self.hits = hits;
+        self.misses = misses;
+        self
     }
 
     /// The CA certificate, PEM, for trust bundles.
@@ -123,14 +131,13 @@ impl CertAuthority {
         self: &Arc<Self>,
         host: &str,
     ) -> Result<Arc<ServerConfig>, TlsError> {
-        use std::sync::atomic::Ordering::Relaxed;
         if let Some(c) = self.cache.lock().get(host) {
             if c.refresh_at > Instant::now() {
-                self.hits.fetch_add(1, Relaxed);
+                self.hits.inc();
                 return Ok(c.config.clone());
             }
         }
-        self.misses.fetch_add(1, Relaxed);
+        self.misses.inc();
         let this = self.clone();
         let owned = host.to_string();
         let config = tokio::task::spawn_blocking(move || this.mint(&owned))
@@ -240,8 +247,8 @@ mod tests {
         assert_eq!(mode, 0o600);
         let (chain, _) = ca.mint_leaf("api.openai.com").unwrap();
         let mut roots = rustls::RootCertStore::empty();
-        use rustls::pki_types::pem::PemObject;
         use rustls::client::danger::ServerCertVerifier;
+        use rustls::pki_types::pem::PemObject;
         for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.ca_pem().as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }

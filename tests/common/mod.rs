@@ -65,16 +65,28 @@ impl UpstreamPki {
     pub fn new() -> UpstreamPki {
         let ca_key = KeyPair::generate().unwrap();
         let mut ca = CertificateParams::default();
-        ca.distinguished_name.push(DnType::CommonName, "upstream test CA");
+        ca.distinguished_name
+            .push(DnType::CommonName, "upstream test CA");
         ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
         let ca_cert = ca.self_signed(&ca_key).unwrap();
         let issuer = Issuer::new(ca, ca_key);
         let key = KeyPair::generate().unwrap();
-        let mut leaf = CertificateParams::new(UPSTREAM_HOSTS.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        leaf.subject_alt_names.push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let mut leaf = CertificateParams::new(
+            UPSTREAM_HOSTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        leaf.subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
         let cert = leaf.signed_by(&key, &issuer).unwrap();
-        UpstreamPki { ca_pem: ca_cert.pem(), leaf: vec![cert.der().clone()], key_der: key.serialize_der() }
+        UpstreamPki {
+            ca_pem: ca_cert.pem(),
+            leaf: vec![cert.der().clone()],
+            key_der: key.serialize_der(),
+        }
     }
 
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
@@ -119,12 +131,16 @@ impl EchoUpstream {
         let (s, c) = (seen.clone(), connections.clone());
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { return };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
                 c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let acceptor = acceptor.clone();
                 let seen = s.clone();
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let svc = hyper::service::service_fn(move |req| echo(seen.clone(), req));
                     let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection_with_upgrades(TokioIo::new(tls), svc)
@@ -132,7 +148,11 @@ impl EchoUpstream {
                 });
             }
         });
-        EchoUpstream { addr, seen, connections }
+        EchoUpstream {
+            addr,
+            seen,
+            connections,
+        }
     }
 
     pub fn requests(&self) -> Vec<Seen> {
@@ -140,7 +160,11 @@ impl EchoUpstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen.lock().last().cloned().expect("upstream saw no request")
+        self.seen
+            .lock()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
     }
 
     pub fn connection_count(&self) -> usize {
@@ -150,12 +174,19 @@ impl EchoUpstream {
 
 type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
 
-async fn echo(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<http::Response<BoxBody>, hyper::Error> {
+async fn echo(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<http::Response<BoxBody>, hyper::Error> {
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes().to_vec();
     let record = Seen {
         method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         headers: parts.headers.clone(),
         body: body.clone(),
         version: parts.version,
@@ -163,15 +194,21 @@ async fn echo(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<htt
     seen.lock().push(record);
     let path = parts.uri.path().to_string();
     if path == "/sse" {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
         tokio::spawn(async move {
-            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n")))).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+                .await;
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n")))).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
+                .await;
         });
         let stream = tokio_stream_from(rx);
         let mut resp = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
-        resp.headers_mut().insert("content-type", "text/event-stream".parse().unwrap());
+        resp.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
         return Ok(resp);
     }
     if path == "/echo-secret" {
@@ -181,7 +218,8 @@ async fn echo(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<htt
             .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
             .collect::<Vec<_>>()
             .join(" ");
-        let mut resp = http::Response::new(Full::new(Bytes::from(format!("you sent: {cred}"))).boxed());
+        let mut resp =
+            http::Response::new(Full::new(Bytes::from(format!("you sent: {cred}"))).boxed());
         if let Ok(v) = http::HeaderValue::from_str(&cred) {
             resp.headers_mut().insert("x-echo", v);
         }
@@ -194,7 +232,8 @@ async fn echo(seen: Arc<Mutex<Vec<Seen>>>, req: Request<Incoming>) -> Result<htt
         "body_len": body.len(),
     });
     let mut resp = http::Response::new(Full::new(Bytes::from(json.to_string())).boxed());
-    resp.headers_mut().insert("content-type", "application/json".parse().unwrap());
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
     Ok(resp)
 }
 
@@ -210,7 +249,11 @@ pub struct MapResolver(pub HashMap<String, Vec<IpAddr>>);
 
 impl Resolver for MapResolver {
     fn lookup(&self, host: String) -> BoxFuture<std::io::Result<Vec<IpAddr>>> {
-        let r = self.0.get(&host).cloned().ok_or_else(|| std::io::Error::other("no such host (test resolver)"));
+        let r = self
+            .0
+            .get(&host)
+            .cloned()
+            .ok_or_else(|| std::io::Error::other("no such host (test resolver)"));
         Box::pin(async move { r })
     }
 }
@@ -229,10 +272,11 @@ pub struct Kw {
 
 /// Config text pointing every file into `dir` and every test host at `up`.
 pub fn base_config(dir: &Path, up: SocketAddr, extra: &str) -> String {
-    let mut resolve = String::new();
-    for h in UPSTREAM_HOSTS {
-        resolve.push_str(&format!("\"{h}\" = \"{up}\", "));
-    }
+    let resolve = UPSTREAM_HOSTS
+        .iter()
+        .map(|h| format!("\"{h}\" = \"{up}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"
 [proxy]
@@ -286,7 +330,13 @@ impl Kw {
         let config = Config::from_file(&config_path).unwrap();
         let resolver = resolver.unwrap_or_else(|| Arc::new(MapResolver(HashMap::new())));
         let running = listener::start(config, Some(resolver)).await.unwrap();
-        Kw { running, dir, upstream, pki, config_path }
+        Kw {
+            running,
+            dir,
+            upstream,
+            pki,
+            config_path,
+        }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -296,7 +346,9 @@ impl Kw {
     /// Stores a secret through the vault API and makes the proxy see it.
     pub fn set_secret(&self, scope: &str, name: &str, value: &str) {
         let st = &self.running.state;
-        st.vault.set(scope, name, Secret::from_str(value), SetOptions::default()).unwrap();
+        st.vault
+            .set(scope, name, Secret::from_str(value), SetOptions::default())
+            .unwrap();
         st.refresh_vault().unwrap();
     }
 
@@ -321,7 +373,12 @@ impl Kw {
     }
 
     pub fn client(&self) -> ProxyClient {
-        ProxyClient { proxy: self.addr(), auth: Some((AGENT.into(), TOKEN.into())), ca_pem: self.ca_pem(), h2: false }
+        ProxyClient {
+            proxy: self.addr(),
+            auth: Some((AGENT.into(), TOKEN.into())),
+            ca_pem: self.ca_pem(),
+            h2: false,
+        }
     }
 }
 
@@ -341,7 +398,9 @@ impl Got {
         serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
     }
     pub fn error_code(&self) -> Option<String> {
-        self.headers.get("x-keyward-error").map(|v| v.to_str().unwrap().to_string())
+        self.headers
+            .get("x-keyward-error")
+            .map(|v| v.to_str().unwrap().to_string())
     }
 }
 
@@ -364,10 +423,18 @@ pub async fn read_head(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
         buf.push(byte[0]);
     }
     let head = String::from_utf8_lossy(&buf).to_string();
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let len = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
         .unwrap_or(0);
     let mut body = vec![0u8; len];
     if len > 0 {
@@ -411,7 +478,11 @@ impl ProxyClient {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
-        cfg.alpn_protocols = if self.h2 { vec![b"h2".to_vec()] } else { vec![b"http/1.1".to_vec()] };
+        cfg.alpn_protocols = if self.h2 {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
         Arc::new(cfg)
     }
 
@@ -427,7 +498,8 @@ impl ProxyClient {
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        self.send(host, b.body(Full::new(Bytes::new())).unwrap()).await
+        self.send(host, b.body(Full::new(Bytes::new())).unwrap())
+            .await
     }
 
     /// Opens a tunnel; `Err` carries a CONNECT refusal as a `Got`.
@@ -438,19 +510,31 @@ impl ProxyClient {
                 let mut headers = HeaderMap::new();
                 for line in head.lines().skip(1) {
                     if let Some((k, v)) = line.split_once(':') {
-                        if let (Ok(k), Ok(v)) = (http::HeaderName::from_bytes(k.trim().as_bytes()), v.trim().parse()) {
+                        if let (Ok(k), Ok(v)) = (
+                            http::HeaderName::from_bytes(k.trim().as_bytes()),
+                            v.trim().parse(),
+                        ) {
                             headers.append(k, v);
                         }
                     }
                 }
-                return Err(Got { status: StatusCode::from_u16(status).unwrap(), headers, body });
+                return Err(Got {
+                    status: StatusCode::from_u16(status).unwrap(),
+                    headers,
+                    body,
+                });
             }
         };
         let connector = tokio_rustls::TlsConnector::from(self.tls_config());
-        let tls = connector.connect(ServerName::try_from(host.to_string()).unwrap(), stream).await.unwrap();
+        let tls = connector
+            .connect(ServerName::try_from(host.to_string()).unwrap(), stream)
+            .await
+            .unwrap();
         let io = TokioIo::new(tls);
         let sender = if self.h2 {
-            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.unwrap();
+            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
             tokio::spawn(conn);
             Sender::H2(s)
         } else {
@@ -480,8 +564,17 @@ impl Tunnel {
             }
             Sender::H2(s) => {
                 if req.uri().authority().is_none() {
-                    let host = req.headers().get("host").unwrap().to_str().unwrap().to_string();
-                    *req.uri_mut() = format!("https://{host}{}", req.uri().path_and_query().unwrap()).parse().unwrap();
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    *req.uri_mut() =
+                        format!("https://{host}{}", req.uri().path_and_query().unwrap())
+                            .parse()
+                            .unwrap();
                     req.headers_mut().remove("host");
                 }
                 *req.version_mut() = http::Version::HTTP_2;
@@ -494,12 +587,26 @@ impl Tunnel {
     pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Got {
         let resp = self.send_raw(req).await;
         let (parts, body) = resp.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
-        Got { status: parts.status, headers: parts.headers, body }
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
     }
 
     pub async fn get(&mut self, host: &str, path: &str) -> Got {
-        self.send(Request::get(path).header("host", host).body(Full::new(Bytes::new())).unwrap()).await
+        self.send(
+            Request::get(path)
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
     }
 }
 
@@ -511,12 +618,17 @@ pub fn assert_no_leak(what: &str, haystack: &[u8], needle: &str) {
         base64::engine::general_purpose::STANDARD.encode(needle),
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(needle),
         hex::encode(needle),
-        percent_encoding::utf8_percent_encode(needle, percent_encoding::NON_ALPHANUMERIC).to_string(),
+        percent_encoding::utf8_percent_encode(needle, percent_encoding::NON_ALPHANUMERIC)
+            .to_string(),
     ];
     let hay = String::from_utf8_lossy(haystack);
     for f in forms {
         // Base64 of the whole value may differ at the edges; the middle must not appear.
-        let probe = if f.len() > 12 { &f[4..f.len() - 4] } else { &f[..] };
+        let probe = if f.len() > 12 {
+            &f[4..f.len() - 4]
+        } else {
+            &f[..]
+        };
         assert!(!hay.contains(probe), "{what} leaks the canary (form {f})");
     }
 }
