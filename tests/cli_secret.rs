@@ -351,10 +351,9 @@ fn env_master_key_takes_precedence_over_the_key_file() {
     c.env("KEYWARD_MASTER_KEY", &key);
     let out = Env::run_cmd(c, None);
     assert!(out.status.success());
-    // Without the env the (new, random) key file does not open it.
-    assert!(env
-        .user_error(&["secret", "list"], None)
-        .contains("wrong master key"));
+    // Without the env there is no key: keyward refuses instead of making one up.
+    let err = env.user_error(&["secret", "list"], None);
+    assert!(err.contains("master key file is missing"), "{err}");
     let mut c = env.cmd(&["secret", "list"]);
     c.env("KEYWARD_MASTER_KEY", "not-base64!");
     let out = Env::run_cmd(c, None);
@@ -499,4 +498,46 @@ fn rotate_master_key_rewraps_and_the_old_key_stops_working() {
     assert!(env
         .user_error(&["vault", "rotate-master-key"], None)
         .contains("--new-key-file"));
+}
+
+#[test]
+fn a_vault_without_its_key_file_is_refused_not_rekeyed() {
+    let env = Env::new();
+    env.ok(&["secret", "set", "K"], Some(b"value-1234567890"));
+    std::fs::rename(
+        env.path("certs/master.key"),
+        env.path("certs/elsewhere.key"),
+    )
+    .unwrap();
+    let err = env.user_error(&["secret", "list"], None);
+    assert!(
+        err.contains("master key file is missing") && err.contains("vault.kw"),
+        "{err}"
+    );
+    assert!(
+        !env.path("certs/master.key").exists(),
+        "no new key was made up"
+    );
+}
+
+#[test]
+fn passphrase_from_the_environment_seals_and_opens() {
+    let env = Env::new();
+    let mut c = env.cmd(&["secret", "set", "K"]);
+    c.env("KEYWARD_MASTER_PASSPHRASE", "correct horse battery staple");
+    let out = Env::run_cmd(c, Some(b"value-1234567890"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!env.path("certs/master.key").exists());
+    let mut c = env.cmd(&["secret", "show", "K", "--json"]);
+    c.env("KEYWARD_MASTER_PASSPHRASE", "correct horse battery staple");
+    assert!(Env::run_cmd(c, None).status.success());
+    let mut c = env.cmd(&["secret", "show", "K"]);
+    c.env("KEYWARD_MASTER_PASSPHRASE", "wrong horse");
+    let out = Env::run_cmd(c, None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong master key"));
 }

@@ -1020,3 +1020,38 @@ async fn watcher_logs_a_failed_reload_once_without_the_value_and_keeps_serving()
     assert_eq!(got.value, value, "the last good snapshot keeps serving");
     handle.abort();
 }
+
+#[test]
+fn a_writer_waits_for_the_lock_held_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let v = open(&c).unwrap();
+    v.set(
+        "platform",
+        "A",
+        Secret::from_str("value-1234567890"),
+        SetOptions::default(),
+    )
+    .unwrap();
+    let lock = std::fs::File::open(c.path.with_extension("kw.lock")).unwrap();
+    fs4::fs_std::FileExt::lock_exclusive(&lock).unwrap();
+    let c2 = c.clone();
+    let writer = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        open(&c2)
+            .unwrap()
+            .set(
+                "platform",
+                "B",
+                Secret::from_str("value-1234567890"),
+                SetOptions::default(),
+            )
+            .unwrap();
+        start.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished(), "the writer must wait for the lock");
+    drop(lock);
+    assert!(writer.join().unwrap() >= Duration::from_millis(250));
+    assert_eq!(open(&c).unwrap().list(None).len(), 2);
+}

@@ -56,6 +56,9 @@ pub const MAX_ROTATE_EVERY: Duration = Duration::from_secs(100 * 365 * 86_400);
 const RECORD_ID_BYTES: usize = 16;
 /// Temp files older than this, left by a killed writer, are removed by the next writer.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+/// How long a writer waits for the lock, and how often it retries.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+const LOCK_POLL: Duration = Duration::from_millis(10);
 /// Reads of a file that keeps changing under a reader before giving up.
 const LOAD_ATTEMPTS: u32 = 5;
 /// Accepted Argon2id parameter ranges read from a vault header (bounds the work a
@@ -421,6 +424,18 @@ impl MasterKey {
             use std::os::unix::ffi::OsStringExt;
             let pass = Zeroizing::new(v.into_vec());
             return MasterKey::from_passphrase(&pass, MasterSource::EnvPassphrase);
+        }
+        // SECURITY: a vault without its key file must not get a fresh random key: the
+        // vault would look "wrong key" forever and the new key invite a silent reset.
+        if !cfg.master_key_file.exists() && cfg.path.exists() {
+            return Err(ferr(
+                &cfg.master_key_file,
+                format!(
+                    "master key file is missing but the vault {} exists; restore the key file \
+                     or set ${ENV_MASTER_KEY} / ${ENV_MASTER_PASSPHRASE}",
+                    cfg.path.display()
+                ),
+            ));
         }
         MasterKey::load_or_create_file(&cfg.master_key_file)
     }
@@ -1585,8 +1600,7 @@ impl Vault {
             .mode(0o600)
             .open(&self.lock_path)
             .map_err(|e| ioerr(&self.lock_path, "cannot open the vault lock", e))?;
-        fs4::fs_std::FileExt::lock_exclusive(&lock)
-            .map_err(|e| ioerr(&self.lock_path, "cannot lock the vault", e))?;
+        lock_with_timeout(&lock, &self.lock_path)?;
 
         clean_stale_temps(&self.path);
         // Always re-read under the lock: another writer may have changed the file.
@@ -1652,6 +1666,27 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     File::open(dir)?.sync_all()
+}
+
+/// Takes the exclusive writer lock, waiting at most `LOCK_TIMEOUT`.
+fn lock_with_timeout(lock: &File, path: &Path) -> Result<(), VaultError> {
+    let deadline = std::time::Instant::now() + LOCK_TIMEOUT;
+    loop {
+        match fs4::fs_std::FileExt::try_lock_exclusive(lock) {
+            Ok(true) => return Ok(()),
+            Ok(false) if std::time::Instant::now() < deadline => std::thread::sleep(LOCK_POLL),
+            Ok(false) => {
+                return Err(ferr(
+                    path,
+                    format!(
+                        "another writer has held the vault lock for {}s",
+                        LOCK_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+            Err(e) => return Err(ioerr(path, "cannot lock the vault", e)),
+        }
+    }
 }
 
 /// Removes temp files a killed writer left behind (called under the writer lock).
