@@ -15,9 +15,16 @@ pub const EMBEDDED_NAME: &str = "<embedded defaults>";
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read { file: String, source: std::io::Error },
+    Read {
+        file: String,
+        source: std::io::Error,
+    },
     #[error("{file}:{line}: {message}")]
-    Invalid { file: String, line: usize, message: String },
+    Invalid {
+        file: String,
+        line: usize,
+        message: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -43,7 +50,10 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     pub max_connections: usize,
     pub max_connections_per_agent: usize,
+    /// Token-bucket rate per agent (requests/second); off when absent.
     pub max_requests_per_second_per_agent: Option<f64>,
+    /// Bucket size (default: one second's worth, at least 1).
+    pub rate_burst: Option<f64>,
     pub header_read_timeout: Dur,
     pub idle_timeout: Dur,
     pub connect_timeout: Dur,
@@ -61,6 +71,7 @@ impl Default for ProxyConfig {
             max_connections: 10_000,
             max_connections_per_agent: 1_000,
             max_requests_per_second_per_agent: None,
+            rate_burst: None,
             header_read_timeout: Dur(Duration::from_secs(10)),
             idle_timeout: Dur(Duration::from_secs(90)),
             connect_timeout: Dur(Duration::from_secs(10)),
@@ -135,7 +146,10 @@ pub struct AuditConfig {
 
 impl Default for AuditConfig {
     fn default() -> Self {
-        AuditConfig { path: PathBuf::from("data/audit.jsonl"), rotate_bytes: ByteSize(0) }
+        AuditConfig {
+            path: PathBuf::from("data/audit.jsonl"),
+            rotate_bytes: ByteSize(0),
+        }
     }
 }
 
@@ -255,9 +269,9 @@ impl<'de> Deserialize<'de> for ByteSize {
         }
         match Raw::deserialize(d)? {
             Raw::N(n) => Ok(ByteSize(n)),
-            Raw::S(s) => ByteSize::parse(&s)
-                .map(ByteSize)
-                .ok_or_else(|| serde::de::Error::custom(format!("invalid size {s:?} (e.g. \"64MiB\")"))),
+            Raw::S(s) => ByteSize::parse(&s).map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!("invalid size {s:?} (e.g. \"64MiB\")"))
+            }),
         }
     }
 }
@@ -286,8 +300,10 @@ impl Config {
 
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { file: file.clone(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            file: file.clone(),
+            source,
+        })?;
         let mut cfg = Config::parse(&text, &file)?;
         cfg.source = Some(path.to_path_buf());
         Ok(cfg)
@@ -297,7 +313,11 @@ impl Config {
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::from_str(text).map_err(|e| {
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-            ConfigError::Invalid { file: file.to_string(), line, message: e.message().to_string() }
+            ConfigError::Invalid {
+                file: file.to_string(),
+                line,
+                message: e.message().to_string(),
+            }
         })?;
         cfg.validate(text, file)?;
         Ok(cfg)
@@ -305,7 +325,10 @@ impl Config {
 
     /// Where a file's messages point: the file name, or the embedded-defaults label.
     pub fn source_name(&self) -> String {
-        self.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| EMBEDDED_NAME.into())
+        self.source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| EMBEDDED_NAME.into())
     }
 
     fn validate(&self, text: &str, file: &str) -> Result<(), ConfigError> {
@@ -315,10 +338,16 @@ impl Config {
             message,
         };
         if self.tls.upstream_roots.is_empty() {
-            return Err(fail("upstream_roots", "tls.upstream_roots: must be \"system\" or a PEM path".into()));
+            return Err(fail(
+                "upstream_roots",
+                "tls.upstream_roots: must be \"system\" or a PEM path".into(),
+            ));
         }
         if self.proxy.max_connections == 0 {
-            return Err(fail("max_connections", "proxy.max_connections: must be at least 1".into()));
+            return Err(fail(
+                "max_connections",
+                "proxy.max_connections: must be at least 1".into(),
+            ));
         }
         for (i, host) in self.egress.allow.iter().enumerate() {
             let bare = host.strip_prefix("*.").unwrap_or(host);
@@ -332,21 +361,33 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for p in &self.providers {
             if !names.insert(p.name.as_str()) {
-                return Err(fail(&p.name, format!("providers: duplicate provider name {:?}", p.name)));
+                return Err(fail(
+                    &p.name,
+                    format!("providers: duplicate provider name {:?}", p.name),
+                ));
             }
             if !valid_secret_name(&p.secret) {
                 return Err(fail(
                     &p.secret,
-                    format!("providers.{}.secret: {:?} must match ^[A-Z_][A-Z0-9_]*$", p.name, p.secret),
+                    format!(
+                        "providers.{}.secret: {:?} must match ^[A-Z_][A-Z0-9_]*$",
+                        p.name, p.secret
+                    ),
                 ));
             }
             if p.hosts.is_empty() {
-                return Err(fail(&p.name, format!("providers.{}.hosts: at least one host", p.name)));
+                return Err(fail(
+                    &p.name,
+                    format!("providers.{}.hosts: at least one host", p.name),
+                ));
             }
             let template = match &p.inject {
                 InjectConfig::Header { header, value } => {
                     if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                        return Err(fail(header, format!("providers.{}.inject.header: invalid header name", p.name)));
+                        return Err(fail(
+                            header,
+                            format!("providers.{}.inject.header: invalid header name", p.name),
+                        ));
                     }
                     value.as_str()
                 }
@@ -366,57 +407,99 @@ impl Config {
                 }
                 InjectConfig::PathPrefix { path_prefix } => {
                     if !path_prefix.starts_with('/') {
-                        return Err(fail(path_prefix, format!("providers.{}.inject.path_prefix: must start with /", p.name)));
+                        return Err(fail(
+                            path_prefix,
+                            format!("providers.{}.inject.path_prefix: must start with /", p.name),
+                        ));
                     }
                     path_prefix.as_str()
                 }
             };
             if template == "missing" || (!template.is_empty() && !template.contains("{secret}")) {
-                return Err(fail(&p.name, format!("providers.{}.inject: the template must contain {{secret}}", p.name)));
+                return Err(fail(
+                    &p.name,
+                    format!(
+                        "providers.{}.inject: the template must contain {{secret}}",
+                        p.name
+                    ),
+                ));
             }
         }
         let mut chains = std::collections::HashSet::new();
         for c in &self.chains {
             if !chains.insert(c.name.as_str()) {
-                return Err(fail(&c.name, format!("chains: duplicate chain {:?}", c.name)));
+                return Err(fail(
+                    &c.name,
+                    format!("chains: duplicate chain {:?}", c.name),
+                ));
             }
             for s in c.secrets.iter().flatten() {
                 if !valid_secret_name(s) {
-                    return Err(fail(s, format!("chains.{}.secrets: {s:?} must match ^[A-Z_][A-Z0-9_]*$", c.name)));
+                    return Err(fail(
+                        s,
+                        format!(
+                            "chains.{}.secrets: {s:?} must match ^[A-Z_][A-Z0-9_]*$",
+                            c.name
+                        ),
+                    ));
                 }
             }
         }
         let mut agents = std::collections::HashSet::new();
         for a in &self.agents {
             if !agents.insert(a.id.as_str()) {
-                return Err(fail(&a.id, format!("agents: duplicate agent id {:?}", a.id)));
+                return Err(fail(
+                    &a.id,
+                    format!("agents: duplicate agent id {:?}", a.id),
+                ));
             }
             if !valid_agent_id(&a.id) {
-                return Err(fail(&a.id, format!("agents.{}.id: use letters, digits, '-', '_', '.'", a.id)));
+                return Err(fail(
+                    &a.id,
+                    format!("agents.{}.id: use letters, digits, '-', '_', '.'", a.id),
+                ));
             }
-            if a.token_sha256.len() != 64 || !a.token_sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            if a.token_sha256.len() != 64
+                || !a
+                    .token_sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
                 return Err(fail(
                     &a.token_sha256,
-                    format!("agents.{}.token_sha256: must be 64 lowercase hex characters", a.id),
+                    format!(
+                        "agents.{}.token_sha256: must be 64 lowercase hex characters",
+                        a.id
+                    ),
                 ));
             }
             if let Some(chain) = &a.chain {
                 if !chains.contains(chain.as_str()) {
-                    return Err(fail(chain, format!("agents.{}.chain: no chain named {chain:?}", a.id)));
+                    return Err(fail(
+                        chain,
+                        format!("agents.{}.chain: no chain named {chain:?}", a.id),
+                    ));
                 }
             }
             for (secret, tier) in &a.pins {
                 if !TIERS.contains(&tier.as_str()) {
                     return Err(fail(
                         tier,
-                        format!("agents.{}.use.{secret}: tier {tier:?} is not one of {}", a.id, TIERS.join(", ")),
+                        format!(
+                            "agents.{}.use.{secret}: tier {tier:?} is not one of {}",
+                            a.id,
+                            TIERS.join(", ")
+                        ),
                     ));
                 }
             }
         }
         for t in &self.admin.tokens {
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(fail(&t.sha256, format!("admin.tokens.{}.sha256: must be 64 hex characters", t.name)));
+                return Err(fail(
+                    &t.sha256,
+                    format!("admin.tokens.{}.sha256: must be 64 hex characters", t.name),
+                ));
             }
         }
         Ok(())
@@ -427,11 +510,17 @@ impl Config {
 pub fn valid_agent_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// Best-effort line of the first occurrence of `needle` (for semantic errors).
@@ -453,7 +542,8 @@ mod tests {
 
     #[test]
     fn unknown_key_names_file_and_line() {
-        let err = Config::parse("[proxy]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n", "k.toml").unwrap_err();
+        let err =
+            Config::parse("[proxy]\nlisten = \"127.0.0.1:1\"\nbogus = 1\n", "k.toml").unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with("k.toml:3:"), "{msg}");
         assert!(msg.contains("bogus"), "{msg}");
@@ -499,7 +589,10 @@ secret = "D"
 inject = { path_prefix = "/bot{secret}" }
 "#;
         let c = Config::parse(text, "k.toml").unwrap();
-        assert!(matches!(c.providers[3].inject, InjectConfig::PathPrefix { .. }));
+        assert!(matches!(
+            c.providers[3].inject,
+            InjectConfig::PathPrefix { .. }
+        ));
         assert!(matches!(c.providers[1].inject, InjectConfig::Basic { .. }));
     }
 

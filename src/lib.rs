@@ -4,10 +4,12 @@
 //! and `tls`; none of those knows about `proxy`. See `STYLE.md` in the shared folder
 //! and `README.md` for the tour.
 
+pub mod admin;
 pub mod audit;
 pub mod catalog;
 pub mod cli;
 pub mod config;
+pub mod metrics;
 pub mod netaddr;
 pub mod policy;
 pub mod proxy;

@@ -7,7 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "keyward", version, about = "Injecting HTTPS forward proxy for AI-agent sandboxes")]
+#[command(
+    name = "keyward",
+    version,
+    about = "Injecting HTTPS forward proxy for AI-agent sandboxes"
+)]
 struct Cli {
     /// Config file (default: config/keyward.toml if present, else embedded defaults).
     #[arg(long, global = true, value_name = "PATH")]
@@ -49,6 +53,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A CLI piped into `head` should end quietly, not panic on EPIPE.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Cli::parse();
     let result = run(args);
     match result {
@@ -82,9 +91,11 @@ fn run(args: Cli) -> Result<u8, CliError> {
 fn serve(config: Config) -> Result<u8, CliError> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG").unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
+                .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -1,7 +1,29 @@
-//! `keyward env`.
+//! `keyward env`: the environment a sandbox needs, as shell `export` lines.
 
 use super::CliError;
 use crate::config::Config;
+use crate::policy::Policy;
+use crate::resolve::Directory;
+use crate::tls::ca::CertAuthority;
+use crate::vault::Vault;
+use clap::ValueEnum;
+use std::path::PathBuf;
+
+/// The dummy value SDK key variables get; keyward replaces it on the wire.
+pub const DUMMY_KEY: &str = "keyward-placeholder";
+/// Where the system's CA bundle usually is (Debian/Ubuntu, then RHEL/Fedora, Alpine).
+const SYSTEM_BUNDLES: &[&str] = &[
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+];
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Shell {
+    Sh,
+    Fish,
+    Dotenv,
+}
 
 #[derive(clap::Args)]
 pub struct EnvArgs {
@@ -9,8 +31,116 @@ pub struct EnvArgs {
     pub agent: String,
     #[arg(long)]
     pub token: String,
+    /// Proxy URL as the sandbox reaches keyward (default: the configured listen address).
+    #[arg(long)]
+    pub proxy: Option<String>,
+    #[arg(long, value_enum, default_value = "sh")]
+    pub shell: Shell,
+    /// Where to write the CA bundle (default: beside the CA certificate).
+    #[arg(long)]
+    pub bundle: Option<PathBuf>,
 }
 
-pub fn run(_args: EnvArgs, _cfg: &Config) -> Result<u8, CliError> {
-    Err(CliError::Internal("not implemented".into()))
+pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
+    let user = |e: &dyn std::fmt::Display| CliError::User(e.to_string());
+    let vault = Vault::open(&cfg.vault).map_err(|e| user(&e))?;
+    let snapshot = vault.snapshot();
+    let directory = Directory::build(cfg, snapshot.agents(), Some(vault.session_key()));
+    let principal = directory
+        .authenticate(&args.agent, &args.token, crate::proxy::pipeline::unix_now())
+        .ok_or_else(|| {
+            CliError::User(format!(
+                "the token does not authenticate agent {:?}",
+                args.agent
+            ))
+        })?;
+
+    let ca = CertAuthority::load_or_create(&cfg.tls.ca_cert, &cfg.tls.ca_key, 1)
+        .map_err(|e| user(&e))?;
+    let bundle_path = args.bundle.clone().unwrap_or_else(|| {
+        cfg.tls
+            .ca_cert
+            .parent()
+            .map(|d| d.join("ca-bundle.pem"))
+            .unwrap_or_else(|| PathBuf::from("ca-bundle.pem"))
+    });
+    let mut bundle = String::new();
+    if let Some(system) = SYSTEM_BUNDLES
+        .iter()
+        .find_map(|p| std::fs::read_to_string(p).ok())
+    {
+        bundle.push_str(&system);
+        if !bundle.ends_with('\n') {
+            bundle.push('\n');
+        }
+    }
+    bundle.push_str(ca.ca_pem());
+    std::fs::write(&bundle_path, bundle)
+        .map_err(|e| user(&format!("{}: {e}", bundle_path.display())))?;
+    let bundle_abs = std::fs::canonicalize(&bundle_path).unwrap_or(bundle_path);
+
+    let proxy_base = args.proxy.clone().unwrap_or_else(|| {
+        let mut listen = cfg.proxy.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{listen}")
+    });
+    let proxy_url = with_userinfo(&proxy_base, &args.agent, &args.token)?;
+
+    let mut vars: Vec<(String, String)> = Vec::new();
+    for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
+        vars.push((name.into(), proxy_url.clone()));
+    }
+    for name in ["NO_PROXY", "no_proxy"] {
+        vars.push((name.into(), "localhost,127.0.0.1,::1".into()));
+    }
+    let bundle_str = bundle_abs.display().to_string();
+    for name in [
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+    ] {
+        vars.push((name.into(), bundle_str.clone()));
+    }
+    vars.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
+    let policy = Policy::from_config(cfg);
+    for p in policy.providers() {
+        if principal.in_scope(&p.secret) {
+            for var in &p.env {
+                if !vars.iter().any(|(k, _)| k == var) {
+                    vars.push((var.clone(), DUMMY_KEY.into()));
+                }
+            }
+        }
+    }
+    for (k, v) in vars {
+        match args.shell {
+            Shell::Sh => println!("export {k}={}", sh_quote(&v)),
+            Shell::Fish => println!("set -gx {k} {}", sh_quote(&v)),
+            Shell::Dotenv => println!("{k}={v}"),
+        }
+    }
+    Ok(0)
+}
+
+fn with_userinfo(base: &str, agent: &str, token: &str) -> Result<String, CliError> {
+    let (scheme, rest) = base
+        .split_once("://")
+        .ok_or_else(|| CliError::User(format!("--proxy {base:?}: expected http://host:port")))?;
+    let enc = |s: &str| {
+        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    };
+    Ok(format!(
+        "{scheme}://{}:{}@{}",
+        enc(agent),
+        enc(token),
+        rest.trim_end_matches('/')
+    ))
+}
+
+fn sh_quote(v: &str) -> String {
+    format!("'{}'", v.replace('\'', "'\\''"))
 }

@@ -1,8 +1,51 @@
-//! `keyward init`.
+//! `keyward init [DIR]`: an example config, the CA and the master key. Never
+//! overwrites: an existing file is kept and reported.
 
 use super::CliError;
+use crate::config::VaultConfig;
+use crate::tls::ca::CertAuthority;
+use crate::vault::Vault;
 use std::path::Path;
 
-pub fn run(_dir: Option<&Path>) -> Result<(), CliError> {
-    Err(CliError::Internal("not implemented".into()))
+/// The commented example config shipped with keyward.
+pub const EXAMPLE_CONFIG: &str = include_str!("../../config/keyward.example.toml");
+
+pub fn run(dir: Option<&Path>) -> Result<(), CliError> {
+    let root = dir.unwrap_or(Path::new("."));
+    let io = |p: &Path, e: std::io::Error| CliError::User(format!("{}: {e}", p.display()));
+    let config = root.join("config/keyward.toml");
+    if config.exists() {
+        println!("kept    {}", config.display());
+    } else {
+        if let Some(parent) = config.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| io(parent, e))?;
+        }
+        std::fs::write(&config, EXAMPLE_CONFIG).map_err(|e| io(&config, e))?;
+        println!("wrote   {}", config.display());
+    }
+    let (cert, key) = (root.join("certs/ca.pem"), root.join("certs/ca.key"));
+    let existed = cert.exists();
+    CertAuthority::load_or_create(&cert, &key, 1).map_err(|e| CliError::User(e.to_string()))?;
+    println!(
+        "{}{}",
+        if existed { "kept    " } else { "wrote   " },
+        cert.display()
+    );
+    let vault = VaultConfig {
+        path: root.join("data/vault.kw"),
+        master_key_file: root.join("certs/master.key"),
+    };
+    let existed = vault.master_key_file.exists();
+    Vault::open(&vault).map_err(|e| CliError::User(e.to_string()))?;
+    println!(
+        "{}{}",
+        if existed { "kept    " } else { "wrote   " },
+        vault.master_key_file.display()
+    );
+    println!(
+        "next: edit {} and run `keyward serve --config {}`",
+        config.display(),
+        config.display()
+    );
+    Ok(())
 }

@@ -1,1 +1,245 @@
-//! TODO
+//! Every way keyward refuses a request, and the one place that turns a refusal
+//! into a response: status, `x-keyward-error`, and the JSON body of SPEC §5.4.
+
+use super::{full, Body};
+use crate::{policy, resolve};
+use http::{header, HeaderValue, Response, StatusCode};
+
+/// Stable error codes. The string form (without the `keyward.` prefix) is the
+/// `x-keyward-error` header value; `docs/errors.md` documents each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    ProxyAuthRequired,
+    AgentRevoked,
+    HostNotAllowed,
+    PortNotAllowed,
+    PrivateAddress,
+    SelfLoop,
+    SecretNotInScope,
+    SecretNotFound,
+    SecretHostNotBound,
+    PlaceholderNotAllowed,
+    HostMismatch,
+    CleartextRefused,
+    BadRequest,
+    PayloadTooLarge,
+    RateLimited,
+    TooManyConnections,
+    AuditUnavailable,
+    VaultUnavailable,
+    UpstreamTls,
+    UpstreamUnreachable,
+    UpstreamTimeout,
+    UpstreamProtocol,
+    Internal,
+}
+
+impl Code {
+    pub const ALL: [Code; 23] = [
+        Code::ProxyAuthRequired,
+        Code::AgentRevoked,
+        Code::HostNotAllowed,
+        Code::PortNotAllowed,
+        Code::PrivateAddress,
+        Code::SelfLoop,
+        Code::SecretNotInScope,
+        Code::SecretNotFound,
+        Code::SecretHostNotBound,
+        Code::PlaceholderNotAllowed,
+        Code::HostMismatch,
+        Code::CleartextRefused,
+        Code::BadRequest,
+        Code::PayloadTooLarge,
+        Code::RateLimited,
+        Code::TooManyConnections,
+        Code::AuditUnavailable,
+        Code::VaultUnavailable,
+        Code::UpstreamTls,
+        Code::UpstreamUnreachable,
+        Code::UpstreamTimeout,
+        Code::UpstreamProtocol,
+        Code::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::ProxyAuthRequired => "proxy_auth_required",
+            Code::AgentRevoked => "agent_revoked",
+            Code::HostNotAllowed => "host_not_allowed",
+            Code::PortNotAllowed => "port_not_allowed",
+            Code::PrivateAddress => "private_address",
+            Code::SelfLoop => "self_loop",
+            Code::SecretNotInScope => "secret_not_in_scope",
+            Code::SecretNotFound => "secret_not_found",
+            Code::SecretHostNotBound => "secret_host_not_bound",
+            Code::PlaceholderNotAllowed => "placeholder_not_allowed",
+            Code::HostMismatch => "host_mismatch",
+            Code::CleartextRefused => "cleartext_refused",
+            Code::BadRequest => "bad_request",
+            Code::PayloadTooLarge => "payload_too_large",
+            Code::RateLimited => "rate_limited",
+            Code::TooManyConnections => "too_many_connections",
+            Code::AuditUnavailable => "audit_unavailable",
+            Code::VaultUnavailable => "vault_unavailable",
+            Code::UpstreamTls => "upstream_tls",
+            Code::UpstreamUnreachable => "upstream_unreachable",
+            Code::UpstreamTimeout => "upstream_timeout",
+            Code::UpstreamProtocol => "upstream_protocol",
+            Code::Internal => "internal",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Code::ProxyAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            Code::HostMismatch => StatusCode::MISDIRECTED_REQUEST,
+            Code::BadRequest => StatusCode::BAD_REQUEST,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Code::TooManyConnections | Code::AuditUnavailable | Code::VaultUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Code::UpstreamTls | Code::UpstreamUnreachable | Code::UpstreamProtocol => {
+                StatusCode::BAD_GATEWAY
+            }
+            Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::FORBIDDEN,
+        }
+    }
+}
+
+/// A refusal: a code plus a message for the agent. Messages never contain a
+/// secret value, a token or a query string.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{}: {message}", code.as_str())]
+pub struct Deny {
+    pub code: Code,
+    pub message: String,
+    /// Seconds, for `rate_limited`.
+    pub retry_after: Option<u64>,
+}
+
+impl Deny {
+    pub fn new(code: Code, message: impl Into<String>) -> Deny {
+        Deny {
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// The response an agent sees. `agent`/`host` go into the body so that an
+    /// agent reading it knows who was refused for what.
+    pub fn response(&self, agent: Option<&str>, host: Option<&str>) -> Response<Body> {
+        let body = serde_json::json!({
+            "error": {
+                "type": format!("keyward.{}", self.code.as_str()),
+                "message": self.message,
+                "agent": agent,
+                "host": host,
+            }
+        });
+        let mut resp = Response::new(full(body.to_string()));
+        *resp.status_mut() = self.code.status();
+        let h = resp.headers_mut();
+        h.insert(
+            "x-keyward-error",
+            HeaderValue::from_static(self.code.as_str()),
+        );
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.code == Code::ProxyAuthRequired {
+            h.insert(
+                header::PROXY_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"keyward\""),
+            );
+        }
+        if let Some(secs) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        resp
+    }
+}
+
+impl From<policy::Refusal> for Deny {
+    fn from(r: policy::Refusal) -> Deny {
+        let code = match r {
+            policy::Refusal::BadHost => Code::BadRequest,
+            policy::Refusal::HostNotAllowed => Code::HostNotAllowed,
+            policy::Refusal::PortNotAllowed(_) => Code::PortNotAllowed,
+            policy::Refusal::PrivateAddress(_) => Code::PrivateAddress,
+        };
+        Deny::new(code, r.to_string())
+    }
+}
+
+impl From<resolve::Refusal> for Deny {
+    fn from(r: resolve::Refusal) -> Deny {
+        let code = match r {
+            resolve::Refusal::NotInScope(_) => Code::SecretNotInScope,
+            resolve::Refusal::NotFound(_) => Code::SecretNotFound,
+            resolve::Refusal::HostNotBound(_) => Code::SecretHostNotBound,
+            resolve::Refusal::Vault(_) => Code::VaultUnavailable,
+        };
+        let message = match &r {
+            // The vault's own error text stays in keyward's log, not the agent's view.
+            resolve::Refusal::Vault(_) => "the vault could not be read".to_string(),
+            other => other.to_string(),
+        };
+        Deny::new(code, message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_unique_and_snake_case() {
+        let mut seen = std::collections::HashSet::new();
+        for c in Code::ALL {
+            assert!(seen.insert(c.as_str()), "{}", c.as_str());
+            assert!(c
+                .as_str()
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b == b'_'));
+        }
+    }
+
+    #[test]
+    fn auth_denial_carries_proxy_authenticate() {
+        let r = Deny::new(Code::ProxyAuthRequired, "x").response(None, None);
+        assert_eq!(r.status(), 407);
+        assert_eq!(r.headers()["proxy-authenticate"], "Basic realm=\"keyward\"");
+        assert_eq!(r.headers()["x-keyward-error"], "proxy_auth_required");
+    }
+}
+
+#[cfg(test)]
+mod doc_tests {
+    use super::Code;
+
+    /// docs/errors.md is the agent-facing contract: every code is documented with
+    /// its status, and nothing undocumented is emitted.
+    #[test]
+    fn every_code_is_documented_with_its_status() {
+        let doc = include_str!("../../docs/errors.md");
+        for c in Code::ALL {
+            let row = format!("| `{}` | {} |", c.as_str(), c.status().as_u16());
+            assert!(
+                doc.contains(&row),
+                "docs/errors.md lacks the row for {}",
+                c.as_str()
+            );
+        }
+        let documented = doc.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(
+            documented,
+            Code::ALL.len(),
+            "docs/errors.md documents codes keyward does not have"
+        );
+    }
+}

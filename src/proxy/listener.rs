@@ -1,7 +1,160 @@
-//! Accept loop, limits, graceful shutdown.
+//! Accept loop, connection limit, vault watcher, graceful shutdown.
 
+use super::connect;
+use super::state::{StartError, State};
+use super::upstream::{Resolver, SystemResolver};
 use crate::config::Config;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinHandle;
 
-pub async fn serve(_config: Config) -> Result<(), std::io::Error> {
+/// How often the vault file is checked for changes (CLI writes, Secret swaps).
+pub const VAULT_POLL: Duration = Duration::from_millis(250);
+/// How long shutdown waits for open connections to finish.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Answer for connections over `max_connections`.
+const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-keyward-error: too_many_connections\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+
+/// A running proxy (tests start one on port 0 and read `addr`).
+pub struct Running {
+    pub addr: SocketAddr,
+    /// The admin API's bound address, when `[admin].listen` is set.
+    pub admin_addr: Option<SocketAddr>,
+    pub state: Arc<State>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl Running {
+    /// Stops accepting, waits for open connections (up to the grace period).
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Binds and starts serving in the background.
+pub async fn start(
+    config: Config,
+    resolver: Option<Arc<dyn Resolver>>,
+) -> Result<Running, StartError> {
+    let listen = config.proxy.listen;
+    let admin_listen = config.admin.listen;
+    let state = State::new(config, resolver.unwrap_or_else(|| Arc::new(SystemResolver)))?;
+    let listener = TcpListener::bind(listen).await?;
+    let addr = listener.local_addr()?;
+    *state.dialer.own_addr.write() = Some(addr);
+    let (tx, rx) = watch::channel(false);
+    let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
+    spawn_vault_watcher(state.clone(), tx.subscribe());
+    let admin_addr = match admin_listen {
+        Some(a) => Some(crate::admin::start(state.clone(), a, tx.subscribe()).await?),
+        None => None,
+    };
+    tracing::info!(%addr, admin = ?admin_addr, "keyward listening");
+    Ok(Running {
+        addr,
+        admin_addr,
+        state,
+        shutdown: tx,
+        task,
+    })
+}
+
+/// `keyward serve`: start, then run until SIGINT/SIGTERM.
+pub async fn serve(config: Config) -> Result<(), StartError> {
+    let running = start(config, None).await?;
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    running.shutdown().await;
     Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+fn spawn_vault_watcher(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(VAULT_POLL);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            match state.refresh_vault() {
+                Ok(true) => tracing::info!("vault reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "vault reload failed; keeping the last good vault")
+                }
+            }
+        }
+    });
+}
+
+async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    let slots = Arc::new(Semaphore::new(state.limits.max_connections));
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            serve_connection(state, stream).await;
+            drop(permit);
+        });
+    }
+    // Graceful: wait until every connection slot is back, or the grace period ends.
+    let all = u32::try_from(state.limits.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
+}
+
+async fn refuse_busy(mut stream: TcpStream) {
+    let _ = stream.write_all(BUSY_RESPONSE).await;
+    let _ = stream.shutdown().await;
+}
+
+async fn serve_connection(state: Arc<State>, stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let limits = &state.limits;
+    let svc_state = state.clone();
+    let service = hyper::service::service_fn(move |req| connect::handle(svc_state.clone(), req));
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0)
+        .max_buf_size(limits.max_header_bytes.max(connect::MIN_BUF))
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "client connection ended with an error");
+    }
 }

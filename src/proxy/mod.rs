@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod error;
 pub mod inject;
+pub mod limits;
 pub mod listener;
 pub mod pipeline;
 pub mod redact;
@@ -19,7 +20,9 @@ pub type Body = BoxBody<Bytes, BoxError>;
 /// A body of fixed bytes.
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     use http_body_util::BodyExt;
-    http_body_util::Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An empty body.

@@ -1,1 +1,343 @@
-//! TODO
+//! THE request path inside an intercepted tunnel, top to bottom (SPEC §6.5–6.7):
+//! host check → who is asking, now → which provider → which credential → strip and
+//! inject → send over verified TLS → one audit line → redacted response.
+
+use super::error::{Code, Deny};
+use super::redact::{self, Patterns};
+use super::state::{Runtime, State};
+use super::{inject, upstream, Body};
+use crate::audit::Event;
+use crate::policy::{self, Provider};
+use crate::resolve::{self, Principal};
+use crate::secret::Secret;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, Request, Response, Uri, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+/// Connection-level headers that never cross a proxy (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// One intercepted tunnel: the identity and target fixed at CONNECT time.
+pub struct TunnelCx {
+    pub state: Arc<State>,
+    pub agent_id: String,
+    pub run_id: Option<String>,
+    pub expires: Option<u64>,
+    /// Canonical CONNECT host and port.
+    pub host: String,
+    pub port: u16,
+}
+
+impl TunnelCx {
+    /// `host[:port]` for the upstream URI (port omitted when 443).
+    fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        if self.port == 443 {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+pub async fn handle(
+    cx: Arc<TunnelCx>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let mut ev = Event::new("inject", "allowed");
+    ev.request_id = Some(request_id());
+    ev.agent = Some(cx.agent_id.clone());
+    ev.run_id = cx.run_id.clone();
+    ev.host = Some(cx.host.clone());
+    ev.method = Some(req.method().to_string());
+    // Path only: the query string may carry data the agent considers private.
+    ev.path = Some(req.uri().path().to_string());
+    match forward(&cx, req, &mut ev).await {
+        Ok(resp) => Ok(resp),
+        Err(deny) => Ok(refuse(&cx.state, deny, ev)),
+    }
+}
+
+async fn forward(
+    cx: &Arc<TunnelCx>,
+    req: Request<Incoming>,
+    ev: &mut Event,
+) -> Result<Response<Body>, Deny> {
+    let (mut parts, body) = req.into_parts();
+
+    // SECURITY: the Host inside the tunnel must be the CONNECT host, or an agent
+    // could tunnel to a cheap host and ask for an expensive provider's key.
+    check_host(&parts.headers, &parts.uri, &cx.host, cx.port)?;
+
+    // SECURITY: identity is fixed per tunnel but re-checked per request, so a
+    // removed agent or an expired session stops at the next request.
+    let rt = cx.state.runtime();
+    let principal = current_principal(cx, &rt)?;
+    cx.state.rate_check(&cx.agent_id)?;
+    ev.owner = principal.owner().map(str::to_string);
+    ev.builder = principal.builder().map(str::to_string);
+    ev.chain = principal.chain_name().map(str::to_string);
+
+    let provider: Arc<Provider> = rt
+        .policy
+        .provider_for(&cx.host)
+        .cloned()
+        .ok_or_else(|| Deny::new(Code::HostNotAllowed, "host is no longer a provider host"))?;
+    ev.provider = Some(provider.name.clone());
+    ev.connection_id = Some(principal.connection_id(&provider.name));
+    ev.secret = Some(provider.secret.clone());
+
+    let snapshot = cx.state.vault.snapshot();
+    let grant = resolve::grant(&principal, &provider.secret, &*snapshot)?;
+    ev.scope = Some(grant.scope.clone());
+    ev.tier = Some(grant.tier.as_str().to_string());
+    ev.version = Some(grant.version);
+    // SECURITY: a record restricted with --hosts goes only to those hosts.
+    if !grant.hosts.is_empty()
+        && !grant
+            .hosts
+            .iter()
+            .any(|h| policy::host_matches(h, &cx.host))
+    {
+        return Err(resolve::Refusal::HostNotBound(grant.name.clone()).into());
+    }
+
+    inject::strip_credentials(&mut parts.headers, &provider);
+    strip_hop_by_hop(&mut parts.headers);
+    let mut secrets: Vec<Secret> = vec![grant.value.clone()];
+    inject::replace_placeholders(&mut parts.headers, |name| {
+        let g = placeholder_grant(&rt, &principal, &cx.host, name, &*snapshot)?;
+        secrets.push(g.value.clone());
+        Ok(g.value)
+    })?;
+
+    let mut uri = upstream_uri(cx, &parts.uri)?;
+    inject::apply(&mut parts.headers, &mut uri, &provider, &grant.value)?;
+    parts.uri = uri;
+    parts.version = Version::HTTP_11;
+    parts.headers.remove(header::HOST);
+
+    let max_body = cx.state.limits.max_body_bytes.0;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(Deny::new(
+            Code::PayloadTooLarge,
+            format!("request body is larger than {max_body} bytes"),
+        ));
+    }
+    let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).boxed();
+
+    let started = std::time::Instant::now();
+    let sent = tokio::time::timeout(
+        cx.state.limits.response_timeout.0,
+        cx.state.client.request(Request::from_parts(parts, body)),
+    )
+    .await;
+    let resp = match sent {
+        Err(_) => {
+            return Err(Deny::new(
+                Code::UpstreamTimeout,
+                "upstream did not answer in time",
+            ))
+        }
+        Ok(Err(e)) => return Err(upstream::classify(&e)),
+        Ok(Ok(resp)) => resp,
+    };
+
+    ev.status = Some(resp.status().as_u16());
+    cx.state
+        .metrics
+        .inject(&provider.name, started.elapsed().as_secs_f64());
+    // SECURITY: fail closed: a credential use that cannot be audited is not
+    // handed back to the agent.
+    if let Err(e) = cx.state.audit.record(ev.clone()) {
+        tracing::error!(error = %e, "audit log unwritable: refusing");
+        return Err(Deny::new(
+            Code::AuditUnavailable,
+            "the audit log cannot be written",
+        ));
+    }
+    // Mark the line as written so a later refusal does not log a second one.
+    ev.event.clear();
+
+    let secret_refs: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
+    let patterns = Arc::new(Patterns::new(&secret_refs));
+    let resp = resp.map(|b| b.map_err(Into::into).boxed());
+    Ok(redact::wrap_response(
+        resp,
+        patterns,
+        Some(on_redact(cx.state.clone(), ev.clone())),
+    ))
+}
+
+fn current_principal(cx: &TunnelCx, rt: &Runtime) -> Result<Principal, Deny> {
+    let principal = rt
+        .directory
+        .principal(&cx.agent_id, cx.run_id.clone())
+        .ok_or_else(|| Deny::new(Code::AgentRevoked, "this agent is no longer registered"))?;
+    if let Some(expires) = cx.expires {
+        if expires <= unix_now() {
+            return Err(Deny::new(
+                Code::AgentRevoked,
+                "the session token has expired",
+            ));
+        }
+    }
+    Ok(principal)
+}
+
+/// A `{{NAME}}` placeholder may be filled only when NAME is in the agent's scope
+/// AND this host is one NAME is bound to.
+fn placeholder_grant(
+    rt: &Runtime,
+    principal: &Principal,
+    host: &str,
+    name: &str,
+    snapshot: &dyn resolve::SecretSource,
+) -> Result<resolve::Grant, Deny> {
+    let refuse = |why: &str| {
+        Deny::new(
+            Code::PlaceholderNotAllowed,
+            format!("placeholder {{{{{name}}}}}: {why}"),
+        )
+    };
+    let g = resolve::grant(principal, name, snapshot).map_err(|r| refuse(&r.to_string()))?;
+    // SECURITY: without the host binding an agent could send {{OPENAI_API_KEY}}
+    // to any provider host it can reach and read it back from a logging endpoint.
+    if !rt.policy.host_bound_to(name, host, &g.hosts) {
+        return Err(refuse("the secret is not bound to this host"));
+    }
+    Ok(g)
+}
+
+/// Writes the one audit line of a refusal and renders it.
+fn refuse(state: &State, deny: Deny, mut ev: Event) -> Response<Body> {
+    let agent = ev.agent.clone();
+    let host = ev.host.clone();
+    state.metrics.deny(deny.code.as_str());
+    if !ev.event.is_empty() {
+        ev.event = "deny".into();
+        ev.outcome = if deny.code.status().is_server_error() {
+            "error".into()
+        } else {
+            "denied".into()
+        };
+        ev.reason = Some(deny.code.as_str().to_string());
+        ev.status = Some(deny.code.status().as_u16());
+        if let Err(e) = state.audit.record(ev) {
+            tracing::error!(error = %e, "audit log unwritable while refusing");
+        }
+    }
+    tracing::info!(
+        code = deny.code.as_str(),
+        agent = agent.as_deref(),
+        host = host.as_deref(),
+        "refused"
+    );
+    deny.response(agent.as_deref(), host.as_deref())
+}
+
+fn on_redact(state: Arc<State>, ev: Event) -> redact::OnRedact {
+    Box::new(move || {
+        state.metrics.redactions.inc();
+        let mut line = ev;
+        line.event = "redact".into();
+        line.outcome = "allowed".into();
+        line.reason = Some("upstream echoed a secret; redacted".into());
+        if let Err(e) = state.audit.record(line) {
+            tracing::error!(error = %e, "audit log unwritable while recording a redaction");
+        }
+    })
+}
+
+fn check_host(headers: &HeaderMap, uri: &Uri, host: &str, port: u16) -> Result<(), Deny> {
+    let mismatch = || {
+        Deny::new(
+            Code::HostMismatch,
+            format!("this tunnel is for {host}; the request names another host"),
+        )
+    };
+    let matches = |authority: &str| -> bool {
+        let (h, p) = match policy::split_authority(authority) {
+            Some((h, p)) => (h, p),
+            None => match policy::canonical_host(authority) {
+                Some(h) => (h, 443),
+                None => return false,
+            },
+        };
+        h == host && p == port
+    };
+    let mut seen = false;
+    if let Some(auth) = uri.authority() {
+        seen = true;
+        if !matches(auth.as_str()) {
+            return Err(mismatch());
+        }
+    }
+    let mut hosts = headers.get_all(header::HOST).iter();
+    if let Some(v) = hosts.next() {
+        seen = true;
+        // SECURITY: duplicate Host headers are ambiguous (which one does the
+        // upstream use?); refuse rather than guess.
+        if hosts.next().is_some() || !v.to_str().is_ok_and(matches) {
+            return Err(mismatch());
+        }
+    }
+    if !seen {
+        return Err(Deny::new(Code::BadRequest, "request has no Host"));
+    }
+    Ok(())
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in listed.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+fn upstream_uri(cx: &TunnelCx, uri: &Uri) -> Result<Uri, Deny> {
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Uri::builder()
+        .scheme("https")
+        .authority(cx.authority())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| Deny::new(Code::BadRequest, "invalid request target"))
+}
+
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// 16 random bytes, hex.
+pub fn request_id() -> String {
+    hex::encode(rand::random::<[u8; 8]>())
+}

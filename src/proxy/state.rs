@@ -1,1 +1,142 @@
-pub struct State {}
+//! `State`: everything a running keyward shares, passed as `Arc<State>` (no globals).
+//! `Runtime` is the hot-reloadable part (config, compiled policy, agent directory),
+//! swapped atomically so open tunnels keep working across reloads.
+
+use super::limits::Limiter;
+use super::upstream::{self, Dialer, Resolver, UpstreamClient};
+use crate::audit::{AuditError, AuditLog};
+use crate::config::{Config, ProxyConfig};
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::resolve::Directory;
+use crate::tls::{self, ca::CertAuthority, TlsError};
+use crate::vault::{Vault, VaultError};
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+/// ALPN offered to upstreams.
+pub const UPSTREAM_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Vault(#[from] VaultError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The reloadable view of the configuration and the vault's agent table.
+pub struct Runtime {
+    pub config: Arc<Config>,
+    pub policy: Policy,
+    pub directory: Directory,
+    /// The vault generation the directory was built from.
+    pub vault_generation: u64,
+}
+
+impl Runtime {
+    pub fn build(config: Arc<Config>, vault: &Vault) -> Runtime {
+        let snapshot = vault.snapshot();
+        Runtime {
+            policy: Policy::from_config(&config),
+            directory: Directory::build(&config, snapshot.agents(), Some(vault.session_key())),
+            vault_generation: snapshot.generation(),
+            config,
+        }
+    }
+}
+
+pub struct State {
+    pub runtime: Arc<ArcSwap<Runtime>>,
+    pub vault: Arc<Vault>,
+    pub audit: AuditLog,
+    pub ca: Arc<CertAuthority>,
+    pub dialer: Arc<Dialer>,
+    pub client: UpstreamClient,
+    /// Listener limits and timeouts (fixed for the process's life).
+    pub limits: ProxyConfig,
+    pub metrics: Metrics,
+    pub limiter: Limiter,
+}
+
+impl State {
+    pub fn new(config: Config, resolver: Arc<dyn Resolver>) -> Result<Arc<State>, StartError> {
+        let ca = CertAuthority::load_or_create(
+            &config.tls.ca_cert,
+            &config.tls.ca_key,
+            config.proxy.cert_cache_size,
+        )?;
+        let metrics = Metrics::new();
+        let ca = ca.with_counters(
+            metrics.cert_cache_hits.clone(),
+            metrics.cert_cache_misses.clone(),
+        );
+        let vault = Arc::new(Vault::open(&config.vault)?);
+        let audit = AuditLog::open(&config.audit)?;
+        let roots = tls::upstream_roots(&config.tls.upstream_roots)?;
+        let client_tls = tls::client_config(roots, &UPSTREAM_ALPN)?;
+        let limits = config.proxy.clone();
+        let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(
+            Arc::new(config),
+            &vault,
+        )));
+        let dialer = Arc::new(Dialer {
+            runtime: runtime.clone(),
+            resolver,
+            connect_timeout: limits.connect_timeout.0,
+            own_addr: parking_lot::RwLock::new(None),
+        });
+        let client = upstream::client(dialer.clone(), client_tls, limits.pool_idle_per_host);
+        Ok(Arc::new(State {
+            runtime,
+            vault,
+            audit,
+            ca: Arc::new(ca),
+            dialer,
+            client,
+            limits,
+            metrics,
+            limiter: Limiter::default(),
+        }))
+    }
+
+    /// The current runtime (cheap).
+    pub fn runtime(&self) -> Arc<Runtime> {
+        self.runtime.load_full()
+    }
+
+    /// Per-agent request rate check (no-op when no rate is configured).
+    pub fn rate_check(&self, agent: &str) -> Result<(), super::error::Deny> {
+        match self.limits.max_requests_per_second_per_agent {
+            Some(rate) if rate > 0.0 => {
+                let burst = self.limits.rate_burst.unwrap_or(rate).max(1.0);
+                self.limiter.take(agent, rate, burst)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Re-reads the vault file if it changed and rebuilds the agent directory.
+    pub fn refresh_vault(&self) -> Result<bool, VaultError> {
+        let changed = self.vault.reload()?;
+        let current = self.runtime.load();
+        if changed || current.vault_generation != self.vault.snapshot().generation() {
+            let config = current.config.clone();
+            self.runtime
+                .store(Arc::new(Runtime::build(config, &self.vault)));
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Swaps in a new config (providers, chains, agents, egress). Listener limits,
+    /// TLS and vault paths need a restart.
+    pub fn apply_config(&self, config: Config) {
+        self.runtime
+            .store(Arc::new(Runtime::build(Arc::new(config), &self.vault)));
+    }
+}

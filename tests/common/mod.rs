@@ -1,0 +1,640 @@
+//! Test harness: a runtime-generated upstream PKI, a real TLS echo upstream that
+//! records what it received, an in-process keyward on 127.0.0.1:0, and a client
+//! that speaks CONNECT + TLS + HTTP through it.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use keyward::config::Config;
+use keyward::proxy::listener::{self, Running};
+use keyward::proxy::upstream::{BoxFuture, Resolver};
+use keyward::secret::Secret;
+use keyward::vault::SetOptions;
+use parking_lot::Mutex;
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Hosts the echo upstream holds a certificate for.
+pub const UPSTREAM_HOSTS: &[&str] = &[
+    "localhost",
+    "api.openai.com",
+    "api.anthropic.com",
+    "api.stripe.com",
+    "api.telegram.org",
+    "api.github.com",
+    "slack.com",
+    "discord.com",
+    "q.example.test",
+    "pypi.example.test",
+    "evil.example.test",
+];
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A random marker to plant in secrets and grep for in every output.
+pub fn canary() -> String {
+    format!("sk-canary-{}", hex::encode(rand::random::<[u8; 12]>()))
+}
+
+pub fn sha256_hex(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+/// The upstream's own test CA and a leaf for `UPSTREAM_HOSTS`.
+pub struct UpstreamPki {
+    pub ca_pem: String,
+    pub leaf: Vec<CertificateDer<'static>>,
+    pub key_der: Vec<u8>,
+}
+
+impl UpstreamPki {
+    pub fn new() -> UpstreamPki {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, "upstream test CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf = CertificateParams::new(
+            UPSTREAM_HOSTS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>(),
+        )
+        .unwrap();
+        leaf.subject_alt_names
+            .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        UpstreamPki {
+            ca_pem: ca_cert.pem(),
+            leaf: vec![cert.der().clone()],
+            key_der: key.serialize_der(),
+        }
+    }
+
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key_der.clone()));
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(self.leaf.clone(), key)
+            .unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(cfg)
+    }
+}
+
+/// What the upstream saw.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+    pub version: http::Version,
+}
+
+/// A TLS upstream that records requests and answers with a JSON echo.
+/// Paths: `/sse` streams two events 1.5 s apart; `/echo-secret` puts the
+/// request's credential header into the response body and a header.
+pub struct EchoUpstream {
+    pub addr: SocketAddr,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    pub connections: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl EchoUpstream {
+    pub async fn start(pki: &UpstreamPki) -> EchoUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
+        let (s, c) = (seen.clone(), connections.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    return;
+                };
+                c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let acceptor = acceptor.clone();
+                let seen = s.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let svc = hyper::service::service_fn(move |req| echo(seen.clone(), req));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                        .await;
+                });
+            }
+        });
+        EchoUpstream {
+            addr,
+            seen,
+            connections,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.seen.lock().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .last()
+            .cloned()
+            .expect("upstream saw no request")
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn echo(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    req: Request<Incoming>,
+) -> Result<http::Response<BoxBody>, hyper::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await?.to_bytes().to_vec();
+    let record = Seen {
+        method: parts.method.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers: parts.headers.clone(),
+        body: body.clone(),
+        version: parts.version,
+    };
+    seen.lock().push(record);
+    let path = parts.uri.path().to_string();
+    if path == "/sse" {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+                .await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
+                .await;
+        });
+        let stream = tokio_stream_from(rx);
+        let mut resp = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        resp.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        return Ok(resp);
+    }
+    if path == "/echo-secret" {
+        let cred = ["authorization", "x-api-key", "x-custom"]
+            .iter()
+            .filter_map(|h| parts.headers.get(*h))
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let mut resp =
+            http::Response::new(Full::new(Bytes::from(format!("you sent: {cred}"))).boxed());
+        if let Ok(v) = http::HeaderValue::from_str(&cred) {
+            resp.headers_mut().insert("x-echo", v);
+        }
+        return Ok(resp);
+    }
+    let json = serde_json::json!({
+        "method": parts.method.to_string(),
+        "uri": parts.uri.to_string(),
+        "headers": parts.headers.iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).to_string())).collect::<Vec<_>>(),
+        "body_len": body.len(),
+    });
+    let mut resp = http::Response::new(Full::new(Bytes::from(json.to_string())).boxed());
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    Ok(resp)
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// A resolver for tests: known names map to given IPs, everything else fails.
+/// Never resolves anything for real.
+pub struct MapResolver(pub HashMap<String, Vec<IpAddr>>);
+
+impl Resolver for MapResolver {
+    fn lookup(&self, host: String) -> BoxFuture<std::io::Result<Vec<IpAddr>>> {
+        let r = self
+            .0
+            .get(&host)
+            .cloned()
+            .ok_or_else(|| std::io::Error::other("no such host (test resolver)"));
+        Box::pin(async move { r })
+    }
+}
+
+pub const AGENT: &str = "agent-1";
+pub const TOKEN: &str = "tok-agent-1-secret";
+
+/// A keyward started in-process against an echo upstream.
+pub struct Kw {
+    pub running: Running,
+    pub dir: tempfile::TempDir,
+    pub upstream: EchoUpstream,
+    pub pki: UpstreamPki,
+    pub config_path: PathBuf,
+}
+
+/// Config text pointing every file into `dir` and every test host at `up`.
+pub fn base_config(dir: &Path, up: SocketAddr, extra: &str) -> String {
+    let resolve = UPSTREAM_HOSTS
+        .iter()
+        .map(|h| format!("\"{h}\" = \"{up}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        r#"
+[proxy]
+listen = "127.0.0.1:0"
+[tls]
+ca_cert = "{d}/ca.pem"
+ca_key = "{d}/ca.key"
+upstream_roots = "{d}/upstream-ca.pem"
+[vault]
+path = "{d}/vault.kw"
+master_key_file = "{d}/master.key"
+[audit]
+path = "{d}/audit.jsonl"
+[egress]
+allow = ["pypi.example.test"]
+allow_private = ["127.0.0.0/8"]
+ports = [443]
+resolve = {{ {resolve} }}
+
+[[providers]]
+name = "query-provider"
+hosts = ["q.example.test"]
+secret = "Q_KEY"
+inject = {{ query = "key" }}
+
+[[agents]]
+id = "{AGENT}"
+token_sha256 = "{tok}"
+{extra}
+"#,
+        d = dir.display(),
+        tok = sha256_hex(TOKEN),
+    )
+}
+
+impl Kw {
+    /// Starts upstream + keyward with `extra` appended to the agent section
+    /// (or as further tables).
+    pub async fn start(extra: &str) -> Kw {
+        Kw::start_with(extra, None).await
+    }
+
+    pub async fn start_with(extra: &str, resolver: Option<Arc<dyn Resolver>>) -> Kw {
+        Kw::start_full("", extra, resolver).await
+    }
+
+    /// `proxy_extra` goes into the `[proxy]` table (limits, timeouts).
+    pub async fn start_full(proxy_extra: &str, extra: &str, resolver: Option<Arc<dyn Resolver>>) -> Kw {
+        let pki = UpstreamPki::new();
+        let upstream = EchoUpstream::start(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
+        let text = base_config(dir.path(), upstream.addr, extra)
+            .replacen("listen = \"127.0.0.1:0\"\n", &format!("listen = \"127.0.0.1:0\"\n{proxy_extra}\n"), 1);
+        let config_path = dir.path().join("keyward.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        let config = Config::from_file(&config_path).unwrap();
+        let resolver = resolver.unwrap_or_else(|| Arc::new(MapResolver(HashMap::new())));
+        let running = listener::start(config, Some(resolver)).await.unwrap();
+        Kw {
+            running,
+            dir,
+            upstream,
+            pki,
+            config_path,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.running.addr
+    }
+
+    /// Stores a secret through the vault API and makes the proxy see it.
+    pub fn set_secret(&self, scope: &str, name: &str, value: &str) {
+        let st = &self.running.state;
+        st.vault
+            .set(scope, name, Secret::from_str(value), SetOptions::default())
+            .unwrap();
+        st.refresh_vault().unwrap();
+    }
+
+    pub fn audit_path(&self) -> PathBuf {
+        self.dir.path().join("audit.jsonl")
+    }
+
+    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(self.audit_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    pub fn last_audit(&self) -> serde_json::Value {
+        self.audit_lines().pop().expect("no audit line")
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("ca.pem")).unwrap()
+    }
+
+    pub fn client(&self) -> ProxyClient {
+        ProxyClient {
+            proxy: self.addr(),
+            auth: Some((AGENT.into(), TOKEN.into())),
+            ca_pem: self.ca_pem(),
+            h2: false,
+        }
+    }
+}
+
+/// What a client saw.
+#[derive(Debug)]
+pub struct Got {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Got {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).to_string()
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+    pub fn error_code(&self) -> Option<String> {
+        self.headers
+            .get("x-keyward-error")
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+}
+
+/// CONNECT + TLS (trusting only the keyward CA) + HTTP/1.1 or h2.
+pub struct ProxyClient {
+    pub proxy: SocketAddr,
+    pub auth: Option<(String, String)>,
+    pub ca_pem: String,
+    pub h2: bool,
+}
+
+/// Reads an HTTP/1 response head (and a Content-Length body) from a raw stream.
+pub async fn read_head(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+            break;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    if len > 0 {
+        let _ = stream.read_exact(&mut body).await;
+    }
+    (status, head, body)
+}
+
+impl ProxyClient {
+    pub fn basic(&self) -> Option<String> {
+        use base64::Engine;
+        self.auth
+            .as_ref()
+            .map(|(a, t)| base64::engine::general_purpose::STANDARD.encode(format!("{a}:{t}")))
+    }
+
+    /// Sends CONNECT; returns the stream when the answer is 200, else the answer.
+    pub async fn connect(&self, authority: &str) -> Result<TcpStream, (u16, String, Vec<u8>)> {
+        let mut s = TcpStream::connect(self.proxy).await.unwrap();
+        let mut req = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n");
+        if let Some(b) = self.basic() {
+            req.push_str(&format!("Proxy-Authorization: Basic {b}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let (status, head, body) = read_head(&mut s).await;
+        if status == 200 {
+            Ok(s)
+        } else {
+            Err((status, head, body))
+        }
+    }
+
+    pub fn tls_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        cfg.alpn_protocols = if self.h2 {
+            vec![b"h2".to_vec()]
+        } else {
+            vec![b"http/1.1".to_vec()]
+        };
+        Arc::new(cfg)
+    }
+
+    /// One request through a fresh tunnel to `host:443`.
+    pub async fn send(&self, host: &str, req: Request<Full<Bytes>>) -> Got {
+        let mut tunnel = self.open(host).await.expect("tunnel");
+        tunnel.send(req).await
+    }
+
+    /// GET `https://{host}{path}` with extra headers.
+    pub async fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Got {
+        let mut b = Request::get(path).header("host", host);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        self.send(host, b.body(Full::new(Bytes::new())).unwrap())
+            .await
+    }
+
+    /// Opens a tunnel; `Err` carries a CONNECT refusal as a `Got`.
+    pub async fn open(&self, host: &str) -> Result<Tunnel, Got> {
+        let stream = match self.connect(&format!("{host}:443")).await {
+            Ok(s) => s,
+            Err((status, head, body)) => {
+                let mut headers = HeaderMap::new();
+                for line in head.lines().skip(1) {
+                    if let Some((k, v)) = line.split_once(':') {
+                        if let (Ok(k), Ok(v)) = (
+                            http::HeaderName::from_bytes(k.trim().as_bytes()),
+                            v.trim().parse(),
+                        ) {
+                            headers.append(k, v);
+                        }
+                    }
+                }
+                return Err(Got {
+                    status: StatusCode::from_u16(status).unwrap(),
+                    headers,
+                    body,
+                });
+            }
+        };
+        let connector = tokio_rustls::TlsConnector::from(self.tls_config());
+        let tls = connector
+            .connect(ServerName::try_from(host.to_string()).unwrap(), stream)
+            .await
+            .unwrap();
+        let io = TokioIo::new(tls);
+        let sender = if self.h2 {
+            let (s, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            Sender::H2(s)
+        } else {
+            let (s, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+            tokio::spawn(conn.with_upgrades());
+            Sender::H1(s)
+        };
+        Ok(Tunnel { sender })
+    }
+}
+
+pub enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<Full<Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+}
+
+pub struct Tunnel {
+    pub sender: Sender,
+}
+
+impl Tunnel {
+    pub async fn send_raw(&mut self, mut req: Request<Full<Bytes>>) -> http::Response<Incoming> {
+        match &mut self.sender {
+            Sender::H1(s) => {
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
+            Sender::H2(s) => {
+                if req.uri().authority().is_none() {
+                    let host = req
+                        .headers()
+                        .get("host")
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    *req.uri_mut() =
+                        format!("https://{host}{}", req.uri().path_and_query().unwrap())
+                            .parse()
+                            .unwrap();
+                    req.headers_mut().remove("host");
+                }
+                *req.version_mut() = http::Version::HTTP_2;
+                s.ready().await.unwrap();
+                s.send_request(req).await.unwrap()
+            }
+        }
+    }
+
+    pub async fn send(&mut self, req: Request<Full<Bytes>>) -> Got {
+        let resp = self.send_raw(req).await;
+        let (parts, body) = resp.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default();
+        Got {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, host: &str, path: &str) -> Got {
+        self.send(
+            Request::get(path)
+                .header("host", host)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+    }
+}
+
+/// Asserts `needle` appears in none of the encodings an output could carry it in.
+pub fn assert_no_leak(what: &str, haystack: &[u8], needle: &str) {
+    use base64::Engine;
+    let forms = [
+        needle.to_string(),
+        base64::engine::general_purpose::STANDARD.encode(needle),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(needle),
+        hex::encode(needle),
+        percent_encoding::utf8_percent_encode(needle, percent_encoding::NON_ALPHANUMERIC)
+            .to_string(),
+    ];
+    let hay = String::from_utf8_lossy(haystack);
+    for f in forms {
+        // Base64 of the whole value may differ at the edges; the middle must not appear.
+        let probe = if f.len() > 12 {
+            &f[4..f.len() - 4]
+        } else {
+            &f[..]
+        };
+        assert!(!hay.contains(probe), "{what} leaks the canary (form {f})");
+    }
+}
