@@ -1,25 +1,518 @@
 //! `keyward secret …` and `keyward vault …`.
+//!
+//! Values come from stdin only (never argv, which other users can read in `ps`), and
+//! no command ever prints a value: only its hint (`sk-p…9xQz`).
 
 use super::CliError;
+use crate::audit::{AuditLog, Event};
 use crate::config::Config;
+use crate::secret::Secret;
+use crate::vault::{
+    MasterKey, MasterSource, RecordMeta, SetOptions, Vault, VaultError, MAX_VALUE_BYTES,
+};
 use clap::Subcommand;
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use time::OffsetDateTime;
+use zeroize::Zeroizing;
 
-#[derive(Subcommand)]
+/// `secret due` lists secrets due within this window as `due_soon`.
+pub const DUE_SOON: time::Duration = time::Duration::days(14);
+/// Env variables read by `vault rotate-master-key --new-from-env`.
+pub const ENV_NEW_MASTER_KEY: &str = "KEYWARD_NEW_MASTER_KEY";
+pub const ENV_NEW_MASTER_PASSPHRASE: &str = "KEYWARD_NEW_MASTER_PASSPHRASE";
+
+#[derive(Subcommand, Debug)]
 pub enum SecretCmd {
-    /// Store a secret; the value is read from stdin.
-    Set { name: String },
+    /// Store a secret; the value is read from stdin (one trailing newline is stripped).
+    Set {
+        name: String,
+        #[arg(long, default_value = "platform")]
+        scope: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// Restrict the secret to these hosts (comma-separated).
+        #[arg(long, value_delimiter = ',', value_name = "H1,H2")]
+        hosts: Vec<String>,
+        /// Rotation period, e.g. 90d; `secret due` reports when it is up.
+        #[arg(long, value_name = "PERIOD")]
+        rotate_every: Option<String>,
+    },
+    /// List secrets (metadata and hints only).
+    List {
+        #[arg(long)]
+        scope: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one secret's metadata and hint (never the value).
+    Show {
+        name: String,
+        #[arg(long, default_value = "platform")]
+        scope: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace a secret's value (read from stdin); its version goes up by one.
+    Rotate {
+        name: String,
+        #[arg(long, default_value = "platform")]
+        scope: String,
+    },
+    /// Delete a secret.
+    Rm {
+        name: String,
+        #[arg(long, default_value = "platform")]
+        scope: String,
+    },
+    /// Copy a secret into another scope.
+    Clone {
+        name: String,
+        #[arg(long)]
+        from_scope: String,
+        #[arg(long)]
+        to_scope: String,
+    },
+    /// Secrets due or overdue for rotation; exit 1 if any is overdue.
+    Due {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Debug)]
 pub enum VaultCmd {
-    /// Re-wrap the data key under a new master key.
-    RotateMasterKey,
+    /// Re-wrap the data key under a new master key (records are not rewritten).
+    RotateMasterKey {
+        /// The new master key file (created 0600 with a random key if absent).
+        #[arg(long, value_name = "PATH", conflicts_with = "new_from_env")]
+        new_key_file: Option<PathBuf>,
+        /// Take the new key from $KEYWARD_NEW_MASTER_KEY (base64) or
+        /// $KEYWARD_NEW_MASTER_PASSPHRASE.
+        #[arg(long)]
+        new_from_env: bool,
+    },
 }
 
-pub fn run(_cmd: SecretCmd, _cfg: &Config) -> Result<u8, CliError> {
-    Err(CliError::Internal("not implemented".into()))
+pub fn run(cmd: SecretCmd, cfg: &Config) -> Result<u8, CliError> {
+    let stdin = std::io::stdin();
+    if matches!(cmd, SecretCmd::Set { .. } | SecretCmd::Rotate { .. }) && stdin.is_terminal() {
+        eprintln!("keyward: reading the value from stdin (end with Ctrl-D); prefer piping it in");
+    }
+    run_with(cmd, cfg, &mut stdin.lock(), &mut std::io::stdout().lock())
 }
 
-pub fn run_vault(_cmd: VaultCmd, _cfg: &Config) -> Result<u8, CliError> {
-    Err(CliError::Internal("not implemented".into()))
+/// `run` with explicit stdin/stdout (for tests).
+pub fn run_with(
+    cmd: SecretCmd,
+    cfg: &Config,
+    input: &mut dyn Read,
+    out: &mut dyn Write,
+) -> Result<u8, CliError> {
+    let vault = Vault::open(&cfg.vault).map_err(vault_err)?;
+    match cmd {
+        SecretCmd::Set {
+            name,
+            scope,
+            description,
+            hosts,
+            rotate_every,
+        } => {
+            let rotate_every = rotate_every.as_deref().map(parse_period).transpose()?;
+            let value = read_value(input)?;
+            let audit = open_audit(cfg)?;
+            let opts = SetOptions {
+                description,
+                hosts,
+                rotate_every,
+            };
+            let meta = vault.set(&scope, &name, value, opts).map_err(vault_err)?;
+            audit_write(&audit, "secret_set", &meta, None)?;
+            say(
+                out,
+                &format!(
+                    "set {}/{} v{}  {}",
+                    meta.scope, meta.name, meta.version, meta.hint
+                ),
+            )?;
+        }
+        SecretCmd::Rotate { name, scope } => {
+            let value = read_value(input)?;
+            let audit = open_audit(cfg)?;
+            let meta = vault.rotate(&scope, &name, value).map_err(vault_err)?;
+            audit_write(&audit, "secret_rotate", &meta, None)?;
+            say(
+                out,
+                &format!(
+                    "rotated {}/{} v{}  {}",
+                    meta.scope, meta.name, meta.version, meta.hint
+                ),
+            )?;
+        }
+        SecretCmd::Rm { name, scope } => {
+            let audit = open_audit(cfg)?;
+            let meta = vault.remove_returning(&scope, &name).map_err(vault_err)?;
+            audit_write(&audit, "secret_rm", &meta, None)?;
+            say(
+                out,
+                &format!(
+                    "removed {}/{} (was v{})",
+                    meta.scope, meta.name, meta.version
+                ),
+            )?;
+        }
+        SecretCmd::Clone {
+            name,
+            from_scope,
+            to_scope,
+        } => {
+            let audit = open_audit(cfg)?;
+            let meta = vault
+                .clone_secret(&name, &from_scope, &to_scope)
+                .map_err(vault_err)?;
+            audit_write(
+                &audit,
+                "secret_clone",
+                &meta,
+                Some(format!("cloned from {from_scope}")),
+            )?;
+            say(
+                out,
+                &format!(
+                    "cloned {name} from {from_scope} to {to_scope}  {}",
+                    meta.hint
+                ),
+            )?;
+        }
+        SecretCmd::List { scope, json } => {
+            if let Some(s) = &scope {
+                if !crate::vault::valid_scope(s) {
+                    return Err(CliError::User(format!("invalid scope {s:?}")));
+                }
+            }
+            let list = vault.list(scope.as_deref());
+            if json {
+                say(out, &to_json(&list)?)?;
+            } else if list.is_empty() {
+                say(out, "no secrets")?;
+            } else {
+                let rows = list
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.scope.clone(),
+                            m.name.clone(),
+                            m.version.to_string(),
+                            m.hint.clone(),
+                            m.updated.clone(),
+                            m.rotation_due.clone().unwrap_or_else(|| "-".into()),
+                            m.description.clone().unwrap_or_default(),
+                        ]
+                    })
+                    .collect::<Vec<_>>();
+                table(
+                    out,
+                    &[
+                        "SCOPE",
+                        "NAME",
+                        "VER",
+                        "HINT",
+                        "UPDATED",
+                        "ROTATION DUE",
+                        "DESCRIPTION",
+                    ],
+                    &rows,
+                )?;
+            }
+        }
+        SecretCmd::Show { name, scope, json } => {
+            let meta = vault.snapshot().meta(&scope, &name).ok_or_else(|| {
+                vault_err(VaultError::NotFound {
+                    scope: scope.clone(),
+                    name: name.clone(),
+                })
+            })?;
+            if json {
+                say(out, &to_json(&meta)?)?;
+            } else {
+                let hosts = if meta.hosts.is_empty() {
+                    "(provider hosts)".to_string()
+                } else {
+                    meta.hosts.join(",")
+                };
+                let rows = [
+                    ("name", meta.name.clone()),
+                    ("scope", meta.scope.clone()),
+                    ("version", meta.version.to_string()),
+                    ("hint", meta.hint.clone()),
+                    ("description", meta.description.clone().unwrap_or_default()),
+                    ("hosts", hosts),
+                    ("created", meta.created.clone()),
+                    ("updated", meta.updated.clone()),
+                    (
+                        "rotate every",
+                        meta.rotate_every.clone().unwrap_or_else(|| "-".into()),
+                    ),
+                    (
+                        "rotation due",
+                        meta.rotation_due.clone().unwrap_or_else(|| "-".into()),
+                    ),
+                ];
+                for (k, v) in rows {
+                    say(out, &format!("{k:<13} {v}"))?;
+                }
+            }
+        }
+        SecretCmd::Due { json } => return due(&vault, json, out),
+    }
+    Ok(0)
+}
+
+pub fn run_vault(cmd: VaultCmd, cfg: &Config) -> Result<u8, CliError> {
+    match cmd {
+        VaultCmd::RotateMasterKey {
+            new_key_file,
+            new_from_env,
+        } => {
+            let new = match (new_key_file, new_from_env) {
+                (Some(p), false) => MasterKey::load_or_create_file(&p).map_err(vault_err)?,
+                (None, true) => new_key_from_env()?,
+                _ => {
+                    return Err(CliError::User(
+                        "give the new master key: --new-key-file PATH or --new-from-env".into(),
+                    ))
+                }
+            };
+            let vault = Vault::open(&cfg.vault).map_err(vault_err)?;
+            let old_id = vault.master_key_id().map_err(vault_err)?;
+            let audit = open_audit(cfg)?;
+            let new_id = vault.rotate_master_key(new).map_err(vault_err)?;
+            if new_id == old_id {
+                eprintln!("keyward: note: the new master key is the same as the current one");
+            }
+            let mut ev = Event::new("vault_rotate_master_key", "allowed");
+            ev.reason = Some(format!("master key id {old_id} -> {new_id}"));
+            audit.record(ev).map_err(|e| {
+                CliError::Internal(format!(
+                    "master key rotated, but the audit line could not be written: {e}"
+                ))
+            })?;
+            println!(
+                "re-wrapped the data key of {} under master key id {new_id} (was {old_id});\n\
+                 point vault.master_key_file (or $KEYWARD_MASTER_KEY / $KEYWARD_MASTER_PASSPHRASE) at the new key \
+                 and restart every keyward that reads this vault",
+                cfg.vault.path.display()
+            );
+            Ok(0)
+        }
+    }
+}
+
+fn new_key_from_env() -> Result<MasterKey, CliError> {
+    if let Some(v) = std::env::var_os(ENV_NEW_MASTER_KEY).filter(|v| !v.is_empty()) {
+        let v = Zeroizing::new(v.into_string().map_err(|_| {
+            CliError::User(format!("${ENV_NEW_MASTER_KEY}: not base64 of 32 bytes"))
+        })?);
+        return MasterKey::from_base64(&v, MasterSource::Given(format!("${ENV_NEW_MASTER_KEY}")))
+            .map_err(vault_err);
+    }
+    if let Some(v) = std::env::var_os(ENV_NEW_MASTER_PASSPHRASE).filter(|v| !v.is_empty()) {
+        use std::os::unix::ffi::OsStrExt;
+        let pass = Zeroizing::new(v.as_bytes().to_vec());
+        return MasterKey::from_passphrase(
+            &pass,
+            MasterSource::Given(format!("${ENV_NEW_MASTER_PASSPHRASE}")),
+        )
+        .map_err(vault_err);
+    }
+    Err(CliError::User(format!(
+        "--new-from-env: set ${ENV_NEW_MASTER_KEY} or ${ENV_NEW_MASTER_PASSPHRASE}"
+    )))
+}
+
+fn due(vault: &Vault, json: bool, out: &mut dyn Write) -> Result<u8, CliError> {
+    let now = OffsetDateTime::now_utc();
+    let mut rows: Vec<(&'static str, RecordMeta)> = Vec::new();
+    for m in vault.list(None) {
+        let Some(at) = m.due_at() else { continue };
+        if at <= now {
+            rows.push(("overdue", m));
+        } else if at - now <= DUE_SOON {
+            rows.push(("due_soon", m));
+        }
+    }
+    let overdue = rows.iter().any(|(s, _)| *s == "overdue");
+    if json {
+        let v: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(status, m)| {
+                serde_json::json!({
+                    "status": status, "scope": m.scope, "name": m.name, "version": m.version,
+                    "rotation_due": m.rotation_due, "rotate_every": m.rotate_every, "hint": m.hint,
+                })
+            })
+            .collect();
+        say(out, &to_json(&v)?)?;
+    } else if rows.is_empty() {
+        say(out, "no secrets due for rotation")?;
+    } else {
+        let rows = rows
+            .iter()
+            .map(|(s, m)| {
+                vec![
+                    s.to_string(),
+                    m.scope.clone(),
+                    m.name.clone(),
+                    m.rotation_due.clone().unwrap_or_default(),
+                    m.rotate_every.clone().unwrap_or_default(),
+                ]
+            })
+            .collect::<Vec<_>>();
+        table(out, &["STATUS", "SCOPE", "NAME", "DUE", "EVERY"], &rows)?;
+    }
+    Ok(u8::from(overdue))
+}
+
+/// Reads a value from `input`: at most `MAX_VALUE_BYTES` (plus a newline), one trailing
+/// `\n` stripped; empty values and values containing CR, LF or NUL are refused. The
+/// buffer is zeroized; no message ever contains the value.
+pub fn read_value(input: &mut dyn Read) -> Result<Secret, CliError> {
+    let mut buf = Zeroizing::new(Vec::with_capacity(256));
+    input
+        .take(MAX_VALUE_BYTES as u64 + 2)
+        .read_to_end(&mut buf)
+        .map_err(|e| CliError::User(format!("cannot read the value from stdin: {e}")))?;
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+    }
+    if buf.len() > MAX_VALUE_BYTES {
+        return Err(CliError::User(format!(
+            "the value is longer than {MAX_VALUE_BYTES} bytes"
+        )));
+    }
+    if buf.is_empty() {
+        return Err(CliError::User(
+            "empty value: pipe the secret into stdin, e.g. `pbpaste | keyward secret set NAME`"
+                .into(),
+        ));
+    }
+    // SECURITY: a value with CR/LF/NUL could split or smuggle headers when injected;
+    // refuse it here with an actionable message (the vault refuses it too).
+    if buf.iter().any(|&b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err(CliError::User(
+            "the value contains CR, LF or NUL (only one trailing newline is stripped)".into(),
+        ));
+    }
+    Ok(Secret::new(std::mem::take(&mut *buf)))
+}
+
+fn parse_period(s: &str) -> Result<std::time::Duration, CliError> {
+    humantime::parse_duration(s).map_err(|_| {
+        CliError::User(format!(
+            "invalid --rotate-every {s:?}: use e.g. 90d, 12w, 24h"
+        ))
+    })
+}
+
+fn open_audit(cfg: &Config) -> Result<AuditLog, CliError> {
+    AuditLog::open(&cfg.audit)
+        .map_err(|e| CliError::User(format!("{e} (every vault change is audited)")))
+}
+
+fn audit_write(
+    audit: &AuditLog,
+    event: &str,
+    meta: &RecordMeta,
+    reason: Option<String>,
+) -> Result<(), CliError> {
+    let mut ev = Event::new(event, "allowed");
+    ev.secret = Some(meta.name.clone());
+    ev.scope = Some(meta.scope.clone());
+    ev.version = Some(meta.version);
+    ev.reason = reason;
+    audit.record(ev).map(|_| ()).map_err(|e| {
+        CliError::Internal(format!(
+            "the vault was updated, but the audit line could not be written: {e}"
+        ))
+    })
+}
+
+fn vault_err(e: VaultError) -> CliError {
+    CliError::User(e.to_string())
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Result<String, CliError> {
+    serde_json::to_string_pretty(v)
+        .map_err(|e| CliError::Internal(format!("cannot encode JSON: {e}")))
+}
+
+fn say(out: &mut dyn Write, line: &str) -> Result<(), CliError> {
+    writeln!(out, "{line}").map_err(|e| CliError::Internal(format!("cannot write output: {e}")))
+}
+
+fn table(out: &mut dyn Write, head: &[&str], rows: &[Vec<String>]) -> Result<(), CliError> {
+    let mut widths: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(c);
+                s.push_str(&" ".repeat(w - c.chars().count() + 2));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    say(out, &line(head.to_vec()))?;
+    for r in rows {
+        say(out, &line(r.iter().map(String::as_str).collect()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_value_strips_one_newline_and_refuses_bad_input() {
+        let v = read_value(&mut &b"sk-abc-1234567890\n"[..]).unwrap();
+        assert_eq!(v.expose(), b"sk-abc-1234567890");
+        let v = read_value(&mut &b"no-newline"[..]).unwrap();
+        assert_eq!(v.expose(), b"no-newline");
+        for bad in [
+            &b""[..],
+            b"\n",
+            b"a\n\n",
+            b"a\r\n",
+            b"a\rb",
+            b"a\0b",
+            b"a\nb",
+        ] {
+            let e = read_value(&mut &bad[..]).unwrap_err();
+            assert_eq!(e.exit_code(), 1);
+        }
+        let long = vec![b'a'; MAX_VALUE_BYTES + 1];
+        assert!(read_value(&mut &long[..]).is_err());
+        let max = vec![b'a'; MAX_VALUE_BYTES];
+        assert!(read_value(&mut &max[..]).is_ok());
+    }
+
+    #[test]
+    fn errors_never_echo_the_value() {
+        let e = read_value(&mut &b"canary-XYZZY\r\n"[..]).unwrap_err();
+        assert!(!e.to_string().contains("XYZZY"));
+    }
+
+    #[test]
+    fn periods_parse() {
+        assert_eq!(parse_period("90d").unwrap().as_secs(), 90 * 86_400);
+        assert!(parse_period("soon").is_err());
+    }
 }
