@@ -3,19 +3,43 @@
 //!
 //! The canonical line is the exact JSON text written, up to (not including) the
 //! trailing `,"hash":"…"}`; `verify` recomputes it from the bytes on disk.
+//!
+//! Files: the live log is `PATH`; with `rotate_bytes` set, a full log is renamed to
+//! `PATH.1`, `PATH.2`, … (the number only grows, a rotated file is never renamed
+//! again) and the chain continues in a fresh `PATH`. Writers in several processes
+//! (the proxy, `keyward secret set`) serialise on an advisory lock on `PATH.lock`,
+//! so the chain never forks. See `docs/audit.md`.
 
 use crate::config::AuditConfig;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 /// `prev_hash` of the first line of a log.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
-/// How far from the end `open` looks for the last line (longer lines are refused).
-const TAIL_SCAN_BYTES: u64 = 64 * 1024;
+/// How far back from the end we read to find the last line (longer lines are refused).
+const MAX_LINE_BYTES: u64 = 1024 * 1024;
+/// Chunk size for reading a file backwards.
+const TAIL_CHUNK_BYTES: u64 = 64 * 1024;
+/// Length of a hex SHA-256.
+const HASH_HEX_LEN: usize = 64;
+/// What precedes the hash at the end of every line.
+const HASH_FIELD_OPEN: &str = ",\"hash\":\"";
+/// What follows the hash at the end of every line (before the newline).
+const HASH_FIELD_CLOSE: &str = "\"}";
+/// The advisory lock file next to the log: `PATH.lock`.
+const LOCK_SUFFIX: &str = ".lock";
+/// The path that means "write to stdout".
+const STDOUT_PATH: &str = "-";
+/// Audit files are created private to the proxy's user.
+#[cfg(unix)]
+const FILE_MODE: u32 = 0o600;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
@@ -26,6 +50,26 @@ pub enum AuditError {
     },
     #[error("audit log {path}: {message}")]
     Corrupt { path: String, message: String },
+    /// A query filter that does not parse (`--since yesterday`).
+    #[error("{0}")]
+    Filter(String),
+    /// Reading commands need a file; `path = "-"` streams to stdout.
+    #[error("the audit log goes to stdout (path = \"-\"); point at a collected file instead")]
+    Stdout,
+}
+
+fn io_err(path: &Path) -> impl Fn(io::Error) -> AuditError + '_ {
+    move |source| AuditError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+fn corrupt(path: &Path, message: impl Into<String>) -> AuditError {
+    AuditError::Corrupt {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
 }
 
 /// One decision. Field order here is the order on disk.
@@ -96,13 +140,43 @@ pub fn now_rfc3339() -> String {
     now.format(&fmt).unwrap_or_default()
 }
 
+// ---------------------------------------------------------------------------
+// Writer
+// ---------------------------------------------------------------------------
+
+/// Identity of an open file, to notice that `PATH` now names another file
+/// (rotated or replaced by another process).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileId(u64, u64);
+
+#[cfg(unix)]
+fn file_id(meta: &std::fs::Metadata) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    Some(FileId(meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_id(_meta: &std::fs::Metadata) -> Option<FileId> {
+    None
+}
+
+struct FileSink {
+    /// The live log, opened for append.
+    file: File,
+    /// Length of `file` right after our last write (or when we last looked).
+    len: u64,
+    id: Option<FileId>,
+}
+
 enum Sink {
-    File(File),
+    File(FileSink),
     Stdout,
 }
 
 struct Inner {
     sink: Sink,
+    /// `PATH.lock`: held exclusively around read-last-hash + append (+ rotate).
+    lock: Option<File>,
     prev_hash: String,
 }
 
@@ -110,44 +184,147 @@ struct Inner {
 /// kernel, so a caller can fail closed when it errors.
 pub struct AuditLog {
     path: PathBuf,
+    /// Rotate when a line would take the live file past this many bytes (0 = never).
+    rotate_bytes: u64,
     inner: Mutex<Inner>,
+}
+
+/// Holds an advisory lock until dropped.
+struct LockGuard<'a>(&'a File);
+
+impl<'a> LockGuard<'a> {
+    fn exclusive(f: &'a File) -> io::Result<LockGuard<'a>> {
+        f.lock()?;
+        Ok(LockGuard(f))
+    }
+    fn shared(f: &'a File) -> io::Result<LockGuard<'a>> {
+        f.lock_shared()?;
+        Ok(LockGuard(f))
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        // Closing the lock file would release it too; an unlock error leaves
+        // nothing to clean up.
+        let _ = self.0.unlock();
+    }
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.create(true).append(true).read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(FILE_MODE);
+    }
+    opts.open(path)
+}
+
+fn open_lock(path: &Path) -> io::Result<File> {
+    let mut opts = OpenOptions::new();
+    opts.create(true).truncate(false).write(true).read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(FILE_MODE);
+    }
+    opts.open(lock_path(path))
+}
+
+/// `PATH.lock`.
+pub fn lock_path(path: &Path) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(LOCK_SUFFIX);
+    PathBuf::from(s)
+}
+
+/// `PATH.N`.
+pub fn rotated_path(path: &Path, n: u64) -> PathBuf {
+    let mut s = path.as_os_str().to_os_string();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// The rotated files of `path`, oldest first: `(N, PATH.N)`.
+pub fn rotated_files(path: &Path) -> Result<Vec<(u64, PathBuf)>, AuditError> {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return Ok(Vec::new());
+    };
+    let dir = match path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        Some(d) => d.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let prefix = format!("{name}.");
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(&dir))?;
+        let file_name = entry.file_name();
+        let Some(rest) = file_name.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        if let Ok(n) = rest.parse::<u64>() {
+            out.push((n, rotated_path(path, n)));
+        }
+    }
+    out.sort_by_key(|(n, _)| *n);
+    Ok(out)
 }
 
 impl AuditLog {
     pub fn open(cfg: &AuditConfig) -> Result<AuditLog, AuditError> {
-        AuditLog::open_path(&cfg.path)
+        AuditLog::open_rotating(&cfg.path, cfg.rotate_bytes.0)
     }
 
     pub fn open_path(path: &Path) -> Result<AuditLog, AuditError> {
-        if path == Path::new("-") {
+        AuditLog::open_rotating(path, 0)
+    }
+
+    /// Opens `path` for appending; when a line would take the live file past
+    /// `rotate_bytes` (0 = never), the file is rotated first.
+    pub fn open_rotating(path: &Path, rotate_bytes: u64) -> Result<AuditLog, AuditError> {
+        if path == Path::new(STDOUT_PATH) {
             return Ok(AuditLog {
                 path: path.to_path_buf(),
+                rotate_bytes: 0,
                 inner: Mutex::new(Inner {
                     sink: Sink::Stdout,
+                    lock: None,
                     prev_hash: GENESIS_HASH.to_string(),
                 }),
             });
         }
-        let io = |source| AuditError::Io {
-            path: path.display().to_string(),
-            source,
-        };
+        let io = io_err(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(io)?;
+            std::fs::create_dir_all(dir).map_err(&io)?;
         }
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .read(true)
-            .open(path)
-            .map_err(io)?;
-        let prev_hash = last_hash(&mut file)
-            .map_err(io)?
-            .unwrap_or_else(|| GENESIS_HASH.to_string());
+        let lock = open_lock(path).map_err(io_err(&lock_path(path)))?;
+        let guard = LockGuard::exclusive(&lock).map_err(&io)?;
+        let file = open_append(path).map_err(&io)?;
+        let meta = file.metadata().map_err(&io)?;
+        let prev_hash =
+            chain_head(path, &file, meta.len())?.unwrap_or_else(|| GENESIS_HASH.to_string());
+        drop(guard);
+        let sink = FileSink {
+            file,
+            len: meta.len(),
+            id: file_id(&meta),
+        };
         Ok(AuditLog {
             path: path.to_path_buf(),
+            rotate_bytes,
             inner: Mutex::new(Inner {
-                sink: Sink::File(file),
+                sink: Sink::File(sink),
+                lock: Some(lock),
                 prev_hash,
             }),
         })
@@ -162,31 +339,111 @@ impl AuditLog {
         if ev.ts.is_empty() {
             ev.ts = now_rfc3339();
         }
-        let mut inner = self.inner.lock();
-        ev.prev_hash = inner.prev_hash.clone();
-        let canonical = serde_json::to_string(&ev).map_err(|e| AuditError::Corrupt {
-            path: self.path.display().to_string(),
-            message: e.to_string(),
-        })?;
-        let hash = chain_hash(&ev.prev_hash, canonical_body(&canonical));
-        let mut line = String::with_capacity(canonical.len() + 80);
-        line.push_str(&canonical[..canonical.len() - 1]);
-        line.push_str(",\"hash\":\"");
-        line.push_str(&hash);
-        line.push_str("\"}\n");
-        let res = match &mut inner.sink {
-            Sink::File(f) => f.write_all(line.as_bytes()),
+        let mut guard = self.inner.lock();
+        let inner = &mut *guard;
+        match &mut inner.sink {
             Sink::Stdout => {
+                let (line, hash) = self.render(&mut ev, &inner.prev_hash)?;
                 let mut out = std::io::stdout().lock();
-                out.write_all(line.as_bytes()).and_then(|_| out.flush())
+                out.write_all(line.as_bytes())
+                    .and_then(|_| out.flush())
+                    .map_err(io_err(&self.path))?;
+                inner.prev_hash = hash.clone();
+                Ok(hash)
             }
+            Sink::File(sink) => {
+                // SECURITY: another process (`keyward secret set`) may append to the
+                // same file; without the lock the two could chain off the same
+                // previous line and fork the chain.
+                let lock = inner
+                    .lock
+                    .as_ref()
+                    .ok_or_else(|| corrupt(&self.path, "no lock file"))?;
+                let _held = LockGuard::exclusive(lock).map_err(io_err(&self.path))?;
+                self.catch_up(sink, &mut inner.prev_hash)?;
+                let (line, hash) = self.render(&mut ev, &inner.prev_hash)?;
+                let line_len = line.len() as u64;
+                if self.rotate_bytes > 0 && sink.len > 0 && sink.len + line_len > self.rotate_bytes
+                {
+                    self.rotate(sink)?;
+                }
+                if let Err(source) = sink.file.write_all(line.as_bytes()) {
+                    // A partial line would break every later line's parse; take it back.
+                    let _ = sink.file.set_len(sink.len);
+                    return Err(AuditError::Io {
+                        path: self.path.display().to_string(),
+                        source,
+                    });
+                }
+                sink.len += line_len;
+                inner.prev_hash = hash.clone();
+                Ok(hash)
+            }
+        }
+    }
+
+    /// Sets `ev.prev_hash`, serializes it and returns the full line and its hash.
+    fn render(&self, ev: &mut Event, prev_hash: &str) -> Result<(String, String), AuditError> {
+        ev.prev_hash = prev_hash.to_string();
+        let canonical =
+            serde_json::to_string(&ev).map_err(|e| corrupt(&self.path, e.to_string()))?;
+        let body = canonical_body(&canonical);
+        let hash = chain_hash(&ev.prev_hash, body);
+        let mut line =
+            String::with_capacity(canonical.len() + HASH_HEX_LEN + HASH_FIELD_OPEN.len() + 3);
+        line.push_str(body);
+        line.push_str(HASH_FIELD_OPEN);
+        line.push_str(&hash);
+        line.push_str(HASH_FIELD_CLOSE);
+        line.push('\n');
+        Ok((line, hash))
+    }
+
+    /// Under the lock: if another process appended, rotated or replaced the live
+    /// file since our last write, reopen it and re-read the chain head, so our
+    /// next line follows theirs. Cheap when nothing changed: two `stat`s.
+    fn catch_up(&self, sink: &mut FileSink, prev_hash: &mut String) -> Result<(), AuditError> {
+        let io = io_err(&self.path);
+        let on_disk = match std::fs::metadata(&self.path) {
+            Ok(m) => file_id(&m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(io(e)),
         };
-        res.map_err(|source| AuditError::Io {
-            path: self.path.display().to_string(),
-            source,
-        })?;
-        inner.prev_hash = hash.clone();
-        Ok(hash)
+        let mut moved = on_disk.is_none() && sink.id.is_some();
+        if let (Some(ours), Some(theirs)) = (sink.id, on_disk) {
+            moved = ours != theirs;
+        }
+        if moved {
+            sink.file = open_append(&self.path).map_err(&io)?;
+            sink.id = file_id(&sink.file.metadata().map_err(&io)?);
+            sink.len = u64::MAX;
+        }
+        let len = sink.file.metadata().map_err(&io)?.len();
+        if len != sink.len {
+            if let Some(head) = chain_head(&self.path, &sink.file, len)? {
+                *prev_hash = head;
+            }
+            sink.len = len;
+        }
+        Ok(())
+    }
+
+    /// Renames the live file to `PATH.N` (N = highest + 1) and opens a fresh one.
+    /// The chain continues: the caller's `prev_hash` is the renamed file's head.
+    fn rotate(&self, sink: &mut FileSink) -> Result<(), AuditError> {
+        let io = io_err(&self.path);
+        let next = rotated_files(&self.path)?
+            .last()
+            .map(|(n, _)| n + 1)
+            .unwrap_or(1);
+        let target = rotated_path(&self.path, next);
+        std::fs::rename(&self.path, &target).map_err(&io)?;
+        sink.file = open_append(&self.path).map_err(&io)?;
+        let meta = sink.file.metadata().map_err(&io)?;
+        sink.id = file_id(&meta);
+        sink.len = meta.len();
+        tracing::info!(rotated_to = %target.display(), "audit log rotated");
+        Ok(())
     }
 }
 
@@ -202,19 +459,664 @@ pub fn chain_hash(prev_hash: &str, body: &str) -> String {
     hex::encode(h.finalize())
 }
 
-fn last_hash(file: &mut File) -> std::io::Result<Option<String>> {
-    let len = file.metadata()?.len();
-    if len == 0 {
-        return Ok(None);
+fn is_hash(s: &str) -> bool {
+    s.len() == HASH_HEX_LEN
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Splits a line (without its newline) into the hashed body and the hash.
+fn split_hash(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_suffix(HASH_FIELD_CLOSE)?;
+    let cut = rest.len().checked_sub(HASH_HEX_LEN)?;
+    let hash = rest.get(cut..)?;
+    let body = rest.get(..cut)?.strip_suffix(HASH_FIELD_OPEN)?;
+    is_hash(hash).then_some((body, hash))
+}
+
+/// The hash of the last line of the live file, or of the newest rotated file
+/// when the live one is empty; `None` for a log with no lines at all.
+fn chain_head(path: &Path, live: &File, live_len: u64) -> Result<Option<String>, AuditError> {
+    if live_len > 0 {
+        return last_hash(path, live, live_len).map(Some);
     }
-    let start = len.saturating_sub(TAIL_SCAN_BYTES);
-    file.seek(SeekFrom::Start(start))?;
-    let mut buf = String::new();
-    file.read_to_string(&mut buf)?;
-    let last = buf.lines().rev().find(|l| !l.trim().is_empty());
-    Ok(last
-        .and_then(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .and_then(|v| v.get("hash").and_then(|h| h.as_str()).map(str::to_string)))
+    for (_, rotated) in rotated_files(path)?.iter().rev() {
+        let f = File::open(rotated).map_err(io_err(rotated))?;
+        let len = f.metadata().map_err(io_err(rotated))?.len();
+        if len > 0 {
+            return last_hash(rotated, &f, len).map(Some);
+        }
+    }
+    Ok(None)
+}
+
+fn last_hash(path: &Path, file: &File, len: u64) -> Result<String, AuditError> {
+    let lines = tail_lines(file, len, 1).map_err(io_err(path))?;
+    let unfinished = "ends with an unfinished line; run `keyward audit verify`";
+    let Some(last) = lines.last() else {
+        return Err(corrupt(path, unfinished));
+    };
+    if lines.partial_end {
+        return Err(corrupt(path, unfinished));
+    }
+    let text = std::str::from_utf8(last).map_err(|_| corrupt(path, "last line is not UTF-8"))?;
+    split_hash(text).map(|(_, h)| h.to_string()).ok_or_else(|| {
+        corrupt(
+            path,
+            "last line has no trailing hash; run `keyward audit verify`",
+        )
+    })
+}
+
+/// The last complete lines of a file, read backwards from `len`.
+struct TailLines {
+    lines: Vec<Vec<u8>>,
+    /// The file does not end with a newline (an unfinished write).
+    partial_end: bool,
+}
+
+impl TailLines {
+    fn last(&self) -> Option<&Vec<u8>> {
+        self.lines.last()
+    }
+}
+
+/// Reads backwards until `n` complete lines (without their newline) are in hand,
+/// the start of the file, or `MAX_LINE_BYTES` per wanted line.
+fn tail_lines(mut file: &File, len: u64, n: usize) -> io::Result<TailLines> {
+    let budget = MAX_LINE_BYTES.saturating_mul(n.max(1) as u64);
+    let mut buf: Vec<u8> = Vec::new();
+    let mut pos = len;
+    while pos > 0 && bytecount(&buf, b'\n') <= n && (buf.len() as u64) < budget {
+        let step = TAIL_CHUNK_BYTES.min(pos);
+        pos -= step;
+        let mut chunk = vec![0u8; step as usize];
+        file.seek(SeekFrom::Start(pos))?;
+        file.read_exact(&mut chunk)?;
+        chunk.extend_from_slice(&buf);
+        buf = chunk;
+    }
+    let end = buf
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let partial_end = end != buf.len();
+    let mut lines: Vec<Vec<u8>> = buf[..end]
+        .split(|&b| b == b'\n')
+        .map(<[u8]>::to_vec)
+        .collect();
+    lines.pop(); // the empty piece after the final newline
+    if pos > 0 && !lines.is_empty() {
+        lines.remove(0); // may start mid-line
+    }
+    let keep = lines.len().saturating_sub(n);
+    lines.drain(..keep);
+    Ok(TailLines { lines, partial_end })
+}
+
+fn bytecount(buf: &[u8], b: u8) -> usize {
+    buf.iter().filter(|&&x| x == b).count()
+}
+
+// ---------------------------------------------------------------------------
+// Reading: a consistent snapshot of the file set
+// ---------------------------------------------------------------------------
+
+/// The rotated files and the live file, opened together under a shared lock so
+/// that a concurrent rotation cannot make us skip or repeat a file. Each file is
+/// read only up to the length it had then: later appends are not part of the
+/// snapshot.
+pub struct LogSet {
+    files: Vec<(PathBuf, File, u64)>,
+}
+
+impl LogSet {
+    pub fn open(path: &Path) -> Result<LogSet, AuditError> {
+        if path == Path::new(STDOUT_PATH) {
+            return Err(AuditError::Stdout);
+        }
+        // Readers never create the lock file (the log may be on a read-only copy).
+        let lock = File::open(lock_path(path)).ok();
+        let _held = match &lock {
+            Some(l) => LockGuard::shared(l).ok(),
+            None => None,
+        };
+        let mut files = Vec::new();
+        let mut names: Vec<PathBuf> = rotated_files(path)?.into_iter().map(|(_, p)| p).collect();
+        names.push(path.to_path_buf());
+        for name in names {
+            let file = File::open(&name).map_err(io_err(&name))?;
+            let len = file.metadata().map_err(io_err(&name))?.len();
+            files.push((name, file, len));
+        }
+        Ok(LogSet { files })
+    }
+
+    /// The files in chain order (oldest rotated first, live file last).
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.files.iter().map(|(p, _, _)| p.clone()).collect()
+    }
+
+    /// Every line of the snapshot, in order.
+    pub fn lines(self) -> RawLines {
+        RawLines {
+            files: self.files.into(),
+            current: None,
+        }
+    }
+}
+
+/// One line as it is on disk.
+#[derive(Debug, Clone)]
+pub struct RawLine {
+    pub file: PathBuf,
+    /// 1-based, within `file`.
+    pub line: u64,
+    /// The bytes without the newline.
+    pub bytes: Vec<u8>,
+    /// False for a final line with no newline (an unfinished write).
+    pub terminated: bool,
+}
+
+pub struct RawLines {
+    files: VecDeque<(PathBuf, File, u64)>,
+    current: Option<(PathBuf, BufReader<io::Take<File>>, u64)>,
+}
+
+impl Iterator for RawLines {
+    type Item = Result<RawLine, AuditError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if self.current.is_none() {
+                let (path, file, len) = self.files.pop_front()?;
+                self.current = Some((path, BufReader::new(file.take(len)), 0));
+            }
+            let (path, reader, line_no) = self.current.as_mut()?;
+            let mut bytes = Vec::new();
+            match reader.read_until(b'\n', &mut bytes) {
+                Err(e) => {
+                    let err = io_err(path)(e);
+                    self.current = None;
+                    return Some(Err(err));
+                }
+                Ok(0) => {
+                    self.current = None;
+                    continue;
+                }
+                Ok(_) => {
+                    *line_no += 1;
+                    let terminated = bytes.last() == Some(&b'\n');
+                    if terminated {
+                        bytes.pop();
+                    }
+                    return Some(Ok(RawLine {
+                        file: path.clone(),
+                        line: *line_no,
+                        bytes,
+                        terminated,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Verify
+// ---------------------------------------------------------------------------
+
+/// The first line that breaks the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tamper {
+    pub file: PathBuf,
+    /// 1-based, within `file`.
+    pub line: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    /// The files checked, in chain order.
+    pub files: Vec<PathBuf>,
+    /// Lines that verified before the first problem (all of them when ok).
+    pub lines: u64,
+    /// The hash of the last good line: record it elsewhere to detect a later
+    /// truncation of the tail, which a hash chain alone cannot see.
+    pub head: String,
+    pub problem: Option<Tamper>,
+}
+
+impl VerifyReport {
+    pub fn is_ok(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// Recomputes the chain over `PATH.1 … PATH.N, PATH` from the bytes on disk,
+/// starting at the genesis hash.
+pub fn verify(path: &Path) -> Result<VerifyReport, AuditError> {
+    verify_from(path, GENESIS_HASH)
+}
+
+/// Like `verify`, for a log whose older files were deleted: the first remaining
+/// line must follow `anchor` (the head hash of the deleted part).
+pub fn verify_from(path: &Path, anchor: &str) -> Result<VerifyReport, AuditError> {
+    let set = LogSet::open(path)?;
+    let files = set.paths();
+    let mut expected = anchor.to_string();
+    let mut lines = 0u64;
+    for raw in set.lines() {
+        let raw = raw?;
+        let first = lines == 0;
+        match check_line(&raw, &expected, first) {
+            Ok(hash) => {
+                expected = hash;
+                lines += 1;
+            }
+            Err(reason) => {
+                let problem = Some(Tamper {
+                    file: raw.file,
+                    line: raw.line,
+                    reason,
+                });
+                return Ok(VerifyReport {
+                    files,
+                    lines,
+                    head: expected,
+                    problem,
+                });
+            }
+        }
+    }
+    Ok(VerifyReport {
+        files,
+        lines,
+        head: expected,
+        problem: None,
+    })
+}
+
+/// Checks one line against the expected previous hash; returns its hash.
+fn check_line(raw: &RawLine, expected_prev: &str, first: bool) -> Result<String, String> {
+    if !raw.terminated {
+        return Err("unfinished line (no newline): the log was cut here".into());
+    }
+    if raw.bytes.is_empty() {
+        return Err("blank line".into());
+    }
+    let text = std::str::from_utf8(&raw.bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let (body, hash) =
+        split_hash(text).ok_or("no trailing \"hash\" field: the line was cut or rewritten")?;
+    let mut object = String::with_capacity(body.len() + 1);
+    object.push_str(body);
+    object.push('}');
+    let value: serde_json::Value = serde_json::from_str(&object)
+        .map_err(|_| "not a JSON object: the line was cut or edited".to_string())?;
+    let prev = value
+        .get("prev_hash")
+        .and_then(|v| v.as_str())
+        .ok_or("no \"prev_hash\" field")?;
+    if prev != expected_prev {
+        return Err(if first && expected_prev == GENESIS_HASH {
+            "prev_hash is not the genesis hash: the start of the log is missing \
+             (pass --anchor HASH if older files were deleted on purpose)"
+                .into()
+        } else if first {
+            "prev_hash does not match the anchor".into()
+        } else {
+            "prev_hash does not match the previous line's hash: \
+             a line was deleted, inserted or reordered before this one"
+                .into()
+        });
+    }
+    let recomputed = chain_hash(expected_prev, body);
+    if recomputed != hash {
+        return Err("hash does not match the line's contents: the line was edited".into());
+    }
+    Ok(recomputed)
+}
+
+// ---------------------------------------------------------------------------
+// Query
+// ---------------------------------------------------------------------------
+
+/// Which events to return. Every set field must match; `since` is inclusive,
+/// `until` exclusive.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub secret: Option<String>,
+    pub agent: Option<String>,
+    pub chain: Option<String>,
+    pub outcome: Option<String>,
+    pub event: Option<String>,
+    pub since: Option<OffsetDateTime>,
+    pub until: Option<OffsetDateTime>,
+}
+
+impl Filter {
+    pub fn matches(&self, ev: &Event) -> bool {
+        fn eq(want: &Option<String>, have: Option<&str>) -> bool {
+            want.as_deref().is_none_or(|w| have == Some(w))
+        }
+        if !(eq(&self.secret, ev.secret.as_deref())
+            && eq(&self.agent, ev.agent.as_deref())
+            && eq(&self.chain, ev.chain.as_deref())
+            && eq(&self.outcome, Some(&ev.outcome))
+            && eq(&self.event, Some(&ev.event)))
+        {
+            return false;
+        }
+        if self.since.is_none() && self.until.is_none() {
+            return true;
+        }
+        let Ok(ts) = OffsetDateTime::parse(&ev.ts, &Rfc3339) else {
+            return false;
+        };
+        self.since.is_none_or(|s| ts >= s) && self.until.is_none_or(|u| ts < u)
+    }
+}
+
+/// `2024-05-01T12:00:00Z` (RFC 3339), or a duration before `now`: `90s`, `15m`,
+/// `1h`, `2d`, `1w`.
+pub fn parse_time(s: &str, now: OffsetDateTime) -> Result<OffsetDateTime, AuditError> {
+    let s = s.trim();
+    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok(t);
+    }
+    let bad = || {
+        AuditError::Filter(format!(
+            "invalid time {s:?}: use RFC 3339 (2024-05-01T12:00:00Z) or an age like 1h, 2d"
+        ))
+    };
+    let ago = humantime::parse_duration(s).map_err(|_| bad())?;
+    let ago = time::Duration::try_from(ago).map_err(|_| bad())?;
+    now.checked_sub(ago).ok_or_else(bad)
+}
+
+/// An event with the line it was read from.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub line: String,
+    pub event: Event,
+}
+
+/// Matching records of the whole file set, oldest first. A line that is not an
+/// event yields an `Err` naming it; iteration can continue past it.
+pub fn query_iter(
+    path: &Path,
+    filter: &Filter,
+) -> Result<impl Iterator<Item = Result<Record, AuditError>>, AuditError> {
+    let filter = filter.clone();
+    let lines = LogSet::open(path)?.lines();
+    Ok(lines.filter_map(move |raw| {
+        let raw = match raw {
+            Ok(r) => r,
+            Err(e) => return Some(Err(e)),
+        };
+        let where_ = || format!("{}:{}", raw.file.display(), raw.line);
+        let Ok(line) = String::from_utf8(raw.bytes.clone()) else {
+            return Some(Err(corrupt(
+                &raw.file,
+                format!("line {}: not UTF-8", raw.line),
+            )));
+        };
+        match serde_json::from_str::<Event>(&line) {
+            Ok(event) if filter.matches(&event) => Some(Ok(Record { line, event })),
+            Ok(_) => None,
+            Err(e) => Some(Err(AuditError::Corrupt {
+                path: where_(),
+                message: format!("not an audit event: {e}"),
+            })),
+        }
+    }))
+}
+
+/// Matching events, oldest first; fails on the first unreadable line.
+pub fn query(path: &Path, filter: &Filter) -> Result<Vec<Event>, AuditError> {
+    query_iter(path, filter)?
+        .map(|r| r.map(|rec| rec.event))
+        .collect()
+}
+
+/// The last `n` lines of the file set (newest last), as they are on disk.
+pub fn tail(path: &Path, n: usize) -> Result<Vec<String>, AuditError> {
+    let set = LogSet::open(path)?;
+    let mut out: VecDeque<String> = VecDeque::new();
+    for (name, file, len) in set.files.iter().rev() {
+        if out.len() >= n {
+            break;
+        }
+        let got = tail_lines(file, *len, n - out.len()).map_err(io_err(name))?;
+        for line in got.lines.into_iter().rev() {
+            out.push_front(String::from_utf8_lossy(&line).into_owned());
+        }
+    }
+    Ok(out.into())
+}
+
+/// Follows the live file like `tail -f`, across rotations.
+pub struct Follower {
+    path: PathBuf,
+    file: Option<File>,
+    id: Option<FileId>,
+    offset: u64,
+    pending: Vec<u8>,
+}
+
+impl Follower {
+    /// Starts at the current end of the live file.
+    pub fn at_end(path: &Path) -> Result<Follower, AuditError> {
+        if path == Path::new(STDOUT_PATH) {
+            return Err(AuditError::Stdout);
+        }
+        let mut f = Follower {
+            path: path.to_path_buf(),
+            file: None,
+            id: None,
+            offset: 0,
+            pending: Vec::new(),
+        };
+        if let Ok(file) = File::open(path) {
+            let meta = file.metadata().map_err(io_err(path))?;
+            f.offset = meta.len();
+            f.id = file_id(&meta);
+            f.file = Some(file);
+        }
+        Ok(f)
+    }
+
+    /// Complete lines appended since the last call.
+    pub fn poll(&mut self) -> Result<Vec<String>, AuditError> {
+        let mut out = self.drain()?;
+        let on_disk = std::fs::metadata(&self.path).ok();
+        let replaced = match (&on_disk, self.file.is_some()) {
+            (Some(m), true) => file_id(m) != self.id,
+            (Some(_), false) => true,
+            (None, _) => false,
+        };
+        if replaced {
+            // The old file was rotated away: we drained it above; start the new one.
+            if let Ok(file) = File::open(&self.path) {
+                self.id = file.metadata().ok().and_then(|m| file_id(&m));
+                self.file = Some(file);
+                self.offset = 0;
+                self.pending.clear();
+                out.extend(self.drain()?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn drain(&mut self) -> Result<Vec<String>, AuditError> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(Vec::new());
+        };
+        file.seek(SeekFrom::Start(self.offset))
+            .map_err(io_err(&self.path))?;
+        let mut buf = Vec::new();
+        let n = file.read_to_end(&mut buf).map_err(io_err(&self.path))?;
+        self.offset += n as u64;
+        self.pending.extend_from_slice(&buf);
+        let mut out = Vec::new();
+        while let Some(i) = self.pending.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.pending.drain(..=i).collect();
+            out.push(String::from_utf8_lossy(&line[..i]).into_owned());
+        }
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Export
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// The lines exactly as on disk (hashes stay verifiable).
+    Jsonl,
+    /// ArcSight Common Event Format, one event per line.
+    Cef,
+}
+
+/// CEF severities (0–10).
+const SEVERITY_ROUTINE: u8 = 3;
+const SEVERITY_ADMIN_CHANGE: u8 = 5;
+const SEVERITY_DENIED: u8 = 6;
+const SEVERITY_ERROR: u8 = 7;
+const SEVERITY_AUTH_FAIL: u8 = 8;
+/// The CEF format version we emit.
+const CEF_VERSION: u8 = 0;
+const CEF_VENDOR: &str = "keyward";
+const CEF_PRODUCT: &str = "keyward";
+
+fn cef_severity(ev: &Event) -> u8 {
+    match (ev.event.as_str(), ev.outcome.as_str()) {
+        ("auth_fail", _) => SEVERITY_AUTH_FAIL,
+        (_, "error") => SEVERITY_ERROR,
+        (_, "denied") => SEVERITY_DENIED,
+        (e, _) if e.starts_with("secret_") || e.starts_with("agent_") => SEVERITY_ADMIN_CHANGE,
+        _ => SEVERITY_ROUTINE,
+    }
+}
+
+/// Escapes a CEF header field: `\` and `|`; line breaks become spaces (the header
+/// must stay on one line).
+pub fn cef_escape_header(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '|' => out.push_str("\\|"),
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Escapes a CEF extension value: `\`, `=`, and line breaks as `\n` / `\r`.
+pub fn cef_escape_value(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '=' => out.push_str("\\="),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One event as a CEF line (no newline).
+pub fn to_cef(ev: &Event) -> String {
+    let mut ext: Vec<(&str, String)> = Vec::new();
+    if let Ok(t) = OffsetDateTime::parse(&ev.ts, &Rfc3339) {
+        ext.push(("rt", (t.unix_timestamp_nanos() / 1_000_000).to_string()));
+    }
+    let plain: [(&str, &Option<String>); 6] = [
+        ("suser", &ev.agent),
+        ("dhost", &ev.host),
+        ("request", &ev.path),
+        ("requestMethod", &ev.method),
+        ("externalId", &ev.request_id),
+        ("destinationServiceName", &ev.provider),
+    ];
+    for (key, value) in plain {
+        if let Some(v) = value {
+            ext.push((key, v.clone()));
+        }
+    }
+    ext.push(("outcome", ev.outcome.clone()));
+    if let Some(reason) = &ev.reason {
+        ext.push(("reason", reason.clone()));
+    }
+    let labelled: [(&str, &str, &str, &Option<String>); 8] = [
+        ("cs1Label", "chain", "cs1", &ev.chain),
+        ("cs2Label", "secret", "cs2", &ev.secret),
+        ("cs3Label", "scope", "cs3", &ev.scope),
+        ("cs4Label", "tier", "cs4", &ev.tier),
+        ("cs5Label", "run_id", "cs5", &ev.run_id),
+        ("cs6Label", "connection_id", "cs6", &ev.connection_id),
+        ("flexString1Label", "owner", "flexString1", &ev.owner),
+        ("flexString2Label", "builder", "flexString2", &ev.builder),
+    ];
+    for (label_key, label, key, value) in labelled {
+        if let Some(v) = value {
+            ext.push((label_key, label.to_string()));
+            ext.push((key, v.clone()));
+        }
+    }
+    if let Some(status) = ev.status {
+        ext.push(("cn1Label", "status".into()));
+        ext.push(("cn1", status.to_string()));
+    }
+    if let Some(version) = ev.version {
+        ext.push(("cn2Label", "secret_version".into()));
+        ext.push(("cn2", version.to_string()));
+    }
+    let name = format!("{} {}", ev.event, ev.outcome);
+    let mut line = format!(
+        "CEF:{CEF_VERSION}|{CEF_VENDOR}|{CEF_PRODUCT}|{}|{}|{}|{}|",
+        cef_escape_header(env!("CARGO_PKG_VERSION")),
+        cef_escape_header(&ev.event),
+        cef_escape_header(&name),
+        cef_severity(ev),
+    );
+    let ext: Vec<String> = ext
+        .into_iter()
+        .map(|(k, v)| format!("{k}={}", cef_escape_value(&v)))
+        .collect();
+    line.push_str(&ext.join(" "));
+    line
+}
+
+/// Writes the matching events of the file set to `out`; returns how many.
+pub fn export(
+    path: &Path,
+    filter: &Filter,
+    format: ExportFormat,
+    out: &mut dyn Write,
+) -> Result<u64, AuditError> {
+    let stdout_err = |source| AuditError::Io {
+        path: "<output>".into(),
+        source,
+    };
+    let mut n = 0u64;
+    for rec in query_iter(path, filter)? {
+        let rec = rec?;
+        match format {
+            ExportFormat::Jsonl => writeln!(out, "{}", rec.line),
+            ExportFormat::Cef => writeln!(out, "{}", to_cef(&rec.event)),
+        }
+        .map_err(stdout_err)?;
+        n += 1;
+    }
+    out.flush().map_err(stdout_err)?;
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -237,5 +1139,478 @@ mod tests {
             .collect();
         assert_eq!(lines[0]["prev_hash"], GENESIS_HASH);
         assert_eq!(lines[1]["prev_hash"], h1.as_str());
+    }
+
+    fn ev(event: &str, outcome: &str, agent: &str, secret: Option<&str>) -> Event {
+        Event {
+            agent: Some(agent.into()),
+            chain: Some("support".into()),
+            secret: secret.map(String::from),
+            host: Some("api.openai.com".into()),
+            path: Some("/v1/chat".into()),
+            ..Event::new(event, outcome)
+        }
+    }
+
+    /// A log of `n` lines in a fresh temp dir.
+    fn log_with(n: usize) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        for i in 0..n {
+            log.record(ev(
+                "inject",
+                "allowed",
+                &format!("agent-{i}"),
+                Some("OPENAI_API_KEY"),
+            ))
+            .unwrap();
+        }
+        (dir, path)
+    }
+
+    fn rewrite_lines(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        f(&mut lines);
+        let mut out = lines.join("\n");
+        out.push('\n');
+        std::fs::write(path, out).unwrap();
+    }
+
+    fn problem(path: &Path) -> Tamper {
+        verify(path)
+            .unwrap()
+            .problem
+            .expect("tamper should be detected")
+    }
+
+    #[test]
+    fn clean_log_verifies_with_head_and_count() {
+        let (_d, path) = log_with(5);
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 5);
+        let last: Event = serde_json::from_str(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .last()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(r.head, last.hash);
+    }
+
+    #[test]
+    fn empty_log_verifies_and_missing_log_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.jsonl");
+        assert!(matches!(verify(&path), Err(AuditError::Io { .. })));
+        AuditLog::open_path(&path).unwrap();
+        assert_eq!(verify(&path).unwrap().lines, 0);
+    }
+
+    #[test]
+    fn edited_field_is_reported_at_its_line() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| l[2] = l[2].replace("agent-2", "agent-X"));
+        let p = problem(&path);
+        assert_eq!(p.line, 3);
+        assert!(p.reason.contains("edited"), "{}", p.reason);
+    }
+
+    #[test]
+    fn edited_line_with_recomputed_own_hash_breaks_the_next_line() {
+        let (_d, path) = log_with(4);
+        rewrite_lines(&path, |l| {
+            let (body, _) = split_hash(&l[1]).unwrap();
+            let body = body.replace("agent-1", "agent-X");
+            let prev: Event = serde_json::from_str(&l[0]).unwrap();
+            let h = chain_hash(&prev.hash, &body);
+            l[1] = format!("{body}{HASH_FIELD_OPEN}{h}{HASH_FIELD_CLOSE}");
+        });
+        assert_eq!(problem(&path).line, 3);
+    }
+
+    #[test]
+    fn deleted_line_is_reported_at_the_line_after_the_gap() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| {
+            l.remove(1);
+        });
+        let p = problem(&path);
+        assert_eq!(p.line, 2);
+        assert!(p.reason.contains("deleted"), "{}", p.reason);
+    }
+
+    #[test]
+    fn reordered_lines_are_reported() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| l.swap(2, 3));
+        assert_eq!(problem(&path).line, 3);
+    }
+
+    #[test]
+    fn inserted_copy_of_a_line_is_reported() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| {
+            let dup = l[1].clone();
+            l.insert(3, dup);
+        });
+        assert_eq!(problem(&path).line, 4);
+    }
+
+    #[test]
+    fn line_cut_in_the_middle_is_reported() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| {
+            let half = l[1].len() / 2;
+            l[1].truncate(half);
+        });
+        let p = problem(&path);
+        assert_eq!(p.line, 2);
+        assert!(p.reason.contains("cut"), "{}", p.reason);
+    }
+
+    #[test]
+    fn two_lines_spliced_together_are_reported() {
+        let (_d, path) = log_with(5);
+        rewrite_lines(&path, |l| {
+            let head = l[1][..l[1].len() / 2].to_string();
+            let tail = l[2][l[2].len() / 2..].to_string();
+            l[1] = head + &tail;
+            l.remove(2);
+        });
+        assert_eq!(problem(&path).line, 2);
+    }
+
+    #[test]
+    fn unfinished_last_line_is_reported_and_refused_by_the_writer() {
+        let (_d, path) = log_with(3);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.truncate(text.len() - 10);
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(problem(&path).line, 3);
+        assert!(matches!(
+            AuditLog::open_path(&path),
+            Err(AuditError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn missing_start_needs_an_anchor() {
+        let (_d, path) = log_with(5);
+        let second: Event = serde_json::from_str(
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .lines()
+                .nth(1)
+                .unwrap(),
+        )
+        .unwrap();
+        rewrite_lines(&path, |l| {
+            l.drain(..2);
+        });
+        let p = problem(&path);
+        assert_eq!(p.line, 1);
+        assert!(p.reason.contains("genesis"), "{}", p.reason);
+        let r = verify_from(&path, &second.hash).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 3);
+    }
+
+    #[test]
+    fn rotation_continues_the_chain_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let limit = 1024;
+        let log = AuditLog::open_rotating(&path, limit).unwrap();
+        for i in 0..30 {
+            log.record(ev("inject", "allowed", &format!("a{i}"), None))
+                .unwrap();
+        }
+        let rotated = rotated_files(&path).unwrap();
+        assert!(rotated.len() >= 3, "{rotated:?}");
+        assert_eq!(rotated[0].0, 1);
+        for (_, p) in &rotated {
+            assert!(std::fs::metadata(p).unwrap().len() <= limit);
+        }
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 30);
+        assert_eq!(r.files.len(), rotated.len() + 1);
+        // The first line of the live file follows the last line of the newest rotated one.
+        let last_rotated = std::fs::read_to_string(&rotated.last().unwrap().1).unwrap();
+        let last: Event = serde_json::from_str(last_rotated.lines().last().unwrap()).unwrap();
+        let live = std::fs::read_to_string(&path).unwrap();
+        let first: Event = serde_json::from_str(live.lines().next().unwrap()).unwrap();
+        assert_eq!(first.prev_hash, last.hash);
+    }
+
+    #[test]
+    fn deleted_rotated_file_in_the_middle_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_rotating(&path, 600).unwrap();
+        for i in 0..20 {
+            log.record(ev("inject", "allowed", &format!("a{i}"), None))
+                .unwrap();
+        }
+        let rotated = rotated_files(&path).unwrap();
+        assert!(rotated.len() >= 3);
+        std::fs::remove_file(&rotated[1].1).unwrap();
+        let p = problem(&path);
+        assert_eq!(p.file, rotated[2].1);
+        assert_eq!(p.line, 1);
+    }
+
+    #[test]
+    fn reopen_after_rotation_with_empty_live_file_chains_off_the_rotated_one() {
+        let (_d, path) = log_with(3);
+        std::fs::rename(&path, rotated_path(&path, 1)).unwrap();
+        let log = AuditLog::open_path(&path).unwrap();
+        log.record(ev("deny", "denied", "x", None)).unwrap();
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 4);
+    }
+
+    #[test]
+    fn two_writers_interleaving_keep_one_chain() {
+        let (_d, path) = log_with(0);
+        let a = AuditLog::open_path(&path).unwrap();
+        let b = AuditLog::open_path(&path).unwrap();
+        a.record(ev("inject", "allowed", "a", None)).unwrap();
+        b.record(ev("secret_set", "allowed", "cli", None)).unwrap();
+        a.record(ev("inject", "allowed", "a", None)).unwrap();
+        b.record(ev("secret_rm", "allowed", "cli", None)).unwrap();
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 4);
+    }
+
+    #[test]
+    fn concurrent_writers_with_rotation_keep_one_chain() {
+        let (_d, path) = log_with(0);
+        let per_thread = 150;
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let log = AuditLog::open_rotating(&path, 4096).unwrap();
+                    for i in 0..per_thread {
+                        log.record(ev("inject", "allowed", &format!("t{t}-{i}"), None))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let r = verify(&path).unwrap();
+        assert!(r.is_ok(), "{:?}", r.problem);
+        assert_eq!(r.lines, 4 * per_thread);
+        assert!(r.files.len() > 2);
+    }
+
+    #[test]
+    fn query_filters_combine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        let at = |ts: &str, mut e: Event| {
+            e.ts = ts.into();
+            e
+        };
+        log.record(at(
+            "2024-05-01T10:00:00.000Z",
+            ev("inject", "allowed", "a1", Some("OPENAI_API_KEY")),
+        ))
+        .unwrap();
+        log.record(at(
+            "2024-05-01T11:00:00.000Z",
+            ev("deny", "denied", "a1", Some("SLACK_BOT_TOKEN")),
+        ))
+        .unwrap();
+        let mut other_chain = ev("inject", "allowed", "a2", Some("OPENAI_API_KEY"));
+        other_chain.chain = Some("billing".into());
+        log.record(at("2024-05-01T12:00:00.000Z", other_chain))
+            .unwrap();
+
+        let count = |f: Filter| query(&path, &f).unwrap().len();
+        assert_eq!(count(Filter::default()), 3);
+        assert_eq!(
+            count(Filter {
+                secret: Some("OPENAI_API_KEY".into()),
+                ..Filter::default()
+            }),
+            2
+        );
+        assert_eq!(
+            count(Filter {
+                agent: Some("a1".into()),
+                ..Filter::default()
+            }),
+            2
+        );
+        assert_eq!(
+            count(Filter {
+                chain: Some("billing".into()),
+                ..Filter::default()
+            }),
+            1
+        );
+        assert_eq!(
+            count(Filter {
+                outcome: Some("denied".into()),
+                ..Filter::default()
+            }),
+            1
+        );
+        let now = OffsetDateTime::now_utc();
+        let since = parse_time("2024-05-01T11:00:00Z", now).unwrap();
+        let until = parse_time("2024-05-01T12:00:00Z", now).unwrap();
+        assert_eq!(
+            count(Filter {
+                since: Some(since),
+                ..Filter::default()
+            }),
+            2
+        );
+        assert_eq!(
+            count(Filter {
+                since: Some(since),
+                until: Some(until),
+                ..Filter::default()
+            }),
+            1
+        );
+        let recent = parse_time("1h", now).unwrap();
+        assert_eq!(
+            count(Filter {
+                since: Some(recent),
+                ..Filter::default()
+            }),
+            0
+        );
+        let events = query(
+            &path,
+            &Filter {
+                agent: Some("a1".into()),
+                ..Filter::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(events[1].secret.as_deref(), Some("SLACK_BOT_TOKEN"));
+        assert!(!events[1].hash.is_empty());
+    }
+
+    #[test]
+    fn relative_and_absolute_times_parse() {
+        let now = OffsetDateTime::parse("2024-05-02T00:00:00Z", &Rfc3339).unwrap();
+        let t = parse_time("2d", now).unwrap();
+        assert_eq!(
+            t,
+            OffsetDateTime::parse("2024-04-30T00:00:00Z", &Rfc3339).unwrap()
+        );
+        assert_eq!(
+            parse_time("90m", now).unwrap(),
+            now - time::Duration::minutes(90)
+        );
+        assert!(parse_time("2024-05-01T12:00:00+02:00", now).is_ok());
+        assert!(matches!(
+            parse_time("yesterday", now),
+            Err(AuditError::Filter(_))
+        ));
+    }
+
+    #[test]
+    fn tail_spans_rotated_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_rotating(&path, 700).unwrap();
+        for i in 0..12 {
+            log.record(ev("inject", "allowed", &format!("agent-{i}"), None))
+                .unwrap();
+        }
+        assert!(!rotated_files(&path).unwrap().is_empty());
+        let lines = tail(&path, 5).unwrap();
+        assert_eq!(lines.len(), 5);
+        for (k, line) in lines.iter().enumerate() {
+            let e: Event = serde_json::from_str(line).unwrap();
+            assert_eq!(e.agent.unwrap(), format!("agent-{}", 7 + k));
+        }
+        assert_eq!(tail(&path, 100).unwrap().len(), 12);
+    }
+
+    #[test]
+    fn follower_sees_appends_and_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_rotating(&path, 500).unwrap();
+        log.record(ev("inject", "allowed", "before", None)).unwrap();
+        let mut f = Follower::at_end(&path).unwrap();
+        assert!(f.poll().unwrap().is_empty());
+        let mut seen = Vec::new();
+        for i in 0..10 {
+            log.record(ev("inject", "allowed", &format!("n{i}"), None))
+                .unwrap();
+            seen.extend(f.poll().unwrap());
+        }
+        assert!(!rotated_files(&path).unwrap().is_empty());
+        let agents: Vec<String> = seen
+            .iter()
+            .map(|l| serde_json::from_str::<Event>(l).unwrap().agent.unwrap())
+            .collect();
+        assert_eq!(agents, (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn cef_escapes_header_and_extension() {
+        assert_eq!(cef_escape_header(r"a|b\c"), r"a\|b\\c");
+        assert_eq!(cef_escape_header("a\nb"), "a b");
+        assert_eq!(cef_escape_value(r"k=v\x"), r"k\=v\\x");
+        assert_eq!(cef_escape_value("a\r\nb|c"), r"a\r\nb|c");
+        let mut e = ev("deny", "denied", "agent=1", Some("OPENAI_API_KEY"));
+        e.event = "de|ny".into();
+        e.ts = "2024-05-01T10:00:00.000Z".into();
+        e.reason = Some("host_not_allowed\nnext".into());
+        e.status = Some(403);
+        let line = to_cef(&e);
+        let version = env!("CARGO_PKG_VERSION");
+        assert!(
+            line.starts_with(&format!(
+                r"CEF:0|keyward|keyward|{version}|de\|ny|de\|ny denied|{SEVERITY_DENIED}|"
+            )),
+            "{line}"
+        );
+        assert!(line.contains(r"suser=agent\=1 "), "{line}");
+        assert!(line.contains(r"reason=host_not_allowed\nnext"), "{line}");
+        assert!(line.contains("rt=1714557600000 "), "{line}");
+        assert!(line.contains("cs1Label=chain cs1=support"), "{line}");
+        assert!(
+            line.contains("cs2Label=secret cs2=OPENAI_API_KEY"),
+            "{line}"
+        );
+        assert!(line.contains("request=/v1/chat"), "{line}");
+        assert!(line.contains("cn1Label=status cn1=403"), "{line}");
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn jsonl_export_is_byte_identical() {
+        let (_d, path) = log_with(3);
+        let mut out = Vec::new();
+        let n = export(&path, &Filter::default(), ExportFormat::Jsonl, &mut out).unwrap();
+        assert_eq!(n, 3);
+        assert_eq!(out, std::fs::read(&path).unwrap());
+    }
+
+    #[test]
+    fn stdout_log_refuses_reads() {
+        assert!(matches!(verify(Path::new("-")), Err(AuditError::Stdout)));
+        assert!(AuditLog::open_path(Path::new("-")).is_ok());
     }
 }

@@ -217,3 +217,29 @@ mod tests {
         assert_eq!(r.headers()["x-keyward-error"], "proxy_auth_required");
     }
 }
+
+#[cfg(test)]
+mod doc_tests {
+    use super::Code;
+
+    /// docs/errors.md is the agent-facing contract: every code is documented with
+    /// its status, and nothing undocumented is emitted.
+    #[test]
+    fn every_code_is_documented_with_its_status() {
+        let doc = include_str!("../../docs/errors.md");
+        for c in Code::ALL {
+            let row = format!("| `{}` | {} |", c.as_str(), c.status().as_u16());
+            assert!(
+                doc.contains(&row),
+                "docs/errors.md lacks the row for {}",
+                c.as_str()
+            );
+        }
+        let documented = doc.lines().filter(|l| l.starts_with("| `")).count();
+        assert_eq!(
+            documented,
+            Code::ALL.len(),
+            "docs/errors.md documents codes keyward does not have"
+        );
+    }
+}

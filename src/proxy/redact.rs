@@ -1,29 +1,1356 @@
 //! Streaming redaction of echoed secrets in upstream responses (SPEC §6.6).
+//!
+//! An upstream can echo the credential keyward injected (error pages that quote the
+//! `Authorization` header, debug endpoints, a `Location` with `?key=`…). The agent
+//! must never learn the real value, so every response toward a request that carried
+//! a secret passes through [`wrap_response`]:
+//!
+//! * **Forms.** [`Patterns`] turns each secret into the spellings an upstream is likely
+//!   to use: raw; hex; standard and URL-safe base64 at each of the three byte
+//!   alignments (the secret embedded at offset 0/1/2 of a larger encoded blob, so only
+//!   the *stable inner part* of each alignment is searched; padding is irrelevant to
+//!   it); percent-encoding under the common encoder sets (RFC 3986, JavaScript
+//!   `encodeURIComponent`/`encodeURI`, HTML forms, Python `quote_plus`, every byte);
+//!   JSON string escaping (with and without `\/`, `\u00XX` controls and quotes,
+//!   HTML-safe `\u003c`, ASCII-only `\uXXXX`). Matching is ASCII case-insensitive,
+//!   which covers upper/lower/mixed hex digits in hex, `%xx` and `\uXXXX` at no
+//!   cost; the only effect on other forms is that a case-variant of a secret is
+//!   redacted too. All forms go into one leftmost-longest Aho-Corasick automaton and
+//!   every match becomes [`REDACTED`].
+//! * **Streaming.** [`Redactor`] holds back only the longest suffix of what it has
+//!   seen that is still a prefix of some pattern (at most the longest pattern − 1
+//!   bytes); everything before it is emitted at once, so SSE and chunked responses
+//!   stay unbuffered. Held bytes are flushed at the end of the body. Trailers are
+//!   redacted like headers.
+//! * **Compression.** A `content-encoding` of `gzip`, `deflate` or `br` is decoded
+//!   as it streams, redacted, and forwarded **decoded**, with `content-encoding` and
+//!   `content-length` removed. Re-compressing would cost CPU on the hot path and add
+//!   compressor buffering to SSE; forwarding the compressed bytes would mean not
+//!   redacting. Any other coding (or a stack of several) is refused with a 502 rather
+//!   than passed through unredacted (fail closed). To make the decode path rare,
+//!   the proxy should also call [`prepare_request`] on redacted requests, which asks
+//!   the upstream for `identity`: both are needed, because servers may ignore
+//!   `Accept-Encoding`, and decoding is what keeps such responses safe.
+//!   Decoded output is produced in bounded frames ([`DECODE_OUTPUT_BUDGET`]) so a
+//!   compression bomb costs the upstream's bandwidth, not our memory.
+//! * **Failures.** An upstream body error, a truncated compressed stream, or corrupt
+//!   compressed data surface as a body error, never as a clean end of stream; the
+//!   held-back bytes are then discarded, not flushed.
+//!
+//! Limits, by design: secrets are matched byte-exactly in their listed forms; other
+//! transformations (MIME base64 with line breaks, double encodings, bytes split by
+//! markup) are not recognised. Encoded forms shorter than [`MIN_ENCODED_PATTERN_LEN`]
+//! are skipped (they would redact random text); the raw form is always searched.
+//! WebSocket frames after a `101` are not inspected (only the handshake headers).
+//! [`Patterns`] is built once per secret set and shared (`Arc`); building it is
+//! far more expensive than using it.
 
-use super::Body;
-use http::Response;
+use super::{Body, BoxError};
+use aho_corasick::automaton::Automaton;
+use aho_corasick::nfa::contiguous::NFA;
+use aho_corasick::{Anchored, Input, MatchKind};
+use base64::Engine as _;
+use bytes::{Buf, Bytes};
+use http::header::{
+    HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
+};
+use http::{HeaderMap, Response, StatusCode};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::io::Write as _;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// What every occurrence of a secret, in any form, is replaced by.
+pub const REDACTED: &[u8] = b"[REDACTED]";
+
+/// Encoded forms shorter than this are not searched: a 2-character base64 fragment
+/// would redact random text everywhere, and reveals nothing useful about the secret.
+pub const MIN_ENCODED_PATTERN_LEN: usize = 8;
+
+/// Most decoded bytes produced for one body frame (bounds memory under a
+/// decompression bomb and keeps frames a sensible size).
+pub const DECODE_OUTPUT_BUDGET: usize = 64 * 1024;
+
+/// Compressed input is fed to stream decoders in slices this big, so one slice can
+/// expand to at most ~1 MiB (deflate's maximum ratio is ~1032:1).
+const DECODE_INPUT_SLICE: usize = 1024;
+
+/// Output space reserved per low-level decoder call.
+const DECODE_OUTPUT_STEP: usize = 16 * 1024;
+
+/// `x-keyward-error` code for a response keyward could not inspect.
+pub const ERROR_UNSUPPORTED_ENCODING: &str = "upstream_encoding_unsupported";
+/// `x-keyward-error` code when the redaction automaton could not be built.
+pub const ERROR_REDACTION_UNAVAILABLE: &str = "redaction_unavailable";
+
+/// Header naming keyward's own denial code (SPEC §5.4).
+const X_KEYWARD_ERROR: &str = "x-keyward-error";
 
 /// The encoded forms of the in-scope secrets to look for.
-pub struct Patterns {}
+pub struct Patterns {
+    matcher: Matcher,
+}
+
+enum Matcher {
+    /// No secret in scope: responses pass untouched.
+    Empty,
+    Ready(NFA),
+    /// The automaton could not be built; every response is refused (fail closed).
+    Broken,
+}
 
 impl Patterns {
-    pub fn new(_secrets: &[&[u8]]) -> Patterns {
-        Patterns {}
+    pub fn new(secrets: &[&[u8]]) -> Patterns {
+        let mut forms: Vec<Vec<u8>> = Vec::new();
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
+            forms.extend(encoded_forms(secret));
+        }
+        // Case-insensitive matching makes case-variants equal; keep one of each.
+        forms.iter_mut().for_each(|f| f.make_ascii_lowercase());
+        forms.sort_unstable();
+        forms.dedup();
+        if forms.is_empty() {
+            return Patterns {
+                matcher: Matcher::Empty,
+            };
+        }
+        let built = NFA::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .ascii_case_insensitive(true)
+            .prefilter(true)
+            .build(&forms);
+        let matcher = match built {
+            Ok(nfa) => Matcher::Ready(nfa),
+            Err(_) => Matcher::Broken,
+        };
+        Patterns { matcher }
     }
+
     pub fn is_empty(&self) -> bool {
-        true
+        matches!(self.matcher, Matcher::Empty)
+    }
+
+    /// Length of the longest pattern (0 when empty).
+    pub fn max_pattern_len(&self) -> usize {
+        match &self.matcher {
+            Matcher::Ready(nfa) => nfa.max_pattern_len(),
+            _ => 0,
+        }
+    }
+
+    /// Redacts a complete value (a header, a trailer). `None` when nothing matched.
+    pub fn redact_all(&self, data: &[u8]) -> Option<Vec<u8>> {
+        let Matcher::Ready(nfa) = &self.matcher else {
+            return None;
+        };
+        let mut out = None;
+        scan(nfa, data, true, &mut out);
+        out
+    }
+
+    /// Whether `data` contains any form of any secret.
+    pub fn contains_secret(&self, data: &[u8]) -> bool {
+        match &self.matcher {
+            Matcher::Ready(nfa) => nfa
+                .try_find(&Input::new(data))
+                .map_or(true, |m| m.is_some()),
+            Matcher::Empty => false,
+            Matcher::Broken => true,
+        }
+    }
+}
+
+/// Every spelling of `secret` that is searched for (before case folding/dedup).
+pub fn encoded_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = vec![secret.to_vec()];
+    let mut derived = Vec::new();
+    derived.push(hex::encode(secret).into_bytes());
+    derived.extend(base64_inner_forms(secret));
+    derived.extend(percent_forms(secret));
+    if let Ok(text) = std::str::from_utf8(secret) {
+        derived.extend(json_forms(text));
+    }
+    out.extend(
+        derived
+            .into_iter()
+            .filter(|f| f.len() >= MIN_ENCODED_PATTERN_LEN),
+    );
+    out
+}
+
+/// The characters of base64(prefix ‖ secret ‖ suffix) that depend only on the
+/// secret, for a prefix of 0, 1 and 2 bytes (every alignment), in both alphabets.
+fn base64_inner_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    const ALIGNMENTS: usize = 3;
+    let mut out = Vec::new();
+    for k in 0..ALIGNMENTS {
+        let mut buf = vec![0u8; k];
+        buf.extend_from_slice(secret);
+        let enc = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&buf);
+        // Character i covers bits [6i, 6i+6); the secret covers [8k, 8(k+n)).
+        let first = (8 * k).div_ceil(6);
+        let end = 8 * (k + secret.len()) / 6;
+        if end <= first {
+            continue;
+        }
+        let std_form = enc.as_bytes()[first..end].to_vec();
+        let url_form: Vec<u8> = std_form
+            .iter()
+            .map(|&c| match c {
+                b'+' => b'-',
+                b'/' => b'_',
+                c => c,
+            })
+            .collect();
+        out.push(std_form);
+        out.push(url_form);
+    }
+    out
+}
+
+/// Percent-encodings under the encoder sets in common use.
+fn percent_forms(secret: &[u8]) -> Vec<Vec<u8>> {
+    fn unreserved(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+    }
+    fn uri_component(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"-_.!~*'()".contains(&b)
+    }
+    fn uri(b: u8) -> bool {
+        uri_component(b) || b";,/?:@&=+$#".contains(&b)
+    }
+    fn form(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"*-._".contains(&b)
+    }
+    fn php(b: u8) -> bool {
+        b.is_ascii_alphanumeric() || b"-._".contains(&b)
+    }
+    fn alphanumeric(b: u8) -> bool {
+        b.is_ascii_alphanumeric()
+    }
+    fn nothing(_: u8) -> bool {
+        false
+    }
+    // (bytes kept literal, space written as '+')
+    let sets: [(fn(u8) -> bool, bool); 9] = [
+        (unreserved, false),    // RFC 3986, Go url.PathEscape-like, Python quote
+        (unreserved, true),     // Python quote_plus
+        (uri_component, false), // JavaScript encodeURIComponent
+        (uri, false),           // JavaScript encodeURI
+        (form, true),           // WHATWG application/x-www-form-urlencoded
+        (php, true),            // PHP urlencode
+        (alphanumeric, false),  // Rust percent_encoding NON_ALPHANUMERIC
+        (alphanumeric, true),
+        (nothing, false), // every byte
+    ];
+    sets.iter()
+        .map(|(keep, space_plus)| {
+            let mut out = Vec::with_capacity(secret.len() * 3);
+            for &b in secret {
+                if keep(b) {
+                    out.push(b);
+                } else if b == b' ' && *space_plus {
+                    out.push(b'+');
+                } else {
+                    out.extend_from_slice(format!("%{b:02X}").as_bytes());
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// JSON string escapings under the encoder options in common use.
+fn json_forms(text: &str) -> Vec<Vec<u8>> {
+    const OPTION_COUNT: u32 = 5;
+    let mut out = Vec::new();
+    for bits in 0..(1u32 << OPTION_COUNT) {
+        let escape_slash = bits & 1 != 0;
+        let html_safe = bits & 2 != 0;
+        let ascii_only = bits & 4 != 0;
+        let unicode_controls = bits & 8 != 0;
+        let unicode_quotes = bits & 16 != 0;
+        let mut s = String::with_capacity(text.len() * 2);
+        for c in text.chars() {
+            let u = |s: &mut String, c: u32| s.push_str(&format!("\\u{c:04x}"));
+            match c {
+                '"' | '\\' if unicode_quotes => u(&mut s, c as u32),
+                '"' => s.push_str("\\\""),
+                '\\' => s.push_str("\\\\"),
+                '/' if escape_slash => s.push_str("\\/"),
+                '<' | '>' | '&' | '\u{2028}' | '\u{2029}' if html_safe => u(&mut s, c as u32),
+                '\u{8}' if !unicode_controls => s.push_str("\\b"),
+                '\u{c}' if !unicode_controls => s.push_str("\\f"),
+                '\n' if !unicode_controls => s.push_str("\\n"),
+                '\r' if !unicode_controls => s.push_str("\\r"),
+                '\t' if !unicode_controls => s.push_str("\\t"),
+                c if (c as u32) < 0x20 || c == '\u{7f}' && unicode_controls => u(&mut s, c as u32),
+                c if !c.is_ascii() && ascii_only => {
+                    let mut units = [0u16; 2];
+                    for unit in c.encode_utf16(&mut units) {
+                        u(&mut s, u32::from(*unit));
+                    }
+                }
+                c => s.push(c),
+            }
+        }
+        out.push(s.into_bytes());
+    }
+    out
+}
+
+/// Finds the matches in `buf` that are final, appends the redacted output to `out`
+/// (created at the first match) and returns how many bytes of `buf` are settled;
+/// `buf[settled..]` may still be the start of a secret and must be held back.
+/// With `at_end` the whole buffer is settled.
+fn scan(nfa: &NFA, buf: &[u8], at_end: bool, out: &mut Option<Vec<u8>>) -> (usize, usize) {
+    let tail = if at_end {
+        buf.len()
+    } else {
+        partial_match_start(nfa, buf)
+    };
+    let mut pos = 0;
+    let mut count = 0;
+    let Ok(iter) = nfa.try_find_iter(Input::new(buf)) else {
+        // SECURITY: cannot search → emit nothing of this buffer but the marker.
+        out.get_or_insert_with(Vec::new).extend_from_slice(REDACTED);
+        return (buf.len(), 1);
+    };
+    for m in iter {
+        // SECURITY: a match starting at or after `tail` may still grow into a longer
+        // pattern (or an earlier-starting one may appear) once more bytes arrive.
+        if m.start() >= tail {
+            break;
+        }
+        let o = out.get_or_insert_with(|| Vec::with_capacity(buf.len()));
+        o.extend_from_slice(&buf[pos..m.start()]);
+        o.extend_from_slice(REDACTED);
+        pos = m.end();
+        count += 1;
+    }
+    let settled = pos.max(tail);
+    if let Some(o) = out {
+        o.extend_from_slice(&buf[pos..settled]);
+    }
+    (settled, count)
+}
+
+/// Start of the longest suffix of `buf` that is a prefix of some pattern (or a whole
+/// pattern that a longer one could extend), or `buf.len()` if there is none. Only
+/// the last `max_pattern_len - 1` positions can start one.
+fn partial_match_start(nfa: &NFA, buf: &[u8]) -> usize {
+    let window = nfa.max_pattern_len().saturating_sub(1);
+    let Ok(start) = nfa.start_state(Anchored::Yes) else {
+        return buf.len().saturating_sub(window);
+    };
+    let from = buf.len().saturating_sub(window);
+    'positions: for i in from..buf.len() {
+        let mut sid = start;
+        for &b in &buf[i..] {
+            sid = nfa.next_state(Anchored::Yes, sid, b);
+            if nfa.is_dead(sid) {
+                continue 'positions;
+            }
+        }
+        return i;
+    }
+    buf.len()
+}
+
+/// Streaming redactor: feed body bytes in any chunking, get redacted bytes out.
+pub struct Redactor {
+    patterns: Arc<Patterns>,
+    held: Vec<u8>,
+    scratch: Vec<u8>,
+    redactions: u64,
+}
+
+impl Redactor {
+    pub fn new(patterns: Arc<Patterns>) -> Redactor {
+        Redactor {
+            patterns,
+            held: Vec::new(),
+            scratch: Vec::new(),
+            redactions: 0,
+        }
+    }
+
+    /// How many replacements were made so far.
+    pub fn redactions(&self) -> u64 {
+        self.redactions
+    }
+
+    /// Bytes currently held back as a possible partial match.
+    pub fn held_len(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Feeds one chunk; returns what can be emitted now (possibly empty).
+    pub fn push(&mut self, chunk: Bytes) -> Bytes {
+        let nfa = match &self.patterns.matcher {
+            Matcher::Empty => return chunk,
+            Matcher::Ready(nfa) => nfa,
+            // SECURITY: no automaton, no way to tell; emit nothing (callers refuse
+            // such responses up front, this is belt and braces).
+            Matcher::Broken => return Bytes::new(),
+        };
+        let mut out = None;
+        if self.held.is_empty() {
+            // Fast path: no carry-over, so the chunk itself is the buffer and an
+            // unmatched prefix is emitted as a zero-copy slice.
+            let (settled, n) = scan(nfa, &chunk, false, &mut out);
+            self.redactions += n as u64;
+            self.held.extend_from_slice(&chunk[settled..]);
+            return match out {
+                Some(v) => Bytes::from(v),
+                None => chunk.slice(..settled),
+            };
+        }
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.held);
+        self.scratch.extend_from_slice(&chunk);
+        let (settled, n) = scan(nfa, &self.scratch, false, &mut out);
+        self.redactions += n as u64;
+        self.held.clear();
+        self.held.extend_from_slice(&self.scratch[settled..]);
+        match out {
+            Some(v) => Bytes::from(v),
+            None => Bytes::copy_from_slice(&self.scratch[..settled]),
+        }
+    }
+
+    /// End of stream: everything held is settled and returned (redacted).
+    pub fn finish(&mut self) -> Bytes {
+        let held = std::mem::take(&mut self.held);
+        match &self.patterns.matcher {
+            Matcher::Empty => Bytes::from(held),
+            Matcher::Broken => Bytes::new(),
+            Matcher::Ready(nfa) => {
+                let mut out = None;
+                let (_, n) = scan(nfa, &held, true, &mut out);
+                self.redactions += n as u64;
+                Bytes::from(out.unwrap_or(held))
+            }
+        }
     }
 }
 
 /// Called at most once, when the first redaction in a response happens.
 pub type OnRedact = Box<dyn FnOnce() + Send + Sync>;
 
+/// Asks the upstream for an unencoded response, so redaction rarely has to decode.
+/// Call it on every request whose response will go through [`wrap_response`].
+pub fn prepare_request(headers: &mut HeaderMap) {
+    headers.insert(ACCEPT_ENCODING, HeaderValue::from_static("identity"));
+}
+
+/// Redacts every header value in place (names are kept; a header whose *name*
+/// carries a secret is dropped). Returns the number of redactions.
+pub fn redact_headers(patterns: &Patterns, headers: &mut HeaderMap) -> usize {
+    if patterns.is_empty() {
+        return 0;
+    }
+    let mut count = 0;
+    // SECURITY: a header name cannot hold "[REDACTED]", so an echoing name goes.
+    let bad_names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| patterns.contains_secret(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in bad_names {
+        headers.remove(&name);
+        count += 1;
+    }
+    let mut invalid: Vec<HeaderName> = Vec::new();
+    for (name, value) in headers.iter_mut() {
+        // SECURITY: any header value may echo the injected credential.
+        if let Some(clean) = patterns.redact_all(value.as_bytes()) {
+            count += 1;
+            match HeaderValue::from_bytes(&clean) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    *value = v;
+                }
+                Err(_) => invalid.push(name.clone()),
+            }
+        }
+    }
+    for name in invalid {
+        headers.remove(&name);
+    }
+    count
+}
+
 /// Redacts headers now and the body (and trailers) as it streams.
 pub fn wrap_response(
     resp: Response<Body>,
-    _patterns: Arc<Patterns>,
-    _on_redact: Option<OnRedact>,
+    patterns: Arc<Patterns>,
+    on_redact: Option<OnRedact>,
 ) -> Response<Body> {
+    // Hot path: nothing in scope, nothing to do.
+    if patterns.is_empty() {
+        return resp;
+    }
+    // SECURITY: without a working matcher nothing can be checked; refuse.
+    if matches!(patterns.matcher, Matcher::Broken) {
+        return refusal(
+            ERROR_REDACTION_UNAVAILABLE,
+            "keyward could not prepare response redaction",
+        );
+    }
+    let (mut parts, body) = resp.into_parts();
+    let mut notify = Notify(on_redact);
+    if redact_headers(&patterns, &mut parts.headers) > 0 {
+        notify.fire();
+    }
+    // SECURITY: hyper relays the upstream's HTTP/1 reason phrase verbatim.
+    if let Some(reason) = parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        if patterns.contains_secret(reason.as_bytes()) {
+            parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+            notify.fire();
+        }
+    }
+    // 1xx, 204 and 304 carry no body (and a 304's content-length describes the
+    // representation, not this message): headers were all there was to redact.
+    if parts.status.is_informational()
+        || parts.status == StatusCode::NO_CONTENT
+        || parts.status == StatusCode::NOT_MODIFIED
+    {
+        return Response::from_parts(parts, body);
+    }
+    let decoder = match content_decoder(&parts.headers) {
+        Ok(d) => d,
+        // SECURITY: bytes we cannot decode cannot be inspected; never pass them on.
+        Err(coding) => {
+            return refusal(
+                ERROR_UNSUPPORTED_ENCODING,
+                &format!(
+                "upstream response uses content-encoding {coding:?}, which keyward cannot inspect"
+            ),
+            )
+        }
+    };
+    if decoder.is_some() {
+        parts.headers.remove(CONTENT_ENCODING);
+    }
+    // The body may change length (and is decoded): its framing is ours now.
+    parts.headers.remove(CONTENT_LENGTH);
+    let body = RedactBody {
+        inner: body,
+        decoder,
+        redactor: Redactor::new(patterns),
+        notify,
+        pending_in: Bytes::new(),
+        compressed_seen: false,
+        trailers: None,
+        phase: Phase::Streaming,
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// A keyward-rendered 502 for responses that cannot be inspected.
+fn refusal(code: &'static str, message: &str) -> Response<Body> {
+    let body =
+        serde_json::json!({ "error": { "type": format!("keyward.{code}"), "message": message } });
+    let mut resp = Response::new(super::full(body.to_string()));
+    *resp.status_mut() = StatusCode::BAD_GATEWAY;
+    resp.headers_mut()
+        .insert(X_KEYWARD_ERROR, HeaderValue::from_static(code));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
+}
+
+struct Notify(Option<OnRedact>);
+
+impl Notify {
+    fn fire(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+/// The decoder for the response's `content-encoding`; `Err(coding)` when keyward
+/// cannot decode it.
+fn content_decoder(headers: &HeaderMap) -> Result<Option<Decoder>, String> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(CONTENT_ENCODING) {
+        let Ok(text) = value.to_str() else {
+            return Err(String::from_utf8_lossy(value.as_bytes()).into_owned());
+        };
+        codings.extend(
+            text.split(',')
+                .map(|c| c.trim().to_ascii_lowercase())
+                .filter(|c| !c.is_empty() && c != "identity"),
+        );
+    }
+    match codings.as_slice() {
+        [] => Ok(None),
+        [one] => match one.as_str() {
+            "gzip" | "x-gzip" => Ok(Some(Decoder::Gzip(Box::new(
+                flate2::write::MultiGzDecoder::new(Vec::new()),
+            )))),
+            "deflate" => Ok(Some(Decoder::Deflate(DeflateState::Probe(Vec::new())))),
+            "br" => Ok(Some(Decoder::Brotli(Box::new(BrotliDecoder::new())))),
+            other => Err(other.to_string()),
+        },
+        // Stacked codings: rare enough to refuse rather than to chain decoders.
+        many => Err(many.join(", ")),
+    }
+}
+
+/// Errors the redacted body can end with (besides the upstream's own).
+#[derive(Debug, thiserror::Error)]
+pub enum RedactError {
+    #[error("upstream response body is corrupt ({0}) and was cut off")]
+    Corrupt(String),
+    #[error("upstream response body ended before its compressed stream was complete")]
+    Truncated,
+}
+
+enum DeflateState {
+    /// Waiting for two bytes to tell zlib-wrapped from raw deflate.
+    Probe(Vec<u8>),
+    Running {
+        inflate: flate2::Decompress,
+        ended: bool,
+        pending: bool,
+    },
+}
+
+type BrotliState = brotli_decompressor::BrotliState<
+    brotli_decompressor::StandardAlloc,
+    brotli_decompressor::StandardAlloc,
+    brotli_decompressor::StandardAlloc,
+>;
+
+struct BrotliDecoder {
+    state: BrotliState,
+    ended: bool,
+    pending: bool,
+}
+
+impl BrotliDecoder {
+    fn new() -> BrotliDecoder {
+        use brotli_decompressor::StandardAlloc;
+        BrotliDecoder {
+            state: BrotliState::new(
+                StandardAlloc::default(),
+                StandardAlloc::default(),
+                StandardAlloc::default(),
+            ),
+            ended: false,
+            pending: false,
+        }
+    }
+
+    fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        budget: usize,
+    ) -> Result<usize, RedactError> {
+        use brotli_decompressor::{BrotliDecompressStream, BrotliResult};
+        let mut available_in = input.len();
+        let mut input_offset = 0;
+        let mut total_out = 0;
+        loop {
+            if self.ended {
+                // SECURITY: data after the end of the stream is not ours to judge.
+                if available_in > 0 {
+                    return Err(RedactError::Corrupt(
+                        "data after end of brotli stream".into(),
+                    ));
+                }
+                self.pending = false;
+                return Ok(input_offset);
+            }
+            let start = out.len();
+            out.resize(start + DECODE_OUTPUT_STEP, 0);
+            let mut available_out = DECODE_OUTPUT_STEP;
+            let mut output_offset = start;
+            let result = BrotliDecompressStream(
+                &mut available_in,
+                &mut input_offset,
+                input,
+                &mut available_out,
+                &mut output_offset,
+                &mut out[..],
+                &mut total_out,
+                &mut self.state,
+            );
+            out.truncate(output_offset);
+            match result {
+                BrotliResult::ResultSuccess => self.ended = true,
+                BrotliResult::NeedsMoreInput => {
+                    self.pending = false;
+                    return Ok(input_offset);
+                }
+                BrotliResult::NeedsMoreOutput => {
+                    self.pending = true;
+                    if out.len() >= budget {
+                        return Ok(input_offset);
+                    }
+                }
+                BrotliResult::ResultFailure => {
+                    return Err(RedactError::Corrupt("invalid brotli data".into()))
+                }
+            }
+        }
+    }
+}
+
+enum Decoder {
+    Gzip(Box<flate2::write::MultiGzDecoder<Vec<u8>>>),
+    Deflate(DeflateState),
+    Brotli(Box<BrotliDecoder>),
+}
+
+fn corrupt(e: impl std::fmt::Display) -> RedactError {
+    RedactError::Corrupt(e.to_string())
+}
+
+impl Decoder {
+    /// Whether decoded output is waiting inside the decoder.
+    fn has_pending(&self) -> bool {
+        match self {
+            Decoder::Gzip(_) => false,
+            Decoder::Deflate(DeflateState::Running { pending, .. }) => *pending,
+            Decoder::Deflate(DeflateState::Probe(_)) => false,
+            Decoder::Brotli(b) => b.pending,
+        }
+    }
+
+    /// Decodes a prefix of `input` into `out` (stopping near `budget` output bytes);
+    /// returns how much input was consumed.
+    fn decode(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        budget: usize,
+    ) -> Result<usize, RedactError> {
+        match self {
+            Decoder::Gzip(gz) => {
+                let mut consumed = 0;
+                while consumed < input.len() && out.len() < budget {
+                    let end = input.len().min(consumed + DECODE_INPUT_SLICE);
+                    gz.write_all(&input[consumed..end]).map_err(corrupt)?;
+                    gz.flush().map_err(corrupt)?;
+                    out.append(gz.get_mut());
+                    consumed = end;
+                }
+                Ok(consumed)
+            }
+            Decoder::Deflate(state) => {
+                if let DeflateState::Probe(head) = state {
+                    let take = input.len().min(2usize.saturating_sub(head.len()));
+                    head.extend_from_slice(&input[..take]);
+                    if head.len() < 2 {
+                        return Ok(take);
+                    }
+                    let head = std::mem::take(head);
+                    let mut inflate = flate2::Decompress::new(looks_like_zlib(&head));
+                    let mut sink = Vec::new();
+                    let (used, ended, pending) =
+                        inflate_step(&mut inflate, &head, &mut sink, usize::MAX)?;
+                    if used < head.len() || (ended && take < input.len()) {
+                        return Err(RedactError::Corrupt(
+                            "data after end of deflate stream".into(),
+                        ));
+                    }
+                    out.append(&mut sink);
+                    *state = DeflateState::Running {
+                        inflate,
+                        ended,
+                        pending,
+                    };
+                    let rest = self.decode(&input[take..], out, budget)?;
+                    return Ok(take + rest);
+                }
+                let DeflateState::Running {
+                    inflate,
+                    ended,
+                    pending,
+                } = state
+                else {
+                    return Ok(0);
+                };
+                if *ended {
+                    if input.is_empty() {
+                        return Ok(0);
+                    }
+                    return Err(RedactError::Corrupt(
+                        "data after end of deflate stream".into(),
+                    ));
+                }
+                let (used, now_ended, now_pending) = inflate_step(inflate, input, out, budget)?;
+                *ended = now_ended;
+                *pending = now_pending;
+                if *ended && used < input.len() {
+                    return Err(RedactError::Corrupt(
+                        "data after end of deflate stream".into(),
+                    ));
+                }
+                Ok(used)
+            }
+            Decoder::Brotli(b) => b.decode(input, out, budget),
+        }
+    }
+
+    /// End of input: drains the decoder and checks the stream was complete.
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), RedactError> {
+        match self {
+            Decoder::Gzip(gz) => {
+                // SECURITY: try_finish verifies the gzip trailer (CRC and length),
+                // so a cut-off body is an error, not a short success.
+                gz.try_finish().map_err(|_| RedactError::Truncated)?;
+                out.append(gz.get_mut());
+                Ok(())
+            }
+            Decoder::Deflate(DeflateState::Probe(head)) => {
+                if head.is_empty() {
+                    // An empty body with a content-encoding: nothing to decode.
+                    return Ok(());
+                }
+                Err(RedactError::Truncated)
+            }
+            Decoder::Deflate(DeflateState::Running { .. }) | Decoder::Brotli(_) => {
+                while self.has_pending() {
+                    self.decode(&[], out, usize::MAX)?;
+                }
+                let ended = match self {
+                    Decoder::Deflate(DeflateState::Running { ended, .. }) => *ended,
+                    Decoder::Brotli(b) => b.ended,
+                    _ => false,
+                };
+                // SECURITY: a stream that never reached its end marker was truncated.
+                if ended {
+                    Ok(())
+                } else {
+                    Err(RedactError::Truncated)
+                }
+            }
+        }
+    }
+}
+
+/// RFC 1950 header check (as browsers do to accept raw deflate under "deflate").
+fn looks_like_zlib(head: &[u8]) -> bool {
+    const ZLIB_METHOD_DEFLATE: u8 = 8;
+    const ZLIB_MAX_WINDOW_INFO: u8 = 7;
+    const ZLIB_CHECK_MODULUS: u16 = 31;
+    match head {
+        [cmf, flg, ..] => {
+            cmf & 0x0f == ZLIB_METHOD_DEFLATE
+                && cmf >> 4 <= ZLIB_MAX_WINDOW_INFO
+                && (u16::from(*cmf) << 8 | u16::from(*flg)) % ZLIB_CHECK_MODULUS == 0
+        }
+        _ => false,
+    }
+}
+
+/// Runs inflate over `input` until it is consumed, the stream ends, or `out` grows
+/// past `budget`. Returns (consumed, stream ended, output pending inside).
+fn inflate_step(
+    inflate: &mut flate2::Decompress,
+    input: &[u8],
+    out: &mut Vec<u8>,
+    budget: usize,
+) -> Result<(usize, bool, bool), RedactError> {
+    let mut consumed = 0;
+    loop {
+        out.reserve(DECODE_OUTPUT_STEP);
+        let spare = out.capacity() - out.len();
+        let (in_before, out_before) = (inflate.total_in(), inflate.total_out());
+        let status = inflate
+            .decompress_vec(&input[consumed..], out, flate2::FlushDecompress::None)
+            .map_err(corrupt)?;
+        let used = (inflate.total_in() - in_before) as usize;
+        let produced = (inflate.total_out() - out_before) as usize;
+        consumed += used;
+        if status == flate2::Status::StreamEnd {
+            return Ok((consumed, true, false));
+        }
+        let filled = produced == spare;
+        if used == 0 && produced == 0 {
+            return Ok((consumed, false, false));
+        }
+        if out.len() >= budget {
+            return Ok((consumed, false, filled || consumed < input.len()));
+        }
+        if consumed == input.len() && !filled {
+            return Ok((consumed, false, false));
+        }
+    }
+}
+
+#[derive(PartialEq)]
+enum Phase {
+    Streaming,
+    /// The upstream body ended cleanly; trailers (if any) remain to be sent.
+    Ended,
+    Done,
+}
+
+struct RedactBody {
+    inner: Body,
+    decoder: Option<Decoder>,
+    redactor: Redactor,
+    notify: Notify,
+    /// Compressed bytes not yet decoded (decoding is bounded per frame).
+    pending_in: Bytes,
+    /// Whether any compressed byte arrived (an empty body needs no end marker, as
+    /// in a HEAD response that names its encoding).
+    compressed_seen: bool,
+    trailers: Option<HeaderMap>,
+    phase: Phase,
+}
+
+impl RedactBody {
+    fn note_redactions(&mut self, before: u64) {
+        if self.redactor.redactions() > before {
+            self.notify.fire();
+        }
+    }
+
+    /// Redacts a piece of (decoded) body.
+    fn redact(&mut self, data: Bytes) -> Bytes {
+        let before = self.redactor.redactions();
+        let out = self.redactor.push(data);
+        self.note_redactions(before);
+        out
+    }
+
+    /// Decodes and redacts one bounded step of `pending_in`.
+    fn decode_step(&mut self) -> Result<Bytes, RedactError> {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return Ok(Bytes::new());
+        };
+        let mut decoded = Vec::new();
+        let used = decoder.decode(&self.pending_in, &mut decoded, DECODE_OUTPUT_BUDGET)?;
+        // SECURITY: a decoder that neither consumes nor produces would spin forever;
+        // treat it as corrupt input rather than hang the response.
+        if used == 0 && decoded.is_empty() && !self.pending_in.is_empty() {
+            return Err(RedactError::Corrupt("decoder made no progress".into()));
+        }
+        self.pending_in.advance(used);
+        Ok(self.redact(Bytes::from(decoded)))
+    }
+
+    /// The upstream body is complete: drain the decoder, flush held bytes.
+    fn finish(&mut self) -> Result<Bytes, RedactError> {
+        let mut tail = Vec::new();
+        if let Some(decoder) = self.decoder.as_mut().filter(|_| self.compressed_seen) {
+            decoder.finish(&mut tail)?;
+        }
+        let mut out = self.redact(Bytes::from(tail)).to_vec();
+        let before = self.redactor.redactions();
+        out.extend_from_slice(&self.redactor.finish());
+        self.note_redactions(before);
+        Ok(Bytes::from(out))
+    }
+
+    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.phase = Phase::Done;
+        self.pending_in = Bytes::new();
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl HttpBody for RedactBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match this.phase {
+                Phase::Done => return Poll::Ready(None),
+                Phase::Ended => {
+                    this.phase = Phase::Done;
+                    return Poll::Ready(this.trailers.take().map(|t| Ok(Frame::trailers(t))));
+                }
+                Phase::Streaming => {}
+            }
+            let decoding_pending = this.decoder.as_ref().is_some_and(|d| d.has_pending());
+            if !this.pending_in.is_empty() || decoding_pending {
+                match this.decode_step() {
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                    Err(e) => return this.fail(e.into()),
+                }
+            }
+            let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                // SECURITY: an upstream error ends the body as an error; the bytes
+                // held back (a possible secret prefix) are dropped, never flushed.
+                Poll::Ready(Some(Err(e))) => return this.fail(e),
+                Poll::Ready(Some(Ok(frame))) => Some(frame),
+                Poll::Ready(None) => None,
+            };
+            let frame = match frame {
+                Some(frame) => frame,
+                None => {
+                    return match this.finish() {
+                        Ok(tail) => {
+                            this.phase = Phase::Ended;
+                            if tail.is_empty() {
+                                continue;
+                            }
+                            Poll::Ready(Some(Ok(Frame::data(tail))))
+                        }
+                        Err(e) => this.fail(e.into()),
+                    };
+                }
+            };
+            let frame = match frame.into_data() {
+                Ok(data) if this.decoder.is_some() => {
+                    this.compressed_seen |= !data.is_empty();
+                    this.pending_in = data;
+                    continue;
+                }
+                Ok(data) => {
+                    let out = this.redact(data);
+                    if out.is_empty() {
+                        continue;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(out))));
+                }
+                Err(frame) => frame,
+            };
+            if let Ok(mut trailers) = frame.into_trailers() {
+                if redact_headers(&this.redactor.patterns, &mut trailers) > 0 {
+                    this.notify.fire();
+                }
+                this.trailers = Some(trailers);
+                // Trailers end the body: settle everything before sending them.
+                match this.finish() {
+                    Ok(tail) => {
+                        this.phase = Phase::Ended;
+                        if !tail.is_empty() {
+                            return Poll::Ready(Some(Ok(Frame::data(tail))));
+                        }
+                    }
+                    Err(e) => return this.fail(e.into()),
+                }
+            }
+            // Unknown frame kinds are dropped.
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.phase == Phase::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE, URL_SAFE_NO_PAD};
+
+    const SECRET: &[u8] = b"sk-proj-Ab1+/Cd2?Ef3_gh4~XYZ";
+
+    fn patterns(secret: &[u8]) -> Arc<Patterns> {
+        Arc::new(Patterns::new(&[secret]))
+    }
+
+    /// Streams `data` through a fresh redactor split at `cuts`.
+    fn stream(p: &Arc<Patterns>, data: &[u8], cuts: &[usize]) -> Vec<u8> {
+        let mut r = Redactor::new(p.clone());
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &c in cuts.iter().chain(std::iter::once(&data.len())) {
+            let c = c.clamp(at, data.len());
+            out.extend_from_slice(&r.push(Bytes::copy_from_slice(&data[at..c])));
+            at = c;
+        }
+        out.extend_from_slice(&r.finish());
+        out
+    }
+
+    fn assert_redacted(p: &Arc<Patterns>, echoed: &[u8]) {
+        let doc = [b"before <".as_slice(), echoed, b"> after".as_slice()].concat();
+        let want = b"before <[REDACTED]> after".to_vec();
+        assert_eq!(
+            p.redact_all(&doc).as_deref(),
+            Some(&want[..]),
+            "{:?}",
+            String::from_utf8_lossy(echoed)
+        );
+        for cut in 0..=doc.len() {
+            assert_eq!(
+                stream(p, &doc, &[cut]),
+                want,
+                "cut {cut} in {:?}",
+                String::from_utf8_lossy(echoed)
+            );
+        }
+    }
+
+    #[test]
+    fn raw_secret_is_redacted() {
+        assert_redacted(&patterns(SECRET), SECRET);
+    }
+
+    #[test]
+    fn hex_lower_upper_and_mixed_are_redacted() {
+        let p = patterns(SECRET);
+        let lower = hex::encode(SECRET);
+        assert_redacted(&p, lower.as_bytes());
+        assert_redacted(&p, hex::encode_upper(SECRET).as_bytes());
+        let mixed: String = lower
+            .chars()
+            .enumerate()
+            .map(|(i, c)| {
+                if i % 3 == 0 {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect();
+        assert_redacted(&p, mixed.as_bytes());
+    }
+
+    #[test]
+    fn base64_whole_value_in_every_alphabet_and_padding_is_redacted() {
+        let p = patterns(SECRET);
+        for engine in [&STANDARD, &STANDARD_NO_PAD, &URL_SAFE, &URL_SAFE_NO_PAD] {
+            let enc = engine.encode(SECRET);
+            let out = p.redact_all(enc.as_bytes()).expect("matched");
+            assert!(!p.contains_secret(&out));
+            // Only the (at most 2) boundary characters that mix in padding bits remain.
+            assert!(
+                out.len() <= REDACTED.len() + 3,
+                "{}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+    }
+
+    #[test]
+    fn base64_at_every_alignment_inside_a_larger_blob_is_redacted() {
+        let p = patterns(SECRET);
+        for prefix_len in 0..6 {
+            for suffix_len in 0..4 {
+                let blob = [
+                    vec![0xA5u8; prefix_len],
+                    SECRET.to_vec(),
+                    vec![0x5Au8; suffix_len],
+                ]
+                .concat();
+                for engine in [&STANDARD, &URL_SAFE_NO_PAD] {
+                    let enc = engine.encode(&blob);
+                    let out = p.redact_all(enc.as_bytes()).expect("matched");
+                    assert!(out.windows(REDACTED.len()).any(|w| w == REDACTED));
+                    // What is left encodes the prefix, the suffix, at most one mixed
+                    // character at each edge, and padding.
+                    assert!(!p.contains_secret(&out));
+                    let left = String::from_utf8_lossy(&out).replace("[REDACTED]", "");
+                    let bound = (prefix_len * 4).div_ceil(3) + (suffix_len * 4).div_ceil(3) + 2 + 2;
+                    assert!(
+                        left.len() <= bound,
+                        "prefix {prefix_len} suffix {suffix_len}: {left}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn url_encoded_forms_are_redacted() {
+        let p = patterns(SECRET);
+        let upper: String = SECRET
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        assert_redacted(&p, upper.as_bytes());
+        assert_redacted(&p, upper.to_lowercase().replace("%", "%").as_bytes());
+        let lower_hex: String = SECRET
+            .iter()
+            .map(|&b| {
+                if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02x}")
+                }
+            })
+            .collect();
+        assert_redacted(&p, lower_hex.as_bytes());
+        let every: String = SECRET.iter().map(|b| format!("%{b:02X}")).collect();
+        assert_redacted(&p, every.as_bytes());
+        let component = percent_encoding::utf8_percent_encode(
+            std::str::from_utf8(SECRET).unwrap(),
+            percent_encoding::NON_ALPHANUMERIC,
+        )
+        .to_string();
+        assert_redacted(&p, component.as_bytes());
+    }
+
+    #[test]
+    fn form_encoding_with_space_as_plus_is_redacted() {
+        let p = patterns(b"pass word&more=1");
+        assert_redacted(&p, b"pass+word%26more%3D1");
+    }
+
+    #[test]
+    fn json_escaped_forms_are_redacted() {
+        let secret = "k/\"ey<\\>&\u{1}é\tz";
+        let p = patterns(secret.as_bytes());
+        let serde = serde_json::to_string(secret).unwrap();
+        assert_redacted(&p, serde.trim_matches('"').as_bytes());
+        assert_redacted(&p, br#"k\/\"ey<\\>&\u0001\u00e9\tz"#);
+        assert_redacted(&p, br#"k/\"ey\u003c\\\u003e\u0026\u0001\u00E9\tz"#);
+        assert_redacted(
+            &p,
+            br#"k\/\u0022ey\u003c\u005c\u003e\u0026\u0001\u00e9\u0009z"#,
+        );
+    }
+
+    #[test]
+    fn json_slash_escape_of_a_url_like_key_is_redacted() {
+        let p = patterns(b"https://user:tok3n@example.com/x");
+        assert_redacted(&p, br"https:\/\/user:tok3n@example.com\/x");
+    }
+
+    #[test]
+    fn several_secrets_and_adjacent_occurrences() {
+        let p = Arc::new(Patterns::new(&[b"alpha-secret-1", b"beta-secret-22"]));
+        let doc = b"alpha-secret-1beta-secret-22 x alpha-secret-1";
+        let want = b"[REDACTED][REDACTED] x [REDACTED]".to_vec();
+        for a in 0..doc.len() {
+            for b in a..doc.len() {
+                assert_eq!(stream(&p, doc, &[a, b]), want);
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_with_no_possible_partial_match_passes_at_once_without_copy() {
+        let p = patterns(SECRET);
+        let mut r = Redactor::new(p);
+        let chunk = Bytes::from_static(b"data: {\"delta\":\"hello world\"}\n\n");
+        let out = r.push(chunk.clone());
+        assert_eq!(out, chunk);
+        assert_eq!(
+            out.as_ptr(),
+            chunk.as_ptr(),
+            "unmatched chunk must be passed through zero-copy"
+        );
+        assert_eq!(r.held_len(), 0);
+    }
+
+    #[test]
+    fn only_the_partial_match_suffix_is_held() {
+        let p = patterns(SECRET);
+        let mut r = Redactor::new(p);
+        let out = r.push(Bytes::from_static(b"hello sk-pr"));
+        assert_eq!(&out[..], b"hello ");
+        assert_eq!(r.held_len(), 5);
+        let out = r.push(Bytes::from_static(b"ivate"));
+        assert_eq!(
+            &out[..],
+            b"sk-private",
+            "a prefix that stops matching is released"
+        );
+        assert_eq!(r.held_len(), 0);
+        assert_eq!(&r.finish()[..], b"");
+    }
+
+    #[test]
+    fn held_prefix_is_flushed_at_end() {
+        let p = patterns(SECRET);
+        assert_eq!(
+            stream(&p, b"the end: sk-proj-Ab", &[]),
+            b"the end: sk-proj-Ab".to_vec()
+        );
+    }
+
+    #[test]
+    fn case_variant_of_secret_is_also_redacted() {
+        let p = patterns(b"SK-Token-ABCDEFG");
+        assert_eq!(
+            p.redact_all(b"x sk-token-abcdefg y").as_deref(),
+            Some(&b"x [REDACTED] y"[..])
+        );
+    }
+
+    #[test]
+    fn empty_and_short_secrets() {
+        assert!(Patterns::new(&[]).is_empty());
+        assert!(Patterns::new(&[b""]).is_empty());
+        let p = patterns(b"abc");
+        // The raw form of a short secret is always searched; its derived forms are
+        // too short to search without redacting noise.
+        assert_eq!(
+            p.redact_all(b"xabcx").as_deref(),
+            Some(&b"x[REDACTED]x"[..])
+        );
+        assert_eq!(p.redact_all(b"YWJj"), None);
+    }
+
+    #[test]
+    fn encoded_forms_do_not_match_plain_text() {
+        let p = patterns(SECRET);
+        let text = b"The quick brown fox jumps over the lazy dog. 0123456789 +/=%\\u00";
+        assert_eq!(p.redact_all(text), None);
+        assert_eq!(stream(&p, text, &[3, 10, 11, 40]), text.to_vec());
+    }
+
+    #[test]
+    fn headers_values_are_redacted_and_names_carrying_secrets_dropped() {
+        let p = patterns(b"tok_1234567890abcdef");
+        let mut h = HeaderMap::new();
+        h.insert(
+            "location",
+            HeaderValue::from_static("https://x.test/cb?key=tok_1234567890abcdef&a=1"),
+        );
+        h.append("set-cookie", HeaderValue::from_static("a=1"));
+        h.append(
+            "set-cookie",
+            HeaderValue::from_static("k=dG9rXzEyMzQ1Njc4OTBhYmNkZWY"),
+        );
+        h.insert("tok_1234567890abcdef", HeaderValue::from_static("x"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        assert_eq!(redact_headers(&p, &mut h), 3);
+        assert_eq!(h["location"], "https://x.test/cb?key=[REDACTED]&a=1");
+        assert!(h["location"].is_sensitive());
+        let cookies: Vec<_> = h.get_all("set-cookie").iter().collect();
+        assert_eq!(cookies[0], "a=1");
+        assert!(cookies[1].to_str().unwrap().contains("[REDACTED]"));
+        assert!(!h.contains_key("tok_1234567890abcdef"));
+        assert_eq!(h["content-type"], "text/plain");
+    }
+
+    #[test]
+    fn prepare_request_asks_for_identity() {
+        let mut h = HeaderMap::new();
+        h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip, zstd"));
+        prepare_request(&mut h);
+        assert_eq!(h[ACCEPT_ENCODING], "identity");
+    }
+
+    #[test]
+    fn zlib_header_detection() {
+        assert!(looks_like_zlib(&[0x78, 0x9c]));
+        assert!(looks_like_zlib(&[0x78, 0x01]));
+        assert!(!looks_like_zlib(&[0x78, 0x00]));
+        assert!(!looks_like_zlib(&[0xcb, 0x48]));
+    }
 }

@@ -182,7 +182,11 @@ async fn echo(
     let body = body.collect().await?.to_bytes().to_vec();
     let record = Seen {
         method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
+        uri: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         headers: parts.headers.clone(),
         body: body.clone(),
         version: parts.version,
@@ -268,10 +272,11 @@ pub struct Kw {
 
 /// Config text pointing every file into `dir` and every test host at `up`.
 pub fn base_config(dir: &Path, up: SocketAddr, extra: &str) -> String {
-    let mut resolve = String::new();
-    for h in UPSTREAM_HOSTS {
-        resolve.push_str(&format!("\"{h}\" = \"{up}\", "));
-    }
+    let resolve = UPSTREAM_HOSTS
+        .iter()
+        .map(|h| format!("\"{h}\" = \"{up}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"
 [proxy]
