@@ -25,7 +25,6 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -767,7 +766,12 @@ async fn put_secret(
     ev.secret = Some(meta.name.clone());
     ev.scope = Some(meta.scope.clone());
     ev.version = Some(meta.version);
-    audit_change(state, ev)?;
+    // A vault change cannot be taken back safely (the old value is gone), so say
+    // plainly that it happened but is not on record.
+    audit_change(state, ev).map_err(|e| ApiError {
+        message: format!("{}; the change WAS applied", e.message),
+        ..e
+    })?;
     tracing::info!(scope = %meta.scope, name = %meta.name, version = meta.version, actor = ?cx.actor, "{event} via admin API");
     Ok(json_response(status, json!(meta)))
 }
@@ -790,7 +794,12 @@ async fn delete_secret(
     ev.secret = Some(meta.name.clone());
     ev.scope = Some(meta.scope.clone());
     ev.version = Some(meta.version);
-    audit_change(state, ev)?;
+    // A vault change cannot be taken back safely (the old value is gone), so say
+    // plainly that it happened but is not on record.
+    audit_change(state, ev).map_err(|e| ApiError {
+        message: format!("{}; the change WAS applied", e.message),
+        ..e
+    })?;
     tracing::info!(scope = %meta.scope, name = %meta.name, actor = ?cx.actor, "secret_rm via admin API");
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;
@@ -992,51 +1001,41 @@ async fn create_session(
 // ---------------------------------------------------------------------------
 // Audit
 
-/// Which audit lines `GET /v1/audit` returns. Every set field must match.
-#[derive(Debug, Default)]
-struct AuditFilter {
-    fields: Vec<(&'static str, String)>,
-    since: Option<OffsetDateTime>,
-    until: Option<OffsetDateTime>,
+/// Which audit lines `GET /v1/audit` returns: `audit::Filter` plus `run_id` and a
+/// limit. Every set field must match.
+#[derive(Debug)]
+struct AuditQuery {
+    filter: audit::Filter,
+    run_id: Option<String>,
     limit: usize,
 }
 
-/// Query parameters that filter on a field of the same name.
-const AUDIT_FIELDS: [&str; 6] = ["secret", "agent", "chain", "outcome", "event", "run_id"];
-
-fn parse_time(s: &str) -> Result<OffsetDateTime, ApiError> {
-    if let Ok(t) = OffsetDateTime::parse(s, &Rfc3339) {
-        return Ok(t);
-    }
-    let bad = || {
-        ApiError::bad_request(format!(
-            "invalid time {s:?}: use RFC 3339 (2024-05-01T12:00:00Z) or an age like 1h, 2d"
-        ))
-    };
-    let ago = humantime::parse_duration(s).map_err(|_| bad())?;
-    let ago = time::Duration::try_from(ago).map_err(|_| bad())?;
-    OffsetDateTime::now_utc().checked_sub(ago).ok_or_else(bad)
-}
-
-impl AuditFilter {
-    fn parse(query: Option<&str>) -> Result<AuditFilter, ApiError> {
-        let mut f = AuditFilter {
+impl AuditQuery {
+    fn parse(query: Option<&str>) -> Result<AuditQuery, ApiError> {
+        let mut q = AuditQuery {
+            filter: audit::Filter::default(),
+            run_id: None,
             limit: DEFAULT_AUDIT_LIMIT,
-            ..AuditFilter::default()
         };
+        let now = OffsetDateTime::now_utc();
+        let time =
+            |v: &str| audit::parse_time(v, now).map_err(|e| ApiError::bad_request(e.to_string()));
         for (k, v) in query_pairs(query) {
-            if let Some(field) = AUDIT_FIELDS.iter().find(|f| **f == k) {
-                f.fields.push((field, v));
-                continue;
-            }
+            let f = &mut q.filter;
             match k.as_str() {
-                "since" => f.since = Some(parse_time(&v)?),
-                "until" => f.until = Some(parse_time(&v)?),
+                "secret" => f.secret = Some(v),
+                "agent" => f.agent = Some(v),
+                "chain" => f.chain = Some(v),
+                "outcome" => f.outcome = Some(v),
+                "event" => f.event = Some(v),
+                "run_id" => q.run_id = Some(v),
+                "since" => f.since = Some(time(&v)?),
+                "until" => f.until = Some(time(&v)?),
                 "limit" => {
                     let n: usize = v
                         .parse()
                         .map_err(|_| ApiError::bad_request(format!("invalid limit {v:?}")))?;
-                    f.limit = n.clamp(1, MAX_AUDIT_LIMIT);
+                    q.limit = n.clamp(1, MAX_AUDIT_LIMIT);
                 }
                 other => {
                     return Err(ApiError::bad_request(format!(
@@ -1045,49 +1044,46 @@ impl AuditFilter {
                 }
             }
         }
-        Ok(f)
+        Ok(q)
     }
 
-    fn matches(&self, line: &Value) -> bool {
-        let field = |k: &str| line.get(k).and_then(Value::as_str);
-        if !self
-            .fields
-            .iter()
-            .all(|(k, v)| field(k) == Some(v.as_str()))
-        {
-            return false;
-        }
-        if self.since.is_none() && self.until.is_none() {
-            return true;
-        }
-        let Some(ts) = field("ts").and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok()) else {
-            return false;
-        };
-        self.since.is_none_or(|s| ts >= s) && self.until.is_none_or(|u| ts < u)
+    fn matches(&self, ev: &Event) -> bool {
+        self.filter.matches(ev)
+            && self
+                .run_id
+                .as_deref()
+                .is_none_or(|r| ev.run_id.as_deref() == Some(r))
     }
 }
 
-/// The newest `limit` matching lines of the audit file, oldest first.
-fn read_audit(path: &Path, filter: &AuditFilter) -> std::io::Result<Vec<Value>> {
-    let file = std::fs::File::open(path)?;
+/// The newest `limit` matching lines of the audit file set, oldest first, each as
+/// written (hash included). Unreadable lines are skipped (`audit verify` reports them).
+fn read_audit(path: &Path, q: &AuditQuery) -> Result<Vec<Value>, audit::AuditError> {
     let mut out = VecDeque::new();
-    for line in std::io::BufReader::new(file).lines() {
-        let line = line?;
-        let Ok(v) = serde_json::from_str::<Value>(&line) else {
+    for rec in audit::query_iter(path, &q.filter)? {
+        let rec = match rec {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "skipping an unreadable audit line");
+                continue;
+            }
+        };
+        if !q.matches(&rec.event) {
+            continue;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(&rec.line) else {
             continue;
         };
-        if filter.matches(&v) {
-            if out.len() == filter.limit {
-                out.pop_front();
-            }
-            out.push_back(v);
+        if out.len() == q.limit {
+            out.pop_front();
         }
+        out.push_back(v);
     }
     Ok(out.into())
 }
 
 async fn query_audit(state: &State, query: Option<&str>) -> Result<Response<Body>, ApiError> {
-    let filter = AuditFilter::parse(query)?;
+    let q = AuditQuery::parse(query)?;
     let path: PathBuf = state.audit.path().to_path_buf();
     if path == Path::new("-") {
         return Err(ApiError::new(
@@ -1097,7 +1093,7 @@ async fn query_audit(state: &State, query: Option<&str>) -> Result<Response<Body
         ));
     }
     let lines = blocking(move || {
-        read_audit(&path, &filter).map_err(|e| {
+        read_audit(&path, &q).map_err(|e| {
             tracing::error!(error = %e, "audit log unreadable");
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -1159,13 +1155,16 @@ mod tests {
     }
 
     #[test]
-    fn audit_filter_parses_and_matches() {
-        let f = AuditFilter::parse(Some("agent=a1&outcome=denied&limit=5")).unwrap();
-        assert_eq!(f.limit, 5);
-        assert!(f.matches(&json!({"agent": "a1", "outcome": "denied"})));
-        assert!(!f.matches(&json!({"agent": "a2", "outcome": "denied"})));
-        assert!(AuditFilter::parse(Some("agnet=a1")).is_err());
-        let f = AuditFilter::parse(Some("since=2030-01-01T00:00:00Z")).unwrap();
-        assert!(!f.matches(&json!({"ts": "2024-01-01T00:00:00.000Z"})));
+    fn audit_query_parses_and_matches() {
+        let q = AuditQuery::parse(Some("agent=a1&outcome=denied&run_id=r%3A1&limit=5")).unwrap();
+        assert_eq!(q.limit, 5);
+        let mut ev = Event::new("deny", "denied");
+        ev.agent = Some("a1".into());
+        ev.run_id = Some("r:1".into());
+        assert!(q.matches(&ev));
+        ev.run_id = Some("r:2".into());
+        assert!(!q.matches(&ev));
+        assert!(AuditQuery::parse(Some("agnet=a1")).is_err());
+        assert!(AuditQuery::parse(Some("since=yesterday-ish")).is_err());
     }
 }
