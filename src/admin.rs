@@ -190,6 +190,9 @@ pub async fn start(
 ) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    if state.runtime().config.admin.tokens.is_empty() {
+        tracing::warn!(%addr, "admin API has no [admin].tokens: only /healthz, /readyz and /metrics will answer");
+    }
     tokio::spawn(accept_loop(listener, state, stop));
     Ok(addr)
 }
@@ -236,8 +239,17 @@ async fn serve_connection(state: Arc<State>, stream: TcpStream) {
     }
 }
 
-/// Routes, authenticates, authorizes, then runs the handler.
+/// One admin request, start to end.
 pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let mut resp = dispatch(state, req).await;
+    // Answers may carry tokens or secret metadata: never cache them.
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// Routes, authenticates, authorizes, then runs the handler.
+async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     let mut allowed: Vec<&str> = Vec::new();
     let mut hit = None;
@@ -293,11 +305,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body>
         Op::CreateSession => create_session(&state, &cx, req).await,
         Op::QueryAudit => query_audit(&state, req.uri().query()).await,
     };
-    let mut resp = result.unwrap_or_else(ApiError::response);
-    // Answers may carry tokens or secret metadata: never cache them.
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    result.unwrap_or_else(ApiError::response)
 }
 
 /// Matches `/v1/secrets/{scope}/{name}` against a request path; returns the
