@@ -847,3 +847,20 @@ fn openapi_document_matches_the_route_table() {
          documented but not implemented: {extra:?}"
     );
 }
+
+#[tokio::test]
+async fn admin_listener_stops_with_the_proxy() {
+    let (kw, admin) = start().await;
+    assert_eq!(admin.call("GET", "/healthz", None, None).await.status, 200);
+    let addr = admin.addr;
+    kw.running.shutdown().await;
+    let mut refused = false;
+    for _ in 0..50 {
+        if TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "the admin port still accepts after shutdown");
+}
