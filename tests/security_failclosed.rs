@@ -30,7 +30,6 @@ async fn unwritable_audit_log_refuses_provider_requests() {
 }
 
 #[tokio::test]
-#[ignore = "needs: the audit line (or a writability check) before the credential is sent upstream; today pipeline.rs records after the upstream answered, so an unaudited injected request reaches the provider"]
 async fn unwritable_audit_log_sends_nothing_upstream() {
     let kw = Kw::start("").await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);

@@ -58,7 +58,11 @@ pub async fn start(
         spawn_config_watcher(state.clone(), path, tx.subscribe());
     }
     let admin_addr = match admin_listen {
-        Some(a) => Some(crate::admin::start(state.clone(), a, tx.subscribe()).await?),
+        Some(a) => {
+            let bound = crate::admin::start(state.clone(), a, tx.subscribe()).await?;
+            state.dialer.other_own_addrs.write().push(bound);
+            Some(bound)
+        }
         None => None,
     };
     tracing::info!(%addr, admin = ?admin_addr, "keyward listening");
