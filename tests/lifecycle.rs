@@ -1,0 +1,124 @@
+//! Process-level limits and lifecycle: the connection cap counts open tunnels,
+//! and SIGTERM drains in-flight requests without losing an audit line.
+
+mod common;
+
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[tokio::test]
+async fn connections_over_max_connections_get_503_and_tunnels_count() {
+    let kw = Kw::start_full("max_connections = 2", "", None).await;
+    kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
+    let mut t1 = kw.client().open("api.openai.com").await.unwrap();
+    let _t2 = kw.client().open("api.openai.com").await.unwrap();
+    // Both tunnels are established; the CONNECT connections are now tunnels and
+    // still hold their slots.
+    let mut s = tokio::net::TcpStream::connect(kw.addr()).await.unwrap();
+    let (status, head, _) = read_head(&mut s).await;
+    assert_eq!(status, 503, "{head}");
+    assert!(head.contains("too_many_connections"));
+    assert_eq!(t1.get("api.openai.com", "/v1/ok").await.status, 200);
+}
+
+#[test]
+fn sigterm_drains_an_inflight_stream_and_keeps_its_audit_line() {
+    if Command::new("curl").arg("--version").output().is_err() {
+        eprintln!("skipped: curl not installed");
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let pki = UpstreamPki::new();
+    let upstream = rt.block_on(EchoUpstream::start(&pki));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let text = base_config(dir.path(), upstream.addr, "").replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+    );
+    let config = dir.path().join("keyward.toml");
+    std::fs::write(&config, text).unwrap();
+    let bin = env!("CARGO_BIN_EXE_keyward");
+    let mut set = Command::new(bin)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "secret",
+            "set",
+            "OPENAI_API_KEY",
+        ])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    set.stdin
+        .take()
+        .unwrap()
+        .write_all(b"sk-real-openai-0123456789")
+        .unwrap();
+    assert!(set.wait().unwrap().success());
+    let mut serve = Command::new(bin)
+        .args(["--config", config.to_str().unwrap(), "serve"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "keyward did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::write(
+        dir.path().join("ca-trust.pem"),
+        std::fs::read(dir.path().join("ca.pem")).unwrap(),
+    )
+    .unwrap();
+    let curl = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "20",
+            "--proxy",
+            &format!("http://{AGENT}:{TOKEN}@127.0.0.1:{port}"),
+            "--cacert",
+            dir.path().join("ca-trust.pem").to_str().unwrap(),
+            "https://api.openai.com/sse",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the request is in flight, then ask keyward to stop.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.requests().is_empty() {
+        assert!(Instant::now() < deadline, "request never reached upstream");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: sending SIGTERM to our own child process.
+    unsafe {
+        libc::kill(serve.id() as i32, libc::SIGTERM);
+    }
+    let out = curl.wait_with_output().unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("first") && body.contains("second"),
+        "stream completed during drain: {body}"
+    );
+    let status = serve.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    assert!(audit.contains("\"event\":\"inject\""), "{audit}");
+    let verify = Command::new(bin)
+        .args(["--config", config.to_str().unwrap(), "audit", "verify"])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
