@@ -22,12 +22,26 @@ async fn connections_over_max_connections_get_503_and_tunnels_count() {
     assert_eq!(t1.get("api.openai.com", "/v1/ok").await.status, 200);
 }
 
-#[test]
-fn sigterm_drains_an_inflight_stream_and_keeps_its_audit_line() {
-    if Command::new("curl").arg("--version").output().is_err() {
-        eprintln!("skipped: curl not installed");
-        return;
+/// A `keyward serve` child with a secret stored, against an echo upstream.
+struct Served {
+    _rt: tokio::runtime::Runtime,
+    upstream: EchoUpstream,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_keyward");
+
+fn served() -> Served {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pki = UpstreamPki::new();
     let upstream = rt.block_on(EchoUpstream::start(&pki));
@@ -44,8 +58,7 @@ fn sigterm_drains_an_inflight_stream_and_keeps_its_audit_line() {
     );
     let config = dir.path().join("keyward.toml");
     std::fs::write(&config, text).unwrap();
-    let bin = env!("CARGO_BIN_EXE_keyward");
-    let mut set = Command::new(bin)
+    let mut set = Command::new(BIN)
         .args([
             "--config",
             config.to_str().unwrap(),
@@ -63,7 +76,7 @@ fn sigterm_drains_an_inflight_stream_and_keeps_its_audit_line() {
         .write_all(b"sk-real-openai-0123456789")
         .unwrap();
     assert!(set.wait().unwrap().success());
-    let mut serve = Command::new(bin)
+    let child = Command::new(BIN)
         .args(["--config", config.to_str().unwrap(), "serve"])
         .stderr(Stdio::null())
         .spawn()
@@ -73,47 +86,66 @@ fn sigterm_drains_an_inflight_stream_and_keeps_its_audit_line() {
         assert!(Instant::now() < deadline, "keyward did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    std::fs::write(
-        dir.path().join("ca-trust.pem"),
-        std::fs::read(dir.path().join("ca.pem")).unwrap(),
-    )
-    .unwrap();
-    let curl = Command::new("curl")
-        .args([
-            "-sS",
-            "--max-time",
-            "20",
-            "--proxy",
-            &format!("http://{AGENT}:{TOKEN}@127.0.0.1:{port}"),
-            "--cacert",
-            dir.path().join("ca-trust.pem").to_str().unwrap(),
-            "https://api.openai.com/sse",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    Served {
+        _rt: rt,
+        upstream,
+        dir,
+        config,
+        port,
+        child,
+    }
+}
+
+fn have_curl() -> bool {
+    Command::new("curl").arg("--version").output().is_ok()
+}
+
+fn curl(s: &Served, max_time: &str, path: &str) -> Command {
+    let mut c = Command::new("curl");
+    c.args([
+        "-sS",
+        "--max-time",
+        max_time,
+        "--proxy",
+        &format!("http://{AGENT}:{TOKEN}@127.0.0.1:{}", s.port),
+        "--cacert",
+        s.dir.path().join("ca.pem").to_str().unwrap(),
+        &format!("https://api.openai.com{path}"),
+    ]);
+    c.stdout(Stdio::piped()).stderr(Stdio::null());
+    c
+}
+
+#[test]
+fn sigterm_drains_an_inflight_stream_and_keeps_its_audit_line() {
+    if !have_curl() {
+        eprintln!("skipped: curl not installed");
+        return;
+    }
+    let mut s = served();
+    let client = curl(&s, "20", "/sse").spawn().unwrap();
     // Wait until the request is in flight, then ask keyward to stop.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while upstream.requests().is_empty() {
+    while s.upstream.requests().is_empty() {
         assert!(Instant::now() < deadline, "request never reached upstream");
         std::thread::sleep(Duration::from_millis(20));
     }
     // SAFETY: sending SIGTERM to our own child process.
     unsafe {
-        libc::kill(serve.id() as i32, libc::SIGTERM);
+        libc::kill(s.child.id() as i32, libc::SIGTERM);
     }
-    let out = curl.wait_with_output().unwrap();
+    let out = client.wait_with_output().unwrap();
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(
         body.contains("first") && body.contains("second"),
         "stream completed during drain: {body}"
     );
-    let status = serve.wait().unwrap();
+    let status = s.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
-    let audit = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let audit = std::fs::read_to_string(s.dir.path().join("audit.jsonl")).unwrap();
     assert!(audit.contains("\"event\":\"inject\""), "{audit}");
-    let verify = Command::new(bin)
-        .args(["--config", config.to_str().unwrap(), "audit", "verify"])
+    let verify = Command::new(BIN)
+        .args(["--config", s.config.to_str().unwrap(), "audit", "verify"])
         .output()
         .unwrap();
     assert!(
@@ -121,4 +153,23 @@ fn sigterm_drains_an_inflight_stream_and_keeps_its_audit_line() {
         "{}",
         String::from_utf8_lossy(&verify.stdout)
     );
+}
+
+#[test]
+fn client_hanging_up_mid_stream_does_not_kill_the_proxy() {
+    if !have_curl() {
+        eprintln!("skipped: curl not installed");
+        return;
+    }
+    let mut s = served();
+    // curl gives up after 0.5 s; the upstream's second event arrives at 1.5 s and
+    // keyward's write to the closed socket must fail quietly (EPIPE), not SIGPIPE.
+    let _ = curl(&s, "0.5", "/sse").output().unwrap();
+    std::thread::sleep(Duration::from_millis(2000));
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "keyward died after a client hung up"
+    );
+    let out = curl(&s, "10", "/v1/models").output().unwrap();
+    assert!(out.status.success(), "keyward still serves");
 }
