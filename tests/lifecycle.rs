@@ -42,6 +42,10 @@ impl Drop for Served {
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 
 fn served() -> Served {
+    served_with(Stdio::null())
+}
+
+fn served_with(stderr: Stdio) -> Served {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pki = UpstreamPki::new();
     let upstream = rt.block_on(EchoUpstream::start(&pki));
@@ -78,7 +82,7 @@ fn served() -> Served {
     assert!(set.wait().unwrap().success());
     let child = Command::new(BIN)
         .args(["--config", config.to_str().unwrap(), "serve"])
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -163,7 +167,7 @@ fn client_hanging_up_mid_stream_does_not_kill_the_proxy() {
     }
     let mut s = served();
     // curl gives up after 0.5 s; the upstream's second event arrives at 1.5 s and
-    // keyward's write to the closed socket must fail quietly (EPIPE), not SIGPIPE.
+    // keyward's write to the closed socket must fail quietly.
     let _ = curl(&s, "0.5", "/sse").output().unwrap();
     std::thread::sleep(Duration::from_millis(2000));
     assert!(
@@ -172,4 +176,29 @@ fn client_hanging_up_mid_stream_does_not_kill_the_proxy() {
     );
     let out = curl(&s, "10", "/v1/models").output().unwrap();
     assert!(out.status.success(), "keyward still serves");
+}
+
+#[test]
+fn closed_log_pipe_does_not_kill_the_proxy() {
+    if !have_curl() {
+        eprintln!("skipped: curl not installed");
+        return;
+    }
+    // keyward's stderr is a pipe whose reader has gone (a log shipper that died):
+    // writing a log line must not SIGPIPE the proxy.
+    let mut s = served_with(Stdio::piped());
+    drop(s.child.stderr.take());
+    for _ in 0..3 {
+        // Each refusal writes an info line to stderr.
+        let _ = curl(&s, "5", "/v1/models")
+            .arg("--proxy-user")
+            .arg("nobody:wrong")
+            .output()
+            .unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        s.child.try_wait().unwrap().is_none(),
+        "keyward died writing to a closed log pipe"
+    );
 }
