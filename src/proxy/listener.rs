@@ -75,8 +75,29 @@ pub async fn start(
     })
 }
 
+/// Raises the open-file soft limit to the hard limit: every tunnel holds a socket
+/// (two while a request is in flight), and the common default of 1024 would cap
+/// keyward far below `max_connections`.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on RLIMIT_NOFILE with a properly initialised struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let wanted = lim.rlim_max;
+            lim.rlim_cur = wanted;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                tracing::warn!("could not raise the open-file limit");
+            }
+        }
+    }
+}
+
 /// `keyward serve`: start, then run until SIGINT/SIGTERM.
 pub async fn serve(config: Config) -> Result<(), StartError> {
+    raise_fd_limit();
     let running = start(config, None).await?;
     wait_for_signal().await;
     tracing::info!("shutting down");
