@@ -107,6 +107,10 @@ async fn forward(
     ev.connection_id = Some(principal.connection_id(&provider.name));
     ev.secret = Some(provider.secret.clone());
 
+    // SECURITY: request rules are checked before any credential is resolved or
+    // attached, so a disallowed endpoint never sees the key.
+    principal.check_rules(&provider.name, parts.method.as_str(), parts.uri.path())?;
+
     let snapshot = cx.state.vault.snapshot();
     let grant = resolve::grant(&principal, &provider.secret, &*snapshot)?;
     ev.scope = Some(grant.scope.clone());
