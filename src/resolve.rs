@@ -194,6 +194,8 @@ pub struct Grant {
     pub scope: String,
     /// The record's own host restriction (empty = none beyond the provider's).
     pub hosts: Vec<String>,
+    /// What the value is (`api_key`, `oauth2`, `hmac`, `aws`).
+    pub kind: crate::vault::SecretKind,
 }
 
 /// Scope check, then the first tier that has a value (SPEC §5.1–5.2).
@@ -216,6 +218,7 @@ pub fn grant(
                 tier,
                 scope,
                 hosts: opened.hosts,
+                kind: opened.kind,
             });
         }
     }
@@ -423,6 +426,7 @@ mod tests {
                     value: Secret::from_str(&format!("{scope}/{name}")),
                     version: *v,
                     hosts: vec![],
+                    kind: Default::default(),
                 }))
         }
     }

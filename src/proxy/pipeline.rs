@@ -5,7 +5,7 @@
 use super::error::{Code, Deny};
 use super::redact::{self, Patterns};
 use super::state::{Runtime, State};
-use super::{inject, upstream, Body};
+use super::{credentials, inject, upstream, Body};
 use crate::audit::Event;
 use crate::policy::{self, Provider};
 use crate::resolve::{self, Principal};
@@ -144,9 +144,7 @@ async fn forward(
         Ok(g.value)
     })?;
 
-    let mut uri = upstream_uri(cx, &parts.uri)?;
-    inject::apply(&mut parts.headers, &mut uri, &provider, &grant.value)?;
-    parts.uri = uri;
+    parts.uri = upstream_uri(cx, &parts.uri)?;
     parts.version = Version::HTTP_11;
     parts.headers.remove(header::HOST);
 
@@ -173,6 +171,9 @@ async fn forward(
             e
         })
         .boxed();
+    // Inject (API key or OAuth2 access token) and sign (HMAC, SigV4).
+    let body =
+        credentials::apply(&cx.state, &provider, &grant, &mut parts, body, &mut secrets).await?;
 
     // SECURITY: fail closed: the decision is on disk before the credential leaves
     // keyward; if the audit log cannot be written nothing is sent upstream.
