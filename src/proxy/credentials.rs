@@ -61,6 +61,7 @@ pub async fn apply(
             // SECURITY: access, refresh and client secrets are all redacted from
             // what the upstream sends back.
             secrets.extend(issued.involved);
+            secrets.push(issued.access_token.clone());
             Some(issued.access_token)
         }
         SecretKind::Aws => None,

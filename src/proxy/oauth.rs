@@ -57,8 +57,8 @@ pub struct TokenCache {
     pub calls: std::sync::atomic::AtomicU64,
 }
 
-/// What a request gets: the access token, plus every secret it involved (for
-/// redaction of the response).
+/// What a request gets: the access token, plus the other secrets it involved
+/// (client secret, refresh tokens) for redaction of the response.
 pub struct Issued {
     pub access_token: Secret,
     pub involved: Vec<Secret>,
@@ -147,7 +147,6 @@ impl TokenCache {
             involved.push(new_refresh.clone());
             written = write_back(state, key, value, new_refresh).await;
         }
-        involved.push(token.clone());
         *guard = Some(Cached {
             token: token.clone(),
             refresh: rotated.or(refresh),
