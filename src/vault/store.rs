@@ -2005,4 +2005,94 @@ mod tests {
         assert_eq!(format_period(120), "2m");
         assert_eq!(format_period(61), "61s");
     }
+
+    fn oauth_value(url: &str) -> Secret {
+        Secret::from_str(&format!(
+            r#"{{"client_id":"cid","client_secret":"cs-123456789","token_url":"{url}"}}"#
+        ))
+    }
+
+    #[test]
+    fn kind_and_public_fields_are_bound_to_the_value() {
+        type Edit = Box<dyn Fn(&mut FileBody)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "kind downgraded to api_key",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "O");
+                    b.records[i].kind = SecretKind::ApiKey;
+                    b.records[i].public.clear();
+                }),
+            ),
+            (
+                "token_url pointed elsewhere",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "O");
+                    b.records[i]
+                        .public
+                        .insert("token_url".into(), "https://evil.example/t".into());
+                }),
+            ),
+            (
+                "api_key upgraded to hmac",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "B");
+                    b.records[i].kind = SecretKind::Hmac;
+                }),
+            ),
+        ];
+        for (what, edit) in cases {
+            let (_dir, cfg, v) = setup();
+            v.set_with_kind(
+                "platform",
+                "O",
+                oauth_value("https://auth.example/token"),
+                Some(SecretKind::Oauth2),
+                SetOptions::default(),
+            )
+            .unwrap();
+            forge(&v, edit);
+            let key = MasterKey::load_file(&cfg.master_key_file).unwrap();
+            let err = Vault::open_with(&cfg, key).expect_err(what).to_string();
+            assert!(err.contains("fails authentication"), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn format_1_is_kept_until_a_kind_is_used_and_read_back() {
+        let (_dir, cfg, v) = setup();
+        let head = |p: &Path| fs::read_to_string(p).unwrap().lines().next().unwrap().to_string();
+        assert_eq!(head(&cfg.path), format!("{FILE_MAGIC} {FILE_FORMAT_V1}"));
+        let text = fs::read_to_string(&cfg.path).unwrap();
+        assert!(!text.contains("\"kind\""), "format-1 records carry no kind");
+        let meta = v
+            .set_with_kind(
+                "platform",
+                "O",
+                oauth_value("https://auth.example/token"),
+                Some(SecretKind::Oauth2),
+                SetOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(meta.kind, SecretKind::Oauth2);
+        assert_eq!(meta.fields["client_id"], "cid");
+        assert!(!format!("{meta:?}").contains("cs-123456789"));
+        assert_eq!(head(&cfg.path), format!("{FILE_MAGIC} {FILE_FORMAT}"));
+        // a fresh open reads both old (api_key) and new records
+        let key = MasterKey::load_file(&cfg.master_key_file).unwrap();
+        let again = Vault::open_with(&cfg, key).unwrap();
+        let snap = again.snapshot();
+        assert_eq!(snap.get("platform", "B").unwrap().unwrap().kind, SecretKind::ApiKey);
+        let o = snap.get("platform", "O").unwrap().unwrap();
+        assert_eq!(o.kind, SecretKind::Oauth2);
+        // `set` without a kind keeps it; a bad value for the kind is refused
+        again
+            .set("platform", "O", oauth_value("https://auth.example/t2"), SetOptions::default())
+            .unwrap();
+        assert_eq!(again.snapshot().meta("platform", "O").unwrap().kind, SecretKind::Oauth2);
+        assert!(again
+            .set("platform", "O", Secret::from_str("plain"), SetOptions::default())
+            .is_err());
+        assert!(again.rotate("platform", "O", Secret::from_str("plain")).is_err());
+    }
 }
