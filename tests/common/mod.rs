@@ -383,27 +383,13 @@ impl Kw {
         extra: &str,
         resolver: Option<Arc<dyn Resolver>>,
     ) -> Kw {
-        let pki = UpstreamPki::new();
-        let upstream = EchoUpstream::start(&pki).await;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
-        let text = base_config(dir.path(), upstream.addr, extra).replacen(
-            "listen = \"127.0.0.1:0\"\n",
-            &format!("listen = \"127.0.0.1:0\"\n{proxy_extra}\n"),
-            1,
-        );
-        let config_path = dir.path().join("keyward.toml");
-        std::fs::write(&config_path, &text).unwrap();
-        let config = Config::from_file(&config_path).unwrap();
-        let resolver = resolver.unwrap_or_else(|| Arc::new(MapResolver(HashMap::new())));
-        let running = listener::start(config, Some(resolver)).await.unwrap();
-        Kw {
-            running,
-            dir,
-            upstream,
-            pki,
-            config_path,
-        }
+        Kw::start_opts(KwOpts {
+            proxy: proxy_extra.to_string(),
+            extra: extra.to_string(),
+            resolver,
+            ..KwOpts::default()
+        })
+        .await
     }
 
     pub fn addr(&self) -> SocketAddr {
