@@ -325,3 +325,152 @@ async fn wrong_client_secret_is_oauth_refresh_failed() {
     assert_eq!(got.error_code().as_deref(), Some("oauth_refresh_failed"));
     assert_no_leak("refusal", &got.body, "wrong-secret-xyz");
 }
+
+/// An API that accepts only access tokens numbered `min_valid` or later, and
+/// reports the body it got.
+async fn start_api_server(pki: &UpstreamPki, t: Arc<Tokens>, min_valid: Arc<AtomicUsize>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = (*pki.server_config()).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, t, min_valid) = (acceptor.clone(), t.clone(), min_valid.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                    let (t, min_valid) = (t.clone(), min_valid.clone());
+                    async move {
+                        let bearer = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "))
+                            .unwrap_or("")
+                            .to_string();
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let issued = t.issued.lock().clone();
+                        let n = issued.iter().position(|x| *x == bearer).map(|i| i + 1);
+                        let ok = n.is_some_and(|n| n >= min_valid.load(Ordering::SeqCst));
+                        let status = if ok { 200 } else { 401 };
+                        Ok::<_, hyper::Error>(
+                            http::Response::builder()
+                                .status(status)
+                                .header("x-body-len", body.len())
+                                .body(Full::new(body))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_401_refreshes_the_token_once_and_retries_small_bodies() {
+    let t = Tokens::new(&canary(), None, false);
+    let pki = UpstreamPki::new();
+    let token_addr = start_token_server(&pki, t.clone()).await;
+    let min_valid = Arc::new(AtomicUsize::new(1));
+    let api_addr = start_api_server(&pki, t.clone(), min_valid.clone()).await;
+    let kw = Kw::start_opts(KwOpts {
+        extra: r#"
+[[providers]]
+name = "github"
+hosts = ["api.github.com"]
+secret = "GH_OAUTH"
+inject = { header = "authorization", value = "Bearer {secret}" }
+"#
+        .into(),
+        resolve: vec![(TOKEN_HOST.into(), token_addr), (API.into(), api_addr)],
+        pki: Some(pki),
+        ..Default::default()
+    })
+    .await;
+    let value = serde_json::json!({
+        "client_id": CLIENT_ID, "client_secret": t.client_secret,
+        "token_url": format!("https://{TOKEN_HOST}/oauth/token"),
+    });
+    let st = &kw.running.state;
+    st.vault
+        .set_with_kind("platform", "GH_OAUTH", Secret::from_str(&value.to_string()), Some(SecretKind::Oauth2), SetOptions::default())
+        .unwrap();
+    st.refresh_vault().unwrap();
+    let c = kw.client();
+    let post = |body: &'static [u8]| {
+        http::Request::post("/repos/a/b/issues")
+            .header("host", API)
+            .body(Full::new(Bytes::from_static(body)))
+            .unwrap()
+    };
+    let got = c.send(API, post(b"{\"title\":\"one\"}")).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(t.calls.load(Ordering::SeqCst), 1);
+
+    // The provider revokes token 1: the cached token gets a 401, keyward refreshes
+    // once and re-sends the same body.
+    min_valid.store(2, Ordering::SeqCst);
+    let got = c.send(API, post(b"{\"title\":\"two\"}")).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(got.body, b"{\"title\":\"two\"}");
+    assert_eq!(t.calls.load(Ordering::SeqCst), 2);
+
+    // Still rejected after the refresh: the 401 reaches the agent (one retry only).
+    min_valid.store(100, Ordering::SeqCst);
+    let got = c.send(API, post(b"x")).await;
+    assert_eq!(got.status, 401);
+    assert_eq!(t.calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_401_with_a_large_body_is_passed_through() {
+    let t = Tokens::new(&canary(), None, false);
+    let pki = UpstreamPki::new();
+    let token_addr = start_token_server(&pki, t.clone()).await;
+    let min_valid = Arc::new(AtomicUsize::new(100));
+    let api_addr = start_api_server(&pki, t.clone(), min_valid.clone()).await;
+    let kw = Kw::start_opts(KwOpts {
+        extra: r#"
+[[providers]]
+name = "github"
+hosts = ["api.github.com"]
+secret = "GH_OAUTH"
+inject = { header = "authorization", value = "Bearer {secret}" }
+"#
+        .into(),
+        resolve: vec![(TOKEN_HOST.into(), token_addr), (API.into(), api_addr)],
+        pki: Some(pki),
+        ..Default::default()
+    })
+    .await;
+    let value = serde_json::json!({
+        "client_id": CLIENT_ID, "client_secret": t.client_secret,
+        "token_url": format!("https://{TOKEN_HOST}/oauth/token"),
+    });
+    let st = &kw.running.state;
+    st.vault
+        .set_with_kind("platform", "GH_OAUTH", Secret::from_str(&value.to_string()), Some(SecretKind::Oauth2), SetOptions::default())
+        .unwrap();
+    st.refresh_vault().unwrap();
+    let big = vec![b'x'; (keyward::proxy::credentials::RETRY_BODY_LIMIT + 1) as usize];
+    let req = http::Request::post("/upload")
+        .header("host", API)
+        .body(Full::new(Bytes::from(big)))
+        .unwrap();
+    let got = kw.client().send(API, req).await;
+    assert_eq!(got.status, 401);
+    assert_eq!(t.calls.load(Ordering::SeqCst), 1, "no refresh without a retry");
+    // ...but the rejected token is dropped: the next request fetches a fresh one
+    min_valid.store(2, Ordering::SeqCst);
+    let got = kw.client().get(API, "/user", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(t.calls.load(Ordering::SeqCst), 2);
+}

@@ -36,8 +36,27 @@ fn invalid_value(grant: &Grant) -> Deny {
     )
 }
 
+/// Bodies up to this size of OAuth2 requests are kept so the request can be sent
+/// once more with a fresh token after a 401.
+pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;
+
+/// What is needed to send an OAuth2 request again after a 401.
+pub struct Retry {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    /// `None`: the body was too large to keep; a 401 only drops the cached token.
+    body: Option<Bytes>,
+    key: TokenKey,
+    secret_version: u32,
+    value: OAuth2Value,
+    token: Secret,
+}
+
 /// Injects and signs. `parts.uri` is the absolute upstream URI; `body` is the
-/// size-limited request body; the returned body is what to send.
+/// size-limited request body; returns the body to send, and for OAuth2 requests
+/// with a small body what is needed to retry after a 401.
 pub async fn apply(
     state: &State,
     provider: &Provider,
@@ -45,7 +64,8 @@ pub async fn apply(
     parts: &mut Parts,
     body: Body,
     secrets: &mut Vec<Secret>,
-) -> Result<Body, Deny> {
+) -> Result<(Body, Option<Retry>), Deny> {
+    let mut oauth = None;
     let injected: Option<Secret> = match grant.kind {
         SecretKind::ApiKey | SecretKind::Hmac => Some(grant.value.clone()),
         SecretKind::Oauth2 => {
@@ -62,6 +82,8 @@ pub async fn apply(
             // what the upstream sends back.
             secrets.extend(issued.involved);
             secrets.push(issued.access_token.clone());
+            let token = issued.access_token.clone();
+            oauth = Some((key, value, token));
             Some(issued.access_token)
         }
         SecretKind::Aws => None,
@@ -70,13 +92,13 @@ pub async fn apply(
         let value = injected.ok_or_else(|| misfit(provider, grant, "injects a value"))?;
         inject::apply(&mut parts.headers, &mut parts.uri, provider, &value)?;
     }
-    match &provider.sign {
-        None => Ok(body),
+    let body = match &provider.sign {
+        None => body,
         Some(SignConfig::Hmac(cfg)) => {
             if !matches!(grant.kind, SecretKind::Hmac | SecretKind::ApiKey) {
                 return Err(misfit(provider, grant, "signs with HMAC"));
             }
-            sign_hmac(cfg, &grant.value, parts, body).await
+            sign_hmac(cfg, &grant.value, parts, body).await?
         }
         Some(SignConfig::AwsSigv4 { aws_sigv4 }) => {
             if grant.kind != SecretKind::Aws {
@@ -90,9 +112,76 @@ pub async fn apply(
                 secret_access_key: value.secret_access_key,
                 session_token: value.session_token,
             };
-            sign_aws(aws_sigv4, &creds, parts, body).await
+            sign_aws(aws_sigv4, &creds, parts, body).await?
         }
+    };
+    // A signed request would need signing again; only plain OAuth2 injection retries.
+    let retryable = provider.sign.is_none()
+        && http_body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n <= RETRY_BODY_LIMIT);
+    let Some((key, value, token)) = oauth else {
+        return Ok((body, None));
+    };
+    let (body, kept) = if retryable {
+        let bytes = buffer(body).await?;
+        (full(bytes.clone()), Some(bytes))
+    } else {
+        (body, None)
+    };
+    let retry = Retry {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: kept,
+        key,
+        secret_version: grant.version,
+        value,
+        token,
+    };
+    Ok((body, Some(retry)))
+}
+
+/// After a 401 to an OAuth2 request: drop the cached token, get a fresh one, and
+/// send the request once more. Anything else passes through.
+pub async fn retry_unauthorized(
+    state: &State,
+    provider: &Provider,
+    resp: http::Response<Body>,
+    retry: Option<Retry>,
+    secrets: &mut Vec<Secret>,
+) -> Result<http::Response<Body>, Deny> {
+    let Some(r) = retry else { return Ok(resp) };
+    if resp.status() != http::StatusCode::UNAUTHORIZED {
+        return Ok(resp);
     }
+    state.oauth.invalidate(&r.key, &r.token).await;
+    let Some(body) = r.body else {
+        // Too large to re-send: the agent sees the 401; its next request gets a
+        // fresh token.
+        return Ok(resp);
+    };
+    drop(resp);
+    let issued = state
+        .oauth
+        .token(state, &r.key, r.secret_version, &r.value)
+        .await?;
+    secrets.extend(issued.involved);
+    secrets.push(issued.access_token.clone());
+    let (mut headers, mut uri) = (r.headers, r.uri);
+    inject::apply(&mut headers, &mut uri, provider, &issued.access_token)?;
+    let mut req = http::Request::new(full(body));
+    *req.method_mut() = r.method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = r.version;
+    *req.headers_mut() = headers;
+    tracing::info!(provider = %provider.name, secret = %r.key.name, "401 from upstream: retrying once with a fresh OAuth2 token");
+    let sent = tokio::time::timeout(state.limits.response_timeout.0, state.client.request(req))
+        .await
+        .map_err(|_| Deny::new(Code::UpstreamTimeout, "upstream did not answer in time"))?
+        .map_err(|e| super::upstream::classify(&e))?;
+    Ok(sent.map(|b| b.map_err(Into::into).boxed()))
 }
 
 /// Reads the whole (already size-limited) body.

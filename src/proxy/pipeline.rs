@@ -172,7 +172,7 @@ async fn forward(
         })
         .boxed();
     // Inject (API key or OAuth2 access token) and sign (HMAC, SigV4).
-    let body =
+    let (body, retry) =
         credentials::apply(&cx.state, &provider, &grant, &mut parts, body, &mut secrets).await?;
 
     // SECURITY: fail closed: the decision is on disk before the credential leaves
@@ -216,6 +216,9 @@ async fn forward(
             }
         }
     };
+    // An OAuth2 token the provider no longer accepts: refresh once and resend.
+    let resp =
+        credentials::retry_unauthorized(&cx.state, &provider, resp, retry, &mut secrets).await?;
 
     cx.state
         .metrics
