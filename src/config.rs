@@ -471,7 +471,10 @@ impl Config {
                     if h.hmac != "sha256" {
                         return Err(fail(
                             &h.hmac,
-                            format!("providers.{}.sign.hmac: only \"sha256\" is supported", p.name),
+                            format!(
+                                "providers.{}.sign.hmac: only \"sha256\" is supported",
+                                p.name
+                            ),
                         ));
                     }
                     let names = std::iter::once(&h.header).chain(h.timestamp_header.iter());
@@ -495,8 +498,7 @@ impl Config {
                 }
                 Some(SignConfig::AwsSigv4 { aws_sigv4 }) => {
                     let ok = |s: &str| {
-                        !s.is_empty()
-                            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     };
                     if !ok(&aws_sigv4.service) || !ok(&aws_sigv4.region) {
                         return Err(fail(
@@ -638,10 +640,7 @@ impl Config {
                 if !known.contains(&r.provider) {
                     return Err(fail(
                         &r.provider,
-                        format!(
-                            "{level}.{name}.rules: no provider named {:?}",
-                            r.provider
-                        ),
+                        format!("{level}.{name}.rules: no provider named {:?}", r.provider),
                     ));
                 }
                 for text in &r.allow {

@@ -214,10 +214,26 @@ mod tests {
         let chain = rules("github", &["GET /**"]);
         let agent = rules("github", &["* /repos/**"]);
         let none = Rules::default();
-        let table: &[(Option<&Rules>, &Rules, &str, &str, &str, Result<(), &str>)] = &[
+        /// (chain rules, agent rules, provider, method, path, expected level refusing)
+        type Row<'a> = (
+            Option<&'a Rules>,
+            &'a Rules,
+            &'a str,
+            &'a str,
+            &'a str,
+            Result<(), &'a str>,
+        );
+        let table: &[Row] = &[
             // both levels: intersection
             (Some(&chain), &agent, "github", "GET", "/repos/a", Ok(())),
-            (Some(&chain), &agent, "github", "POST", "/repos/a", Err("chain")),
+            (
+                Some(&chain),
+                &agent,
+                "github",
+                "POST",
+                "/repos/a",
+                Err("chain"),
+            ),
             (Some(&chain), &agent, "github", "GET", "/user", Err("agent")),
             // only one level has rules
             (Some(&chain), &none, "github", "POST", "/x", Err("chain")),

@@ -77,14 +77,20 @@ fn oauth2_secret_show_has_kind_and_public_fields_only() {
     let value = format!(
         r#"{{"client_id":"my-client","client_secret":"{cs}","token_url":"https://auth.example.com/oauth/token","refresh_token":"{rt}","scope":"repo"}}"#
     );
-    let set = env.run(&["secret", "set", "GH_OAUTH", "--kind", "oauth2"], Some(&value));
+    let set = env.run(
+        &["secret", "set", "GH_OAUTH", "--kind", "oauth2"],
+        Some(&value),
+    );
     assert!(set.status.success(), "{}", text(&set));
     let show = env.run(&["secret", "show", "GH_OAUTH"], None);
     assert!(show.status.success(), "{}", text(&show));
     let out = text(&show);
     assert!(out.contains("oauth2"), "{out}");
     assert!(out.contains("my-client"), "{out}");
-    assert!(out.contains("https://auth.example.com/oauth/token"), "{out}");
+    assert!(
+        out.contains("https://auth.example.com/oauth/token"),
+        "{out}"
+    );
     let json = env.run(&["secret", "show", "GH_OAUTH", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["kind"], "oauth2");
@@ -106,11 +112,17 @@ fn aws_secret_shows_access_key_id_not_the_secret_key() {
     let value = format!(
         r#"{{"access_key_id":"AKIAEXAMPLE123","secret_access_key":"{sk}","session_token":"{st}"}}"#
     );
-    let set = env.run(&["secret", "set", "AWS_CREDS", "--kind", "aws"], Some(&value));
+    let set = env.run(
+        &["secret", "set", "AWS_CREDS", "--kind", "aws"],
+        Some(&value),
+    );
     assert!(set.status.success(), "{}", text(&set));
     let show = env.run(&["secret", "show", "AWS_CREDS"], None);
     let out = text(&show);
-    assert!(out.contains("aws") && out.contains("AKIAEXAMPLE123"), "{out}");
+    assert!(
+        out.contains("aws") && out.contains("AKIAEXAMPLE123"),
+        "{out}"
+    );
     let all = env.everything(&[&set, &show]);
     for secret in [&sk, &st] {
         assert!(!all.windows(secret.len()).any(|w| w == secret.as_bytes()));
@@ -142,7 +154,10 @@ fn bad_kind_or_bad_json_is_a_one_line_user_error() {
 #[test]
 fn hmac_and_default_kinds() {
     let env = Env::new();
-    let set = env.run(&["secret", "set", "HOOK", "--kind", "hmac"], Some("whsec_abcdefgh1234"));
+    let set = env.run(
+        &["secret", "set", "HOOK", "--kind", "hmac"],
+        Some("whsec_abcdefgh1234"),
+    );
     assert!(set.status.success(), "{}", text(&set));
     let show = text(&env.run(&["secret", "show", "HOOK"], None));
     assert!(show.contains("hmac"), "{show}");

@@ -83,7 +83,8 @@ async fn token_endpoint(
     };
     let want = format!(
         "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{}", t.client_secret))
+        base64::engine::general_purpose::STANDARD
+            .encode(format!("{CLIENT_ID}:{}", t.client_secret))
     );
     if auth != want {
         return reply(401, serde_json::json!({"error": "invalid_client"}));
@@ -196,7 +197,9 @@ async fn client_credentials_token_is_injected_cached_and_redacted() {
     let t = Tokens::new(&canary(), None, false);
     let kw = setup(t.clone(), None).await;
     let c = kw.client();
-    let got = c.get(API, "/user", &[("authorization", "Bearer dummy")]).await;
+    let got = c
+        .get(API, "/user", &[("authorization", "Bearer dummy")])
+        .await;
     assert_eq!(got.status, 200, "{}", got.text());
     let issued = t.issued.lock()[0].clone();
     assert_eq!(bearer_seen(&kw), format!("Bearer {issued}"));
@@ -208,7 +211,11 @@ async fn client_credentials_token_is_injected_cached_and_redacted() {
     assert_eq!(t.calls.load(Ordering::SeqCst), 1);
     // the upstream echoed the access token: redacted like any secret
     assert_no_leak("echoed response", &got.body, &issued);
-    assert_no_leak("echoed header", format!("{:?}", got.headers).as_bytes(), &issued);
+    assert_no_leak(
+        "echoed header",
+        format!("{:?}", got.headers).as_bytes(),
+        &issued,
+    );
     for line in kw.audit_lines() {
         let l = line.to_string();
         assert!(!l.contains(&issued) && !l.contains(&t.client_secret), "{l}");
@@ -251,7 +258,10 @@ async fn many_concurrent_requests_make_one_token_call() {
     assert_eq!(t.calls.load(Ordering::SeqCst), 1, "single flight");
     let issued = t.issued.lock()[0].clone();
     for seen in kw.upstream.requests() {
-        assert_eq!(seen.headers["authorization"], format!("Bearer {issued}").as_str());
+        assert_eq!(
+            seen.headers["authorization"],
+            format!("Bearer {issued}").as_str()
+        );
     }
 }
 
@@ -317,7 +327,12 @@ async fn wrong_client_secret_is_oauth_refresh_failed() {
     kw.running
         .state
         .vault
-        .set("platform", "GH_OAUTH", Secret::from_str(&bad.to_string()), SetOptions::default())
+        .set(
+            "platform",
+            "GH_OAUTH",
+            Secret::from_str(&bad.to_string()),
+            SetOptions::default(),
+        )
         .unwrap();
     kw.running.state.refresh_vault().unwrap();
     let got = kw.client().get(API, "/user", &[]).await;
@@ -328,7 +343,11 @@ async fn wrong_client_secret_is_oauth_refresh_failed() {
 
 /// An API that accepts only access tokens numbered `min_valid` or later, and
 /// reports the body it got.
-async fn start_api_server(pki: &UpstreamPki, t: Arc<Tokens>, min_valid: Arc<AtomicUsize>) -> SocketAddr {
+async fn start_api_server(
+    pki: &UpstreamPki,
+    t: Arc<Tokens>,
+    min_valid: Arc<AtomicUsize>,
+) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut cfg = (*pki.server_config()).clone();
@@ -401,7 +420,13 @@ inject = { header = "authorization", value = "Bearer {secret}" }
     });
     let st = &kw.running.state;
     st.vault
-        .set_with_kind("platform", "GH_OAUTH", Secret::from_str(&value.to_string()), Some(SecretKind::Oauth2), SetOptions::default())
+        .set_with_kind(
+            "platform",
+            "GH_OAUTH",
+            Secret::from_str(&value.to_string()),
+            Some(SecretKind::Oauth2),
+            SetOptions::default(),
+        )
         .unwrap();
     st.refresh_vault().unwrap();
     let c = kw.client();
@@ -457,7 +482,13 @@ inject = { header = "authorization", value = "Bearer {secret}" }
     });
     let st = &kw.running.state;
     st.vault
-        .set_with_kind("platform", "GH_OAUTH", Secret::from_str(&value.to_string()), Some(SecretKind::Oauth2), SetOptions::default())
+        .set_with_kind(
+            "platform",
+            "GH_OAUTH",
+            Secret::from_str(&value.to_string()),
+            Some(SecretKind::Oauth2),
+            SetOptions::default(),
+        )
         .unwrap();
     st.refresh_vault().unwrap();
     let big = vec![b'x'; (keyward::proxy::credentials::RETRY_BODY_LIMIT + 1) as usize];
@@ -467,7 +498,11 @@ inject = { header = "authorization", value = "Bearer {secret}" }
         .unwrap();
     let got = kw.client().send(API, req).await;
     assert_eq!(got.status, 401);
-    assert_eq!(t.calls.load(Ordering::SeqCst), 1, "no refresh without a retry");
+    assert_eq!(
+        t.calls.load(Ordering::SeqCst),
+        1,
+        "no refresh without a retry"
+    );
     // ...but the rejected token is dropped: the next request fetches a fresh one
     min_valid.store(2, Ordering::SeqCst);
     let got = kw.client().get(API, "/user", &[]).await;

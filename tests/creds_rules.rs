@@ -81,7 +81,11 @@ rules = [{ provider = "github", allow = ["GET /**"] }]
     assert_eq!(send(&kw, "GET", "/repos/a/b").await.status, 200);
     let chain_says_no = send(&kw, "POST", "/repos/a/b").await;
     assert_eq!(chain_says_no.status, 403);
-    assert!(chain_says_no.text().contains("chain"), "{}", chain_says_no.text());
+    assert!(
+        chain_says_no.text().contains("chain"),
+        "{}",
+        chain_says_no.text()
+    );
     let agent_says_no = send(&kw, "GET", "/user").await;
     assert_eq!(agent_says_no.status, 403);
     assert!(agent_says_no.text().contains("agent"));
@@ -108,7 +112,10 @@ fn config_rejects_bad_rules_with_file_and_line() {
     )
     .unwrap_err()
     .to_string();
-    assert!(e.starts_with("k.toml:4:") && e.contains("no provider"), "{e}");
+    assert!(
+        e.starts_with("k.toml:4:") && e.contains("no provider"),
+        "{e}"
+    );
     let e = keyward::config::Config::parse(
         &base(r#"rules = [{ provider = "github", allow = ["get repos"] }]"#),
         "k.toml",

@@ -101,7 +101,10 @@ sign = { hmac = "sha256", header = "Stripe-Signature", format = "t={ts},v1={hex}
     let got = post(&kw, "/webhook", &[], body).await;
     assert_eq!(got.status, 200, "{}", got.text());
     let seen = kw.upstream.last();
-    let sig = seen.headers["stripe-signature"].to_str().unwrap().to_string();
+    let sig = seen.headers["stripe-signature"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let (t, v1) = sig
         .strip_prefix("t=")
         .and_then(|r| r.split_once(",v1="))

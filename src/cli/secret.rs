@@ -8,8 +8,7 @@ use crate::audit::{AuditLog, Event};
 use crate::config::Config;
 use crate::secret::Secret;
 use crate::vault::{
-    MasterKey, MasterSource, RecordMeta, SecretKind, SetOptions, Vault, VaultError,
-    MAX_VALUE_BYTES,
+    MasterKey, MasterSource, RecordMeta, SecretKind, SetOptions, Vault, VaultError, MAX_VALUE_BYTES,
 };
 use clap::Subcommand;
 use std::io::{IsTerminal, Read, Write};

@@ -192,7 +192,10 @@ async fn buffer(body: Body) -> Result<Bytes, Deny> {
             Code::PayloadTooLarge,
             "request body is larger than proxy.max_body_bytes",
         )),
-        Err(_) => Err(Deny::new(Code::BadRequest, "request body could not be read")),
+        Err(_) => Err(Deny::new(
+            Code::BadRequest,
+            "request body could not be read",
+        )),
     }
 }
 
@@ -202,7 +205,8 @@ fn header_name(name: &str) -> Result<HeaderName, Deny> {
 }
 
 fn plain_value(v: &str) -> Result<HeaderValue, Deny> {
-    HeaderValue::from_str(v).map_err(|_| Deny::new(Code::Internal, "signature is not a header value"))
+    HeaderValue::from_str(v)
+        .map_err(|_| Deny::new(Code::Internal, "signature is not a header value"))
 }
 
 async fn sign_hmac(

@@ -108,9 +108,7 @@ impl Code {
             Code::UpstreamTls
             | Code::UpstreamUnreachable
             | Code::UpstreamProtocol
-            | Code::OauthRefreshFailed => {
-                StatusCode::BAD_GATEWAY
-            }
+            | Code::OauthRefreshFailed => StatusCode::BAD_GATEWAY,
             Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::FORBIDDEN,

@@ -127,7 +127,8 @@ impl TokenCache {
             .filter(|c| c.versions.1 == Some(version) || c.versions.0 == version)
             .and_then(|c| c.refresh.clone())
             .or_else(|| value.refresh_token.clone());
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resp = fetch(state, value, refresh.as_ref()).await?;
         let token = Secret::new(resp.access_token.into_bytes());
         if token.is_empty() {
@@ -141,7 +142,11 @@ impl TokenCache {
             .refresh_token
             .filter(|r| !r.is_empty())
             .map(|r| Secret::new(r.into_bytes()))
-            .filter(|r| refresh.as_ref().is_none_or(|old| old.expose() != r.expose()));
+            .filter(|r| {
+                refresh
+                    .as_ref()
+                    .is_none_or(|old| old.expose() != r.expose())
+            });
         let mut written = None;
         if let Some(new_refresh) = &rotated {
             involved.push(new_refresh.clone());
@@ -233,7 +238,10 @@ async fn fetch(
         return Err(failed("the stored token_url is not https"));
     }
     let req = Request::post(uri)
-        .header(header::AUTHORIZATION, inject::sensitive_value(basic.as_bytes())?)
+        .header(
+            header::AUTHORIZATION,
+            inject::sensitive_value(basic.as_bytes())?,
+        )
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::ACCEPT, "application/json")
         .body(full(form.as_bytes().to_vec()))
@@ -243,7 +251,10 @@ async fn fetch(
         .map_err(|_| failed("the token endpoint did not answer in time"))?
         .map_err(|e| {
             let why = super::upstream::classify(&e);
-            failed(format!("the token endpoint is unreachable ({})", why.code.as_str()))
+            failed(format!(
+                "the token endpoint is unreachable ({})",
+                why.code.as_str()
+            ))
         })?;
     let status = sent.status();
     let body = Limited::new(sent.into_body(), MAX_TOKEN_RESPONSE_BYTES)

@@ -286,7 +286,17 @@ mod tests {
             ("X-Amz-Date", DATE),
         ]);
         let form_hash = sha256_hex(b"Param1=value1");
-        let cases: &[(&str, &str, &str, Option<&str>, &[(String, String)], &str, &str)] = &[
+        /// (name, method, path, query, headers, payload hash, expected signature)
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            &'a [(String, String)],
+            &'a str,
+            &'a str,
+        );
+        let cases: &[Case] = &[
             (
                 "get-vanilla",
                 "GET",

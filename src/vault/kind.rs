@@ -125,13 +125,16 @@ impl OAuth2Value {
             .map_err(|_| "refresh token is not UTF-8".to_string())?;
         let client_secret = std::str::from_utf8(self.client_secret.expose())
             .map_err(|_| "client secret is not UTF-8".to_string())?;
-        let json = zeroize::Zeroizing::new(serde_json::json!({
-            "client_id": self.client_id,
-            "client_secret": client_secret,
-            "token_url": self.token_url,
-            "refresh_token": refresh,
-            "scope": self.scope,
-        }).to_string());
+        let json = zeroize::Zeroizing::new(
+            serde_json::json!({
+                "client_id": self.client_id,
+                "client_secret": client_secret,
+                "token_url": self.token_url,
+                "refresh_token": refresh,
+                "scope": self.scope,
+            })
+            .to_string(),
+        );
         Ok(Secret::from_str(&json))
     }
 }
@@ -146,7 +149,9 @@ impl AwsValue {
             || raw.secret_access_key.is_empty()
             || !raw.access_key_id.bytes().all(|b| b.is_ascii_alphanumeric())
         {
-            return Err("aws access_key_id (alphanumeric) and secret_access_key must be set".into());
+            return Err(
+                "aws access_key_id (alphanumeric) and secret_access_key must be set".into(),
+            );
         }
         Ok(AwsValue {
             access_key_id: raw.access_key_id,
@@ -158,7 +163,10 @@ impl AwsValue {
 
 /// Checks `value` against `kind`; returns its public fields and its hint (of the
 /// part that is secret).
-pub fn describe(kind: SecretKind, value: &Secret) -> Result<(BTreeMap<String, String>, String), String> {
+pub fn describe(
+    kind: SecretKind,
+    value: &Secret,
+) -> Result<(BTreeMap<String, String>, String), String> {
     let mut public = BTreeMap::new();
     let hint = match kind {
         SecretKind::ApiKey | SecretKind::Hmac => value.hint(),
@@ -171,7 +179,12 @@ pub fn describe(kind: SecretKind, value: &Secret) -> Result<(BTreeMap<String, St
             }
             public.insert(
                 "has_refresh_token".into(),
-                if v.refresh_token.is_some() { "set" } else { "none" }.into(),
+                if v.refresh_token.is_some() {
+                    "set"
+                } else {
+                    "none"
+                }
+                .into(),
             );
             v.client_secret.hint()
         }
@@ -180,7 +193,12 @@ pub fn describe(kind: SecretKind, value: &Secret) -> Result<(BTreeMap<String, St
             public.insert("access_key_id".into(), v.access_key_id.clone());
             public.insert(
                 "has_session_token".into(),
-                if v.session_token.is_some() { "set" } else { "none" }.into(),
+                if v.session_token.is_some() {
+                    "set"
+                } else {
+                    "none"
+                }
+                .into(),
             );
             v.secret_access_key.hint()
         }
@@ -212,7 +230,10 @@ mod tests {
                 SecretKind::Oauth2,
                 r#"{"client_id":"a","client_secret":"sekrit","token_url":"http://x/t"}"#,
             ),
-            (SecretKind::Aws, r#"{"access_key_id":"AK","secret":"sekrit"}"#),
+            (
+                SecretKind::Aws,
+                r#"{"access_key_id":"AK","secret":"sekrit"}"#,
+            ),
         ] {
             let e = describe(kind, &Secret::from_str(v)).unwrap_err();
             assert!(!e.contains("sekrit"), "{e}");

@@ -2061,7 +2061,14 @@ mod tests {
     #[test]
     fn format_1_is_kept_until_a_kind_is_used_and_read_back() {
         let (_dir, cfg, v) = setup();
-        let head = |p: &Path| fs::read_to_string(p).unwrap().lines().next().unwrap().to_string();
+        let head = |p: &Path| {
+            fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+                .to_string()
+        };
         assert_eq!(head(&cfg.path), format!("{FILE_MAGIC} {FILE_FORMAT_V1}"));
         let text = fs::read_to_string(&cfg.path).unwrap();
         assert!(!text.contains("\"kind\""), "format-1 records carry no kind");
@@ -2082,17 +2089,35 @@ mod tests {
         let key = MasterKey::load_file(&cfg.master_key_file).unwrap();
         let again = Vault::open_with(&cfg, key).unwrap();
         let snap = again.snapshot();
-        assert_eq!(snap.get("platform", "B").unwrap().unwrap().kind, SecretKind::ApiKey);
+        assert_eq!(
+            snap.get("platform", "B").unwrap().unwrap().kind,
+            SecretKind::ApiKey
+        );
         let o = snap.get("platform", "O").unwrap().unwrap();
         assert_eq!(o.kind, SecretKind::Oauth2);
         // `set` without a kind keeps it; a bad value for the kind is refused
         again
-            .set("platform", "O", oauth_value("https://auth.example/t2"), SetOptions::default())
+            .set(
+                "platform",
+                "O",
+                oauth_value("https://auth.example/t2"),
+                SetOptions::default(),
+            )
             .unwrap();
-        assert_eq!(again.snapshot().meta("platform", "O").unwrap().kind, SecretKind::Oauth2);
+        assert_eq!(
+            again.snapshot().meta("platform", "O").unwrap().kind,
+            SecretKind::Oauth2
+        );
         assert!(again
-            .set("platform", "O", Secret::from_str("plain"), SetOptions::default())
+            .set(
+                "platform",
+                "O",
+                Secret::from_str("plain"),
+                SetOptions::default()
+            )
             .is_err());
-        assert!(again.rotate("platform", "O", Secret::from_str("plain")).is_err());
+        assert!(again
+            .rotate("platform", "O", Secret::from_str("plain"))
+            .is_err());
     }
 }
