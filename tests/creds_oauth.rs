@@ -509,3 +509,27 @@ inject = { header = "authorization", value = "Bearer {secret}" }
     assert_eq!(got.status, 200);
     assert_eq!(t.calls.load(Ordering::SeqCst), 2);
 }
+
+#[tokio::test]
+async fn a_failing_token_endpoint_is_called_once_for_many_waiting_requests() {
+    let revoked = format!("rt-revoked-{}", canary());
+    let t = Tokens::new(&canary(), None, false);
+    t.delay_ms.store(200, Ordering::SeqCst);
+    let kw = setup(t.clone(), Some(&revoked)).await;
+    let c = Arc::new(kw.client());
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            c.get(API, &format!("/n/{i}"), &[]).await.error_code()
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap().as_deref(), Some("oauth_refresh_failed"));
+    }
+    assert_eq!(
+        t.calls.load(Ordering::SeqCst),
+        1,
+        "failure is shared, not retried per request"
+    );
+}

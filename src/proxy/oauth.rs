@@ -23,6 +23,11 @@ use zeroize::Zeroizing;
 pub const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
 /// Lifetime assumed when the token endpoint does not say (`expires_in` absent).
 pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest wait for a token endpoint (requests for that secret queue behind it).
+pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a failed token call, requests for that secret fail fast this long
+/// instead of each calling the endpoint again.
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(2);
 /// Largest token-endpoint response read.
 pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
 
@@ -49,10 +54,18 @@ struct Cached {
     versions: (u32, Option<u32>),
 }
 
+/// One secret's token state; its mutex is the single flight.
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    /// The last failure, for this vault version, until when it is answered again.
+    failure: Option<(Instant, u32, Deny)>,
+}
+
 /// Token cache, hung off `State` (no globals).
 #[derive(Default)]
 pub struct TokenCache {
-    slots: parking_lot::Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Option<Cached>>>>>,
+    slots: parking_lot::Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Slot>>>>,
     /// Calls made to token endpoints (for metrics and tests).
     pub calls: std::sync::atomic::AtomicU64,
 }
@@ -78,7 +91,7 @@ fn failed(why: impl Into<String>) -> Deny {
 }
 
 impl TokenCache {
-    fn slot(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<Option<Cached>>> {
+    fn slot(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<Slot>> {
         self.slots.lock().entry(key.clone()).or_default().clone()
     }
 
@@ -86,11 +99,8 @@ impl TokenCache {
     pub async fn invalidate(&self, key: &TokenKey, token: &Secret) {
         let slot = self.slot(key);
         let mut guard = slot.lock().await;
-        if guard
-            .as_ref()
-            .is_some_and(|c| c.token.expose() == token.expose())
-        {
-            if let Some(c) = guard.as_mut() {
+        if let Some(c) = guard.cached.as_mut() {
+            if c.token.expose() == token.expose() {
                 c.valid_until = Instant::now();
             }
         }
@@ -110,7 +120,12 @@ impl TokenCache {
         let mut guard = slot.lock().await;
         let mut involved = vec![value.client_secret.clone()];
         involved.extend(value.refresh_token.clone());
-        if let Some(c) = guard.as_ref() {
+        if let Some((until, failed_version, deny)) = &guard.failure {
+            if *failed_version == version && Instant::now() < *until {
+                return Err(deny.clone());
+            }
+        }
+        if let Some(c) = guard.cached.as_ref() {
             let same_secret = c.versions.0 == version || c.versions.1 == Some(version);
             if same_secret && Instant::now() < c.valid_until {
                 involved.extend(c.refresh.clone());
@@ -123,17 +138,31 @@ impl TokenCache {
         // A refresh token rotated by an earlier call is newer than the vault copy
         // this request read (if the write-back has not reached its snapshot yet).
         let refresh = guard
+            .cached
             .as_ref()
             .filter(|c| c.versions.1 == Some(version) || c.versions.0 == version)
             .and_then(|c| c.refresh.clone())
             .or_else(|| value.refresh_token.clone());
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let resp = fetch(state, value, refresh.as_ref()).await?;
+        let fetched = fetch(state, value, refresh.as_ref())
+            .await
+            .and_then(|resp| {
+                if resp.access_token.is_empty() {
+                    Err(failed("the token endpoint returned an empty access token"))
+                } else {
+                    Ok(resp)
+                }
+            });
+        let resp = match fetched {
+            Ok(resp) => resp,
+            Err(deny) => {
+                guard.failure = Some((Instant::now() + FAILURE_BACKOFF, version, deny.clone()));
+                return Err(deny);
+            }
+        };
+        guard.failure = None;
         let token = Secret::new(resp.access_token.into_bytes());
-        if token.is_empty() {
-            return Err(failed("the token endpoint returned an empty access token"));
-        }
         let lifetime = resp
             .expires_in
             .map(Duration::from_secs)
@@ -152,7 +181,7 @@ impl TokenCache {
             involved.push(new_refresh.clone());
             written = write_back(state, key, value, new_refresh).await;
         }
-        *guard = Some(Cached {
+        guard.cached = Some(Cached {
             token: token.clone(),
             refresh: rotated.or(refresh),
             valid_until: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),
@@ -208,7 +237,9 @@ async fn fetch(
     value: &OAuth2Value,
     refresh: Option<&Secret>,
 ) -> Result<TokenResponse, Deny> {
-    let enc = |b: &[u8]| utf8_percent_encode(&String::from_utf8_lossy(b), FORM).to_string();
+    let enc = |b: &[u8]| {
+        Zeroizing::new(utf8_percent_encode(&String::from_utf8_lossy(b), FORM).to_string())
+    };
     let mut form = Zeroizing::new(String::new());
     match refresh {
         Some(r) => {
@@ -222,7 +253,7 @@ async fn fetch(
         form.push_str(&enc(scope.as_bytes()));
     }
     // RFC 6749 §2.3.1: client id and secret, form-encoded, as HTTP Basic.
-    let mut pair = Zeroizing::new(enc(value.client_id.as_bytes()).into_bytes());
+    let mut pair = Zeroizing::new(enc(value.client_id.as_bytes()).as_bytes().to_vec());
     pair.push(b':');
     pair.extend_from_slice(enc(value.client_secret.expose()).as_bytes());
     let basic = Zeroizing::new(format!(
@@ -246,7 +277,8 @@ async fn fetch(
         .header(header::ACCEPT, "application/json")
         .body(full(form.as_bytes().to_vec()))
         .map_err(|_| failed("cannot build the token request"))?;
-    let sent = tokio::time::timeout(state.limits.response_timeout.0, state.client.request(req))
+    let wait = state.limits.response_timeout.0.min(TOKEN_TIMEOUT);
+    let sent = tokio::time::timeout(wait, state.client.request(req))
         .await
         .map_err(|_| failed("the token endpoint did not answer in time"))?
         .map_err(|e| {
