@@ -274,3 +274,43 @@ sign = { aws_sigv4 = { service = "s3", region = "us-east-1" } }
     assert!(kw.upstream.requests().is_empty());
     assert_no_leak("refusal", &got.body, "plain-api-key-value");
 }
+
+#[tokio::test]
+async fn placeholder_of_a_multi_field_secret_is_refused() {
+    let secret_key = canary();
+    let kw = Kw::start("").await;
+    kw.set_secret("platform", "GITHUB_TOKEN", "ghp_plain_0123456789");
+    set_kind(
+        &kw,
+        "AWS_CREDS",
+        SecretKind::Aws,
+        &format!(r#"{{"access_key_id":"AKIDREAL","secret_access_key":"{secret_key}"}}"#),
+    );
+    // bind the aws secret to the github host so only the kind check stands in the way
+    kw.running
+        .state
+        .vault
+        .set_with_kind(
+            "platform",
+            "AWS_CREDS",
+            Secret::from_str(&format!(
+                r#"{{"access_key_id":"AKIDREAL","secret_access_key":"{secret_key}"}}"#
+            )),
+            None,
+            SetOptions {
+                hosts: vec![GH.into()],
+                ..SetOptions::default()
+            },
+        )
+        .unwrap();
+    kw.running.state.refresh_vault().unwrap();
+    let got = kw
+        .client()
+        .get(GH, "/user", &[("x-custom", "{{AWS_CREDS}}")])
+        .await;
+    assert_eq!(got.status, 403, "{}", got.text());
+    assert_eq!(got.error_code().as_deref(), Some("placeholder_not_allowed"));
+    assert!(got.text().contains("kind"), "{}", got.text());
+    assert!(kw.upstream.requests().is_empty());
+    assert_no_leak("refusal", &got.body, &secret_key);
+}

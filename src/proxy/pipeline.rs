@@ -339,6 +339,13 @@ fn placeholder_grant(
     if !rt.policy.host_bound_to(name, host, &g.hosts) {
         return Err(refuse("the secret is not bound to this host"));
     }
+    // SECURITY: a multi-field value (OAuth2 client secret + refresh token, AWS
+    // secret key) must never be pasted into a header as it is stored.
+    if !g.kind.is_api_key() {
+        return Err(refuse(
+            "secrets of this kind cannot be used as placeholders",
+        ));
+    }
     Ok(g)
 }
 
