@@ -171,7 +171,10 @@ sign = { aws_sigv4 = { service = "s3", region = "us-east-1" } }
             ),
             ("x-amz-date", "20200101T000000Z"),
             ("x-amz-security-token", "dummy"),
-            ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+            (
+                "x-amz-content-sha256",
+                "0000000000000000000000000000000000000000000000000000000000000000",
+            ),
             ("content-type", "text/plain"),
         ],
         body,
@@ -254,6 +257,57 @@ sign = { aws_sigv4 = { service = "s3", region = "eu-west-1", unsigned_payload = 
         .to_str()
         .unwrap()
         .contains("/eu-west-1/s3/aws4_request"));
+}
+
+#[tokio::test]
+async fn sdk_streaming_payload_modes() {
+    let kw = Kw::start(
+        r#"
+[[providers]]
+name = "github"
+hosts = ["api.github.com"]
+secret = "AWS_CREDS"
+sign = { aws_sigv4 = { service = "s3", region = "us-east-1" } }
+"#,
+    )
+    .await;
+    set_kind(
+        &kw,
+        "AWS_CREDS",
+        SecretKind::Aws,
+        r#"{"access_key_id":"AKIDREAL","secret_access_key":"sk"}"#,
+    );
+    // unsigned aws-chunked with trailers (S3 SDK default): kept as declared
+    let mode = "STREAMING-UNSIGNED-PAYLOAD-TRAILER";
+    let got = post(
+        &kw,
+        "/b/k",
+        &[
+            ("x-amz-content-sha256", mode),
+            ("content-encoding", "aws-chunked"),
+            ("x-amz-decoded-content-length", "4"),
+            ("x-amz-trailer", "x-amz-checksum-crc32"),
+        ],
+        b"4\r\ndata\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n",
+    )
+    .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let seen = kw.upstream.last();
+    assert_eq!(seen.headers["x-amz-content-sha256"], mode);
+    let auth = seen.headers["authorization"].to_str().unwrap().to_string();
+    assert!(auth.contains("x-amz-decoded-content-length"), "{auth}");
+    assert!(auth.contains("x-amz-trailer"), "{auth}");
+    // chunk signatures made with the dummy key: refused, nothing sent
+    let before = kw.upstream.requests().len();
+    let got = post(
+        &kw,
+        "/b/k",
+        &[("x-amz-content-sha256", "STREAMING-AWS4-HMAC-SHA256-PAYLOAD")],
+        b"x",
+    )
+    .await;
+    assert_eq!(got.status, 400);
+    assert_eq!(kw.upstream.requests().len(), before);
 }
 
 #[tokio::test]

@@ -239,12 +239,34 @@ async fn sign_aws(
     parts: &mut Parts,
     body: Body,
 ) -> Result<Body, Deny> {
+    // What the SDK declared about the payload: an unsigned (streaming) payload is
+    // kept as declared; chunk signatures made with the dummy key cannot be redone.
+    let declared = parts
+        .headers
+        .get(sign::X_AMZ_CONTENT_SHA256)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let keep_declared =
+        match declared.as_deref() {
+            Some(h) if h == sign::UNSIGNED_PAYLOAD => Some(h.to_string()),
+            Some(h) if h.starts_with(sign::STREAMING_PREFIX) && h.contains("UNSIGNED") => {
+                Some(h.to_string())
+            }
+            Some(h) if h.starts_with(sign::STREAMING_PREFIX) => return Err(Deny::new(
+                Code::BadRequest,
+                "signed streaming payloads (aws-chunked chunk signatures) cannot be re-signed; \
+                 configure the SDK for unsigned payloads",
+            )),
+            _ => None,
+        };
     // SECURITY: the agent's SDK signed with dummy credentials; none of that may
     // reach AWS next to keyward's signature.
     for name in sign::AWS_CLIENT_HEADERS {
         while parts.headers.remove(*name).is_some() {}
     }
-    let (payload_hash, body) = if cfg.unsigned_payload {
+    let (payload_hash, body) = if let Some(h) = keep_declared {
+        (h, body)
+    } else if cfg.unsigned_payload {
         (sign::UNSIGNED_PAYLOAD.to_string(), body)
     } else {
         let bytes = buffer(body).await?;

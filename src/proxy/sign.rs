@@ -20,6 +20,8 @@ pub const SLOT_TS: &str = "{ts}";
 pub const AWS_ALGORITHM: &str = "AWS4-HMAC-SHA256";
 pub const AWS_TERMINATOR: &str = "aws4_request";
 pub const UNSIGNED_PAYLOAD: &str = "UNSIGNED-PAYLOAD";
+/// `x-amz-content-sha256` values of aws-chunked uploads start with this.
+pub const STREAMING_PREFIX: &str = "STREAMING-";
 pub const X_AMZ_DATE: &str = "x-amz-date";
 pub const X_AMZ_CONTENT_SHA256: &str = "x-amz-content-sha256";
 pub const X_AMZ_SECURITY_TOKEN: &str = "x-amz-security-token";
