@@ -712,10 +712,11 @@ struct PutSecretBody {
     description: Option<String>,
     hosts: Option<Vec<String>>,
     rotate_every: Option<String>,
+    /// `api_key` | `oauth2` | `hmac` | `aws` (multi-field kinds: `value` is JSON text).
+    kind: Option<String>,
 }
 
-const PUT_SECRET_SHAPE: &str =
-    r#"{"value": string, "description"?: string, "hosts"?: [string], "rotate_every"?: "90d"}"#;
+const PUT_SECRET_SHAPE: &str = r#"{"value": string, "description"?: string, "hosts"?: [string], "rotate_every"?: "90d", "kind"?: "api_key|oauth2|hmac|aws"}"#;
 
 async fn put_secret(
     state: &Arc<State>,
@@ -756,6 +757,14 @@ async fn put_secret(
             ))
         })?),
     };
+    let kind = match body.kind.as_deref() {
+        None => None,
+        Some(k) => Some(crate::vault::SecretKind::parse(k).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "invalid kind {k:?}: use api_key, oauth2, hmac or aws"
+            ))
+        })?),
+    };
     let opts = SetOptions {
         description: body.description,
         hosts: body.hosts.unwrap_or_default(),
@@ -763,7 +772,7 @@ async fn put_secret(
     };
     let existed = find_meta(state, scope, name).is_some();
     let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
-    let meta = blocking(move || Ok(st.vault.set(&sc, &nm, value, opts)?)).await?;
+    let meta = blocking(move || Ok(st.vault.set_with_kind(&sc, &nm, value, kind, opts)?)).await?;
     refresh(state);
     let (event, status) = if existed {
         ("secret_rotate", StatusCode::OK)

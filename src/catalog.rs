@@ -21,7 +21,8 @@ fn entry(
         name: name.to_string(),
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         secret: secret.to_string(),
-        inject,
+        inject: Some(inject),
+        sign: None,
         env: env.iter().map(|e| e.to_string()).collect(),
     }
 }

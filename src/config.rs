@@ -179,10 +179,67 @@ pub struct ProviderConfig {
     pub name: String,
     pub hosts: Vec<String>,
     pub secret: String,
-    pub inject: InjectConfig,
+    /// How the credential is written into a request (optional when `sign` is set).
+    #[serde(default)]
+    pub inject: Option<InjectConfig>,
+    /// Request signing (HMAC webhooks, AWS SigV4), after any injection.
+    #[serde(default)]
+    pub sign: Option<SignConfig>,
     /// Dummy-key environment variable(s) `keyward env` sets for this provider.
     #[serde(default)]
     pub env: Vec<String>,
+}
+
+/// How keyward signs a request with the provider's secret.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum SignConfig {
+    Hmac(HmacSignConfig),
+    AwsSigv4 { aws_sigv4: AwsSigv4Config },
+}
+
+/// `{ hmac = "sha256", header = "X-Signature", format = "sha256={hex}", over = "body" }`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HmacSignConfig {
+    /// Digest: `sha256` (the only one for now).
+    pub hmac: String,
+    pub header: String,
+    /// `{hex}`, `{base64}` and `{ts}` are filled in.
+    #[serde(default = "default_sign_format")]
+    pub format: String,
+    #[serde(default)]
+    pub over: SignOver,
+    /// If set, the Unix timestamp used is also sent in this header.
+    #[serde(default)]
+    pub timestamp_header: Option<String>,
+}
+
+fn default_sign_format() -> String {
+    "sha256={hex}".to_string()
+}
+
+/// What an HMAC signature covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum SignOver {
+    /// The exact body bytes forwarded.
+    #[default]
+    #[serde(rename = "body")]
+    Body,
+    /// `"{ts}.{body}"` (Stripe, Slack-style).
+    #[serde(rename = "timestamp.body")]
+    TimestampBody,
+}
+
+/// `{ aws_sigv4 = { service = "s3", region = "us-east-1" } }`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsSigv4Config {
+    pub service: String,
+    pub region: String,
+    /// Sign with `UNSIGNED-PAYLOAD` and stream the body instead of buffering it.
+    #[serde(default)]
+    pub unsigned_payload: bool,
 }
 
 /// How a provider's credential is written into a request.
@@ -210,6 +267,17 @@ pub struct ChainConfig {
     pub owner: Option<String>,
     pub builder: Option<String>,
     pub secrets: Option<Vec<String>>,
+    /// Request rules per provider (see `crate::rules`); none = no limit.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+}
+
+/// `{ provider = "github", allow = ["GET /repos/**"] }`
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    pub provider: String,
+    pub allow: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +291,8 @@ pub struct AgentConfig {
     pub secrets: Option<Vec<String>>,
     #[serde(default, rename = "use")]
     pub pins: BTreeMap<String, String>,
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
 }
 
 /// A duration written as `"10s"`, `"90s"`, `"5m"` (humantime syntax).
@@ -390,7 +460,60 @@ impl Config {
                     format!("providers.{}.hosts: at least one host", p.name),
                 ));
             }
-            let template = match &p.inject {
+            match &p.sign {
+                None if p.inject.is_none() => {
+                    return Err(fail(
+                        &p.name,
+                        format!("providers.{}: needs `inject` or `sign`", p.name),
+                    ))
+                }
+                Some(SignConfig::Hmac(h)) => {
+                    if h.hmac != "sha256" {
+                        return Err(fail(
+                            &h.hmac,
+                            format!(
+                                "providers.{}.sign.hmac: only \"sha256\" is supported",
+                                p.name
+                            ),
+                        ));
+                    }
+                    let names = std::iter::once(&h.header).chain(h.timestamp_header.iter());
+                    for name in names {
+                        if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                            return Err(fail(
+                                name,
+                                format!("providers.{}.sign: invalid header name {name:?}", p.name),
+                            ));
+                        }
+                    }
+                    if !h.format.contains("{hex}") && !h.format.contains("{base64}") {
+                        return Err(fail(
+                            &h.format,
+                            format!(
+                                "providers.{}.sign.format: must contain {{hex}} or {{base64}}",
+                                p.name
+                            ),
+                        ));
+                    }
+                }
+                Some(SignConfig::AwsSigv4 { aws_sigv4 }) => {
+                    let ok = |s: &str| {
+                        !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    };
+                    if !ok(&aws_sigv4.service) || !ok(&aws_sigv4.region) {
+                        return Err(fail(
+                            &p.name,
+                            format!(
+                                "providers.{}.sign.aws_sigv4: service and region must be plain names",
+                                p.name
+                            ),
+                        ));
+                    }
+                }
+                None => {}
+            }
+            let Some(inject) = &p.inject else { continue };
+            let template = match inject {
                 InjectConfig::Header { header, value } => {
                     if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
                         return Err(fail(
@@ -503,6 +626,30 @@ impl Config {
                 }
             }
         }
+        let known: std::collections::HashSet<String> = crate::catalog::merged(&self.providers)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let levels = self
+            .chains
+            .iter()
+            .map(|c| ("chains", &c.name, &c.rules))
+            .chain(self.agents.iter().map(|a| ("agents", &a.id, &a.rules)));
+        for (level, name, rules) in levels {
+            for r in rules {
+                if !known.contains(&r.provider) {
+                    return Err(fail(
+                        &r.provider,
+                        format!("{level}.{name}.rules: no provider named {:?}", r.provider),
+                    ));
+                }
+                for text in &r.allow {
+                    if let Err(e) = crate::rules::Rule::parse(text) {
+                        return Err(fail(text, format!("{level}.{name}.rules: {e}")));
+                    }
+                }
+            }
+        }
         for t in &self.admin.tokens {
             for p in &t.permissions {
                 if !ADMIN_PERMISSIONS.contains(&p.as_str()) {
@@ -612,9 +759,12 @@ inject = { path_prefix = "/bot{secret}" }
         let c = Config::parse(text, "k.toml").unwrap();
         assert!(matches!(
             c.providers[3].inject,
-            InjectConfig::PathPrefix { .. }
+            Some(InjectConfig::PathPrefix { .. })
         ));
-        assert!(matches!(c.providers[1].inject, InjectConfig::Basic { .. }));
+        assert!(matches!(
+            c.providers[1].inject,
+            Some(InjectConfig::Basic { .. })
+        ));
     }
 
     #[test]

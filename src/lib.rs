@@ -14,6 +14,7 @@ pub mod netaddr;
 pub mod policy;
 pub mod proxy;
 pub mod resolve;
+pub mod rules;
 pub mod secret;
 pub mod tls;
 pub mod vault;

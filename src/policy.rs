@@ -2,7 +2,7 @@
 //! provider match, the blind-tunnel allowlist and allowed ports. Pure functions
 //! over data, so it is table-tested without sockets.
 
-use crate::config::{Config, InjectConfig, ProviderConfig};
+use crate::config::{Config, InjectConfig, ProviderConfig, SignConfig};
 use crate::netaddr;
 use http::HeaderName;
 use ipnet::IpNet;
@@ -41,7 +41,8 @@ pub struct Provider {
     pub name: String,
     pub hosts: Vec<String>,
     pub secret: String,
-    pub inject: InjectConfig,
+    pub inject: Option<InjectConfig>,
+    pub sign: Option<SignConfig>,
     pub env: Vec<String>,
     /// Credential headers to remove before injecting: the common set plus the
     /// provider's own inject header.
@@ -186,7 +187,7 @@ fn compile(p: &ProviderConfig) -> Provider {
         .iter()
         .map(|h| HeaderName::from_static(h))
         .collect();
-    if let InjectConfig::Header { header, .. } = &p.inject {
+    if let Some(InjectConfig::Header { header, .. }) = &p.inject {
         if let Ok(h) = HeaderName::from_bytes(header.as_bytes()) {
             if !strip.contains(&h) {
                 strip.push(h);
@@ -202,6 +203,7 @@ fn compile(p: &ProviderConfig) -> Provider {
             .collect(),
         secret: p.secret.clone(),
         inject: p.inject.clone(),
+        sign: p.sign.clone(),
         env: p.env.clone(),
         strip,
     }

@@ -3,6 +3,7 @@
 //! [`SecretSource`] trait, so the whole order is table-tested without a vault file.
 
 use crate::config::Config;
+use crate::rules::{self, Rules};
 use crate::secret::Secret;
 use crate::vault::{AgentRecord, Opened, Snapshot};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -75,6 +76,8 @@ pub struct Agent {
     pub builder: Option<String>,
     pub secrets: Option<Vec<String>>,
     pub pins: HashMap<String, Tier>,
+    /// Request rules set on this agent (config agents only).
+    pub rules: Rules,
 }
 
 #[derive(Debug)]
@@ -83,6 +86,7 @@ pub struct Chain {
     pub owner: Option<String>,
     pub builder: Option<String>,
     pub secrets: Option<Vec<String>>,
+    pub rules: Rules,
 }
 
 /// An authenticated agent with its chain resolved. Fixed for a tunnel's life.
@@ -122,6 +126,22 @@ impl Principal {
             self.owner().unwrap_or("_"),
             self.builder().unwrap_or("_"),
             provider
+        )
+    }
+
+    /// Chain and agent request rules for `provider` (both apply).
+    pub fn check_rules(
+        &self,
+        provider: &str,
+        method: &str,
+        path: &str,
+    ) -> Result<(), rules::NotAllowed> {
+        rules::check(
+            self.chain.as_ref().map(|c| &c.rules),
+            &self.agent.rules,
+            provider,
+            method,
+            path,
         )
     }
 
@@ -174,6 +194,8 @@ pub struct Grant {
     pub scope: String,
     /// The record's own host restriction (empty = none beyond the provider's).
     pub hosts: Vec<String>,
+    /// What the value is (`api_key`, `oauth2`, `hmac`, `aws`).
+    pub kind: crate::vault::SecretKind,
 }
 
 /// Scope check, then the first tier that has a value (SPEC §5.1–5.2).
@@ -196,6 +218,7 @@ pub fn grant(
                 tier,
                 scope,
                 hosts: opened.hosts,
+                kind: opened.kind,
             });
         }
     }
@@ -208,6 +231,21 @@ pub struct Directory {
     agents: HashMap<String, Arc<Agent>>,
     chains: HashMap<String, Arc<Chain>>,
     session_key: Option<Secret>,
+}
+
+/// Rules are validated with the config; should one still fail to compile, the
+/// level gets a rule for that provider that matches nothing (fail closed).
+fn compile_rules(cfg: &[crate::config::RuleConfig]) -> Rules {
+    Rules::compile(cfg).unwrap_or_else(|_| {
+        let deny_all: Vec<crate::config::RuleConfig> = cfg
+            .iter()
+            .map(|r| crate::config::RuleConfig {
+                provider: r.provider.clone(),
+                allow: Vec::new(),
+            })
+            .collect();
+        Rules::compile(&deny_all).unwrap_or_default()
+    })
 }
 
 fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
@@ -232,6 +270,8 @@ impl Directory {
                     owner: c.owner.clone(),
                     builder: c.builder.clone(),
                     secrets: c.secrets.clone(),
+                    // Validated with the config; a bad rule here denies everything.
+                    rules: compile_rules(&c.rules),
                 };
                 (c.name.clone(), Arc::new(chain))
             })
@@ -249,6 +289,7 @@ impl Directory {
                 builder: a.builder.clone(),
                 secrets: a.secrets.clone(),
                 pins: HashMap::new(),
+                rules: Rules::default(),
             };
             agents.insert(a.id.clone(), Arc::new(agent));
         }
@@ -268,6 +309,7 @@ impl Directory {
                     .iter()
                     .filter_map(|(k, v)| Tier::parse(v).map(|t| (k.clone(), t)))
                     .collect(),
+                rules: compile_rules(&a.rules),
             };
             agents.insert(a.id.clone(), Arc::new(agent));
         }
@@ -384,6 +426,7 @@ mod tests {
                     value: Secret::from_str(&format!("{scope}/{name}")),
                     version: *v,
                     hosts: vec![],
+                    kind: Default::default(),
                 }))
         }
     }

@@ -8,7 +8,7 @@ use crate::audit::{AuditLog, Event};
 use crate::config::Config;
 use crate::secret::Secret;
 use crate::vault::{
-    MasterKey, MasterSource, RecordMeta, SetOptions, Vault, VaultError, MAX_VALUE_BYTES,
+    MasterKey, MasterSource, RecordMeta, SecretKind, SetOptions, Vault, VaultError, MAX_VALUE_BYTES,
 };
 use clap::Subcommand;
 use std::io::{IsTerminal, Read, Write};
@@ -37,6 +37,11 @@ pub enum SecretCmd {
         /// Rotation period, e.g. 90d; `secret due` reports when it is up.
         #[arg(long, value_name = "PERIOD")]
         rotate_every: Option<String>,
+        /// What the value is: api_key (default for new secrets), hmac, or JSON for
+        /// oauth2 {"client_id","client_secret","token_url","refresh_token"?,"scope"?}
+        /// and aws {"access_key_id","secret_access_key","session_token"?}.
+        #[arg(long, value_name = "api_key|oauth2|hmac|aws")]
+        kind: Option<String>,
     },
     /// List secrets (metadata and hints only).
     List {
@@ -120,8 +125,19 @@ pub fn run_with(
             description,
             hosts,
             rotate_every,
+            kind,
         } => {
             let rotate_every = rotate_every.as_deref().map(parse_period).transpose()?;
+            let kind = kind
+                .as_deref()
+                .map(|k| {
+                    SecretKind::parse(k).ok_or_else(|| {
+                        CliError::User(format!(
+                            "invalid --kind {k:?}: use api_key, oauth2, hmac or aws"
+                        ))
+                    })
+                })
+                .transpose()?;
             let value = read_value(input)?;
             let audit = open_audit(cfg)?;
             let opts = SetOptions {
@@ -129,7 +145,9 @@ pub fn run_with(
                 hosts,
                 rotate_every,
             };
-            let meta = vault.set(&scope, &name, value, opts).map_err(vault_err)?;
+            let meta = vault
+                .set_with_kind(&scope, &name, value, kind, opts)
+                .map_err(vault_err)?;
             audit_write(&audit, "secret_set", &meta, None)?;
             say(
                 out,
@@ -243,11 +261,21 @@ pub fn run_with(
                 } else {
                     meta.hosts.join(",")
                 };
-                let rows = [
-                    ("name", meta.name.clone()),
-                    ("scope", meta.scope.clone()),
-                    ("version", meta.version.to_string()),
-                    ("hint", meta.hint.clone()),
+                let mut rows = vec![
+                    ("name".to_string(), meta.name.clone()),
+                    ("scope".to_string(), meta.scope.clone()),
+                    ("kind".to_string(), meta.kind.to_string()),
+                    ("version".to_string(), meta.version.to_string()),
+                    ("hint".to_string(), meta.hint.clone()),
+                ];
+                // Only the non-secret fields of multi-field kinds are stored outside
+                // the sealed value; nothing else can be printed.
+                rows.extend(
+                    meta.fields
+                        .iter()
+                        .map(|(k, v)| (k.replace('_', " "), v.clone())),
+                );
+                let rest = [
                     ("description", meta.description.clone().unwrap_or_default()),
                     ("hosts", hosts),
                     ("created", meta.created.clone()),
@@ -262,6 +290,7 @@ pub fn run_with(
                         meta.rotation_due.clone().unwrap_or_else(|| "-".into()),
                     ),
                 ];
+                rows.extend(rest.into_iter().map(|(k, v)| (k.to_string(), v)));
                 for (k, v) in rows {
                     say(out, &format!("{k:<13} {v}"))?;
                 }

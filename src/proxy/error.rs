@@ -19,6 +19,7 @@ pub enum Code {
     SecretNotFound,
     SecretHostNotBound,
     PlaceholderNotAllowed,
+    RequestNotAllowed,
     HostMismatch,
     CleartextRefused,
     BadRequest,
@@ -31,11 +32,12 @@ pub enum Code {
     UpstreamUnreachable,
     UpstreamTimeout,
     UpstreamProtocol,
+    OauthRefreshFailed,
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 23] = [
+    pub const ALL: [Code; 25] = [
         Code::ProxyAuthRequired,
         Code::AgentRevoked,
         Code::HostNotAllowed,
@@ -46,6 +48,7 @@ impl Code {
         Code::SecretNotFound,
         Code::SecretHostNotBound,
         Code::PlaceholderNotAllowed,
+        Code::RequestNotAllowed,
         Code::HostMismatch,
         Code::CleartextRefused,
         Code::BadRequest,
@@ -58,6 +61,7 @@ impl Code {
         Code::UpstreamUnreachable,
         Code::UpstreamTimeout,
         Code::UpstreamProtocol,
+        Code::OauthRefreshFailed,
         Code::Internal,
     ];
 
@@ -73,6 +77,7 @@ impl Code {
             Code::SecretNotFound => "secret_not_found",
             Code::SecretHostNotBound => "secret_host_not_bound",
             Code::PlaceholderNotAllowed => "placeholder_not_allowed",
+            Code::RequestNotAllowed => "request_not_allowed",
             Code::HostMismatch => "host_mismatch",
             Code::CleartextRefused => "cleartext_refused",
             Code::BadRequest => "bad_request",
@@ -85,6 +90,7 @@ impl Code {
             Code::UpstreamUnreachable => "upstream_unreachable",
             Code::UpstreamTimeout => "upstream_timeout",
             Code::UpstreamProtocol => "upstream_protocol",
+            Code::OauthRefreshFailed => "oauth_refresh_failed",
             Code::Internal => "internal",
         }
     }
@@ -99,9 +105,10 @@ impl Code {
             Code::TooManyConnections | Code::AuditUnavailable | Code::VaultUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Code::UpstreamTls | Code::UpstreamUnreachable | Code::UpstreamProtocol => {
-                StatusCode::BAD_GATEWAY
-            }
+            Code::UpstreamTls
+            | Code::UpstreamUnreachable
+            | Code::UpstreamProtocol
+            | Code::OauthRefreshFailed => StatusCode::BAD_GATEWAY,
             Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::FORBIDDEN,
@@ -173,6 +180,12 @@ impl From<policy::Refusal> for Deny {
             policy::Refusal::PrivateAddress(_) => Code::PrivateAddress,
         };
         Deny::new(code, r.to_string())
+    }
+}
+
+impl From<crate::rules::NotAllowed> for Deny {
+    fn from(r: crate::rules::NotAllowed) -> Deny {
+        Deny::new(Code::RequestNotAllowed, r.to_string())
     }
 }
 

@@ -65,7 +65,10 @@ pub fn apply(
     provider: &Provider,
     secret: &Secret,
 ) -> Result<(), Deny> {
-    match &provider.inject {
+    let Some(inject) = &provider.inject else {
+        return Ok(());
+    };
+    match inject {
         InjectConfig::Header { header, value } => {
             let name = http::HeaderName::from_bytes(header.as_bytes())
                 .map_err(|_| Deny::new(Code::Internal, "provider inject header is invalid"))?;

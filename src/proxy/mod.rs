@@ -1,12 +1,15 @@
 //! The proxy: accept, CONNECT, intercept or tunnel, and the per-request pipeline.
 
 pub mod connect;
+pub mod credentials;
 pub mod error;
 pub mod inject;
 pub mod limits;
 pub mod listener;
+pub mod oauth;
 pub mod pipeline;
 pub mod redact;
+pub mod sign;
 pub mod state;
 pub mod upstream;
 

@@ -5,7 +5,7 @@
 use super::error::{Code, Deny};
 use super::redact::{self, Patterns};
 use super::state::{Runtime, State};
-use super::{inject, upstream, Body};
+use super::{credentials, inject, upstream, Body};
 use crate::audit::Event;
 use crate::policy::{self, Provider};
 use crate::resolve::{self, Principal};
@@ -107,6 +107,10 @@ async fn forward(
     ev.connection_id = Some(principal.connection_id(&provider.name));
     ev.secret = Some(provider.secret.clone());
 
+    // SECURITY: request rules are checked before any credential is resolved or
+    // attached, so a disallowed endpoint never sees the key.
+    principal.check_rules(&provider.name, parts.method.as_str(), parts.uri.path())?;
+
     let snapshot = cx.state.vault.snapshot();
     let grant = resolve::grant(&principal, &provider.secret, &*snapshot)?;
     ev.scope = Some(grant.scope.clone());
@@ -140,9 +144,7 @@ async fn forward(
         Ok(g.value)
     })?;
 
-    let mut uri = upstream_uri(cx, &parts.uri)?;
-    inject::apply(&mut parts.headers, &mut uri, &provider, &grant.value)?;
-    parts.uri = uri;
+    parts.uri = upstream_uri(cx, &parts.uri)?;
     parts.version = Version::HTTP_11;
     parts.headers.remove(header::HOST);
 
@@ -169,6 +171,9 @@ async fn forward(
             e
         })
         .boxed();
+    // Inject (API key or OAuth2 access token) and sign (HMAC, SigV4).
+    let (body, retry) =
+        credentials::apply(&cx.state, &provider, &grant, &mut parts, body, &mut secrets).await?;
 
     // SECURITY: fail closed: the decision is on disk before the credential leaves
     // keyward; if the audit log cannot be written nothing is sent upstream.
@@ -211,6 +216,9 @@ async fn forward(
             }
         }
     };
+    // An OAuth2 token the provider no longer accepts: refresh once and resend.
+    let resp =
+        credentials::retry_unauthorized(&cx.state, &provider, resp, retry, &mut secrets).await?;
 
     cx.state
         .metrics
@@ -330,6 +338,13 @@ fn placeholder_grant(
     // to any provider host it can reach and read it back from a logging endpoint.
     if !rt.policy.host_bound_to(name, host, &g.hosts) {
         return Err(refuse("the secret is not bound to this host"));
+    }
+    // SECURITY: a multi-field value (OAuth2 client secret + refresh token, AWS
+    // secret key) must never be pasted into a header as it is stored.
+    if !g.kind.is_api_key() {
+        return Err(refuse(
+            "secrets of this kind cannot be used as placeholders",
+        ));
     }
     Ok(g)
 }

@@ -65,6 +65,8 @@ pub struct State {
     pub limits: ProxyConfig,
     pub metrics: Metrics,
     pub limiter: Limiter,
+    /// OAuth2 access tokens, per (scope, secret).
+    pub oauth: super::oauth::TokenCache,
 }
 
 impl State {
@@ -109,6 +111,7 @@ impl State {
             limits,
             metrics,
             limiter: Limiter::default(),
+            oauth: Default::default(),
         }))
     }
 

@@ -247,6 +247,27 @@ pub fn wrap_aad(master_key_id: &[u8; KEY_ID_LEN]) -> Vec<u8> {
     out
 }
 
+/// Domain separator of the kind extension of a record's associated data.
+const AAD_KIND: &[u8] = b"keyward/v1/record-kind";
+
+/// Extends a record's associated data with its kind and public fields. Records of
+/// the default kind (`api_key`) carry no extension, so files written before kinds
+/// existed keep opening; any other kind, and its fields (an OAuth2 token URL), are
+/// bound: editing them in the file makes the record fail to open.
+pub fn extend_record_aad(
+    aad: &mut Vec<u8>,
+    kind: &str,
+    public: &std::collections::BTreeMap<String, String>,
+) {
+    push_field(aad, AAD_KIND);
+    push_field(aad, kind.as_bytes());
+    aad.extend_from_slice(&(public.len() as u32).to_be_bytes());
+    for (k, v) in public {
+        push_field(aad, k.as_bytes());
+        push_field(aad, v.as_bytes());
+    }
+}
+
 fn push_field(out: &mut Vec<u8>, field: &[u8]) {
     out.extend_from_slice(&(field.len() as u32).to_be_bytes());
     out.extend_from_slice(field);

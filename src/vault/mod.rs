@@ -3,8 +3,10 @@
 //! Format, key hierarchy and threat model: docs/vault.md.
 
 pub mod crypto;
+pub mod kind;
 pub mod store;
 
+pub use kind::SecretKind;
 pub use store::{
     check_value, format_period, normalize_hosts, valid_scope, AgentRecord, KdfParams, MasterKey,
     MasterSource, Opened, RecordMeta, SetOptions, Snapshot, Vault, VaultError, ENV_MASTER_KEY,

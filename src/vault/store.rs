@@ -12,6 +12,7 @@
 //! for rollback detection).
 
 use super::crypto::{self, Key, Sealed};
+use super::kind::SecretKind;
 use crate::config::{valid_agent_id, valid_secret_name, VaultConfig};
 use crate::secret::Secret;
 use arc_swap::ArcSwap;
@@ -33,7 +34,10 @@ use zeroize::Zeroizing;
 
 /// First line of a vault file: magic and format version.
 pub const FILE_MAGIC: &str = "keyward-vault";
-pub const FILE_FORMAT: u32 = 1;
+pub const FILE_FORMAT: u32 = 2;
+/// Format 1 (no secret kinds) is still read, and still written while every record
+/// is an `api_key`, so older keywards keep reading such files.
+pub const FILE_FORMAT_V1: u32 = 1;
 /// Prefix of the last line, which carries the whole-file MAC.
 const MAC_LINE_PREFIX: &[u8] = b"mac ";
 /// A vault file larger than this is refused (it is not one of ours).
@@ -101,6 +105,7 @@ pub struct Opened {
     pub version: u32,
     /// Extra host restriction set with `--hosts` (empty = the provider's hosts).
     pub hosts: Vec<String>,
+    pub kind: SecretKind,
 }
 
 /// Everything about a record except its value.
@@ -120,6 +125,12 @@ pub struct RecordMeta {
     /// When the current value was set (RFC 3339); the rotation clock starts here.
     #[serde(default)]
     pub last_rotated: String,
+    /// `api_key`, `oauth2`, `hmac` or `aws`.
+    #[serde(default)]
+    pub kind: SecretKind,
+    /// Non-secret fields of multi-field kinds (client_id, token_url, access_key_id).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
 }
 
 impl RecordMeta {
@@ -613,13 +624,25 @@ struct StoredRecord {
     last_rotated: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     rotate_every_secs: Option<u64>,
+    /// Absent (format 1) = `api_key`.
+    #[serde(default, skip_serializing_if = "SecretKind::is_api_key")]
+    kind: SecretKind,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    public: BTreeMap<String, String>,
     /// `"KWS" | format | epoch | nonce | ciphertext+tag`, base64.
     sealed: String,
 }
 
 impl StoredRecord {
     fn aad(&self) -> Vec<u8> {
-        crypto::record_aad(&self.id, &self.scope, &self.name, self.version, &self.hosts)
+        let mut aad =
+            crypto::record_aad(&self.id, &self.scope, &self.name, self.version, &self.hosts);
+        // SECURITY: the kind and public fields (an OAuth2 token URL, where the client
+        // secret is sent) are authenticated with the value.
+        if !self.kind.is_api_key() || !self.public.is_empty() {
+            crypto::extend_record_aad(&mut aad, self.kind.as_str(), &self.public);
+        }
+        aad
     }
 
     fn meta(&self) -> RecordMeta {
@@ -640,6 +663,8 @@ impl StoredRecord {
             rotate_every: self.rotate_every_secs.map(format_period),
             rotation_due: due,
             last_rotated: self.last_rotated.clone(),
+            kind: self.kind,
+            fields: self.public.clone(),
         }
     }
 }
@@ -736,7 +761,12 @@ impl Draft {
 
     /// The file bytes and the MAC (hex).
     fn encode(&self) -> Result<(Vec<u8>, String), VaultError> {
-        let mut out = format!("{FILE_MAGIC} {FILE_FORMAT}\n").into_bytes();
+        let format = if self.body.records.iter().all(|r| r.kind.is_api_key()) {
+            FILE_FORMAT_V1
+        } else {
+            FILE_FORMAT
+        };
+        let mut out = format!("{FILE_MAGIC} {format}\n").into_bytes();
         serde_json::to_writer_pretty(&mut out, &self.body)
             .map_err(|e| VaultError::Invalid(format!("cannot encode the vault: {e}")))?;
         out.push(b'\n');
@@ -746,6 +776,13 @@ impl Draft {
         out.push(b'\n');
         Ok((out, mac))
     }
+}
+
+fn describe_value(
+    kind: SecretKind,
+    value: &Secret,
+) -> Result<(BTreeMap<String, String>, String), VaultError> {
+    super::kind::describe(kind, value).map_err(VaultError::Invalid)
 }
 
 fn decode_sealed(rec: &StoredRecord, path: &Path) -> Result<Sealed, VaultError> {
@@ -791,7 +828,8 @@ fn split_file<'a>(bytes: &'a [u8], path: &Path) -> Result<FileParts<'a>, VaultEr
     let first =
         std::str::from_utf8(&bytes[..nl]).map_err(|_| ferr(path, "not a keyward vault file"))?;
     match first.split_once(' ') {
-        Some((FILE_MAGIC, v)) if v == FILE_FORMAT.to_string() => {}
+        Some((FILE_MAGIC, v))
+            if v == FILE_FORMAT.to_string() || v == FILE_FORMAT_V1.to_string() => {}
         Some((FILE_MAGIC, v)) => {
             return Err(ferr(
                 path,
@@ -915,6 +953,7 @@ impl Snapshot {
             value,
             version: rec.stored.version,
             hosts: rec.stored.hosts.clone(),
+            kind: rec.stored.kind,
         }))
     }
 
@@ -1166,6 +1205,19 @@ impl Vault {
         value: Secret,
         opts: SetOptions,
     ) -> Result<RecordMeta, VaultError> {
+        self.set_with_kind(scope, name, value, None, opts)
+    }
+
+    /// `set` with a kind: `None` keeps an existing record's kind (`api_key` for a
+    /// new one). Multi-field kinds are checked before anything is written.
+    pub fn set_with_kind(
+        &self,
+        scope: &str,
+        name: &str,
+        value: Secret,
+        kind: Option<SecretKind>,
+        opts: SetOptions,
+    ) -> Result<RecordMeta, VaultError> {
         check_scope(scope)?;
         check_name(name)?;
         check_value(&value)?;
@@ -1190,6 +1242,9 @@ impl Vault {
                     if every.is_some() {
                         r.rotate_every_secs = every;
                     }
+                    if let Some(k) = kind {
+                        r.kind = k;
+                    }
                     r
                 }
                 None => StoredRecord {
@@ -1204,10 +1259,14 @@ impl Vault {
                     updated: String::new(),
                     last_rotated: String::new(),
                     rotate_every_secs: every,
+                    kind: kind.unwrap_or_default(),
+                    public: BTreeMap::new(),
                     sealed: String::new(),
                 },
             };
-            rec.hint = value.hint();
+            let (public, hint) = describe_value(rec.kind, &value)?;
+            rec.public = public;
+            rec.hint = hint;
             rec.updated = ts.clone();
             rec.last_rotated = ts;
             d.seal_into(&mut rec, value.expose())?;
@@ -1230,7 +1289,9 @@ impl Vault {
                 .checked_add(1)
                 .ok_or_else(|| VaultError::Invalid("version counter exhausted".into()))?;
             let ts = now();
-            rec.hint = value.hint();
+            let (public, hint) = describe_value(rec.kind, &value)?;
+            rec.public = public;
+            rec.hint = hint;
             rec.updated = ts.clone();
             rec.last_rotated = ts;
             d.seal_into(&mut rec, value.expose())?;
@@ -1943,5 +2004,120 @@ mod tests {
         assert_eq!(format_period(7_200), "2h");
         assert_eq!(format_period(120), "2m");
         assert_eq!(format_period(61), "61s");
+    }
+
+    fn oauth_value(url: &str) -> Secret {
+        Secret::from_str(&format!(
+            r#"{{"client_id":"cid","client_secret":"cs-123456789","token_url":"{url}"}}"#
+        ))
+    }
+
+    #[test]
+    fn kind_and_public_fields_are_bound_to_the_value() {
+        type Edit = Box<dyn Fn(&mut FileBody)>;
+        let cases: Vec<(&str, Edit)> = vec![
+            (
+                "kind downgraded to api_key",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "O");
+                    b.records[i].kind = SecretKind::ApiKey;
+                    b.records[i].public.clear();
+                }),
+            ),
+            (
+                "token_url pointed elsewhere",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "O");
+                    b.records[i]
+                        .public
+                        .insert("token_url".into(), "https://evil.example/t".into());
+                }),
+            ),
+            (
+                "api_key upgraded to hmac",
+                Box::new(|b| {
+                    let i = idx(b, "platform", "B");
+                    b.records[i].kind = SecretKind::Hmac;
+                }),
+            ),
+        ];
+        for (what, edit) in cases {
+            let (_dir, cfg, v) = setup();
+            v.set_with_kind(
+                "platform",
+                "O",
+                oauth_value("https://auth.example/token"),
+                Some(SecretKind::Oauth2),
+                SetOptions::default(),
+            )
+            .unwrap();
+            forge(&v, edit);
+            let key = MasterKey::load_file(&cfg.master_key_file).unwrap();
+            let err = Vault::open_with(&cfg, key).expect_err(what).to_string();
+            assert!(err.contains("fails authentication"), "{what}: {err}");
+        }
+    }
+
+    #[test]
+    fn format_1_is_kept_until_a_kind_is_used_and_read_back() {
+        let (_dir, cfg, v) = setup();
+        let head = |p: &Path| {
+            fs::read_to_string(p)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(head(&cfg.path), format!("{FILE_MAGIC} {FILE_FORMAT_V1}"));
+        let text = fs::read_to_string(&cfg.path).unwrap();
+        assert!(!text.contains("\"kind\""), "format-1 records carry no kind");
+        let meta = v
+            .set_with_kind(
+                "platform",
+                "O",
+                oauth_value("https://auth.example/token"),
+                Some(SecretKind::Oauth2),
+                SetOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(meta.kind, SecretKind::Oauth2);
+        assert_eq!(meta.fields["client_id"], "cid");
+        assert!(!format!("{meta:?}").contains("cs-123456789"));
+        assert_eq!(head(&cfg.path), format!("{FILE_MAGIC} {FILE_FORMAT}"));
+        // a fresh open reads both old (api_key) and new records
+        let key = MasterKey::load_file(&cfg.master_key_file).unwrap();
+        let again = Vault::open_with(&cfg, key).unwrap();
+        let snap = again.snapshot();
+        assert_eq!(
+            snap.get("platform", "B").unwrap().unwrap().kind,
+            SecretKind::ApiKey
+        );
+        let o = snap.get("platform", "O").unwrap().unwrap();
+        assert_eq!(o.kind, SecretKind::Oauth2);
+        // `set` without a kind keeps it; a bad value for the kind is refused
+        again
+            .set(
+                "platform",
+                "O",
+                oauth_value("https://auth.example/t2"),
+                SetOptions::default(),
+            )
+            .unwrap();
+        assert_eq!(
+            again.snapshot().meta("platform", "O").unwrap().kind,
+            SecretKind::Oauth2
+        );
+        assert!(again
+            .set(
+                "platform",
+                "O",
+                Secret::from_str("plain"),
+                SetOptions::default()
+            )
+            .is_err());
+        assert!(again
+            .rotate("platform", "O", Secret::from_str("plain"))
+            .is_err());
     }
 }

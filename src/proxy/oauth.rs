@@ -1,0 +1,313 @@
+//! OAuth2 access tokens for secrets of kind `oauth2`: obtained from the token
+//! endpoint (refresh-token grant when a refresh token is stored, else client
+//! credentials) over the same verified-TLS, private-address-checked client as every
+//! upstream; cached per (scope, secret) until shortly before expiry; one token call
+//! at a time per secret (single flight); rotated refresh tokens written back.
+
+use super::error::{Code, Deny};
+use super::state::State;
+use super::{full, inject};
+use crate::secret::Secret;
+use crate::vault::kind::OAuth2Value;
+use base64::Engine;
+use http::{header, Request};
+use http_body_util::{BodyExt, Limited};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde::Deserialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// A token is renewed this long before the provider says it expires.
+pub const EXPIRY_MARGIN: Duration = Duration::from_secs(30);
+/// Lifetime assumed when the token endpoint does not say (`expires_in` absent).
+pub const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest wait for a token endpoint (requests for that secret queue behind it).
+pub const TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a failed token call, requests for that secret fail fast this long
+/// instead of each calling the endpoint again.
+pub const FAILURE_BACKOFF: Duration = Duration::from_secs(2);
+/// Largest token-endpoint response read.
+pub const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// `application/x-www-form-urlencoded` value encoding.
+const FORM: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// Which stored secret a token belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TokenKey {
+    pub scope: String,
+    pub name: String,
+}
+
+struct Cached {
+    token: Secret,
+    refresh: Option<Secret>,
+    valid_until: Instant,
+    /// Vault versions this token was obtained for (the stored one, and the one our
+    /// own refresh-token write-back created).
+    versions: (u32, Option<u32>),
+}
+
+/// One secret's token state; its mutex is the single flight.
+#[derive(Default)]
+struct Slot {
+    cached: Option<Cached>,
+    /// The last failure, for this vault version, until when it is answered again.
+    failure: Option<(Instant, u32, Deny)>,
+}
+
+/// Token cache, hung off `State` (no globals).
+#[derive(Default)]
+pub struct TokenCache {
+    slots: parking_lot::Mutex<HashMap<TokenKey, Arc<tokio::sync::Mutex<Slot>>>>,
+    /// Calls made to token endpoints (for metrics and tests).
+    pub calls: std::sync::atomic::AtomicU64,
+}
+
+/// What a request gets: the access token, plus the other secrets it involved
+/// (client secret, refresh tokens) for redaction of the response.
+pub struct Issued {
+    pub access_token: Secret,
+    pub involved: Vec<Secret>,
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    #[serde(default)]
+    expires_in: Option<u64>,
+    #[serde(default)]
+    refresh_token: Option<String>,
+}
+
+fn failed(why: impl Into<String>) -> Deny {
+    Deny::new(Code::OauthRefreshFailed, why)
+}
+
+impl TokenCache {
+    fn slot(&self, key: &TokenKey) -> Arc<tokio::sync::Mutex<Slot>> {
+        self.slots.lock().entry(key.clone()).or_default().clone()
+    }
+
+    /// Drops the cached token if it is still `token` (after a 401 from the provider).
+    pub async fn invalidate(&self, key: &TokenKey, token: &Secret) {
+        let slot = self.slot(key);
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.cached.as_mut() {
+            if c.token.expose() == token.expose() {
+                c.valid_until = Instant::now();
+            }
+        }
+    }
+
+    /// A valid access token for `key` (version `version`, value `value`).
+    pub async fn token(
+        &self,
+        state: &State,
+        key: &TokenKey,
+        version: u32,
+        value: &OAuth2Value,
+    ) -> Result<Issued, Deny> {
+        let slot = self.slot(key);
+        // Single flight: whoever holds the slot refreshes; the others wait here and
+        // then find the fresh token.
+        let mut guard = slot.lock().await;
+        let mut involved = vec![value.client_secret.clone()];
+        involved.extend(value.refresh_token.clone());
+        if let Some((until, failed_version, deny)) = &guard.failure {
+            if *failed_version == version && Instant::now() < *until {
+                return Err(deny.clone());
+            }
+        }
+        if let Some(c) = guard.cached.as_ref() {
+            let same_secret = c.versions.0 == version || c.versions.1 == Some(version);
+            if same_secret && Instant::now() < c.valid_until {
+                involved.extend(c.refresh.clone());
+                return Ok(Issued {
+                    access_token: c.token.clone(),
+                    involved,
+                });
+            }
+        }
+        // A refresh token rotated by an earlier call is newer than the vault copy
+        // this request read (if the write-back has not reached its snapshot yet).
+        let refresh = guard
+            .cached
+            .as_ref()
+            .filter(|c| c.versions.1 == Some(version) || c.versions.0 == version)
+            .and_then(|c| c.refresh.clone())
+            .or_else(|| value.refresh_token.clone());
+        self.calls
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let fetched = fetch(state, value, refresh.as_ref())
+            .await
+            .and_then(|resp| {
+                if resp.access_token.is_empty() {
+                    Err(failed("the token endpoint returned an empty access token"))
+                } else {
+                    Ok(resp)
+                }
+            });
+        let resp = match fetched {
+            Ok(resp) => resp,
+            Err(deny) => {
+                guard.failure = Some((Instant::now() + FAILURE_BACKOFF, version, deny.clone()));
+                return Err(deny);
+            }
+        };
+        guard.failure = None;
+        let token = Secret::new(resp.access_token.into_bytes());
+        let lifetime = resp
+            .expires_in
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_LIFETIME);
+        let rotated = resp
+            .refresh_token
+            .filter(|r| !r.is_empty())
+            .map(|r| Secret::new(r.into_bytes()))
+            .filter(|r| {
+                refresh
+                    .as_ref()
+                    .is_none_or(|old| old.expose() != r.expose())
+            });
+        let mut written = None;
+        if let Some(new_refresh) = &rotated {
+            involved.push(new_refresh.clone());
+            written = write_back(state, key, value, new_refresh).await;
+        }
+        guard.cached = Some(Cached {
+            token: token.clone(),
+            refresh: rotated.or(refresh),
+            valid_until: Instant::now() + lifetime.saturating_sub(EXPIRY_MARGIN),
+            versions: (version, written),
+        });
+        Ok(Issued {
+            access_token: token,
+            involved,
+        })
+    }
+}
+
+/// Stores a rotated refresh token (atomic vault write); returns the new version.
+async fn write_back(
+    state: &State,
+    key: &TokenKey,
+    value: &OAuth2Value,
+    refresh: &Secret,
+) -> Option<u32> {
+    let new_value = match value.with_refresh_token(refresh) {
+        Ok(v) => v,
+        Err(e) => {
+            tracing::error!(secret = %key.name, error = %e, "cannot store rotated refresh token");
+            return None;
+        }
+    };
+    let vault = state.vault.clone();
+    let (scope, name) = (key.scope.clone(), key.name.clone());
+    let done = tokio::task::spawn_blocking(move || vault.rotate(&scope, &name, new_value)).await;
+    match done {
+        Ok(Ok(meta)) => {
+            if let Err(e) = state.refresh_vault() {
+                tracing::error!(error = %e, "vault reload after refresh-token write-back failed");
+            }
+            tracing::info!(secret = %key.name, scope = %key.scope, version = meta.version, "rotated refresh token stored");
+            Some(meta.version)
+        }
+        Ok(Err(e)) => {
+            // The token in memory still works; the next start may need a new one.
+            tracing::error!(secret = %key.name, error = %e, "cannot store rotated refresh token");
+            None
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "refresh-token write-back task failed");
+            None
+        }
+    }
+}
+
+/// One call to the token endpoint.
+async fn fetch(
+    state: &State,
+    value: &OAuth2Value,
+    refresh: Option<&Secret>,
+) -> Result<TokenResponse, Deny> {
+    let enc = |b: &[u8]| {
+        Zeroizing::new(utf8_percent_encode(&String::from_utf8_lossy(b), FORM).to_string())
+    };
+    let mut form = Zeroizing::new(String::new());
+    match refresh {
+        Some(r) => {
+            form.push_str("grant_type=refresh_token&refresh_token=");
+            form.push_str(&enc(r.expose()));
+        }
+        None => form.push_str("grant_type=client_credentials"),
+    }
+    if let Some(scope) = &value.scope {
+        form.push_str("&scope=");
+        form.push_str(&enc(scope.as_bytes()));
+    }
+    // RFC 6749 §2.3.1: client id and secret, form-encoded, as HTTP Basic.
+    let mut pair = Zeroizing::new(enc(value.client_id.as_bytes()).as_bytes().to_vec());
+    pair.push(b':');
+    pair.extend_from_slice(enc(value.client_secret.expose()).as_bytes());
+    let basic = Zeroizing::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(&*pair)
+    ));
+    let uri: http::Uri = value
+        .token_url
+        .parse()
+        .map_err(|_| failed("the stored token_url is not a URL"))?;
+    // SECURITY: the client secret goes out only over verified TLS.
+    if uri.scheme_str() != Some("https") {
+        return Err(failed("the stored token_url is not https"));
+    }
+    let req = Request::post(uri)
+        .header(
+            header::AUTHORIZATION,
+            inject::sensitive_value(basic.as_bytes())?,
+        )
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .header(header::ACCEPT, "application/json")
+        .body(full(form.as_bytes().to_vec()))
+        .map_err(|_| failed("cannot build the token request"))?;
+    let wait = state.limits.response_timeout.0.min(TOKEN_TIMEOUT);
+    let sent = tokio::time::timeout(wait, state.client.request(req))
+        .await
+        .map_err(|_| failed("the token endpoint did not answer in time"))?
+        .map_err(|e| {
+            let why = super::upstream::classify(&e);
+            failed(format!(
+                "the token endpoint is unreachable ({})",
+                why.code.as_str()
+            ))
+        })?;
+    let status = sent.status();
+    let body = Limited::new(sent.into_body(), MAX_TOKEN_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|_| failed("the token endpoint response could not be read"))?
+        .to_bytes();
+    let body = Zeroizing::new(body.to_vec());
+    if !status.is_success() {
+        // The body may echo the refresh token; only the OAuth error code is kept.
+        let code = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+            .filter(|c| c.len() <= 64 && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+            .unwrap_or_default();
+        return Err(failed(format!(
+            "the token endpoint refused the grant (status {}{}{})",
+            status.as_u16(),
+            if code.is_empty() { "" } else { ", " },
+            code
+        )));
+    }
+    serde_json::from_slice(&body).map_err(|_| failed("the token endpoint response is not a token"))
+}
