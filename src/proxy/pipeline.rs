@@ -128,6 +128,8 @@ async fn forward(
 
     inject::strip_credentials(&mut parts.headers, &provider);
     strip_hop_by_hop(&mut parts.headers);
+    // Ask for an identity-encoded answer: redaction then never has to decode.
+    redact::prepare_request(&mut parts.headers);
     if websocket {
         parts.headers.insert(
             header::CONNECTION,
