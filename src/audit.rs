@@ -882,7 +882,24 @@ pub fn query(path: &Path, filter: &Filter) -> Result<Vec<Event>, AuditError> {
 
 /// The last `n` lines of the file set (newest last), as they are on disk.
 pub fn tail(path: &Path, n: usize) -> Result<Vec<String>, AuditError> {
+    tail_of(&LogSet::open(path)?, n)
+}
+
+/// `tail`, plus a `Follower` that continues exactly where the tail ended.
+pub fn tail_and_follow(path: &Path, n: usize) -> Result<(Vec<String>, Follower), AuditError> {
     let set = LogSet::open(path)?;
+    let lines = tail_of(&set, n)?;
+    let mut follower = Follower::empty(path);
+    if let Some((name, file, len)) = set.files.last() {
+        let meta = file.metadata().map_err(io_err(name))?;
+        follower.id = file_id(&meta);
+        follower.file = Some(file.try_clone().map_err(io_err(name))?);
+        follower.offset = *len;
+    }
+    Ok((lines, follower))
+}
+
+fn tail_of(set: &LogSet, n: usize) -> Result<Vec<String>, AuditError> {
     let mut out: VecDeque<String> = VecDeque::new();
     for (name, file, len) in set.files.iter().rev() {
         if out.len() >= n {
@@ -906,18 +923,22 @@ pub struct Follower {
 }
 
 impl Follower {
-    /// Starts at the current end of the live file.
-    pub fn at_end(path: &Path) -> Result<Follower, AuditError> {
-        if path == Path::new(STDOUT_PATH) {
-            return Err(AuditError::Stdout);
-        }
-        let mut f = Follower {
+    fn empty(path: &Path) -> Follower {
+        Follower {
             path: path.to_path_buf(),
             file: None,
             id: None,
             offset: 0,
             pending: Vec::new(),
-        };
+        }
+    }
+
+    /// Starts at the current end of the live file.
+    pub fn at_end(path: &Path) -> Result<Follower, AuditError> {
+        if path == Path::new(STDOUT_PATH) {
+            return Err(AuditError::Stdout);
+        }
+        let mut f = Follower::empty(path);
         if let Ok(file) = File::open(path) {
             let meta = file.metadata().map_err(io_err(path))?;
             f.offset = meta.len();
@@ -937,8 +958,23 @@ impl Follower {
             (None, _) => false,
         };
         if replaced {
-            // The old file was rotated away: we drained it above; start the new one.
-            if let Ok(file) = File::open(&self.path) {
+            // Our file was rotated away (we drained it above). Several rotations
+            // may have happened since the last poll: read every file that came
+            // after ours, then stay on the live one. The set is opened under the
+            // shared lock, so no rotation slips between listing and opening.
+            let set = match LogSet::open(&self.path) {
+                Ok(set) => set,
+                Err(AuditError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    return Ok(out);
+                }
+                Err(e) => return Err(e),
+            };
+            let mut files = set.files;
+            let ours = files.iter().position(|(_, f, _)| {
+                self.id.is_some() && f.metadata().ok().and_then(|m| file_id(&m)) == self.id
+            });
+            let skip = ours.map(|i| i + 1).unwrap_or(files.len().saturating_sub(1));
+            for (_, file, _) in files.drain(..).skip(skip) {
                 self.id = file.metadata().ok().and_then(|m| file_id(&m));
                 self.file = Some(file);
                 self.offset = 0;
@@ -1559,12 +1595,19 @@ mod tests {
                 .unwrap();
             seen.extend(f.poll().unwrap());
         }
-        assert!(!rotated_files(&path).unwrap().is_empty());
+        // Several rotations between two polls lose nothing.
+        let before = rotated_files(&path).unwrap().len();
+        for i in 10..30 {
+            log.record(ev("inject", "allowed", &format!("n{i}"), None))
+                .unwrap();
+        }
+        assert!(rotated_files(&path).unwrap().len() >= before + 3);
+        seen.extend(f.poll().unwrap());
         let agents: Vec<String> = seen
             .iter()
             .map(|l| serde_json::from_str::<Event>(l).unwrap().agent.unwrap())
             .collect();
-        assert_eq!(agents, (0..10).map(|i| format!("n{i}")).collect::<Vec<_>>());
+        assert_eq!(agents, (0..30).map(|i| format!("n{i}")).collect::<Vec<_>>());
     }
 
     #[test]

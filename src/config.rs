@@ -50,7 +50,10 @@ pub struct ProxyConfig {
     pub listen: SocketAddr,
     pub max_connections: usize,
     pub max_connections_per_agent: usize,
+    /// Token-bucket rate per agent (requests/second); off when absent.
     pub max_requests_per_second_per_agent: Option<f64>,
+    /// Bucket size (default: one second's worth, at least 1).
+    pub rate_burst: Option<f64>,
     pub header_read_timeout: Dur,
     pub idle_timeout: Dur,
     pub connect_timeout: Dur,
@@ -68,6 +71,7 @@ impl Default for ProxyConfig {
             max_connections: 10_000,
             max_connections_per_agent: 1_000,
             max_requests_per_second_per_agent: None,
+            rate_burst: None,
             header_read_timeout: Dur(Duration::from_secs(10)),
             idle_timeout: Dur(Duration::from_secs(90)),
             connect_timeout: Dur(Duration::from_secs(10)),

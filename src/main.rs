@@ -53,6 +53,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // A CLI piped into `head` should end quietly, not panic on EPIPE.
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let args = Cli::parse();
     let result = run(args);
     match result {
@@ -90,6 +95,7 @@ fn serve(config: Config) -> Result<u8, CliError> {
                 .unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -35,10 +35,22 @@ async fn bearer_injection_replaces_dummy_key() {
     assert!(seen.headers.get("proxy-authorization").is_none());
     assert_eq!(seen.uri, "/v1/models?limit=2");
     // The echo upstream reflects the headers it got: the agent must not read the key back.
-    assert!(!got.text().contains("sk-real-openai-0123456789"), "{}", got.text());
+    assert!(
+        !got.text().contains("sk-real-openai-0123456789"),
+        "{}",
+        got.text()
+    );
     let lines = kw.audit_lines();
-    assert_eq!(lines.last().unwrap()["event"], "redact", "the echoed key was redacted and audited");
-    let line = lines.iter().find(|l| l["event"] == "inject").expect("inject line").clone();
+    assert_eq!(
+        lines.last().unwrap()["event"],
+        "redact",
+        "the echoed key was redacted and audited"
+    );
+    let line = lines
+        .iter()
+        .find(|l| l["event"] == "inject")
+        .expect("inject line")
+        .clone();
     assert_eq!(line["outcome"], "allowed");
     assert_eq!(line["provider"], "openai");
     assert_eq!(line["secret"], "OPENAI_API_KEY");

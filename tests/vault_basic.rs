@@ -902,3 +902,156 @@ async fn watcher_reloads_in_the_background() {
         .expect("watcher stops when the vault is dropped")
         .unwrap();
 }
+
+#[test]
+fn error_messages_never_contain_the_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let v = open(&c).unwrap();
+    let (marker, value) = canary();
+    v.set("platform", "K", value.clone(), SetOptions::default())
+        .unwrap();
+    let mut errors = Vec::new();
+    for bad in [
+        format!("{marker}\n"),
+        format!("x{marker}\r"),
+        format!("{marker}\0"),
+    ] {
+        errors.push(
+            v.set(
+                "platform",
+                "K",
+                Secret::from_str(&bad),
+                SetOptions::default(),
+            )
+            .unwrap_err()
+            .to_string(),
+        );
+        errors.push(
+            v.rotate("platform", "K", Secret::from_str(&bad))
+                .unwrap_err()
+                .to_string(),
+        );
+    }
+    let long = format!("{marker}{}", "x".repeat(keyward::vault::MAX_VALUE_BYTES));
+    errors.push(
+        v.set(
+            "platform",
+            "K",
+            Secret::from_str(&long),
+            SetOptions::default(),
+        )
+        .unwrap_err()
+        .to_string(),
+    );
+    errors.push(
+        Vault::open_with(&c, MasterKey::generate())
+            .unwrap_err()
+            .to_string(),
+    );
+    let good = std::fs::read(&c.path).unwrap();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n / 3] ^= 0x20;
+    std::fs::write(&c.path, &bad).unwrap();
+    errors.push(open(&c).unwrap_err().to_string());
+    errors.push(format!("{:?}", open(&c).unwrap_err()));
+    for e in &errors {
+        assert_no_leak(e.as_bytes(), &value, &marker, e);
+    }
+}
+
+/// A writer the test can read back: the tracing output of the watcher.
+#[derive(Clone, Default)]
+struct LogBuf(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuf {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn watcher_logs_a_failed_reload_once_without_the_value_and_keeps_serving() {
+    let logs = LogBuf::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let (marker, value) = canary();
+    open(&c)
+        .unwrap()
+        .set("platform", "K", value.clone(), SetOptions::default())
+        .unwrap();
+    let reader = Arc::new(open(&c).unwrap());
+    let handle = reader.spawn_watcher(Duration::from_millis(10));
+    std::fs::write(&c.path, b"keyward-vault 1\n{ not json\nmac 00\n").unwrap();
+    let mut text = String::new();
+    for _ in 0..200 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+        if text.contains("vault reload failed") {
+            break;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let text_after = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(text.contains("vault reload failed"), "{text}");
+    assert!(
+        text.contains(&c.path.display().to_string()),
+        "names the file: {text}"
+    );
+    assert_eq!(
+        text_after.matches("vault reload failed").count(),
+        1,
+        "logged once per distinct error"
+    );
+    assert_no_leak(text_after.as_bytes(), &value, &marker, "watcher log");
+    let got = reader.snapshot().get("platform", "K").unwrap().unwrap();
+    assert_eq!(got.value, value, "the last good snapshot keeps serving");
+    handle.abort();
+}
+
+#[test]
+fn a_writer_waits_for_the_lock_held_by_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let v = open(&c).unwrap();
+    v.set(
+        "platform",
+        "A",
+        Secret::from_str("value-1234567890"),
+        SetOptions::default(),
+    )
+    .unwrap();
+    let lock = std::fs::File::open(c.path.with_extension("kw.lock")).unwrap();
+    fs4::fs_std::FileExt::lock_exclusive(&lock).unwrap();
+    let c2 = c.clone();
+    let writer = std::thread::spawn(move || {
+        let start = std::time::Instant::now();
+        open(&c2)
+            .unwrap()
+            .set(
+                "platform",
+                "B",
+                Secret::from_str("value-1234567890"),
+                SetOptions::default(),
+            )
+            .unwrap();
+        start.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!writer.is_finished(), "the writer must wait for the lock");
+    drop(lock);
+    assert!(writer.join().unwrap() >= Duration::from_millis(250));
+    assert_eq!(open(&c).unwrap().list(None).len(), 2);
+}

@@ -77,6 +77,9 @@ pub enum SecretCmd {
     Due {
         #[arg(long)]
         json: bool,
+        /// Report as of this RFC 3339 time instead of now (plan ahead).
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
     },
 }
 
@@ -249,6 +252,7 @@ pub fn run_with(
                     ("hosts", hosts),
                     ("created", meta.created.clone()),
                     ("updated", meta.updated.clone()),
+                    ("last rotated", meta.last_rotated.clone()),
                     (
                         "rotate every",
                         meta.rotate_every.clone().unwrap_or_else(|| "-".into()),
@@ -263,7 +267,20 @@ pub fn run_with(
                 }
             }
         }
-        SecretCmd::Due { json } => return due(&vault, json, out),
+        SecretCmd::Due { json, at } => {
+            let now = match at {
+                Some(t) => {
+                    OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                        .map_err(|_| {
+                            CliError::User(format!(
+                                "invalid --at {t:?}: use RFC 3339, e.g. 2030-01-01T00:00:00Z"
+                            ))
+                        })?
+                }
+                None => OffsetDateTime::now_utc(),
+            };
+            return due(&vault, now, json, out);
+        }
     }
     Ok(0)
 }
@@ -317,8 +334,8 @@ fn new_key_from_env() -> Result<MasterKey, CliError> {
             .map_err(vault_err);
     }
     if let Some(v) = std::env::var_os(ENV_NEW_MASTER_PASSPHRASE).filter(|v| !v.is_empty()) {
-        use std::os::unix::ffi::OsStrExt;
-        let pass = Zeroizing::new(v.as_bytes().to_vec());
+        use std::os::unix::ffi::OsStringExt;
+        let pass = Zeroizing::new(v.into_vec());
         return MasterKey::from_passphrase(
             &pass,
             MasterSource::Given(format!("${ENV_NEW_MASTER_PASSPHRASE}")),
@@ -330,8 +347,12 @@ fn new_key_from_env() -> Result<MasterKey, CliError> {
     )))
 }
 
-fn due(vault: &Vault, json: bool, out: &mut dyn Write) -> Result<u8, CliError> {
-    let now = OffsetDateTime::now_utc();
+fn due(
+    vault: &Vault,
+    now: OffsetDateTime,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<u8, CliError> {
     let mut rows: Vec<(&'static str, RecordMeta)> = Vec::new();
     for m in vault.list(None) {
         let Some(at) = m.due_at() else { continue };

@@ -118,6 +118,10 @@ async fn connect(
     ev.host = Some(host.clone());
     let principal = authenticate(state, &req, ev)?;
     let route = state.runtime().policy.route(&host, port)?;
+    let slot = state
+        .limiter
+        .open_tunnel(&principal.agent.id, state.limits.max_connections_per_agent)?;
+    state.rate_check(&principal.agent.id)?;
     match route {
         Route::Tunnel => {
             // Dial before answering 200, so a refusal reaches the agent as a status.
@@ -138,7 +142,7 @@ async fn connect(
             let upgrade = hyper::upgrade::on(&mut req);
             let open = GaugeGuard::new(&state.metrics.open_tunnels);
             tokio::spawn(async move {
-                let _open = open;
+                let _open = (open, slot);
                 match upgrade.await {
                     Ok(client) => relay(TokioIo::new(client), upstream, idle).await,
                     Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
@@ -158,7 +162,7 @@ async fn connect(
             let upgrade = hyper::upgrade::on(&mut req);
             let open = GaugeGuard::new(&state.metrics.open_tunnels);
             tokio::spawn(async move {
-                let _open = open;
+                let _open = (open, slot);
                 match upgrade.await {
                     Ok(client) => intercept(cx, client).await,
                     Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),

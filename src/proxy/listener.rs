@@ -15,6 +15,8 @@ use tokio::task::JoinHandle;
 
 /// How often the vault file is checked for changes (CLI writes, Secret swaps).
 pub const VAULT_POLL: Duration = Duration::from_millis(250);
+/// How often the config file is checked for changes (SIGHUP reloads at once).
+pub const CONFIG_POLL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for open connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Answer for connections over `max_connections`.
@@ -52,6 +54,9 @@ pub async fn start(
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
     spawn_vault_watcher(state.clone(), tx.subscribe());
+    if let Some(path) = state.runtime().config.source.clone() {
+        spawn_config_watcher(state.clone(), path, tx.subscribe());
+    }
     let admin_addr = match admin_listen {
         Some(a) => Some(crate::admin::start(state.clone(), a, tx.subscribe()).await?),
         None => None,
@@ -107,6 +112,66 @@ fn spawn_vault_watcher(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             }
         }
     });
+}
+
+/// (dev, inode, len, mtime) of a path, following symlinks (Kubernetes ConfigMap swaps).
+fn file_stamp(path: &std::path::Path) -> Option<(u64, u64, u64, std::time::SystemTime)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
+}
+
+/// Reloads providers, chains, agents and egress rules on SIGHUP or when the file
+/// changes. A config that fails to parse is logged and the running one kept;
+/// open tunnels are never dropped (they read the runtime per request).
+fn spawn_config_watcher(
+    state: Arc<State>,
+    path: std::path::PathBuf,
+    mut stop: watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let mut hup = {
+            use tokio::signal::unix::{signal, SignalKind};
+            signal(SignalKind::hangup()).ok()
+        };
+        let mut stamp = file_stamp(&path);
+        let mut tick = tokio::time::interval(CONFIG_POLL);
+        loop {
+            let forced = tokio::select! {
+                _ = tick.tick() => false,
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
+                _ = stop.changed() => return,
+            };
+            let now = file_stamp(&path);
+            if !forced && now == stamp {
+                continue;
+            }
+            stamp = now;
+            reload_config(&state, &path);
+        }
+    });
+}
+
+/// Applies the config at `path` if it is valid; returns whether it was applied.
+pub fn reload_config(state: &State, path: &std::path::Path) -> bool {
+    match Config::from_file(path) {
+        Ok(new) => {
+            let old = state.runtime().config.clone();
+            if new.proxy.listen != old.proxy.listen
+                || new.tls.ca_cert != old.tls.ca_cert
+                || new.vault.path != old.vault.path
+            {
+                tracing::warn!("listen address, TLS and vault paths change only on restart");
+            }
+            state.apply_config(new);
+            tracing::info!(path = %path.display(), "config reloaded");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "config reload failed; keeping the running config");
+            false
+        }
+    }
 }
 
 async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {

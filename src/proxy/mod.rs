@@ -3,6 +3,7 @@
 pub mod connect;
 pub mod error;
 pub mod inject;
+pub mod limits;
 pub mod listener;
 pub mod pipeline;
 pub mod redact;

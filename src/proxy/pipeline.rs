@@ -75,9 +75,11 @@ pub async fn handle(
 
 async fn forward(
     cx: &Arc<TunnelCx>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     ev: &mut Event,
 ) -> Result<Response<Body>, Deny> {
+    let websocket = is_websocket_upgrade(&req);
+    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
     // SECURITY: the Host inside the tunnel must be the CONNECT host, or an agent
@@ -88,6 +90,7 @@ async fn forward(
     // removed agent or an expired session stops at the next request.
     let rt = cx.state.runtime();
     let principal = current_principal(cx, &rt)?;
+    cx.state.rate_check(&cx.agent_id)?;
     ev.owner = principal.owner().map(str::to_string);
     ev.builder = principal.builder().map(str::to_string);
     ev.chain = principal.chain_name().map(str::to_string);
@@ -118,6 +121,15 @@ async fn forward(
 
     inject::strip_credentials(&mut parts.headers, &provider);
     strip_hop_by_hop(&mut parts.headers);
+    if websocket {
+        parts.headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        parts
+            .headers
+            .insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    }
     let mut secrets: Vec<Secret> = vec![grant.value.clone()];
     inject::replace_placeholders(&mut parts.headers, |name| {
         let g = placeholder_grant(&rt, &principal, &cx.host, name, &*snapshot)?;
@@ -145,20 +157,27 @@ async fn forward(
     let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).boxed();
 
     let started = std::time::Instant::now();
-    let sent = tokio::time::timeout(
-        cx.state.limits.response_timeout.0,
-        cx.state.client.request(Request::from_parts(parts, body)),
-    )
-    .await;
-    let resp = match sent {
-        Err(_) => {
-            return Err(Deny::new(
-                Code::UpstreamTimeout,
-                "upstream did not answer in time",
-            ))
+    let resp = match client_upgrade {
+        Some(client_upgrade) => {
+            upgrade(cx, Request::from_parts(parts, body), client_upgrade).await?
         }
-        Ok(Err(e)) => return Err(upstream::classify(&e)),
-        Ok(Ok(resp)) => resp,
+        None => {
+            let sent = tokio::time::timeout(
+                cx.state.limits.response_timeout.0,
+                cx.state.client.request(Request::from_parts(parts, body)),
+            )
+            .await;
+            match sent {
+                Err(_) => {
+                    return Err(Deny::new(
+                        Code::UpstreamTimeout,
+                        "upstream did not answer in time",
+                    ))
+                }
+                Ok(Err(e)) => return Err(upstream::classify(&e)),
+                Ok(Ok(resp)) => resp.map(|b| b.map_err(Into::into).boxed()),
+            }
+        }
     };
 
     ev.status = Some(resp.status().as_u16());
@@ -179,12 +198,80 @@ async fn forward(
 
     let secret_refs: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
     let patterns = Arc::new(Patterns::new(&secret_refs));
-    let resp = resp.map(|b| b.map_err(Into::into).boxed());
     Ok(redact::wrap_response(
         resp,
         patterns,
         Some(on_redact(cx.state.clone(), ev.clone())),
     ))
+}
+
+fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
+    let has_token = |name: HeaderName, token: &str| {
+        req.headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    req.version() == Version::HTTP_11
+        && has_token(header::UPGRADE, "websocket")
+        && has_token(header::CONNECTION, "upgrade")
+}
+
+/// A WebSocket handshake (credential injected like any request) on its own
+/// HTTP/1.1 connection; after `101` the two upgraded streams are relayed as bytes.
+async fn upgrade(
+    cx: &Arc<TunnelCx>,
+    req: Request<Body>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+) -> Result<Response<Body>, Deny> {
+    use hyper_util::rt::TokioIo;
+    let state = &cx.state;
+    // A bare HTTP/1.1 connection wants origin-form and a Host header.
+    let (mut parts, body) = req.into_parts();
+    let authority = cx.authority();
+    parts.uri = parts
+        .uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/")
+        .parse()
+        .map_err(|_| Deny::new(Code::BadRequest, "invalid request target"))?;
+    parts.headers.insert(
+        header::HOST,
+        http::HeaderValue::from_str(&authority)
+            .map_err(|_| Deny::new(Code::BadRequest, "invalid host"))?,
+    );
+    let req = Request::from_parts(parts, body);
+    let tls = state
+        .dialer
+        .connect_tls(&cx.host, cx.port, &state.upgrade_tls)
+        .await
+        .map_err(|e| e.deny())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .map_err(|_| Deny::new(Code::UpstreamProtocol, "upstream handshake failed"))?;
+    tokio::spawn(conn.with_upgrades());
+    let mut resp = tokio::time::timeout(state.limits.response_timeout.0, sender.send_request(req))
+        .await
+        .map_err(|_| Deny::new(Code::UpstreamTimeout, "upstream did not answer in time"))?
+        .map_err(|_| {
+            Deny::new(
+                Code::UpstreamProtocol,
+                "upstream refused the upgrade request",
+            )
+        })?;
+    if resp.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let idle = state.limits.idle_timeout.0;
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
+                super::connect::relay(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+            }
+        });
+    }
+    Ok(resp.map(|b| b.map_err(Into::into).boxed()))
 }
 
 fn current_principal(cx: &TunnelCx, rt: &Runtime) -> Result<Principal, Deny> {

@@ -2,6 +2,7 @@
 //! `Runtime` is the hot-reloadable part (config, compiled policy, agent directory),
 //! swapped atomically so open tunnels keep working across reloads.
 
+use super::limits::Limiter;
 use super::upstream::{self, Dialer, Resolver, UpstreamClient};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, ProxyConfig};
@@ -15,6 +16,8 @@ use std::sync::Arc;
 
 /// ALPN offered to upstreams.
 pub const UPSTREAM_ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// ALPN for upgrade (WebSocket) handshakes, which need HTTP/1.1.
+pub const UPGRADE_ALPN: [&[u8]; 1] = [b"http/1.1"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -56,9 +59,12 @@ pub struct State {
     pub ca: Arc<CertAuthority>,
     pub dialer: Arc<Dialer>,
     pub client: UpstreamClient,
+    /// Verified TLS toward upstreams for upgrade handshakes (HTTP/1.1 only, unpooled).
+    pub upgrade_tls: tokio_rustls::TlsConnector,
     /// Listener limits and timeouts (fixed for the process's life).
     pub limits: ProxyConfig,
     pub metrics: Metrics,
+    pub limiter: Limiter,
 }
 
 impl State {
@@ -76,7 +82,9 @@ impl State {
         let vault = Arc::new(Vault::open(&config.vault)?);
         let audit = AuditLog::open(&config.audit)?;
         let roots = tls::upstream_roots(&config.tls.upstream_roots)?;
-        let client_tls = tls::client_config(roots, &UPSTREAM_ALPN)?;
+        let client_tls = tls::client_config(roots.clone(), &UPSTREAM_ALPN)?;
+        let upgrade_tls =
+            tokio_rustls::TlsConnector::from(tls::client_config(roots, &UPGRADE_ALPN)?);
         let limits = config.proxy.clone();
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(
             Arc::new(config),
@@ -96,14 +104,27 @@ impl State {
             ca: Arc::new(ca),
             dialer,
             client,
+            upgrade_tls,
             limits,
             metrics,
+            limiter: Limiter::default(),
         }))
     }
 
     /// The current runtime (cheap).
     pub fn runtime(&self) -> Arc<Runtime> {
         self.runtime.load_full()
+    }
+
+    /// Per-agent request rate check (no-op when no rate is configured).
+    pub fn rate_check(&self, agent: &str) -> Result<(), super::error::Deny> {
+        match self.limits.max_requests_per_second_per_agent {
+            Some(rate) if rate > 0.0 => {
+                let burst = self.limits.rate_burst.unwrap_or(rate).max(1.0);
+                self.limiter.take(agent, rate, burst)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Re-reads the vault file if it changed and rebuilds the agent directory.

@@ -150,6 +150,25 @@ impl Dialer {
     }
 }
 
+impl Dialer {
+    /// Resolve, check, connect and verify TLS (SNI = `host`) with `tls`; for
+    /// connections outside the pool (upgrade handshakes).
+    pub async fn connect_tls(
+        &self,
+        host: &str,
+        port: u16,
+        tls: &TlsConnector,
+    ) -> Result<TlsStream<TcpStream>, DialError> {
+        let tcp = self.connect(host, port).await?;
+        let name = ServerName::try_from(host.to_string())
+            .map_err(|e| DialError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        tokio::time::timeout(self.connect_timeout, tls.connect(name, tcp))
+            .await
+            .map_err(|_| DialError::Timeout)?
+            .map_err(DialError::Tls)
+    }
+}
+
 /// A verified TLS connection to an upstream, as the pooled client sees it.
 pub struct UpstreamConn {
     io: TokioIo<TlsStream<TcpStream>>,

@@ -182,6 +182,8 @@ pub fn seal(
     aad: &[u8],
     plaintext: &[u8],
 ) -> Result<Sealed, VaultError> {
+    // SECURITY: a fresh random nonce per encryption; GCM loses both confidentiality
+    // and authenticity if a (key, nonce) pair ever repeats (see SEAL_LIMIT_PER_KEY).
     let mut nonce = [0u8; NONCE_LEN];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ciphertext = key

@@ -42,6 +42,7 @@ pub const MAX_VALUE_BYTES: usize = 64 << 10;
 pub const MAX_DESCRIPTION_BYTES: usize = 1024;
 pub const MAX_HOSTS: usize = 64;
 pub const MAX_HOST_LEN: usize = 253;
+const MAX_DNS_LABEL_LEN: usize = 63;
 pub const MAX_NAME_LEN: usize = 128;
 pub const MAX_SCOPE_LEN: usize = 160;
 pub const MAX_RECORDS: usize = 100_000;
@@ -55,6 +56,11 @@ pub const MAX_ROTATE_EVERY: Duration = Duration::from_secs(100 * 365 * 86_400);
 const RECORD_ID_BYTES: usize = 16;
 /// Temp files older than this, left by a killed writer, are removed by the next writer.
 const STALE_TEMP_AGE: Duration = Duration::from_secs(60);
+/// How long a writer waits for the lock, and how often it retries.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(30);
+const LOCK_POLL: Duration = Duration::from_millis(10);
+/// Reads of a file that keeps changing under a reader before giving up.
+const LOAD_ATTEMPTS: u32 = 5;
 /// Accepted Argon2id parameter ranges read from a vault header (bounds the work a
 /// crafted header can ask for).
 const ARGON2_MAX_T: u32 = 16;
@@ -111,6 +117,9 @@ pub struct RecordMeta {
     pub updated: String,
     pub rotate_every: Option<String>,
     pub rotation_due: Option<String>,
+    /// When the current value was set (RFC 3339); the rotation clock starts here.
+    #[serde(default)]
+    pub last_rotated: String,
 }
 
 impl RecordMeta {
@@ -228,7 +237,7 @@ pub fn normalize_hosts(hosts: &[String]) -> Result<Vec<String>, VaultError> {
             && h.len() <= MAX_HOST_LEN
             && bare.split('.').all(|l| {
                 !l.is_empty()
-                    && l.len() <= 63
+                    && l.len() <= MAX_DNS_LABEL_LEN
                     && !l.starts_with('-')
                     && !l.ends_with('-')
                     && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
@@ -412,9 +421,21 @@ impl MasterKey {
             return MasterKey::from_base64(&v, MasterSource::EnvKey);
         }
         if let Some(v) = std::env::var_os(ENV_MASTER_PASSPHRASE).filter(|v| !v.is_empty()) {
-            use std::os::unix::ffi::OsStrExt;
-            let pass = Zeroizing::new(v.as_bytes().to_vec());
+            use std::os::unix::ffi::OsStringExt;
+            let pass = Zeroizing::new(v.into_vec());
             return MasterKey::from_passphrase(&pass, MasterSource::EnvPassphrase);
+        }
+        // SECURITY: a vault without its key file must not get a fresh random key: the
+        // vault would look "wrong key" forever and the new key invite a silent reset.
+        if !cfg.master_key_file.exists() && cfg.path.exists() {
+            return Err(ferr(
+                &cfg.master_key_file,
+                format!(
+                    "master key file is missing but the vault {} exists; restore the key file \
+                     or set ${ENV_MASTER_KEY} / ${ENV_MASTER_PASSPHRASE}",
+                    cfg.path.display()
+                ),
+            ));
         }
         MasterKey::load_or_create_file(&cfg.master_key_file)
     }
@@ -436,6 +457,8 @@ impl MasterKey {
         let md = file
             .metadata()
             .map_err(|e| ioerr(path, "cannot read the master key file", e))?;
+        // SECURITY: the master key opens every secret; say so if others can read it
+        // (a warning, not a refusal: Kubernetes mounts Secrets 0644 by default).
         if md.permissions().mode() & 0o077 != 0 && md.file_type().is_file() {
             tracing::warn!(path = %path.display(), "master key file is readable by group or others; chmod 600 it");
         }
@@ -616,6 +639,7 @@ impl StoredRecord {
             updated: self.updated.clone(),
             rotate_every: self.rotate_every_secs.map(format_period),
             rotation_due: due,
+            last_rotated: self.last_rotated.clone(),
         }
     }
 }
@@ -851,6 +875,8 @@ impl Snapshot {
                 drop(open_record(data_key, rec, &sealed, path)?);
             }
             let key = (rec.scope.clone(), rec.name.clone());
+            // SECURITY: two records for one (scope, name) would make which value is
+            // injected depend on map order.
             if records
                 .insert(
                     key,
@@ -991,9 +1017,8 @@ impl Vault {
         };
         let seen = vault.read_counter_file()?;
         vault.watch.lock().seen = seen;
-        let kdf = match vault.read_file()? {
-            Some((bytes, stamp)) => {
-                let draft = vault.verify(&bytes)?;
+        let kdf = match vault.load_current()? {
+            Some((draft, stamp)) => {
                 let snap = Snapshot::build(&draft.body, &draft.data_key, &vault.path, true)?;
                 let mut w = vault.watch.lock();
                 w.stamp = Some(stamp);
@@ -1074,7 +1099,7 @@ impl Vault {
     }
 
     fn reload_now(&self) -> Result<bool, VaultError> {
-        match self.read_file()? {
+        match self.load_current()? {
             None => {
                 // SECURITY: a vault that disappears is not an empty vault; keep serving
                 // the last good snapshot rather than silently dropping every secret.
@@ -1086,8 +1111,7 @@ impl Vault {
                 }
                 Ok(false)
             }
-            Some((bytes, stamp)) => {
-                let draft = self.verify(&bytes)?;
+            Some((draft, stamp)) => {
                 let snap = Snapshot::build(&draft.body, &draft.data_key, &self.path, true)?;
                 let mut w = self.watch.lock();
                 w.stamp = Some(stamp);
@@ -1360,6 +1384,7 @@ impl Vault {
         if !md.is_file() {
             return Err(ferr(&self.path, "not a regular file"));
         }
+        // SECURITY: the file is parsed before it is authenticated; bound what we read.
         if md.len() > MAX_FILE_BYTES {
             return Err(ferr(
                 &self.path,
@@ -1371,6 +1396,28 @@ impl Vault {
             .read_to_end(&mut bytes)
             .map_err(|e| ioerr(&self.path, "cannot read the vault", e))?;
         Ok(Some((bytes, FileStamp::of(&md))))
+    }
+
+    /// Reads and verifies the file. A reader is not under the writer lock, so a writer
+    /// may replace the file (and advance the counter file) between our read and our
+    /// checks: if verification fails and the file changed meanwhile, read again.
+    fn load_current(&self) -> Result<Option<(Draft, FileStamp)>, VaultError> {
+        let mut attempt = 0;
+        loop {
+            let Some((bytes, stamp)) = self.read_file()? else {
+                return Ok(None);
+            };
+            match self.verify(&bytes) {
+                Ok(d) => return Ok(Some((d, stamp))),
+                Err(e) => {
+                    attempt += 1;
+                    let now = fs::metadata(&self.path).ok().map(|m| FileStamp::of(&m));
+                    if attempt >= LOAD_ATTEMPTS || now == Some(stamp) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
     }
 
     /// Parses, authenticates and rollback-checks file bytes.
@@ -1553,8 +1600,7 @@ impl Vault {
             .mode(0o600)
             .open(&self.lock_path)
             .map_err(|e| ioerr(&self.lock_path, "cannot open the vault lock", e))?;
-        fs4::fs_std::FileExt::lock_exclusive(&lock)
-            .map_err(|e| ioerr(&self.lock_path, "cannot lock the vault", e))?;
+        lock_with_timeout(&lock, &self.lock_path)?;
 
         clean_stale_temps(&self.path);
         // Always re-read under the lock: another writer may have changed the file.
@@ -1620,6 +1666,27 @@ fn atomic_write(path: &Path, bytes: &[u8]) -> io::Result<()> {
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     File::open(dir)?.sync_all()
+}
+
+/// Takes the exclusive writer lock, waiting at most `LOCK_TIMEOUT`.
+fn lock_with_timeout(lock: &File, path: &Path) -> Result<(), VaultError> {
+    let deadline = std::time::Instant::now() + LOCK_TIMEOUT;
+    loop {
+        match fs4::fs_std::FileExt::try_lock_exclusive(lock) {
+            Ok(true) => return Ok(()),
+            Ok(false) if std::time::Instant::now() < deadline => std::thread::sleep(LOCK_POLL),
+            Ok(false) => {
+                return Err(ferr(
+                    path,
+                    format!(
+                        "another writer has held the vault lock for {}s",
+                        LOCK_TIMEOUT.as_secs()
+                    ),
+                ))
+            }
+            Err(e) => return Err(ioerr(path, "cannot lock the vault", e)),
+        }
+    }
 }
 
 /// Removes temp files a killed writer left behind (called under the writer lock).

@@ -176,8 +176,11 @@ type BoxBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infalli
 
 async fn echo(
     seen: Arc<Mutex<Vec<Seen>>>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<http::Response<BoxBody>, hyper::Error> {
+    if req.uri().path() == "/ws" {
+        return Ok(websocket_echo(seen, &mut req));
+    }
     let (parts, body) = req.into_parts();
     let body = body.collect().await?.to_bytes().to_vec();
     let record = Seen {
@@ -235,6 +238,57 @@ async fn echo(
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     Ok(resp)
+}
+
+/// Accepts a WebSocket handshake and echoes text messages as `echo:<text>`.
+fn websocket_echo(
+    seen: Arc<Mutex<Vec<Seen>>>,
+    req: &mut Request<Incoming>,
+) -> http::Response<BoxBody> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{handshake::derive_accept_key, protocol::Role, Message};
+    seen.lock().push(Seen {
+        method: req.method().to_string(),
+        uri: req.uri().path().to_string(),
+        headers: req.headers().clone(),
+        body: Vec::new(),
+        version: req.version(),
+    });
+    let key = req
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| derive_accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            TokioIo::new(upgraded),
+            Role::Server,
+            None,
+        )
+        .await;
+        while let Some(Ok(msg)) = ws.next().await {
+            if let Message::Text(t) = msg {
+                if ws
+                    .send(Message::text(format!("echo:{}", t.as_str())))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+    http::Response::builder()
+        .status(101)
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", key)
+        .body(Full::new(Bytes::new()).boxed())
+        .unwrap()
 }
 
 fn tokio_stream_from<T: Send + 'static>(
@@ -320,11 +374,24 @@ impl Kw {
     }
 
     pub async fn start_with(extra: &str, resolver: Option<Arc<dyn Resolver>>) -> Kw {
+        Kw::start_full("", extra, resolver).await
+    }
+
+    /// `proxy_extra` goes into the `[proxy]` table (limits, timeouts).
+    pub async fn start_full(
+        proxy_extra: &str,
+        extra: &str,
+        resolver: Option<Arc<dyn Resolver>>,
+    ) -> Kw {
         let pki = UpstreamPki::new();
         let upstream = EchoUpstream::start(&pki).await;
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
-        let text = base_config(dir.path(), upstream.addr, extra);
+        let text = base_config(dir.path(), upstream.addr, extra).replacen(
+            "listen = \"127.0.0.1:0\"\n",
+            &format!("listen = \"127.0.0.1:0\"\n{proxy_extra}\n"),
+            1,
+        );
         let config_path = dir.path().join("keyward.toml");
         std::fs::write(&config_path, &text).unwrap();
         let config = Config::from_file(&config_path).unwrap();
