@@ -125,7 +125,7 @@ if ! "$KIT/start.sh" upstream 2>&1 | grep -q "already running"; then kit_upstrea
 for p in $KW_PORT $EXTRA_PORT $SSE_PORT; do port_busy "$p" && die "127.0.0.1:$p is in use"; done
 
 XDIR="$BENCH_DIR/run/kw-extra"; rm -rf "$XDIR"; mkdir -p "$XDIR/tmp" "$XDIR/www"
-head -c 1048576 /dev/urandom | base64 -w 76 | head -c 1048576 > "$XDIR/www/1m"
+python3 -c 'import base64, os, sys; sys.stdout.write(base64.encodebytes(os.urandom(800000)).decode()[:1048576])' > "$XDIR/www/1m"
 cp "$XDIR/www/1m" "$KW_STATE/1m.body"
 cat > "$XDIR/nginx.conf" <<NGX
 daemon off;

@@ -53,12 +53,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // A CLI piped into `head` should end quietly, not panic on EPIPE.
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let args = Cli::parse();
+    // A CLI piped into `head` should end quietly, not panic on EPIPE. Not for
+    // `serve`: there a client that hangs up mid-response would kill the proxy
+    // (SIGPIPE on the socket write) instead of failing that one write.
+    if !matches!(args.command, Command::Serve) {
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let result = run(args);
     match result {
         Ok(code) => ExitCode::from(code),
