@@ -143,7 +143,8 @@ def main():
     target("≤ 64 KiB RSS per idle intercepted tunnel", worst, 64, worst is not None and worst <= 64,
            "; ".join(f"{x['opened']}/{x['n']} tunnels: {x['rss_per_tunnel_kib']} KiB each, "
                      f"{x['during']['rps']} rps served meanwhile ({x['during']['n_err']} errors), "
-                     f"{x['probe_after_hold']} answered after {x['hold_s']} s idle" for x in tun))
+                     f"{x.get('probe_early', '?')} answered after {x.get('early_idle_s', '?')} s idle, "
+                     f"{x['probe_after_hold']} after {x['hold_s']} s idle" for x in tun))
 
     doc = {"date": time.strftime("%Y-%m-%d"), "generated": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "commit": a.commit, "machine": {"nproc": os.cpu_count(), "loadavg_before": sc.get("uptime_before"),

@@ -74,6 +74,7 @@ cat > "$KW_STATE/keyward.toml" <<TOML
 [proxy]
 listen = "127.0.0.1:$KW_PORT"
 max_connections = 20000
+max_connections_per_agent = 20000   # one agent holds all the idle tunnels of scenario 6
 [tls]
 ca_cert = "$KW_STATE/ca.pem"
 ca_key = "$KW_STATE/ca.key"
