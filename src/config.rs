@@ -283,6 +283,15 @@ pub fn valid_secret_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
+/// Permissions an admin token may hold (SPEC §9).
+pub const ADMIN_PERMISSIONS: &[&str] = &[
+    "secrets:read",
+    "secrets:manage",
+    "agents:manage",
+    "sessions:create",
+    "audit:read",
+];
+
 /// Tier names accepted in an agent's `use` pins.
 pub const TIERS: &[&str] = &["agent", "chain", "owner", "builder", "platform"];
 
@@ -495,6 +504,18 @@ impl Config {
             }
         }
         for t in &self.admin.tokens {
+            for p in &t.permissions {
+                if !ADMIN_PERMISSIONS.contains(&p.as_str()) {
+                    return Err(fail(
+                        p,
+                        format!(
+                            "admin.tokens.{}.permissions: {p:?} is not one of {}",
+                            t.name,
+                            ADMIN_PERMISSIONS.join(", ")
+                        ),
+                    ));
+                }
+            }
             if t.sha256.len() != 64 || !t.sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(fail(
                     &t.sha256,
@@ -594,6 +615,19 @@ inject = { path_prefix = "/bot{secret}" }
             InjectConfig::PathPrefix { .. }
         ));
         assert!(matches!(c.providers[1].inject, InjectConfig::Basic { .. }));
+    }
+
+    #[test]
+    fn unknown_admin_permission_is_rejected() {
+        let text = format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{{ name = \"ops\", sha256 = \"{}\", permissions = [\"secret:read\"] }}]\n",
+            "0".repeat(64)
+        );
+        let err = Config::parse(&text, "k.toml").unwrap_err().to_string();
+        assert!(
+            err.starts_with("k.toml:3:") && err.contains("secret:read"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -40,12 +40,17 @@ impl Secret {
 
     /// `first4…last4`, or `…` alone for short values.
     pub fn hint(&self) -> String {
-        let chars: Vec<char> = String::from_utf8_lossy(&self.0).chars().collect();
-        if chars.len() < HINT_MIN_LEN {
+        // Walks the value without copying it (no unzeroized buffer of the secret).
+        let text = String::from_utf8_lossy(&self.0);
+        let count = text.chars().count();
+        if count < HINT_MIN_LEN {
             return "…".to_string();
         }
-        let head: String = chars[..HINT_CHARS].iter().collect();
-        let tail: String = chars[chars.len() - HINT_CHARS..].iter().collect();
+        let head: String = text.chars().take(HINT_CHARS).collect();
+        let tail: String = text.chars().skip(count - HINT_CHARS).collect();
+        if let std::borrow::Cow::Owned(mut copy) = text {
+            zeroize::Zeroize::zeroize(&mut copy);
+        }
         format!("{head}…{tail}")
     }
 }

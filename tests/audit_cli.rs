@@ -278,6 +278,72 @@ fn two_processes_appending_keep_one_valid_chain() {
 }
 
 #[test]
+fn secret_set_processes_and_the_proxy_writer_share_one_chain() {
+    let env = Env::new(CHILD_ROTATE_BYTES);
+    let vault = format!(
+        "[vault]\npath = {:?}\nmaster_key_file = {:?}\n",
+        env.root.join("data/vault.kw").display().to_string(),
+        env.root.join("certs/master.key").display().to_string(),
+    );
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str(&vault);
+    std::fs::write(&env.config, text).unwrap();
+    let set = |name: String| {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_keyward"))
+            .arg("--config")
+            .arg(&env.config)
+            .args(["secret", "set", &name])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"sk-not-a-real-value-0123456789")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // The first `secret set` creates the master key and vault before the race.
+    set("KEY_INIT".into());
+    let writer = env.writer();
+    std::thread::scope(|s| {
+        for t in 0..2 {
+            s.spawn(move || {
+                for i in 0..4 {
+                    set(format!("KEY_{t}_{i}"));
+                }
+            });
+        }
+        for i in 0..CHILD_LINES {
+            writer
+                .record(inject(&format!("proxy-{i}"), "OPENAI_API_KEY"))
+                .unwrap();
+        }
+    });
+    let o = env.keyward(&["audit", "verify"]);
+    assert_eq!(o.status.code(), Some(0), "{}", all_output(&o));
+    assert!(
+        stdout(&o).starts_with(&format!("ok: {} lines", 9 + CHILD_LINES)),
+        "{}",
+        stdout(&o)
+    );
+    let o = env.keyward(&["audit", "query", "--json", "--event", "secret_set"]);
+    assert_eq!(stdout(&o).lines().count(), 9, "{}", all_output(&o));
+    // The value never reaches the log.
+    let o = env.keyward(&["audit", "export", "--format", "jsonl"]);
+    assert!(!stdout(&o).contains("sk-not-a-real-value"));
+}
+
+#[test]
 fn query_filters_select_events() {
     let env = Env::new(0);
     let mut old = inject("triage-1", "OPENAI_API_KEY");

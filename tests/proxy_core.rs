@@ -56,7 +56,10 @@ async fn bearer_injection_replaces_dummy_key() {
     assert_eq!(line["secret"], "OPENAI_API_KEY");
     assert_eq!(line["scope"], "platform");
     assert_eq!(line["tier"], "platform");
-    assert_eq!(line["status"], 200);
+    assert!(
+        line.get("status").is_none(),
+        "written before the upstream answered"
+    );
     assert_eq!(line["path"], "/v1/models", "no query string in the audit");
     assert_eq!(line["agent"], AGENT);
 }

@@ -314,13 +314,14 @@ fn print_lines(lines: &[String], json: bool, out: &mut dyn Write) -> io::Result<
     table.print(out)
 }
 
-const COLUMNS: [&str; 11] = [
+const COLUMNS: [&str; 12] = [
     "TS",
     "EVENT",
     "OUTCOME",
     "AGENT",
     "CHAIN",
     "SECRET",
+    "SCOPE",
     "TIER",
     "METHOD",
     "HOST",
@@ -357,6 +358,7 @@ impl Table {
             cell(&ev.agent),
             cell(&ev.chain),
             cell(&ev.secret),
+            cell(&ev.scope),
             cell(&ev.tier),
             cell(&ev.method),
             cell(&ev.host),

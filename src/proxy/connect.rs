@@ -24,16 +24,21 @@ pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 pub const H2_MAX_PENDING_RESETS: usize = 32;
 pub const H2_MAX_LOCAL_ERROR_RESETS: usize = 64;
 
+/// A client connection's share of `proxy.max_connections`, held by the
+/// connection and by the tunnel it turns into.
+pub type ConnSlot = Arc<tokio::sync::OwnedSemaphorePermit>;
+
 /// Entry point for every request on a client connection to keyward.
 pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
+    slot: ConnSlot,
 ) -> Result<Response<Body>, Infallible> {
     let mut ev = Event::new("deny", "denied");
     ev.request_id = Some(pipeline::request_id());
     ev.method = Some(req.method().to_string());
     let result = if req.method() == Method::CONNECT {
-        connect(&state, req, &mut ev).await
+        connect(&state, req, &mut ev, slot).await
     } else {
         cleartext(&state, &req, &mut ev)
     };
@@ -107,6 +112,7 @@ async fn connect(
     state: &Arc<State>,
     mut req: Request<Incoming>,
     ev: &mut Event,
+    conn_slot: ConnSlot,
 ) -> Result<Response<Body>, Deny> {
     let authority = req
         .uri()
@@ -142,7 +148,7 @@ async fn connect(
             let upgrade = hyper::upgrade::on(&mut req);
             let open = GaugeGuard::new(&state.metrics.open_tunnels);
             tokio::spawn(async move {
-                let _open = (open, slot);
+                let _open = (open, slot, conn_slot);
                 match upgrade.await {
                     Ok(client) => relay(TokioIo::new(client), upstream, idle).await,
                     Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
@@ -162,7 +168,7 @@ async fn connect(
             let upgrade = hyper::upgrade::on(&mut req);
             let open = GaugeGuard::new(&state.metrics.open_tunnels);
             tokio::spawn(async move {
-                let _open = (open, slot);
+                let _open = (open, slot, conn_slot);
                 match upgrade.await {
                     Ok(client) => intercept(cx, client).await,
                     Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),

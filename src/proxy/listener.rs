@@ -58,7 +58,11 @@ pub async fn start(
         spawn_config_watcher(state.clone(), path, tx.subscribe());
     }
     let admin_addr = match admin_listen {
-        Some(a) => Some(crate::admin::start(state.clone(), a, tx.subscribe()).await?),
+        Some(a) => {
+            let bound = crate::admin::start(state.clone(), a, tx.subscribe()).await?;
+            state.dialer.other_own_addrs.write().push(bound);
+            Some(bound)
+        }
         None => None,
     };
     tracing::info!(%addr, admin = ?admin_addr, "keyward listening");
@@ -193,12 +197,14 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
             continue;
         };
         let state = state.clone();
-        tokio::spawn(async move {
-            serve_connection(state, stream).await;
-            drop(permit);
-        });
+        // The slot is shared with any tunnel this connection becomes, so it is
+        // only released when both are gone.
+        let slot = Arc::new(permit);
+        tokio::spawn(serve_connection(state, stream, slot));
     }
-    // Graceful: wait until every connection slot is back, or the grace period ends.
+    // Stop accepting at once; then wait until every connection slot is back (open
+    // requests and tunnels finished), or the grace period ends.
+    drop(listener);
     let all = u32::try_from(state.limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
 }
@@ -208,11 +214,13 @@ async fn refuse_busy(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-async fn serve_connection(state: Arc<State>, stream: TcpStream) {
+async fn serve_connection(state: Arc<State>, stream: TcpStream, slot: connect::ConnSlot) {
     let _ = stream.set_nodelay(true);
     let limits = &state.limits;
     let svc_state = state.clone();
-    let service = hyper::service::service_fn(move |req| connect::handle(svc_state.clone(), req));
+    let service = hyper::service::service_fn(move |req| {
+        connect::handle(svc_state.clone(), req, slot.clone())
+    });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout.0)

@@ -17,6 +17,9 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
 
+/// Audit event of a request that was injected and then failed upstream.
+pub const UPSTREAM_ERROR_EVENT: &str = "upstream_error";
+
 /// Connection-level headers that never cross a proxy (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
@@ -154,7 +157,30 @@ async fn forward(
             format!("request body is larger than {max_body} bytes"),
         ));
     }
-    let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX)).boxed();
+    // hyper may report an oversized streamed body as a stream reset (h2); the flag
+    // lets the refusal say 413 whatever the transport made of it.
+    let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = too_large.clone();
+    let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
+        .map_err(move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            e
+        })
+        .boxed();
+
+    // SECURITY: fail closed: the decision is on disk before the credential leaves
+    // keyward; if the audit log cannot be written nothing is sent upstream.
+    if let Err(e) = cx.state.audit.record(ev.clone()) {
+        tracing::error!(error = %e, "audit log unwritable: refusing");
+        return Err(Deny::new(
+            Code::AuditUnavailable,
+            "the audit log cannot be written",
+        ));
+    }
+    // From here on a refusal is an upstream failure, logged as its own event.
+    ev.event = UPSTREAM_ERROR_EVENT.into();
 
     let started = std::time::Instant::now();
     let resp = match client_upgrade {
@@ -174,27 +200,21 @@ async fn forward(
                         "upstream did not answer in time",
                     ))
                 }
+                Ok(Err(_)) if too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+                    return Err(Deny::new(
+                        Code::PayloadTooLarge,
+                        format!("request body is larger than {max_body} bytes"),
+                    ))
+                }
                 Ok(Err(e)) => return Err(upstream::classify(&e)),
                 Ok(Ok(resp)) => resp.map(|b| b.map_err(Into::into).boxed()),
             }
         }
     };
 
-    ev.status = Some(resp.status().as_u16());
     cx.state
         .metrics
         .inject(&provider.name, started.elapsed().as_secs_f64());
-    // SECURITY: fail closed: a credential use that cannot be audited is not
-    // handed back to the agent.
-    if let Err(e) = cx.state.audit.record(ev.clone()) {
-        tracing::error!(error = %e, "audit log unwritable: refusing");
-        return Err(Deny::new(
-            Code::AuditUnavailable,
-            "the audit log cannot be written",
-        ));
-    }
-    // Mark the line as written so a later refusal does not log a second one.
-    ev.event.clear();
 
     let secret_refs: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
     let patterns = Arc::new(Patterns::new(&secret_refs));
@@ -320,7 +340,9 @@ fn refuse(state: &State, deny: Deny, mut ev: Event) -> Response<Body> {
     let host = ev.host.clone();
     state.metrics.deny(deny.code.as_str());
     if !ev.event.is_empty() {
-        ev.event = "deny".into();
+        if ev.event != UPSTREAM_ERROR_EVENT {
+            ev.event = "deny".into();
+        }
         ev.outcome = if deny.code.status().is_server_error() {
             "error".into()
         } else {
@@ -341,7 +363,8 @@ fn refuse(state: &State, deny: Deny, mut ev: Event) -> Response<Body> {
     deny.response(agent.as_deref(), host.as_deref())
 }
 
-fn on_redact(state: Arc<State>, ev: Event) -> redact::OnRedact {
+fn on_redact(state: Arc<State>, mut ev: Event) -> redact::OnRedact {
+    ev.status = None;
     Box::new(move || {
         state.metrics.redactions.inc();
         let mut line = ev;

@@ -95,6 +95,7 @@ impl State {
             resolver,
             connect_timeout: limits.connect_timeout.0,
             own_addr: parking_lot::RwLock::new(None),
+            other_own_addrs: parking_lot::RwLock::new(Vec::new()),
         });
         let client = upstream::client(dialer.clone(), client_tls, limits.pool_idle_per_host);
         Ok(Arc::new(State {

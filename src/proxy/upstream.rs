@@ -85,6 +85,8 @@ pub struct Dialer {
     pub connect_timeout: Duration,
     /// keyward's own listen address, never a valid target.
     pub own_addr: parking_lot::RwLock<Option<SocketAddr>>,
+    /// keyward's other listeners (the admin API): never a valid target either.
+    pub other_own_addrs: parking_lot::RwLock<Vec<SocketAddr>>,
 }
 
 impl Dialer {
@@ -127,15 +129,11 @@ impl Dialer {
     }
 
     fn is_self(&self, addr: SocketAddr) -> bool {
-        match *self.own_addr.read() {
-            Some(own) => {
-                own.port() == addr.port()
-                    && (own.ip() == addr.ip()
-                        || own.ip().is_unspecified()
-                        || addr.ip().is_loopback())
-            }
-            None => false,
-        }
+        let same = |own: &SocketAddr| {
+            own.port() == addr.port()
+                && (own.ip() == addr.ip() || own.ip().is_unspecified() || addr.ip().is_loopback())
+        };
+        self.own_addr.read().iter().any(same) || self.other_own_addrs.read().iter().any(same)
     }
 
     /// Resolve, check and connect (TCP only).

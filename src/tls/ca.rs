@@ -82,21 +82,7 @@ impl CertAuthority {
         key_path: &Path,
         cache_size: usize,
     ) -> Result<CertAuthority, TlsError> {
-        let mode = std::fs::metadata(key_path)
-            .map_err(|e| file_err(key_path, e))?
-            .permissions()
-            .mode();
-        // SECURITY: a CA key others can read lets them mint certificates every
-        // sandbox trusts; refuse to run with it rather than warn.
-        if mode & 0o077 != 0 {
-            return Err(file_err(
-                key_path,
-                format!(
-                    "CA key is readable by group/others (mode {:o}); chmod 600 it",
-                    mode & 0o777
-                ),
-            ));
-        }
+        check_key_file_mode(key_path)?;
         let key_pem = std::fs::read_to_string(key_path).map_err(|e| file_err(key_path, e))?;
         let ca_pem = std::fs::read_to_string(cert_path).map_err(|e| file_err(cert_path, e))?;
         let key = KeyPair::from_pem(&key_pem)
@@ -194,6 +180,59 @@ impl CertAuthority {
         let cert = params.signed_by(&key, &self.issuer).map_err(crypto)?;
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
         Ok((vec![cert.der().clone()], key_der))
+    }
+}
+
+/// A CA key others can read lets them mint certificates every sandbox trusts.
+/// World access is always refused. Group read is refused too, except for a file we
+/// do not own whose group is one of ours: a Kubernetes Secret mounted with
+/// `fsGroup` (root-owned, 0440, group = the pod's dedicated group).
+pub fn check_key_file_mode(key_path: &Path) -> Result<(), TlsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(key_path).map_err(|e| file_err(key_path, e))?;
+    let mode = meta.permissions().mode();
+    let refuse = || {
+        file_err(
+            key_path,
+            format!(
+                "CA key is readable by group/others (mode {:o}); chmod 600 it",
+                mode & 0o777
+            ),
+        )
+    };
+    // SECURITY: world-readable or -writable keys are never acceptable.
+    if mode & 0o007 != 0 {
+        return Err(refuse());
+    }
+    if mode & 0o070 != 0 {
+        // SECURITY: a group-readable key we own is a mistake we can fix (chmod);
+        // one we do not own is acceptable only if its group is our own.
+        // SAFETY: these libc calls only read the process's credentials.
+        let euid = unsafe { libc::geteuid() };
+        let dedicated_group = meta.uid() != euid && process_groups().contains(&meta.gid());
+        if !dedicated_group {
+            return Err(refuse());
+        }
+    }
+    Ok(())
+}
+
+/// The effective gid and the supplementary groups of this process.
+fn process_groups() -> Vec<u32> {
+    // SAFETY: getgroups with a correctly sized buffer; the count it returns is
+    // the number of entries written.
+    unsafe {
+        let mut groups = vec![libc::getegid()];
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        if n > 0 {
+            let mut buf = vec![0 as libc::gid_t; n as usize];
+            let got = libc::getgroups(n, buf.as_mut_ptr());
+            if got > 0 {
+                buf.truncate(got as usize);
+                groups.extend(buf);
+            }
+        }
+        groups
     }
 }
 

@@ -779,11 +779,11 @@ fn open_record(
     }
 }
 
-/// Splits `magic line | body | mac line`; returns (signed bytes, body, mac hex).
-fn split_file<'a>(
-    bytes: &'a [u8],
-    path: &Path,
-) -> Result<(&'a [u8], &'a [u8], &'a [u8]), VaultError> {
+/// The parts of a vault file: (bytes the MAC covers, JSON body, MAC hex).
+type FileParts<'a> = (&'a [u8], &'a [u8], &'a [u8]);
+
+/// Splits `magic line | body | mac line`.
+fn split_file<'a>(bytes: &'a [u8], path: &Path) -> Result<FileParts<'a>, VaultError> {
     let nl = bytes
         .iter()
         .position(|&b| b == b'\n')

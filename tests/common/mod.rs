@@ -383,27 +383,13 @@ impl Kw {
         extra: &str,
         resolver: Option<Arc<dyn Resolver>>,
     ) -> Kw {
-        let pki = UpstreamPki::new();
-        let upstream = EchoUpstream::start(&pki).await;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
-        let text = base_config(dir.path(), upstream.addr, extra).replacen(
-            "listen = \"127.0.0.1:0\"\n",
-            &format!("listen = \"127.0.0.1:0\"\n{proxy_extra}\n"),
-            1,
-        );
-        let config_path = dir.path().join("keyward.toml");
-        std::fs::write(&config_path, &text).unwrap();
-        let config = Config::from_file(&config_path).unwrap();
-        let resolver = resolver.unwrap_or_else(|| Arc::new(MapResolver(HashMap::new())));
-        let running = listener::start(config, Some(resolver)).await.unwrap();
-        Kw {
-            running,
-            dir,
-            upstream,
-            pki,
-            config_path,
-        }
+        Kw::start_opts(KwOpts {
+            proxy: proxy_extra.to_string(),
+            extra: extra.to_string(),
+            resolver,
+            ..KwOpts::default()
+        })
+        .await
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -697,5 +683,205 @@ pub fn assert_no_leak(what: &str, haystack: &[u8], needle: &str) {
             &f[..]
         };
         assert!(!hay.contains(probe), "{what} leaks the canary (form {f})");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Security-suite helpers (tests/security_*.rs). Appended; nothing above changed.
+
+/// Everything `Kw::start_with` fixes, made adjustable: `[proxy]` keys, the egress
+/// lists, per-host `resolve` overrides (e.g. to a hostile upstream), the upstream
+/// PKI keyward trusts, and a hook that runs on the state dir before keyward starts.
+pub struct KwOpts {
+    /// Extra keys for the `[proxy]` table (`max_body_bytes = 1000`).
+    pub proxy: String,
+    /// Appended after the `[[agents]]` table, as for `Kw::start`.
+    pub extra: String,
+    pub resolver: Option<Arc<dyn Resolver>>,
+    /// Replaces `egress.allow` (default `["pypi.example.test"]`).
+    pub allow: Option<Vec<String>>,
+    /// Replaces `egress.allow_private` (default `["127.0.0.0/8"]`).
+    pub allow_private: Option<Vec<String>>,
+    /// Replaces `egress.ports` (default `[443]`).
+    pub ports: Option<Vec<u16>>,
+    /// `egress.resolve` entries added, or replacing the echo upstream's for that host.
+    pub resolve: Vec<(String, SocketAddr)>,
+    /// The PKI of the echo upstream; its CA is written as `upstream_roots`.
+    pub pki: Option<UpstreamPki>,
+    /// Runs on the state dir after the config is written, before keyward starts.
+    pub prepare: Option<Box<dyn FnOnce(&Path) + Send>>,
+}
+
+impl Default for KwOpts {
+    fn default() -> Self {
+        KwOpts {
+            proxy: String::new(),
+            extra: String::new(),
+            resolver: None,
+            allow: None,
+            allow_private: None,
+            ports: None,
+            resolve: Vec::new(),
+            pki: None,
+            prepare: None,
+        }
+    }
+}
+
+fn toml_list<T: std::fmt::Display>(items: &[T], quote: bool) -> String {
+    let items: Vec<String> = items
+        .iter()
+        .map(|i| {
+            if quote {
+                format!("\"{i}\"")
+            } else {
+                i.to_string()
+            }
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// `base_config` with the adjustments of `opts` applied.
+pub fn config_with_opts(dir: &Path, up: SocketAddr, opts: &KwOpts) -> String {
+    let mut text = base_config(dir, up, &opts.extra);
+    text = text.replacen(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\n",
+        &format!("[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n", opts.proxy),
+        1,
+    );
+    if let Some(allow) = &opts.allow {
+        text = text.replacen(
+            "allow = [\"pypi.example.test\"]",
+            &format!("allow = {}", toml_list(allow, true)),
+            1,
+        );
+    }
+    if let Some(private) = &opts.allow_private {
+        text = text.replacen(
+            "allow_private = [\"127.0.0.0/8\"]",
+            &format!("allow_private = {}", toml_list(private, true)),
+            1,
+        );
+    }
+    if let Some(ports) = &opts.ports {
+        text = text.replacen(
+            "ports = [443]",
+            &format!("ports = {}", toml_list(ports, false)),
+            1,
+        );
+    }
+    for (host, addr) in &opts.resolve {
+        let existing = format!("\"{host}\" = \"{up}\"");
+        if text.contains(&existing) {
+            text = text.replacen(&existing, &format!("\"{host}\" = \"{addr}\""), 1);
+        } else {
+            text = text.replacen(
+                "resolve = { ",
+                &format!("resolve = {{ \"{host}\" = \"{addr}\", "),
+                1,
+            );
+        }
+    }
+    text
+}
+
+impl Kw {
+    /// Like `start_with`, with everything in `KwOpts` adjustable; `Err` carries
+    /// keyward's start-up error text (and the state dir, to inspect).
+    pub async fn try_start_opts(mut opts: KwOpts) -> Result<Kw, (String, tempfile::TempDir)> {
+        let pki = opts.pki.take().unwrap_or_else(UpstreamPki::new);
+        let upstream = EchoUpstream::start(&pki).await;
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
+        let text = config_with_opts(dir.path(), upstream.addr, &opts);
+        let config_path = dir.path().join("keyward.toml");
+        std::fs::write(&config_path, &text).unwrap();
+        if let Some(prepare) = opts.prepare.take() {
+            prepare(dir.path());
+        }
+        let config = match Config::from_file(&config_path) {
+            Ok(c) => c,
+            Err(e) => return Err((e.to_string(), dir)),
+        };
+        let resolver = opts
+            .resolver
+            .take()
+            .unwrap_or_else(|| Arc::new(MapResolver(HashMap::new())));
+        let running = match listener::start(config, Some(resolver)).await {
+            Ok(r) => r,
+            Err(e) => return Err((e.to_string(), dir)),
+        };
+        Ok(Kw {
+            running,
+            dir,
+            upstream,
+            pki,
+            config_path,
+        })
+    }
+
+    pub async fn start_opts(opts: KwOpts) -> Kw {
+        match Kw::try_start_opts(opts).await {
+            Ok(kw) => kw,
+            Err((e, _)) => panic!("keyward did not start: {e}"),
+        }
+    }
+}
+
+/// Reads an HTTP/1 response head (and a Content-Length body) from any stream.
+/// Status 0 means the connection closed (or failed) before a head arrived.
+pub async fn read_head_from<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> (u16, String, Vec<u8>) {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => buf.push(byte[0]),
+        }
+    }
+    let head = String::from_utf8_lossy(&buf).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let len = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    if len > 0 {
+        let _ = s.read_exact(&mut body).await;
+    }
+    (status, head, body)
+}
+
+/// The `x-keyward-error` value in a raw response head.
+pub fn head_error_code(head: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case("x-keyward-error")
+            .then(|| v.trim().to_string())
+    })
+}
+
+impl ProxyClient {
+    /// CONNECT + TLS (SNI = `host`, trusting the keyward CA) and nothing else:
+    /// the caller writes raw HTTP bytes into the intercepted tunnel.
+    pub async fn open_raw_tls(&self, host: &str) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let stream = self
+            .connect(&format!("{host}:443"))
+            .await
+            .unwrap_or_else(|e| panic!("CONNECT {host} refused: {} {}", e.0, e.1));
+        tokio_rustls::TlsConnector::from(self.tls_config())
+            .connect(ServerName::try_from(host.to_string()).unwrap(), stream)
+            .await
+            .expect("TLS to keyward")
     }
 }
