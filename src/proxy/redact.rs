@@ -359,6 +359,46 @@ fn partial_match_start(nfa: &NFA, buf: &[u8]) -> usize {
     buf.len()
 }
 
+/// Recently built [`Patterns`], so a request does not rebuild the automaton for a
+/// secret set it has seen before (building costs far more than a response scan).
+/// Keyed by the secret values themselves, not by name or version: a rotated, re-set
+/// or swapped value can never be searched with a stale automaton.
+pub struct PatternCache {
+    entries: parking_lot::Mutex<Vec<(Vec<crate::secret::Secret>, Arc<Patterns>)>>,
+}
+
+/// Distinct secret sets kept by [`PatternCache`] (oldest evicted first).
+pub const PATTERN_CACHE_SIZE: usize = 64;
+
+impl PatternCache {
+    pub fn new() -> PatternCache {
+        PatternCache {
+            entries: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The patterns for exactly these secrets, built on first use.
+    pub fn get(&self, secrets: &[crate::secret::Secret]) -> Arc<Patterns> {
+        if let Some((_, p)) = self.entries.lock().iter().find(|(k, _)| k == secrets) {
+            return p.clone();
+        }
+        let refs: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
+        let built = Arc::new(Patterns::new(&refs));
+        let mut entries = self.entries.lock();
+        if entries.len() >= PATTERN_CACHE_SIZE {
+            entries.remove(0);
+        }
+        entries.push((secrets.to_vec(), built.clone()));
+        built
+    }
+}
+
+impl Default for PatternCache {
+    fn default() -> Self {
+        PatternCache::new()
+    }
+}
+
 /// Streaming redactor: feed body bytes in any chunking, get redacted bytes out.
 pub struct Redactor {
     patterns: Arc<Patterns>,

@@ -3,6 +3,7 @@
 //! swapped atomically so open tunnels keep working across reloads.
 
 use super::limits::Limiter;
+use super::redact;
 use super::upstream::{self, Dialer, Resolver, UpstreamClient};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, ProxyConfig};
@@ -65,6 +66,8 @@ pub struct State {
     pub limits: ProxyConfig,
     pub metrics: Metrics,
     pub limiter: Limiter,
+    /// Redaction automatons of recently used secret sets.
+    pub patterns: redact::PatternCache,
 }
 
 impl State {
@@ -109,6 +112,7 @@ impl State {
             limits,
             metrics,
             limiter: Limiter::default(),
+            patterns: redact::PatternCache::new(),
         }))
     }
 
