@@ -47,8 +47,9 @@
 
 use super::{Body, BoxError};
 use aho_corasick::automaton::Automaton;
-use aho_corasick::nfa::contiguous::NFA;
-use aho_corasick::{Anchored, Input, MatchKind};
+// A DFA under the NFA's old name (keeps this change small).
+use aho_corasick::dfa::DFA as NFA;
+use aho_corasick::{Anchored, Input, MatchKind, StartKind};
 use base64::Engine as _;
 use bytes::{Buf, Bytes};
 use http::header::{
@@ -116,10 +117,15 @@ impl Patterns {
                 matcher: Matcher::Empty,
             };
         }
+        // A DFA: one table lookup per response byte (the contiguous NFA follows
+        // failure links and was slower on large bodies). Building it costs
+        // more, which `PatternCache` pays once per secret set. Anchored starts are
+        // needed by `partial_match_start`.
         let built = NFA::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .ascii_case_insensitive(true)
             .prefilter(true)
+            .start_kind(StartKind::Both)
             .build(&forms);
         let matcher = match built {
             Ok(nfa) => Matcher::Ready(nfa),
