@@ -97,6 +97,7 @@ def main():
     ap.add_argument("--out-json", required=True)
     ap.add_argument("--out-md", required=True)
     ap.add_argument("--out-svg", required=True)
+    ap.add_argument("--notes", help="markdown appended as the last section (bench/notes.md)")
     a = ap.parse_args()
     sc = json.load(open(a.scenarios))
     peers = peer_medians(a.peers) if a.peers else {}
@@ -226,6 +227,8 @@ def main():
           "times the first `data:` byte. Idle tunnels: CONNECT + TLS + one request each, then held idle; "
           "RSS growth of the keyward process divided by the tunnels, an oha c=16 run meanwhile, "
           "and a request on 100 of them after the idle period.", ""]
+    if a.notes and os.path.exists(a.notes):
+        L += [open(a.notes).read().rstrip(), ""]
     open(a.out_md, "w").write("\n".join(L))
     print("\n".join(L))
 

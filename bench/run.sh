@@ -3,6 +3,7 @@
 # every scenario also runs DIRECT (no proxy) in the same run, so results are ratios.
 #
 #   bench/run.sh [--peers] [--rounds N] [--no-build] [--tunnels "1000 10000"] [--quick]
+#   (KW_BIN=path benchmarks that keyward binary instead of the fresh build, for A/B runs)
 #
 # 1. builds keyward --release (nice), copies the binary into the state dir;
 # 2. prepares a keyward state dir ($KW_STATE): the kit's CA (key copied 0600),
@@ -57,7 +58,7 @@ if [[ $BUILD == 1 ]]; then
   (cd "$REPO" && CARGO_TARGET_DIR="$TARGET" nice -n 10 cargo build --release --quiet)
 fi
 mkdir -p "$KW_STATE"
-cp "$TARGET/release/keyward" "$KW_STATE/keyward.new" && mv "$KW_STATE/keyward.new" "$KW_STATE/keyward"
+cp "${KW_BIN:-$TARGET/release/keyward}" "$KW_STATE/keyward.new" && mv "$KW_STATE/keyward.new" "$KW_STATE/keyward"
 KW="$KW_STATE/keyward"
 COMMIT="$(git -C "$REPO" rev-parse --short HEAD)$(git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock || echo -dirty)"
 
@@ -190,4 +191,4 @@ log "uptime after: $(uptime)"
 python3 "$REPO/bench/report.py" --scenarios "$RAW.json" ${PEER_JSONL:+--peers "$PEER_JSONL"} \
   --commit "$COMMIT" --uptime-after "$(uptime)" \
   --out-json "$REPO/bench/results/$(date +%Y-%m-%d).json" \
-  --out-md "$REPO/docs/benchmarks.md" --out-svg "$REPO/docs/benchmarks.svg"
+  --out-md "$REPO/docs/benchmarks.md" --out-svg "$REPO/docs/benchmarks.svg" --notes "$REPO/bench/notes.md"
