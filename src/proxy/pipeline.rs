@@ -3,7 +3,7 @@
 //! inject → send over verified TLS → one audit line → redacted response.
 
 use super::error::{Code, Deny};
-use super::redact::{self, Patterns};
+use super::redact;
 use super::state::{Runtime, State};
 use super::{credentials, inject, upstream, Body};
 use crate::audit::Event;
@@ -226,8 +226,7 @@ async fn forward(
         .metrics
         .inject(&provider.name, started.elapsed().as_secs_f64());
 
-    let secret_refs: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
-    let patterns = Arc::new(Patterns::new(&secret_refs));
+    let patterns = cx.state.patterns.get(&secrets);
     Ok(redact::wrap_response(
         resp,
         patterns,

@@ -47,8 +47,9 @@
 
 use super::{Body, BoxError};
 use aho_corasick::automaton::Automaton;
-use aho_corasick::nfa::contiguous::NFA;
-use aho_corasick::{Anchored, Input, MatchKind};
+// A DFA under the NFA's old name (keeps this change small).
+use aho_corasick::dfa::DFA as NFA;
+use aho_corasick::{Anchored, Input, MatchKind, StartKind};
 use base64::Engine as _;
 use bytes::{Buf, Bytes};
 use http::header::{
@@ -116,10 +117,15 @@ impl Patterns {
                 matcher: Matcher::Empty,
             };
         }
+        // A DFA: one table lookup per response byte (the contiguous NFA follows
+        // failure links and was slower on large bodies). Building it costs
+        // more, which `PatternCache` pays once per secret set. Anchored starts are
+        // needed by `partial_match_start`.
         let built = NFA::builder()
             .match_kind(MatchKind::LeftmostLongest)
             .ascii_case_insensitive(true)
             .prefilter(true)
+            .start_kind(StartKind::Both)
             .build(&forms);
         let matcher = match built {
             Ok(nfa) => Matcher::Ready(nfa),
@@ -357,6 +363,46 @@ fn partial_match_start(nfa: &NFA, buf: &[u8]) -> usize {
         return i;
     }
     buf.len()
+}
+
+/// Recently built [`Patterns`], so a request does not rebuild the automaton for a
+/// secret set it has seen before (building costs far more than a response scan).
+/// Keyed by the secret values themselves, not by name or version: a rotated, re-set
+/// or swapped value can never be searched with a stale automaton.
+pub struct PatternCache {
+    entries: parking_lot::Mutex<Vec<(Vec<crate::secret::Secret>, Arc<Patterns>)>>,
+}
+
+/// Distinct secret sets kept by [`PatternCache`] (oldest evicted first).
+pub const PATTERN_CACHE_SIZE: usize = 64;
+
+impl PatternCache {
+    pub fn new() -> PatternCache {
+        PatternCache {
+            entries: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The patterns for exactly these secrets, built on first use.
+    pub fn get(&self, secrets: &[crate::secret::Secret]) -> Arc<Patterns> {
+        if let Some((_, p)) = self.entries.lock().iter().find(|(k, _)| k == secrets) {
+            return p.clone();
+        }
+        let refs: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
+        let built = Arc::new(Patterns::new(&refs));
+        let mut entries = self.entries.lock();
+        if entries.len() >= PATTERN_CACHE_SIZE {
+            entries.remove(0);
+        }
+        entries.push((secrets.to_vec(), built.clone()));
+        built
+    }
+}
+
+impl Default for PatternCache {
+    fn default() -> Self {
+        PatternCache::new()
+    }
 }
 
 /// Streaming redactor: feed body bytes in any chunking, get redacted bytes out.

@@ -3,6 +3,7 @@
 //! swapped atomically so open tunnels keep working across reloads.
 
 use super::limits::Limiter;
+use super::redact;
 use super::upstream::{self, Dialer, Resolver, UpstreamClient};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, ProxyConfig};
@@ -67,6 +68,8 @@ pub struct State {
     pub limiter: Limiter,
     /// OAuth2 access tokens, per (scope, secret).
     pub oauth: super::oauth::TokenCache,
+    /// Redaction automatons of recently used secret sets.
+    pub patterns: redact::PatternCache,
 }
 
 impl State {
@@ -112,6 +115,7 @@ impl State {
             metrics,
             limiter: Limiter::default(),
             oauth: Default::default(),
+            patterns: redact::PatternCache::new(),
         }))
     }
 
