@@ -15,6 +15,7 @@ use http::{HeaderMap, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Audit event of a request that was injected and then failed upstream.
@@ -81,99 +82,36 @@ async fn forward(
     mut req: Request<Incoming>,
     ev: &mut Event,
 ) -> Result<Response<Body>, Deny> {
-    let websocket = is_websocket_upgrade(&req);
-    let client_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = is_websocket_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
 
     // SECURITY: the Host inside the tunnel must be the CONNECT host, or an agent
     // could tunnel to a cheap host and ask for an expensive provider's key.
     check_host(&parts.headers, &parts.uri, &cx.host, cx.port)?;
 
-    // SECURITY: identity is fixed per tunnel but re-checked per request, so a
-    // removed agent or an expired session stops at the next request.
+    // Who is asking, now (identity fixed per tunnel, re-checked per request).
     let rt = cx.state.runtime();
-    let principal = current_principal(cx, &rt)?;
-    cx.state.rate_check(&cx.agent_id)?;
-    ev.owner = principal.owner().map(str::to_string);
-    ev.builder = principal.builder().map(str::to_string);
-    ev.chain = principal.chain_name().map(str::to_string);
+    let principal = current_principal(cx, &rt, ev)?;
 
-    let provider: Arc<Provider> = rt
-        .policy
-        .provider_for(&cx.host)
-        .cloned()
-        .ok_or_else(|| Deny::new(Code::HostNotAllowed, "host is no longer a provider host"))?;
-    ev.provider = Some(provider.name.clone());
-    ev.connection_id = Some(principal.connection_id(&provider.name));
-    ev.secret = Some(provider.secret.clone());
+    // Which provider, and may this agent call this endpoint of it.
+    let provider = provider_for(cx, &rt, &principal, &parts, ev)?;
 
-    // SECURITY: request rules are checked before any credential is resolved or
-    // attached, so a disallowed endpoint never sees the key.
-    principal.check_rules(&provider.name, parts.method.as_str(), parts.uri.path())?;
-
+    // Which credential: scope, then tier (SPEC §5).
     let snapshot = cx.state.vault.snapshot();
-    let grant = resolve::grant(&principal, &provider.secret, &*snapshot)?;
-    ev.scope = Some(grant.scope.clone());
-    ev.tier = Some(grant.tier.as_str().to_string());
-    ev.version = Some(grant.version);
-    // SECURITY: a record restricted with --hosts goes only to those hosts.
-    if !grant.hosts.is_empty()
-        && !grant
-            .hosts
-            .iter()
-            .any(|h| policy::host_matches(h, &cx.host))
-    {
-        return Err(resolve::Refusal::HostNotBound(grant.name.clone()).into());
-    }
+    let grant = credential_for(cx, &principal, &provider, &*snapshot, ev)?;
 
-    inject::strip_credentials(&mut parts.headers, &provider);
-    strip_hop_by_hop(&mut parts.headers);
-    // Ask for an identity-encoded answer: redaction then never has to decode.
-    redact::prepare_request(&mut parts.headers);
-    if websocket {
-        parts.headers.insert(
-            header::CONNECTION,
-            http::HeaderValue::from_static("upgrade"),
-        );
-        parts
-            .headers
-            .insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
-    }
-    let mut secrets: Vec<Secret> = vec![grant.value.clone()];
-    inject::replace_placeholders(&mut parts.headers, |name| {
-        let g = placeholder_grant(&rt, &principal, &cx.host, name, &*snapshot)?;
-        secrets.push(g.value.clone());
-        Ok(g.value)
-    })?;
-
-    parts.uri = upstream_uri(cx, &parts.uri)?;
-    parts.version = Version::HTTP_11;
-    parts.headers.remove(header::HOST);
-
-    let max_body = cx.state.limits.max_body_bytes.0;
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max_body) {
-        return Err(Deny::new(
-            Code::PayloadTooLarge,
-            format!("request body is larger than {max_body} bytes"),
-        ));
-    }
-    // hyper may report an oversized streamed body as a stream reset (h2); the flag
-    // lets the refusal say 413 whatever the transport made of it.
-    let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let flag = too_large.clone();
-    let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
-        .map_err(move |e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                flag.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            e
-        })
-        .boxed();
-    // Inject (API key or OAuth2 access token) and sign (HMAC, SigV4).
+    // Strip the agent's credentials, fill placeholders, inject or sign.
+    let mut secrets = rewrite_request(
+        cx,
+        &rt,
+        &principal,
+        &provider,
+        &grant,
+        &*snapshot,
+        &mut parts,
+        client_upgrade.is_some(),
+    )?;
+    let (body, too_large) = limit_body(cx, &parts, body)?;
     let (body, retry) =
         credentials::apply(&cx.state, &provider, &grant, &mut parts, body, &mut secrets).await?;
 
@@ -189,49 +127,178 @@ async fn forward(
     // From here on a refusal is an upstream failure, logged as its own event.
     ev.event = UPSTREAM_ERROR_EVENT.into();
 
+    // Over verified TLS; an OAuth2 token the provider rejects is refreshed once.
     let started = std::time::Instant::now();
-    let resp = match client_upgrade {
-        Some(client_upgrade) => {
-            upgrade(cx, Request::from_parts(parts, body), client_upgrade).await?
-        }
-        None => {
-            let sent = tokio::time::timeout(
-                cx.state.limits.response_timeout.0,
-                cx.state.client.request(Request::from_parts(parts, body)),
-            )
-            .await;
-            match sent {
-                Err(_) => {
-                    return Err(Deny::new(
-                        Code::UpstreamTimeout,
-                        "upstream did not answer in time",
-                    ))
-                }
-                Ok(Err(_)) if too_large.load(std::sync::atomic::Ordering::Relaxed) => {
-                    return Err(Deny::new(
-                        Code::PayloadTooLarge,
-                        format!("request body is larger than {max_body} bytes"),
-                    ))
-                }
-                Ok(Err(e)) => return Err(upstream::classify(&e)),
-                Ok(Ok(resp)) => resp.map(|b| b.map_err(Into::into).boxed()),
-            }
-        }
-    };
-    // An OAuth2 token the provider no longer accepts: refresh once and resend.
+    let resp = send(
+        cx,
+        Request::from_parts(parts, body),
+        client_upgrade,
+        &too_large,
+    )
+    .await?;
     let resp =
         credentials::retry_unauthorized(&cx.state, &provider, resp, retry, &mut secrets).await?;
-
     cx.state
         .metrics
         .inject(&provider.name, started.elapsed().as_secs_f64());
 
+    // Stream the answer back with every in-scope secret redacted.
     let patterns = cx.state.patterns.get(&secrets);
     Ok(redact::wrap_response(
         resp,
         patterns,
         Some(on_redact(cx.state.clone(), ev.clone())),
     ))
+}
+
+/// The tunnel's provider (config reloads may have changed it) and the agent's
+/// request rules for it.
+fn provider_for(
+    cx: &TunnelCx,
+    rt: &Runtime,
+    principal: &Principal,
+    parts: &http::request::Parts,
+    ev: &mut Event,
+) -> Result<Arc<Provider>, Deny> {
+    let provider = rt
+        .policy
+        .provider_for(&cx.host)
+        .cloned()
+        .ok_or_else(|| Deny::new(Code::HostNotAllowed, "host is no longer a provider host"))?;
+    ev.provider = Some(provider.name.clone());
+    ev.connection_id = Some(principal.connection_id(&provider.name));
+    ev.secret = Some(provider.secret.clone());
+    // SECURITY: request rules are checked before any credential is resolved or
+    // attached, so a disallowed endpoint never sees the key.
+    principal.check_rules(&provider.name, parts.method.as_str(), parts.uri.path())?;
+    Ok(provider)
+}
+
+/// Scope + tier resolution, and the record's own host restriction.
+fn credential_for(
+    cx: &TunnelCx,
+    principal: &Principal,
+    provider: &Provider,
+    snapshot: &dyn resolve::SecretSource,
+    ev: &mut Event,
+) -> Result<resolve::Grant, Deny> {
+    let grant = resolve::grant(principal, &provider.secret, snapshot)?;
+    ev.scope = Some(grant.scope.clone());
+    ev.tier = Some(grant.tier.as_str().to_string());
+    ev.version = Some(grant.version);
+    // SECURITY: a record restricted with --hosts goes only to those hosts.
+    let bound = grant.hosts.is_empty()
+        || grant
+            .hosts
+            .iter()
+            .any(|h| policy::host_matches(h, &cx.host));
+    if !bound {
+        return Err(resolve::Refusal::HostNotBound(grant.name.clone()).into());
+    }
+    Ok(grant)
+}
+
+/// Removes client credentials and hop-by-hop headers, fills `{{NAME}}`
+/// placeholders and points the request at the upstream. Returns every secret the
+/// request now carries (for response redaction).
+#[allow(clippy::too_many_arguments)]
+fn rewrite_request(
+    cx: &TunnelCx,
+    rt: &Runtime,
+    principal: &Principal,
+    provider: &Provider,
+    grant: &resolve::Grant,
+    snapshot: &dyn resolve::SecretSource,
+    parts: &mut http::request::Parts,
+    websocket: bool,
+) -> Result<Vec<Secret>, Deny> {
+    inject::strip_credentials(&mut parts.headers, provider);
+    strip_hop_by_hop(&mut parts.headers);
+    if websocket {
+        parts.headers.insert(
+            header::CONNECTION,
+            http::HeaderValue::from_static("upgrade"),
+        );
+        parts
+            .headers
+            .insert(header::UPGRADE, http::HeaderValue::from_static("websocket"));
+    }
+    // Ask for an identity-encoded answer: redaction then never has to decode.
+    redact::prepare_request(&mut parts.headers);
+    let mut secrets: Vec<Secret> = vec![grant.value.clone()];
+    inject::replace_placeholders(&mut parts.headers, |name| {
+        let g = placeholder_grant(rt, principal, &cx.host, name, snapshot)?;
+        secrets.push(g.value.clone());
+        Ok(g.value)
+    })?;
+    parts.uri = upstream_uri(cx, &parts.uri)?;
+    parts.version = Version::HTTP_11;
+    parts.headers.remove(header::HOST);
+    Ok(secrets)
+}
+
+/// Caps the request body at `proxy.max_body_bytes`: a declared length over it is
+/// refused now, a streamed body when it gets there. The flag records the latter,
+/// since hyper may report it as a stream reset (h2).
+fn limit_body(
+    cx: &TunnelCx,
+    parts: &http::request::Parts,
+    body: Incoming,
+) -> Result<(Body, Arc<AtomicBool>), Deny> {
+    let max_body = cx.state.limits.max_body_bytes.0;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body) {
+        return Err(too_large(max_body));
+    }
+    let too_large = Arc::new(AtomicBool::new(false));
+    let flag = too_large.clone();
+    let body: Body = Limited::new(body, usize::try_from(max_body).unwrap_or(usize::MAX))
+        .map_err(move |e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                flag.store(true, Ordering::Relaxed);
+            }
+            e
+        })
+        .boxed();
+    Ok((body, too_large))
+}
+
+fn too_large(max_body: u64) -> Deny {
+    Deny::new(
+        Code::PayloadTooLarge,
+        format!("request body is larger than {max_body} bytes"),
+    )
+}
+
+/// The pooled verified-TLS client, or a dedicated connection for an upgrade.
+async fn send(
+    cx: &Arc<TunnelCx>,
+    req: Request<Body>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    body_too_large: &AtomicBool,
+) -> Result<Response<Body>, Deny> {
+    if let Some(client_upgrade) = client_upgrade {
+        return upgrade(cx, req, client_upgrade).await;
+    }
+    let sent = tokio::time::timeout(
+        cx.state.limits.response_timeout.0,
+        cx.state.client.request(req),
+    )
+    .await;
+    match sent {
+        Err(_) => Err(Deny::new(
+            Code::UpstreamTimeout,
+            "upstream did not answer in time",
+        )),
+        Ok(Err(_)) if body_too_large.load(Ordering::Relaxed) => {
+            Err(too_large(cx.state.limits.max_body_bytes.0))
+        }
+        Ok(Err(e)) => Err(upstream::classify(&e)),
+        Ok(Ok(resp)) => Ok(resp.map(|b| b.map_err(Into::into).boxed())),
+    }
 }
 
 fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
@@ -303,7 +370,9 @@ async fn upgrade(
     Ok(resp.map(|b| b.map_err(Into::into).boxed()))
 }
 
-fn current_principal(cx: &TunnelCx, rt: &Runtime) -> Result<Principal, Deny> {
+fn current_principal(cx: &TunnelCx, rt: &Runtime, ev: &mut Event) -> Result<Principal, Deny> {
+    // SECURITY: identity is fixed per tunnel but re-checked per request, so a
+    // removed agent or an expired session stops at the next request.
     let principal = rt
         .directory
         .principal(&cx.agent_id, cx.run_id.clone())
@@ -316,6 +385,10 @@ fn current_principal(cx: &TunnelCx, rt: &Runtime) -> Result<Principal, Deny> {
             ));
         }
     }
+    cx.state.rate_check(&cx.agent_id)?;
+    ev.owner = principal.owner().map(str::to_string);
+    ev.builder = principal.builder().map(str::to_string);
+    ev.chain = principal.chain_name().map(str::to_string);
     Ok(principal)
 }
 
