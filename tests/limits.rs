@@ -51,3 +51,19 @@ async fn agent_over_its_tunnel_cap_is_refused_and_slots_come_back() {
         }
     }
 }
+
+#[tokio::test]
+async fn idle_keep_alive_tunnel_outlives_the_header_timeout() {
+    // SDK pools keep tunnels idle between calls; only idle_timeout may close them.
+    let kw = Kw::start_full(
+        "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"",
+        "",
+        None,
+    )
+    .await;
+    kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
+    let mut t = kw.client().open("api.openai.com").await.unwrap();
+    assert_eq!(t.get("api.openai.com", "/v1/a").await.status, 200);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(t.get("api.openai.com", "/v1/b").await.status, 200);
+}

@@ -343,7 +343,8 @@ async fn oversized_request_head_inside_tunnel_gets_431() {
 
 #[tokio::test]
 async fn slow_request_head_inside_tunnel_is_cut_off() {
-    let kw = kw_with_key("header_read_timeout = \"1s\"").await;
+    // Inside a tunnel the idle timeout bounds a request head (see connect.rs).
+    let kw = kw_with_key("header_read_timeout = \"1s\"\nidle_timeout = \"1s\"").await;
     let mut tls = kw.client().open_raw_tls("api.openai.com").await;
     tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n")
         .await

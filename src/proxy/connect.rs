@@ -249,10 +249,13 @@ async fn intercept(cx: Arc<TunnelCx>, client: Upgraded) {
     }
     let limits = &cx.state.limits;
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // hyper's header timer also runs while a keep-alive connection waits for its
+    // next request, so inside an (authenticated, per-agent capped) tunnel it is the
+    // idle timeout: SDK connection pools keep tunnels idle between calls.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0)
+        .header_read_timeout(limits.idle_timeout.0)
         .max_buf_size(limits.max_header_bytes.max(MIN_BUF))
         .keep_alive(true);
     builder
