@@ -404,11 +404,12 @@ impl AuditLog {
     /// next line follows theirs. Cheap when nothing changed: two `stat`s.
     fn catch_up(&self, sink: &mut FileSink, prev_hash: &mut String) -> Result<(), AuditError> {
         let io = io_err(&self.path);
-        let on_disk = match std::fs::metadata(&self.path) {
-            Ok(m) => file_id(&m),
+        let on_disk_meta = match std::fs::metadata(&self.path) {
+            Ok(m) => Some(m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => return Err(io(e)),
         };
+        let on_disk = on_disk_meta.as_ref().and_then(file_id);
         let mut moved = on_disk.is_none() && sink.id.is_some();
         if let (Some(ours), Some(theirs)) = (sink.id, on_disk) {
             moved = ours != theirs;
@@ -418,7 +419,12 @@ impl AuditLog {
             sink.id = file_id(&sink.file.metadata().map_err(&io)?);
             sink.len = u64::MAX;
         }
-        let len = sink.file.metadata().map_err(&io)?.len();
+        // Same file at the path: its stat already gives the length (one syscall
+        // fewer on every request); otherwise ask the handle we just opened.
+        let len = match (&on_disk_meta, moved) {
+            (Some(m), false) if on_disk.is_some() && on_disk == sink.id => m.len(),
+            _ => sink.file.metadata().map_err(&io)?.len(),
+        };
         if len != sink.len {
             if let Some(head) = chain_head(&self.path, &sink.file, len)? {
                 *prev_hash = head;
