@@ -32,12 +32,14 @@ pub enum Code {
     UpstreamUnreachable,
     UpstreamTimeout,
     UpstreamProtocol,
+    UpstreamEncodingUnsupported,
+    RedactionUnavailable,
     OauthRefreshFailed,
     Internal,
 }
 
 impl Code {
-    pub const ALL: [Code; 25] = [
+    pub const ALL: [Code; 27] = [
         Code::ProxyAuthRequired,
         Code::AgentRevoked,
         Code::HostNotAllowed,
@@ -61,6 +63,8 @@ impl Code {
         Code::UpstreamUnreachable,
         Code::UpstreamTimeout,
         Code::UpstreamProtocol,
+        Code::UpstreamEncodingUnsupported,
+        Code::RedactionUnavailable,
         Code::OauthRefreshFailed,
         Code::Internal,
     ];
@@ -90,6 +94,8 @@ impl Code {
             Code::UpstreamUnreachable => "upstream_unreachable",
             Code::UpstreamTimeout => "upstream_timeout",
             Code::UpstreamProtocol => "upstream_protocol",
+            Code::UpstreamEncodingUnsupported => "upstream_encoding_unsupported",
+            Code::RedactionUnavailable => "redaction_unavailable",
             Code::OauthRefreshFailed => "oauth_refresh_failed",
             Code::Internal => "internal",
         }
@@ -108,6 +114,8 @@ impl Code {
             Code::UpstreamTls
             | Code::UpstreamUnreachable
             | Code::UpstreamProtocol
+            | Code::UpstreamEncodingUnsupported
+            | Code::RedactionUnavailable
             | Code::OauthRefreshFailed => StatusCode::BAD_GATEWAY,
             Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,

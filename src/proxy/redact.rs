@@ -45,6 +45,7 @@
 //! [`Patterns`] is built once per secret set and shared (`Arc`); building it is
 //! far more expensive than using it.
 
+use super::error::{Code, Deny};
 use super::{Body, BoxError};
 use aho_corasick::automaton::Automaton;
 // A DFA under the NFA's old name (keeps this change small).
@@ -52,9 +53,7 @@ use aho_corasick::dfa::DFA as NFA;
 use aho_corasick::{Anchored, Input, MatchKind, StartKind};
 use base64::Engine as _;
 use bytes::{Buf, Bytes};
-use http::header::{
-    HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE,
-};
+use http::header::{HeaderName, HeaderValue, ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_LENGTH};
 use http::{HeaderMap, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -80,14 +79,6 @@ const DECODE_INPUT_SLICE: usize = 1024;
 
 /// Output space reserved per low-level decoder call.
 const DECODE_OUTPUT_STEP: usize = 16 * 1024;
-
-/// `x-keyward-error` code for a response keyward could not inspect.
-pub const ERROR_UNSUPPORTED_ENCODING: &str = "upstream_encoding_unsupported";
-/// `x-keyward-error` code when the redaction automaton could not be built.
-pub const ERROR_REDACTION_UNAVAILABLE: &str = "redaction_unavailable";
-
-/// Header naming keyward's own denial code (SPEC §5.4).
-const X_KEYWARD_ERROR: &str = "x-keyward-error";
 
 /// The encoded forms of the in-scope secrets to look for.
 pub struct Patterns {
@@ -542,7 +533,7 @@ pub fn wrap_response(
     // SECURITY: without a working matcher nothing can be checked; refuse.
     if matches!(patterns.matcher, Matcher::Broken) {
         return refusal(
-            ERROR_REDACTION_UNAVAILABLE,
+            Code::RedactionUnavailable,
             "keyward could not prepare response redaction",
         );
     }
@@ -571,7 +562,7 @@ pub fn wrap_response(
         // SECURITY: bytes we cannot decode cannot be inspected; never pass them on.
         Err(coding) => {
             return refusal(
-                ERROR_UNSUPPORTED_ENCODING,
+                Code::UpstreamEncodingUnsupported,
                 &format!(
                 "upstream response uses content-encoding {coding:?}, which keyward cannot inspect"
             ),
@@ -596,17 +587,10 @@ pub fn wrap_response(
     Response::from_parts(parts, body.boxed())
 }
 
-/// A keyward-rendered 502 for responses that cannot be inspected.
-fn refusal(code: &'static str, message: &str) -> Response<Body> {
-    let body =
-        serde_json::json!({ "error": { "type": format!("keyward.{code}"), "message": message } });
-    let mut resp = Response::new(super::full(body.to_string()));
-    *resp.status_mut() = StatusCode::BAD_GATEWAY;
-    resp.headers_mut()
-        .insert(X_KEYWARD_ERROR, HeaderValue::from_static(code));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp
+/// A keyward-rendered 502 for responses that cannot be inspected (rendered by
+/// `error.rs`, like every refusal).
+fn refusal(code: Code, message: &str) -> Response<Body> {
+    Deny::new(code, message).response(None, None)
 }
 
 struct Notify(Option<OnRedact>);
