@@ -467,33 +467,7 @@ pub struct ProxyClient {
 
 /// Reads an HTTP/1 response head (and a Content-Length body) from a raw stream.
 pub async fn read_head(stream: &mut TcpStream) -> (u16, String, Vec<u8>) {
-    let mut buf = Vec::new();
-    let mut byte = [0u8; 1];
-    while !buf.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await.unwrap_or(0) == 0 {
-            break;
-        }
-        buf.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&buf).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let len = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-length:")
-                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
-        })
-        .unwrap_or(0);
-    let mut body = vec![0u8; len];
-    if len > 0 {
-        let _ = stream.read_exact(&mut body).await;
-    }
-    (status, head, body)
+    read_head_from(stream).await
 }
 
 impl ProxyClient {
