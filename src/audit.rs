@@ -58,6 +58,24 @@ pub enum AuditError {
     Stdout,
 }
 
+impl AuditError {
+    /// The same error for another waiter of a failed batch (`io::Error` is not `Clone`).
+    fn duplicate(&self) -> AuditError {
+        match self {
+            AuditError::Io { path, source } => AuditError::Io {
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            AuditError::Corrupt { path, message } => AuditError::Corrupt {
+                path: path.clone(),
+                message: message.clone(),
+            },
+            AuditError::Filter(f) => AuditError::Filter(f.clone()),
+            AuditError::Stdout => AuditError::Stdout,
+        }
+    }
+}
+
 fn io_err(path: &Path) -> impl Fn(io::Error) -> AuditError + '_ {
     move |source| AuditError::Io {
         path: path.display().to_string(),
@@ -187,6 +205,31 @@ pub struct AuditLog {
     /// Rotate when a line would take the live file past this many bytes (0 = never).
     rotate_bytes: u64,
     inner: Mutex<Inner>,
+    /// Lines waiting for the current group write (see [`AuditLog::commit`]).
+    queue: Mutex<Queue>,
+}
+
+/// The task that writes the queue; it does so when dropped, so even a leader
+/// cancelled while it waits for followers leaves no line behind.
+struct Leader<'a>(&'a AuditLog);
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        self.0.drain();
+    }
+}
+
+/// A line waiting to be written, and where to say it was.
+type Waiting = (
+    Event,
+    tokio::sync::oneshot::Sender<Result<String, AuditError>>,
+);
+
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Waiting>,
+    /// A task is writing (and will also write whatever is pending).
+    writing: bool,
 }
 
 /// Holds an advisory lock until dropped.
@@ -301,6 +344,7 @@ impl AuditLog {
                     lock: None,
                     prev_hash: GENESIS_HASH.to_string(),
                 }),
+                queue: Mutex::default(),
             });
         }
         let io = io_err(path);
@@ -327,6 +371,7 @@ impl AuditLog {
                 lock: Some(lock),
                 prev_hash,
             }),
+            queue: Mutex::default(),
         })
     }
 
@@ -336,20 +381,96 @@ impl AuditLog {
 
     /// Chains, writes and returns the written line's hash.
     pub fn record(&self, mut ev: Event) -> Result<String, AuditError> {
-        if ev.ts.is_empty() {
-            ev.ts = now_rfc3339();
+        let mut inner = self.inner.lock();
+        let mut hashes = self.append(&mut inner, std::slice::from_mut(&mut ev))?;
+        hashes
+            .pop()
+            .ok_or_else(|| corrupt(&self.path, "no line was written"))
+    }
+
+    /// Like [`AuditLog::record`], for the request path: lines that arrive while
+    /// another task is writing are written together by that task (group commit:
+    /// one lock, one `stat` and one `write` for the batch). Returns, like
+    /// `record`, only once this line is in the kernel, or with the error that
+    /// kept its batch from being written.
+    pub async fn commit(&self, ev: Event) -> Result<String, AuditError> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        let lead = {
+            let mut q = self.queue.lock();
+            q.pending.push((ev, done));
+            !std::mem::replace(&mut q.writing, true)
+        };
+        if lead {
+            // Let the requests that are ready on this worker reach this point too,
+            // so they join the batch. Dropped here (client gone), the guard still
+            // writes the queue.
+            let leader = Leader(self);
+            tokio::task::yield_now().await;
+            drop(leader);
         }
-        let mut guard = self.inner.lock();
-        let inner = &mut *guard;
+        written
+            .await
+            .unwrap_or_else(|_| Err(corrupt(&self.path, "the audit writer stopped")))
+    }
+
+    /// The leader's loop: writes every pending line, batch by batch, until none is
+    /// left. Synchronous, so a cancelled request can never strand the queue.
+    fn drain(&self) {
+        // Hands leadership back even if a write panics; the dropped senders then
+        // fail their requests closed.
+        struct Release<'a>(&'a Mutex<Queue>);
+        impl Drop for Release<'_> {
+            fn drop(&mut self) {
+                self.0.lock().writing = false;
+            }
+        }
+        let _release = Release(&self.queue);
+        loop {
+            let batch = std::mem::take(&mut self.queue.lock().pending);
+            if batch.is_empty() {
+                return;
+            }
+            let (mut events, senders): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
+            let written = self.append(&mut self.inner.lock(), &mut events);
+            match written {
+                Ok(hashes) => {
+                    for (done, hash) in senders.into_iter().zip(hashes) {
+                        let _ = done.send(Ok(hash));
+                    }
+                }
+                Err(e) => {
+                    for done in senders {
+                        let _ = done.send(Err(e.duplicate()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Chains and writes `events` in order (one lock, one catch-up and, unless a
+    /// rotation falls inside the batch, one `write`); returns their hashes.
+    fn append(&self, inner: &mut Inner, events: &mut [Event]) -> Result<Vec<String>, AuditError> {
+        let ts = now_rfc3339();
+        for ev in events.iter_mut().filter(|ev| ev.ts.is_empty()) {
+            ev.ts.clone_from(&ts);
+        }
+        let mut hashes = Vec::with_capacity(events.len());
         match &mut inner.sink {
             Sink::Stdout => {
-                let (line, hash) = self.render(&mut ev, &inner.prev_hash)?;
+                let mut prev = inner.prev_hash.clone();
+                let mut buf = String::new();
+                for ev in events.iter_mut() {
+                    let (line, hash) = self.render(ev, &prev)?;
+                    buf.push_str(&line);
+                    prev.clone_from(&hash);
+                    hashes.push(hash);
+                }
                 let mut out = std::io::stdout().lock();
-                out.write_all(line.as_bytes())
+                out.write_all(buf.as_bytes())
                     .and_then(|_| out.flush())
                     .map_err(io_err(&self.path))?;
-                inner.prev_hash = hash.clone();
-                Ok(hash)
+                inner.prev_hash = prev;
+                Ok(hashes)
             }
             Sink::File(sink) => {
                 // SECURITY: another process (`keyward secret set`) may append to the
@@ -361,25 +482,46 @@ impl AuditLog {
                     .ok_or_else(|| corrupt(&self.path, "no lock file"))?;
                 let _held = LockGuard::exclusive(lock).map_err(io_err(&self.path))?;
                 self.catch_up(sink, &mut inner.prev_hash)?;
-                let (line, hash) = self.render(&mut ev, &inner.prev_hash)?;
-                let line_len = line.len() as u64;
-                if self.rotate_bytes > 0 && sink.len > 0 && sink.len + line_len > self.rotate_bytes
-                {
-                    self.rotate(sink)?;
+                let mut prev = inner.prev_hash.clone();
+                let mut buf = Vec::new();
+                for ev in events.iter_mut() {
+                    let (line, hash) = self.render(ev, &prev)?;
+                    let len = sink.len + buf.len() as u64;
+                    if self.rotate_bytes > 0
+                        && len > 0
+                        && len + line.len() as u64 > self.rotate_bytes
+                    {
+                        self.write_out(sink, &buf)?;
+                        inner.prev_hash.clone_from(&prev);
+                        buf.clear();
+                        self.rotate(sink)?;
+                    }
+                    buf.extend_from_slice(line.as_bytes());
+                    prev.clone_from(&hash);
+                    hashes.push(hash);
                 }
-                if let Err(source) = sink.file.write_all(line.as_bytes()) {
-                    // A partial line would break every later line's parse; take it back.
-                    let _ = sink.file.set_len(sink.len);
-                    return Err(AuditError::Io {
-                        path: self.path.display().to_string(),
-                        source,
-                    });
-                }
-                sink.len += line_len;
-                inner.prev_hash = hash.clone();
-                Ok(hash)
+                self.write_out(sink, &buf)?;
+                inner.prev_hash = prev;
+                Ok(hashes)
             }
         }
+    }
+
+    /// Appends whole lines; a failed write is taken back so no partial line stays.
+    fn write_out(&self, sink: &mut FileSink, buf: &[u8]) -> Result<(), AuditError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(source) = sink.file.write_all(buf) {
+            // A partial line would break every later line's parse; take it back.
+            let _ = sink.file.set_len(sink.len);
+            return Err(AuditError::Io {
+                path: self.path.display().to_string(),
+                source,
+            });
+        }
+        sink.len += buf.len() as u64;
+        Ok(())
     }
 
     /// Sets `ev.prev_hash`, serializes it and returns the full line and its hash.
@@ -1164,6 +1306,7 @@ pub fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn lines_chain_and_reopen_continues_the_chain() {
@@ -1181,6 +1324,96 @@ mod tests {
             .collect();
         assert_eq!(lines[0]["prev_hash"], GENESIS_HASH);
         assert_eq!(lines[1]["prev_hash"], h1.as_str());
+    }
+
+    /// Group commit: tasks on several workers and a synchronous writer interleave;
+    /// every line lands once, in one unbroken chain, and each caller gets its hash.
+    #[test]
+    fn concurrent_commits_form_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        // Small rotation size, so batches also cross rotations.
+        let log = Arc::new(AuditLog::open_rotating(&path, 4096).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let sync_log = log.clone();
+        let sync_writer = std::thread::spawn(move || {
+            (0..50)
+                .map(|i| {
+                    let mut e = Event::new("secret_set", "allowed");
+                    e.request_id = Some(format!("sync-{i}"));
+                    sync_log.record(e).unwrap()
+                })
+                .collect::<Vec<_>>()
+        });
+        let hashes: Vec<String> = rt.block_on(async {
+            let tasks: Vec<_> = (0..400)
+                .map(|i| {
+                    let log = log.clone();
+                    tokio::spawn(async move {
+                        let mut e = Event::new("inject", "allowed");
+                        e.request_id = Some(format!("task-{i}"));
+                        log.commit(e).await.unwrap()
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                out.push(t.await.unwrap());
+            }
+            out
+        });
+        let sync_hashes = sync_writer.join().unwrap();
+        let report = verify(&path).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problem);
+        assert_eq!(report.lines, 450);
+        assert!(
+            rotated_files(&path).unwrap().len() > 1,
+            "batches crossed rotations"
+        );
+        let mut on_disk = std::collections::HashSet::new();
+        for (_, f) in rotated_files(&path).unwrap() {
+            for line in std::fs::read_to_string(f).unwrap().lines() {
+                on_disk.insert(split_hash(line).unwrap().1.to_string());
+            }
+        }
+        for line in std::fs::read_to_string(&path).unwrap().lines() {
+            on_disk.insert(split_hash(line).unwrap().1.to_string());
+        }
+        for h in hashes.iter().chain(&sync_hashes) {
+            assert!(on_disk.contains(h), "returned hash {h} is on disk");
+        }
+    }
+
+    /// A request dropped while it leads a batch (client gone) still writes the
+    /// batch: neither its line nor its followers' lines are stranded.
+    #[test]
+    fn a_cancelled_leader_still_writes_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use std::future::Future;
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            let mut leader = Box::pin(log.commit(Event::new("inject", "allowed")));
+            // First poll: it queues its line, becomes the leader and yields.
+            assert!(leader.as_mut().poll(&mut cx).is_pending());
+            // A second request queues behind it and waits.
+            let mut follower = Box::pin(log.commit(Event::new("inject", "allowed")));
+            assert!(follower.as_mut().poll(&mut cx).is_pending());
+            drop(leader);
+            follower.await.unwrap();
+            // The queue is free again for the next request.
+            log.commit(Event::new("inject", "allowed")).await.unwrap();
+        });
+        let report = verify(&path).unwrap();
+        assert!(report.is_ok());
+        assert_eq!(report.lines, 3);
     }
 
     fn ev(event: &str, outcome: &str, agent: &str, secret: Option<&str>) -> Event {

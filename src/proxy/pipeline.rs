@@ -117,7 +117,7 @@ async fn forward(
 
     // SECURITY: fail closed: the decision is on disk before the credential leaves
     // keyward; if the audit log cannot be written nothing is sent upstream.
-    if let Err(e) = cx.state.audit.record(ev.clone()) {
+    if let Err(e) = cx.state.audit.commit(ev.clone()).await {
         tracing::error!(error = %e, "audit log unwritable: refusing");
         return Err(Deny::new(
             Code::AuditUnavailable,
