@@ -5,6 +5,7 @@
 //! sensitive header value or sealing it) and [`Secret::hint`].
 
 use std::fmt;
+use std::sync::Arc;
 use zeroize::Zeroizing;
 
 /// Number of characters shown at each end of a hint (`sk-p…9xQz`).
@@ -13,12 +14,14 @@ pub const HINT_CHARS: usize = 4;
 /// 10-character value would give most of it away.
 pub const HINT_MIN_LEN: usize = 12;
 
+/// Clones share one buffer (the request path clones a credential for every
+/// request); it is zeroized when the last clone is dropped.
 #[derive(Clone)]
-pub struct Secret(Zeroizing<Vec<u8>>);
+pub struct Secret(Arc<Zeroizing<Vec<u8>>>);
 
 impl Secret {
     pub fn new(bytes: Vec<u8>) -> Self {
-        Secret(Zeroizing::new(bytes))
+        Secret(Arc::new(Zeroizing::new(bytes)))
     }
 
     pub fn from_str(s: &str) -> Self {
@@ -64,7 +67,10 @@ impl fmt::Debug for Secret {
 impl PartialEq for Secret {
     fn eq(&self, other: &Self) -> bool {
         use subtle::ConstantTimeEq;
-        self.0.len() == other.0.len() && bool::from(self.0.ct_eq(&other.0))
+        if Arc::ptr_eq(&self.0, &other.0) {
+            return true;
+        }
+        self.0.len() == other.0.len() && bool::from(self.0.as_slice().ct_eq(other.0.as_slice()))
     }
 }
 

@@ -863,6 +863,8 @@ fn split_file<'a>(bytes: &'a [u8], path: &Path) -> Result<FileParts<'a>, VaultEr
 struct SnapRecord {
     stored: StoredRecord,
     sealed: Sealed,
+    /// The value, opened on first use and kept for this snapshot's lifetime.
+    opened: std::sync::OnceLock<Secret>,
 }
 
 /// One immutable, verified view of the vault. Values stay sealed until `get`.
@@ -921,6 +923,7 @@ impl Snapshot {
                     SnapRecord {
                         stored: rec.clone(),
                         sealed,
+                        opened: std::sync::OnceLock::new(),
                     },
                 )
                 .is_some()
@@ -948,7 +951,18 @@ impl Snapshot {
         let Some(dk) = &self.data_key else {
             return Ok(None);
         };
-        let value = open_record(dk, &rec.stored, &rec.sealed, &self.path)?;
+        // SECURITY: the opened value is cached in this (immutable) snapshot so the
+        // request path does not derive a key and run AES-GCM per request. It adds no
+        // exposure: the process already holds the data key that opens every record.
+        // It is zeroized when the snapshot is replaced (any vault change) and
+        // dropped by the last request using it.
+        let value = match rec.opened.get() {
+            Some(v) => v.clone(),
+            None => {
+                let v = open_record(dk, &rec.stored, &rec.sealed, &self.path)?;
+                rec.opened.get_or_init(|| v).clone()
+            }
+        };
         Ok(Some(Opened {
             value,
             version: rec.stored.version,
