@@ -62,6 +62,8 @@ pub struct ProxyConfig {
     pub max_body_bytes: ByteSize,
     pub cert_cache_size: usize,
     pub pool_idle_per_host: usize,
+    /// Serving threads (each a single-threaded runtime); 0 = one per core.
+    pub workers: usize,
 }
 
 impl Default for ProxyConfig {
@@ -80,6 +82,7 @@ impl Default for ProxyConfig {
             max_body_bytes: ByteSize(64 * 1024 * 1024),
             cert_cache_size: 1_000,
             pool_idle_per_host: 64,
+            workers: 0,
         }
     }
 }

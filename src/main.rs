@@ -107,7 +107,9 @@ fn serve(config: Config) -> Result<u8, CliError> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // This thread accepts and runs the admin API and the watchers; requests are
+    // served by `proxy.workers` threads of their own (proxy::workers).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))?;

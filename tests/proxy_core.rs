@@ -388,3 +388,37 @@ async fn one_tunnel_carries_many_requests() {
         "upstream connection is pooled"
     );
 }
+
+/// Thread-per-core: tunnels are dealt round-robin to `proxy.workers` threads, each
+/// with its own upstream pool. Every request is still injected and audited once;
+/// sequential tunnels reuse their worker's pooled connection, and each worker
+/// dials its own (a shared pool would use one connection for all nine).
+#[tokio::test]
+async fn tunnels_on_several_workers_each_inject_and_audit() {
+    let kw = Kw::start_full("workers = 3", "", None).await;
+    assert_eq!(kw.running.state.limits.workers, 3);
+    kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
+    for i in 0..9 {
+        let got = kw
+            .client()
+            .get("api.openai.com", &format!("/v1/models?i={i}"), &[])
+            .await;
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    let seen = kw.upstream.requests();
+    assert_eq!(seen.len(), 9);
+    for s in &seen {
+        assert_eq!(
+            s.headers.get("authorization").unwrap(),
+            "Bearer sk-real-openai-0123456789"
+        );
+    }
+    let injected = kw
+        .audit_lines()
+        .iter()
+        .filter(|l| l["event"] == "inject")
+        .count();
+    assert_eq!(injected, 9);
+    let conns = kw.upstream.connection_count();
+    assert!((3..9).contains(&conns), "{conns} upstream connections");
+}

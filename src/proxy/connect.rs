@@ -4,6 +4,7 @@
 use super::error::{Code, Deny};
 use super::pipeline::{self, TunnelCx};
 use super::state::State;
+use super::upstream::UpstreamClient;
 use super::{empty, Body};
 use crate::audit::Event;
 use crate::metrics::GaugeGuard;
@@ -33,12 +34,13 @@ pub async fn handle(
     state: Arc<State>,
     req: Request<Incoming>,
     slot: ConnSlot,
+    client: UpstreamClient,
 ) -> Result<Response<Body>, Infallible> {
     let mut ev = Event::new("deny", "denied");
     ev.request_id = Some(pipeline::request_id());
     ev.method = Some(req.method().to_string());
     let result = if req.method() == Method::CONNECT {
-        connect(&state, req, &mut ev, slot).await
+        connect(&state, req, &mut ev, slot, client).await
     } else {
         cleartext(&state, &req, &mut ev)
     };
@@ -113,6 +115,7 @@ async fn connect(
     mut req: Request<Incoming>,
     ev: &mut Event,
     conn_slot: ConnSlot,
+    client: UpstreamClient,
 ) -> Result<Response<Body>, Deny> {
     let authority = req
         .uri()
@@ -164,6 +167,7 @@ async fn connect(
                 expires: principal.expires,
                 host,
                 port,
+                client,
             });
             let upgrade = hyper::upgrade::on(&mut req);
             let open = GaugeGuard::new(&state.metrics.open_tunnels);

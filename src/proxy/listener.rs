@@ -2,7 +2,8 @@
 
 use super::connect;
 use super::state::{StartError, State};
-use super::upstream::{Resolver, SystemResolver};
+use super::upstream::{Resolver, SystemResolver, UpstreamClient};
+use super::workers::{self, Workers};
 use crate::config::Config;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
@@ -30,6 +31,8 @@ pub struct Running {
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// Held so the serving threads live as long as this handle.
+    _workers: Arc<Workers>,
 }
 
 impl Running {
@@ -51,8 +54,13 @@ pub async fn start(
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
     *state.dialer.own_addr.write() = Some(addr);
+    let workers = match state.limits.workers {
+        0 => workers::default_count(),
+        n => n,
+    };
+    let workers = Arc::new(Workers::start(workers, || state.new_client())?);
     let (tx, rx) = watch::channel(false);
-    let task = tokio::spawn(accept_loop(listener, state.clone(), rx));
+    let task = tokio::spawn(accept_loop(listener, state.clone(), workers.clone(), rx));
     spawn_vault_watcher(state.clone(), tx.subscribe());
     if let Some(path) = state.runtime().config.source.clone() {
         spawn_config_watcher(state.clone(), path, tx.subscribe());
@@ -72,6 +80,7 @@ pub async fn start(
         state,
         shutdown: tx,
         task,
+        _workers: workers,
     })
 }
 
@@ -199,7 +208,12 @@ pub fn reload_config(state: &State, path: &std::path::Path) -> bool {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    workers: Arc<Workers>,
+    mut stop: watch::Receiver<bool>,
+) {
     let slots = Arc::new(Semaphore::new(state.limits.max_connections));
     loop {
         let (stream, _peer) = tokio::select! {
@@ -221,7 +235,22 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>, mut stop: watch::
         // The slot is shared with any tunnel this connection becomes, so it is
         // only released when both are gone.
         let slot = Arc::new(permit);
-        tokio::spawn(serve_connection(state, stream, slot));
+        // The connection moves to a worker's own reactor and stays there.
+        let stream = match stream.into_std() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot hand a connection to a worker");
+                continue;
+            }
+        };
+        let worker = workers.pick();
+        let client = worker.client.clone();
+        worker.handle.spawn(async move {
+            match TcpStream::from_std(stream) {
+                Ok(stream) => serve_connection(state, stream, slot, client).await,
+                Err(e) => tracing::warn!(error = %e, "worker cannot take a connection"),
+            }
+        });
     }
     // Stop accepting at once; then wait until every connection slot is back (open
     // requests and tunnels finished), or the grace period ends.
@@ -235,12 +264,17 @@ async fn refuse_busy(mut stream: TcpStream) {
     let _ = stream.shutdown().await;
 }
 
-async fn serve_connection(state: Arc<State>, stream: TcpStream, slot: connect::ConnSlot) {
+async fn serve_connection(
+    state: Arc<State>,
+    stream: TcpStream,
+    slot: connect::ConnSlot,
+    client: UpstreamClient,
+) {
     let _ = stream.set_nodelay(true);
     let limits = &state.limits;
     let svc_state = state.clone();
     let service = hyper::service::service_fn(move |req| {
-        connect::handle(svc_state.clone(), req, slot.clone())
+        connect::handle(svc_state.clone(), req, slot.clone(), client.clone())
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -41,6 +41,8 @@ pub struct TunnelCx {
     /// Canonical CONNECT host and port.
     pub host: String,
     pub port: u16,
+    /// The upstream pool of the worker this tunnel runs on.
+    pub client: super::upstream::UpstreamClient,
 }
 
 impl TunnelCx {
@@ -283,11 +285,8 @@ async fn send(
     if let Some(client_upgrade) = client_upgrade {
         return upgrade(cx, req, client_upgrade).await;
     }
-    let sent = tokio::time::timeout(
-        cx.state.limits.response_timeout.0,
-        cx.state.client.request(req),
-    )
-    .await;
+    let sent =
+        tokio::time::timeout(cx.state.limits.response_timeout.0, cx.client.request(req)).await;
     match sent {
         Err(_) => Err(Deny::new(
             Code::UpstreamTimeout,

@@ -59,7 +59,11 @@ pub struct State {
     pub audit: AuditLog,
     pub ca: Arc<CertAuthority>,
     pub dialer: Arc<Dialer>,
+    /// Upstream pool for work outside a worker (OAuth2 token calls, retries);
+    /// each worker has its own for the request path (see `workers`).
     pub client: UpstreamClient,
+    /// Verified TLS toward upstreams (pooled clients).
+    pub client_tls: Arc<rustls::ClientConfig>,
     /// Verified TLS toward upstreams for upgrade handshakes (HTTP/1.1 only, unpooled).
     pub upgrade_tls: tokio_rustls::TlsConnector,
     /// Listener limits and timeouts (fixed for the process's life).
@@ -102,7 +106,11 @@ impl State {
             own_addr: parking_lot::RwLock::new(None),
             other_own_addrs: parking_lot::RwLock::new(Vec::new()),
         });
-        let client = upstream::client(dialer.clone(), client_tls, limits.pool_idle_per_host);
+        let client = upstream::client(
+            dialer.clone(),
+            client_tls.clone(),
+            limits.pool_idle_per_host,
+        );
         Ok(Arc::new(State {
             runtime,
             vault,
@@ -110,6 +118,7 @@ impl State {
             ca: Arc::new(ca),
             dialer,
             client,
+            client_tls,
             upgrade_tls,
             limits,
             metrics,
@@ -117,6 +126,15 @@ impl State {
             oauth: Default::default(),
             patterns: redact::PatternCache::new(),
         }))
+    }
+
+    /// A fresh pooled client toward upstreams (one per worker).
+    pub fn new_client(&self) -> UpstreamClient {
+        upstream::client(
+            self.dialer.clone(),
+            self.client_tls.clone(),
+            self.limits.pool_idle_per_host,
+        )
     }
 
     /// The current runtime (cheap).
