@@ -146,10 +146,11 @@ async fn forward(
 
     // Stream the answer back with every in-scope secret redacted.
     let patterns = cx.state.patterns.get(&secrets);
+    // The caller has no further use for the event once the response is ours.
     Ok(redact::wrap_response(
         resp,
         patterns,
-        Some(on_redact(cx.state.clone(), ev.clone())),
+        Some(on_redact(cx.state.clone(), std::mem::take(ev))),
     ))
 }
 
