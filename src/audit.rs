@@ -205,17 +205,26 @@ pub struct AuditLog {
     /// Rotate when a line would take the live file past this many bytes (0 = never).
     rotate_bytes: u64,
     inner: Mutex<Inner>,
-    /// Lines waiting for the current group write (see [`AuditLog::commit`]).
-    queue: Mutex<Queue>,
+    /// Lines waiting for a group write (see [`AuditLog::commit`]), one queue per
+    /// lane: requests on one serving thread share a lane, so a leader only ever
+    /// completes lines of its own thread and never has to wake another one.
+    lanes: Vec<Mutex<Queue>>,
 }
 
-/// The task that writes the queue; it does so when dropped, so even a leader
-/// cancelled while it waits for followers leaves no line behind.
-struct Leader<'a>(&'a AuditLog);
+/// Group-commit queues: threads are spread over this many (by thread id).
+const LANES: usize = 16;
+
+fn lanes() -> Vec<Mutex<Queue>> {
+    (0..LANES).map(|_| Mutex::default()).collect()
+}
+
+/// The task that writes a lane's queue; it does so when dropped, so even a
+/// leader cancelled while it waits for followers leaves no line behind.
+struct Leader<'a>(&'a AuditLog, &'a Mutex<Queue>);
 
 impl Drop for Leader<'_> {
     fn drop(&mut self) {
-        self.0.drain();
+        self.0.drain(self.1);
     }
 }
 
@@ -344,7 +353,7 @@ impl AuditLog {
                     lock: None,
                     prev_hash: GENESIS_HASH.to_string(),
                 }),
-                queue: Mutex::default(),
+                lanes: lanes(),
             });
         }
         let io = io_err(path);
@@ -371,7 +380,7 @@ impl AuditLog {
                 lock: Some(lock),
                 prev_hash,
             }),
-            queue: Mutex::default(),
+            lanes: lanes(),
         })
     }
 
@@ -389,14 +398,16 @@ impl AuditLog {
     }
 
     /// Like [`AuditLog::record`], for the request path: lines that arrive while
-    /// another task is writing are written together by that task (group commit:
-    /// one lock, one `stat` and one `write` for the batch). Returns, like
+    /// another task of the same thread is writing are written together by that
+    /// task (group commit: one lock, one `stat` and one `write` for the batch;
+    /// lanes of other threads take the lock in turn). Returns, like
     /// `record`, only once this line is in the kernel, or with the error that
     /// kept its batch from being written.
     pub async fn commit(&self, ev: Event) -> Result<String, AuditError> {
         let (done, written) = tokio::sync::oneshot::channel();
+        let lane = self.lane();
         let lead = {
-            let mut q = self.queue.lock();
+            let mut q = lane.lock();
             q.pending.push((ev, done));
             !std::mem::replace(&mut q.writing, true)
         };
@@ -404,7 +415,7 @@ impl AuditLog {
             // Let the requests that are ready on this worker reach this point too,
             // so they join the batch. Dropped here (client gone), the guard still
             // writes the queue.
-            let leader = Leader(self);
+            let leader = Leader(self, lane);
             tokio::task::yield_now().await;
             drop(leader);
         }
@@ -413,9 +424,18 @@ impl AuditLog {
             .unwrap_or_else(|_| Err(corrupt(&self.path, "the audit writer stopped")))
     }
 
-    /// The leader's loop: writes every pending line, batch by batch, until none is
-    /// left. Synchronous, so a cancelled request can never strand the queue.
-    fn drain(&self) {
+    /// This thread's group-commit queue.
+    fn lane(&self) -> &Mutex<Queue> {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let i = hasher.hash_one(std::thread::current().id()) as usize % self.lanes.len();
+        &self.lanes[i]
+    }
+
+    /// The leader's loop: writes every pending line of its lane, batch by batch,
+    /// until none is left. Synchronous, so a cancelled request can never strand
+    /// the queue.
+    fn drain(&self, lane: &Mutex<Queue>) {
         // Hands leadership back even if a write panics; the dropped senders then
         // fail their requests closed.
         struct Release<'a>(&'a Mutex<Queue>);
@@ -424,9 +444,9 @@ impl AuditLog {
                 self.0.lock().writing = false;
             }
         }
-        let _release = Release(&self.queue);
+        let _release = Release(lane);
         loop {
-            let batch = std::mem::take(&mut self.queue.lock().pending);
+            let batch = std::mem::take(&mut lane.lock().pending);
             if batch.is_empty() {
                 return;
             }
