@@ -228,11 +228,11 @@ impl Drop for Leader<'_> {
     }
 }
 
+/// Where a waiting request learns that its line was written (and gets its event back).
+type Done = tokio::sync::oneshot::Sender<(Event, Result<String, AuditError>)>;
+
 /// A line waiting to be written, and where to say it was.
-type Waiting = (
-    Event,
-    tokio::sync::oneshot::Sender<Result<String, AuditError>>,
-);
+type Waiting = (Event, Done);
 
 #[derive(Default)]
 struct Queue {
@@ -402,8 +402,10 @@ impl AuditLog {
     /// task (group commit: one lock, one `stat` and one `write` for the batch;
     /// lanes of other threads take the lock in turn). Returns, like
     /// `record`, only once this line is in the kernel, or with the error that
-    /// kept its batch from being written.
-    pub async fn commit(&self, ev: Event) -> Result<String, AuditError> {
+    /// kept its batch from being written. The event comes back as it was (its
+    /// `ts` cleared again), for the caller's later lines about the same request.
+    pub async fn commit(&self, ev_slot: &mut Event) -> Result<String, AuditError> {
+        let ev = std::mem::take(ev_slot);
         let (done, written) = tokio::sync::oneshot::channel();
         let lane = self.lane();
         let lead = {
@@ -419,9 +421,12 @@ impl AuditLog {
             tokio::task::yield_now().await;
             drop(leader);
         }
-        written
-            .await
-            .unwrap_or_else(|_| Err(corrupt(&self.path, "the audit writer stopped")))
+        let Ok((back, result)) = written.await else {
+            return Err(corrupt(&self.path, "the audit writer stopped"));
+        };
+        *ev_slot = back;
+        ev_slot.ts.clear();
+        result
     }
 
     /// This thread's group-commit queue.
@@ -454,13 +459,13 @@ impl AuditLog {
             let written = self.append(&mut self.inner.lock(), &mut events);
             match written {
                 Ok(hashes) => {
-                    for (done, hash) in senders.into_iter().zip(hashes) {
-                        let _ = done.send(Ok(hash));
+                    for ((done, ev), hash) in senders.into_iter().zip(events).zip(hashes) {
+                        let _ = done.send((ev, Ok(hash)));
                     }
                 }
                 Err(e) => {
-                    for done in senders {
-                        let _ = done.send(Err(e.duplicate()));
+                    for (done, ev) in senders.into_iter().zip(events) {
+                        let _ = done.send((ev, Err(e.duplicate())));
                     }
                 }
             }
@@ -624,7 +629,16 @@ pub fn chain_hash(prev_hash: &str, body: &str) -> String {
     let mut h = Sha256::new();
     h.update(prev_hash.as_bytes());
     h.update(body.as_bytes());
-    hex::encode(h.finalize())
+    hex_string(&h.finalize())
+}
+
+/// Lower-case hex of a short byte string (hashes, ids), without `hex::encode`'s
+/// char-by-char `String` building (this runs for every audit line).
+pub fn hex_string(bytes: &[u8]) -> String {
+    let mut out = vec![0u8; bytes.len() * 2];
+    // The buffer is exactly twice the input, so this cannot fail.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn is_hash(s: &str) -> bool {
@@ -1375,7 +1389,12 @@ mod tests {
                     tokio::spawn(async move {
                         let mut e = Event::new("inject", "allowed");
                         e.request_id = Some(format!("task-{i}"));
-                        log.commit(e).await.unwrap()
+                        let asked = e.clone();
+                        let hash = log.commit(&mut e).await.unwrap();
+                        // The caller gets its event back as it was.
+                        assert_eq!(e.request_id, asked.request_id);
+                        assert!(e.ts.is_empty());
+                        hash
                     })
                 })
                 .collect();
@@ -1420,16 +1439,21 @@ mod tests {
         rt.block_on(async {
             use std::future::Future;
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-            let mut leader = Box::pin(log.commit(Event::new("inject", "allowed")));
+            let (mut first, mut second, mut third) = (
+                Event::new("inject", "allowed"),
+                Event::new("inject", "allowed"),
+                Event::new("inject", "allowed"),
+            );
+            let mut leader = Box::pin(log.commit(&mut first));
             // First poll: it queues its line, becomes the leader and yields.
             assert!(leader.as_mut().poll(&mut cx).is_pending());
             // A second request queues behind it and waits.
-            let mut follower = Box::pin(log.commit(Event::new("inject", "allowed")));
+            let mut follower = Box::pin(log.commit(&mut second));
             assert!(follower.as_mut().poll(&mut cx).is_pending());
             drop(leader);
             follower.await.unwrap();
             // The queue is free again for the next request.
-            log.commit(Event::new("inject", "allowed")).await.unwrap();
+            log.commit(&mut third).await.unwrap();
         });
         let report = verify(&path).unwrap();
         assert!(report.is_ok());

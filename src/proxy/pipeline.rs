@@ -119,7 +119,7 @@ async fn forward(
 
     // SECURITY: fail closed: the decision is on disk before the credential leaves
     // keyward; if the audit log cannot be written nothing is sent upstream.
-    if let Err(e) = cx.state.audit.commit(ev.clone()).await {
+    if let Err(e) = cx.state.audit.commit(ev).await {
         tracing::error!(error = %e, "audit log unwritable: refusing");
         return Err(Deny::new(
             Code::AuditUnavailable,
@@ -535,7 +535,7 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// 16 random bytes, hex.
+/// 8 random bytes as 16 hex digits.
 pub fn request_id() -> String {
-    hex::encode(rand::random::<[u8; 8]>())
+    crate::audit::hex_string(&rand::random::<[u8; 8]>())
 }
