@@ -196,7 +196,6 @@ fn fully_unicode_escaped(needle: &str) -> String {
 }
 
 #[tokio::test]
-#[ignore = "needs: redact.rs to match a value whose every ASCII char is \\uXXXX-escaped (valid JSON an upstream may emit); today only the encoder-option forms are derived"]
 async fn echoed_secret_fully_unicode_escaped_in_json_is_redacted() {
     let (kw, secret) = kw_with_echo().await;
     let got = kw.client().get("api.openai.com", "/v1/echo", &[]).await;

@@ -295,6 +295,16 @@ fn json_forms(text: &str) -> Vec<Vec<u8>> {
         }
         out.push(s.into_bytes());
     }
+    // Some encoders (and hand-rolled serializers) escape every character; the
+    // automaton is case-insensitive, so `\u00XX` and `\u00xx` are both covered.
+    let mut every = String::with_capacity(text.len() * 6);
+    for c in text.chars() {
+        let mut units = [0u16; 2];
+        for unit in c.encode_utf16(&mut units) {
+            every.push_str(&format!("\\u{:04x}", unit));
+        }
+    }
+    out.push(every.into_bytes());
     out
 }
 
@@ -1250,6 +1260,19 @@ mod tests {
         assert_redacted(
             &p,
             br#"k\/\u0022ey\u003c\u005c\u003e\u0026\u0001\u00e9\u0009z"#,
+        );
+    }
+
+    #[test]
+    fn json_with_every_character_unicode_escaped_is_redacted() {
+        let p = patterns("sk-live-é9".as_bytes());
+        assert_redacted(
+            &p,
+            br"\u0073\u006b\u002d\u006c\u0069\u0076\u0065\u002d\u00e9\u0039",
+        );
+        assert_redacted(
+            &p,
+            br"\u0073\u006B\u002D\u006C\u0069\u0076\u0065\u002D\u00E9\u0039",
         );
     }
 
