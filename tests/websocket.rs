@@ -50,3 +50,56 @@ async fn websocket_handshake_is_injected_then_frames_flow_both_ways() {
         .unwrap();
     assert_eq!(line["path"], "/ws");
 }
+
+/// An upstream that echoes the credential in a WebSocket frame: the agent gets
+/// `[REDACTED]`, a `redact` line is audited, and the compression extension the
+/// agent offered never reached the upstream (frames must stay readable).
+#[tokio::test]
+async fn websocket_frames_echoing_the_secret_are_redacted_and_audited() {
+    let kw = Kw::start("").await;
+    let secret = format!("sk-real-{}", canary());
+    kw.set_secret("platform", "OPENAI_API_KEY", &secret);
+    let client = kw.client();
+    let tcp = client.connect("api.openai.com:443").await.expect("tunnel");
+    let tls = tokio_rustls::TlsConnector::from(client.tls_config())
+        .connect(ServerName::try_from("api.openai.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut request = "wss://api.openai.com/ws?model=realtime"
+        .into_client_request()
+        .unwrap();
+    request.headers_mut().insert(
+        "sec-websocket-extensions",
+        "permessage-deflate; client_max_window_bits"
+            .parse()
+            .unwrap(),
+    );
+    let (mut ws, resp) = tokio_tungstenite::client_async(request, tls)
+        .await
+        .expect("handshake");
+    assert_eq!(resp.status(), 101);
+    assert!(kw
+        .upstream
+        .last()
+        .headers
+        .get("sec-websocket-extensions")
+        .is_none());
+    // The agent (here: the test) puts the value in a message; the upstream echoes it.
+    ws.send(Message::text(format!("my key is {secret}!")))
+        .await
+        .unwrap();
+    let reply = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert_eq!(reply.as_str(), "echo:my key is [REDACTED]!");
+    assert_no_leak("websocket reply", reply.as_bytes(), &secret);
+    // The stream goes on after a redaction.
+    ws.send(Message::text("again")).await.unwrap();
+    let reply = ws.next().await.unwrap().unwrap().into_text().unwrap();
+    assert_eq!(reply.as_str(), "echo:again");
+    let lines = kw.audit_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["event"] == "redact" && l["path"] == "/ws"),
+        "{lines:?}"
+    );
+}

@@ -12,6 +12,7 @@ pub mod redact;
 pub mod sign;
 pub mod state;
 pub mod upstream;
+pub mod websocket;
 pub mod workers;
 
 use bytes::Bytes;

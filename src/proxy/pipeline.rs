@@ -131,13 +131,18 @@ async fn forward(
 
     // Over verified TLS; an OAuth2 token the provider rejects is refreshed once.
     let started = std::time::Instant::now();
-    let resp = send(
-        cx,
-        Request::from_parts(parts, body),
-        client_upgrade,
-        &too_large,
-    )
-    .await?;
+    let req = Request::from_parts(parts, body);
+    let resp = match client_upgrade {
+        // A WebSocket: after `101` its frames go through the same redaction.
+        Some(agent_side) => {
+            let frames = (
+                cx.state.patterns.get(&secrets),
+                on_redact(cx.state.clone(), ev.clone()),
+            );
+            upgrade(cx, req, agent_side, frames).await?
+        }
+        None => send(cx, req, &too_large).await?,
+    };
     let resp =
         credentials::retry_unauthorized(&cx.state, &provider, resp, retry, &mut secrets).await?;
     cx.state
@@ -218,6 +223,10 @@ fn rewrite_request(
     inject::strip_credentials(&mut parts.headers, provider);
     strip_hop_by_hop(&mut parts.headers);
     if websocket {
+        // SECURITY: no compression extension: the relay must read every frame
+        // the upstream sends to redact it (a frame that still claims one ends
+        // the connection).
+        parts.headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
         parts.headers.insert(
             header::CONNECTION,
             http::HeaderValue::from_static("upgrade"),
@@ -276,16 +285,12 @@ fn too_large(max_body: u64) -> Deny {
     )
 }
 
-/// The pooled verified-TLS client, or a dedicated connection for an upgrade.
+/// Through this worker's pooled verified-TLS client.
 async fn send(
     cx: &Arc<TunnelCx>,
     req: Request<Body>,
-    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     body_too_large: &AtomicBool,
 ) -> Result<Response<Body>, Deny> {
-    if let Some(client_upgrade) = client_upgrade {
-        return upgrade(cx, req, client_upgrade).await;
-    }
     let sent =
         tokio::time::timeout(cx.state.limits.response_timeout.0, cx.client.request(req)).await;
     match sent {
@@ -316,11 +321,13 @@ fn is_websocket_upgrade(req: &Request<Incoming>) -> bool {
 }
 
 /// A WebSocket handshake (credential injected like any request) on its own
-/// HTTP/1.1 connection; after `101` the two upgraded streams are relayed as bytes.
+/// HTTP/1.1 connection; after `101` the agent's frames are relayed as bytes and
+/// the upstream's are redacted (`websocket::relay`).
 async fn upgrade(
     cx: &Arc<TunnelCx>,
     req: Request<Body>,
     client_upgrade: hyper::upgrade::OnUpgrade,
+    (patterns, on_frame_redact): (Arc<redact::Patterns>, redact::OnRedact),
 ) -> Result<Response<Body>, Deny> {
     use hyper_util::rt::TokioIo;
     let state = &cx.state;
@@ -363,7 +370,14 @@ async fn upgrade(
         let idle = state.limits.idle_timeout.0;
         tokio::spawn(async move {
             if let (Ok(client), Ok(upstream)) = (client_upgrade.await, upstream_upgrade.await) {
-                super::connect::relay(TokioIo::new(client), TokioIo::new(upstream), idle).await;
+                super::websocket::relay(
+                    TokioIo::new(client),
+                    TokioIo::new(upstream),
+                    patterns,
+                    idle,
+                    on_frame_redact,
+                )
+                .await;
             }
         });
     }
