@@ -4,88 +4,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
+mod common;
 
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("keyward.toml");
-        let d = dir.path().display();
-        std::fs::write(
-            &config,
-            format!(
-                "[vault]\npath = \"{d}/data/vault.kw\"\nmaster_key_file = \"{d}/certs/master.key\"\n\
-                 [audit]\npath = \"{d}/data/audit.jsonl\"\n"
-            ),
-        )
-        .unwrap();
-        Env { dir, config }
-    }
-
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_keyward"));
-        c.arg("--config").arg(&self.config).args(args);
-        c.env_remove("KEYWARD_MASTER_KEY")
-            .env_remove("KEYWARD_MASTER_PASSPHRASE");
-        c.env_remove("KEYWARD_NEW_MASTER_KEY")
-            .env_remove("KEYWARD_NEW_MASTER_PASSPHRASE");
-        c.current_dir(self.dir.path());
-        c
-    }
-
-    fn run_cmd(mut c: Command, stdin: Option<&[u8]>) -> Output {
-        c.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(input) = stdin {
-            pipe.write_all(input).unwrap();
-        }
-        drop(pipe);
-        child.wait_with_output().unwrap()
-    }
-
-    fn run(&self, args: &[&str], stdin: Option<&[u8]>) -> Output {
-        Env::run_cmd(self.cmd(args), stdin)
-    }
-
-    /// Runs and expects exit 0; returns stdout.
-    fn ok(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
-        let out = self.run(args, stdin);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    }
-
-    /// Runs and expects exit 1 with a one-line message; returns stderr.
-    fn user_error(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
-        let out = self.run(args, stdin);
-        let err = String::from_utf8(out.stderr).unwrap();
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
-        err
-    }
-
-    fn audit(&self) -> Vec<serde_json::Value> {
-        let text = std::fs::read_to_string(self.path("data/audit.jsonl")).unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-}
+use common::cli::CliEnv as Env;
 
 fn marker() -> String {
     let mut b = [0u8; 12];

@@ -1,62 +1,12 @@
 //! `keyward secret set --kind …` / `secret show`: multi-field kinds from stdin JSON;
 //! show prints the kind and non-secret fields only.
 
-use std::io::Write;
-use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
-struct Env {
-    dir: tempfile::TempDir,
-    config: PathBuf,
-}
+mod common;
 
-impl Env {
-    fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("keyward.toml");
-        let d = dir.path().display();
-        std::fs::write(
-            &config,
-            format!(
-                "[vault]\npath = \"{d}/data/vault.kw\"\nmaster_key_file = \"{d}/certs/master.key\"\n\
-                 [audit]\npath = \"{d}/data/audit.jsonl\"\n"
-            ),
-        )
-        .unwrap();
-        Env { dir, config }
-    }
-
-    fn run(&self, args: &[&str], stdin: Option<&str>) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_keyward"));
-        c.arg("--config").arg(&self.config).args(args);
-        c.env_remove("KEYWARD_MASTER_KEY")
-            .env_remove("KEYWARD_MASTER_PASSPHRASE")
-            .current_dir(self.dir.path())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        let mut pipe = child.stdin.take().unwrap();
-        if let Some(input) = stdin {
-            pipe.write_all(input.as_bytes()).unwrap();
-        }
-        drop(pipe);
-        child.wait_with_output().unwrap()
-    }
-
-    /// stdout + stderr + audit + vault file, everything a value could leak into.
-    fn everything(&self, outputs: &[&Output]) -> Vec<u8> {
-        let mut all = Vec::new();
-        for o in outputs {
-            all.extend_from_slice(&o.stdout);
-            all.extend_from_slice(&o.stderr);
-        }
-        for f in ["data/audit.jsonl", "data/vault.kw"] {
-            all.extend(std::fs::read(self.dir.path().join(f)).unwrap_or_default());
-        }
-        all
-    }
-}
+use common::canary;
+use common::cli::CliEnv as Env;
 
 fn text(o: &Output) -> String {
     format!(
@@ -66,10 +16,6 @@ fn text(o: &Output) -> String {
     )
 }
 
-fn canary() -> String {
-    format!("sk-canary-{}", hex::encode(rand::random::<[u8; 12]>()))
-}
-
 #[test]
 fn oauth2_secret_show_has_kind_and_public_fields_only() {
     let env = Env::new();
@@ -77,12 +23,12 @@ fn oauth2_secret_show_has_kind_and_public_fields_only() {
     let value = format!(
         r#"{{"client_id":"my-client","client_secret":"{cs}","token_url":"https://auth.example.com/oauth/token","refresh_token":"{rt}","scope":"repo"}}"#
     );
-    let set = env.run(
+    let set = env.run_str(
         &["secret", "set", "GH_OAUTH", "--kind", "oauth2"],
         Some(&value),
     );
     assert!(set.status.success(), "{}", text(&set));
-    let show = env.run(&["secret", "show", "GH_OAUTH"], None);
+    let show = env.run_str(&["secret", "show", "GH_OAUTH"], None);
     assert!(show.status.success(), "{}", text(&show));
     let out = text(&show);
     assert!(out.contains("oauth2"), "{out}");
@@ -91,11 +37,11 @@ fn oauth2_secret_show_has_kind_and_public_fields_only() {
         out.contains("https://auth.example.com/oauth/token"),
         "{out}"
     );
-    let json = env.run(&["secret", "show", "GH_OAUTH", "--json"], None);
+    let json = env.run_str(&["secret", "show", "GH_OAUTH", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["kind"], "oauth2");
     assert_eq!(v["fields"]["client_id"], "my-client");
-    let list = env.run(&["secret", "list", "--json"], None);
+    let list = env.run_str(&["secret", "list", "--json"], None);
     for secret in [&cs, &rt] {
         let all = env.everything(&[&set, &show, &json, &list]);
         assert!(
@@ -112,12 +58,12 @@ fn aws_secret_shows_access_key_id_not_the_secret_key() {
     let value = format!(
         r#"{{"access_key_id":"AKIAEXAMPLE123","secret_access_key":"{sk}","session_token":"{st}"}}"#
     );
-    let set = env.run(
+    let set = env.run_str(
         &["secret", "set", "AWS_CREDS", "--kind", "aws"],
         Some(&value),
     );
     assert!(set.status.success(), "{}", text(&set));
-    let show = env.run(&["secret", "show", "AWS_CREDS"], None);
+    let show = env.run_str(&["secret", "show", "AWS_CREDS"], None);
     let out = text(&show);
     assert!(
         out.contains("aws") && out.contains("AKIAEXAMPLE123"),
@@ -132,18 +78,18 @@ fn aws_secret_shows_access_key_id_not_the_secret_key() {
 #[test]
 fn bad_kind_or_bad_json_is_a_one_line_user_error() {
     let env = Env::new();
-    let bad = env.run(&["secret", "set", "X", "--kind", "jwt"], Some("v"));
+    let bad = env.run_str(&["secret", "set", "X", "--kind", "jwt"], Some("v"));
     assert_eq!(bad.status.code(), Some(1));
     assert!(text(&bad).contains("--kind"), "{}", text(&bad));
     let secret = canary();
-    let bad = env.run(
+    let bad = env.run_str(
         &["secret", "set", "X", "--kind", "oauth2"],
         Some(&format!("not-json-{secret}")),
     );
     assert_eq!(bad.status.code(), Some(1), "{}", text(&bad));
     assert!(!text(&bad).contains(&secret));
     assert_eq!(text(&bad).trim().lines().count(), 1, "{}", text(&bad));
-    let http = env.run(
+    let http = env.run_str(
         &["secret", "set", "X", "--kind", "oauth2"],
         Some(r#"{"client_id":"a","client_secret":"b","token_url":"http://plain/t"}"#),
     );
@@ -154,15 +100,15 @@ fn bad_kind_or_bad_json_is_a_one_line_user_error() {
 #[test]
 fn hmac_and_default_kinds() {
     let env = Env::new();
-    let set = env.run(
+    let set = env.run_str(
         &["secret", "set", "HOOK", "--kind", "hmac"],
         Some("whsec_abcdefgh1234"),
     );
     assert!(set.status.success(), "{}", text(&set));
-    let show = text(&env.run(&["secret", "show", "HOOK"], None));
+    let show = text(&env.run_str(&["secret", "show", "HOOK"], None));
     assert!(show.contains("hmac"), "{show}");
-    let set = env.run(&["secret", "set", "PLAIN"], Some("sk-plain-12345678"));
+    let set = env.run_str(&["secret", "set", "PLAIN"], Some("sk-plain-12345678"));
     assert!(set.status.success());
-    let show = text(&env.run(&["secret", "show", "PLAIN"], None));
+    let show = text(&env.run_str(&["secret", "show", "PLAIN"], None));
     assert!(show.contains("api_key"), "{show}");
 }

@@ -3,6 +3,8 @@
 //! that speaks CONNECT + TLS + HTTP through it.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
