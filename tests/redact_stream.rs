@@ -5,7 +5,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
-use keyward::proxy::redact::{encoded_forms, wrap_response, OnRedact, Patterns, REDACTED};
+use keyward::proxy::redact::{
+    encoded_forms, read_answer, redact_upstream, wrap_response, Answer, OnRedact, Patterns,
+    REDACTED, WHOLE_BODY_MAX,
+};
 use keyward::proxy::{Body, BoxError};
 use std::io::Write;
 use std::pin::Pin;
@@ -569,4 +572,64 @@ mod prop {
             prop_assert_eq!(run(&p, chunk(&data, &cuts)), data);
         }
     }
+}
+
+/// A small body of declared length is read whole and sent with its exact new
+/// length; HEAD, encoded, oversized or unsized answers stream as before.
+#[tokio::test]
+async fn small_sized_body_is_redacted_whole_with_an_exact_length() {
+    let p = Arc::new(Patterns::new(&[SECRET]));
+    let body = [b"{\"key\":\"".as_slice(), SECRET, b"\"}".as_slice()].concat();
+    let len = body.len().to_string();
+    let resp = response(
+        &[("content-length", &len)],
+        chunked_body(vec![body[..7].to_vec(), body[7..].to_vec()]),
+    );
+    let (n, on) = counter();
+    let answer = read_answer(resp, &p, false, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(matches!(answer, Answer::Whole { .. }));
+    let resp = redact_upstream(answer, p.clone(), on);
+    let want = b"{\"key\":\"[REDACTED]\"}";
+    assert_eq!(
+        resp.headers()["content-length"],
+        want.len().to_string().as_str()
+    );
+    let (out, _) = collect(resp).await.unwrap();
+    assert_eq!(out, want);
+    assert_eq!(n.load(Ordering::SeqCst), 1);
+
+    let streams = |headers: &[(&str, &str)]| response(headers, chunked_body(vec![b"x".to_vec()]));
+    let big = (WHOLE_BODY_MAX + 1).to_string();
+    for (resp, head) in [
+        (streams(&[("content-length", "1")]), true),
+        (
+            streams(&[("content-length", "1"), ("content-encoding", "gzip")]),
+            false,
+        ),
+        (streams(&[("content-length", &big)]), false),
+        (streams(&[]), false),
+    ] {
+        let answer = read_answer(resp, &p, head, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(matches!(answer, Answer::Streaming(_)));
+    }
+}
+
+/// A small sized body that stalls is a timeout, not a half answer.
+#[tokio::test]
+async fn small_sized_body_that_stalls_is_a_timeout() {
+    let p = Arc::new(Patterns::new(&[SECRET]));
+    let (tx, body) = channel();
+    tx.send(Ok(Frame::data(Bytes::from_static(b"par"))))
+        .unwrap();
+    let resp = response(&[("content-length", "10")], body);
+    let deny = read_answer(resp, &p, false, Duration::from_millis(50))
+        .await
+        .err()
+        .expect("a refusal");
+    assert_eq!(deny.code.as_str(), "upstream_timeout");
+    drop(tx);
 }

@@ -651,12 +651,16 @@ async fn upstream_closing_mid_body_is_not_passed_off_as_complete() {
         b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nContent-Type: text/plain\r\n\r\nonly-twenty-bytes...",
     )
     .await;
+    // A small body of declared length is read whole before the head is sent, so
+    // the truncation is answered as what it is.
     let (status, body) = get_body(&kw).await;
-    assert_eq!(status, 200);
-    assert!(
-        body.is_err(),
-        "a truncated upstream body reached the agent as complete: {body:?}"
-    );
+    assert_eq!(status, 502);
+    let body = String::from_utf8(body.expect("a complete error body")).unwrap();
+    assert!(body.contains("upstream_protocol"), "{body}");
+    assert!(!body.contains("only-twenty"), "{body}");
+    let last = kw.last_audit();
+    assert_eq!(last["event"], "upstream_error");
+    assert_eq!(last["reason"], "upstream_protocol");
 }
 
 #[tokio::test]

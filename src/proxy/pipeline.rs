@@ -131,6 +131,7 @@ async fn forward(
 
     // Over verified TLS; an OAuth2 token the provider rejects is refreshed once.
     let started = std::time::Instant::now();
+    let head = parts.method == http::Method::HEAD;
     let req = Request::from_parts(parts, body);
     let resp = match client_upgrade {
         // A WebSocket: after `101` its frames go through the same redaction.
@@ -149,11 +150,14 @@ async fn forward(
         .metrics
         .inject(&provider.name, started.elapsed().as_secs_f64());
 
-    // Stream the answer back with every in-scope secret redacted.
+    // The answer goes back with every in-scope secret redacted: a small one of
+    // declared length read whole, anything else as it streams.
     let patterns = cx.state.patterns.get(&secrets);
+    let answer =
+        redact::read_answer(resp, &patterns, head, cx.state.limits.response_timeout.0).await?;
     // The caller has no further use for the event once the response is ours.
-    Ok(redact::wrap_response(
-        resp,
+    Ok(redact::redact_upstream(
+        answer,
         patterns,
         Some(on_redact(cx.state.clone(), std::mem::take(ev))),
     ))

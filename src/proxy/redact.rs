@@ -549,16 +549,7 @@ pub fn wrap_response(
     }
     let (mut parts, body) = resp.into_parts();
     let mut notify = Notify(on_redact);
-    if redact_headers(&patterns, &mut parts.headers) > 0 {
-        notify.fire();
-    }
-    // SECURITY: hyper relays the upstream's HTTP/1 reason phrase verbatim.
-    if let Some(reason) = parts.extensions.get::<hyper::ext::ReasonPhrase>() {
-        if patterns.contains_secret(reason.as_bytes()) {
-            parts.extensions.remove::<hyper::ext::ReasonPhrase>();
-            notify.fire();
-        }
-    }
+    redact_head(&patterns, &mut parts, &mut notify);
     // 1xx, 204 and 304 carry no body (and a 304's content-length describes the
     // representation, not this message): headers were all there was to redact.
     if parts.status.is_informational()
@@ -595,6 +586,139 @@ pub fn wrap_response(
         phase: Phase::Streaming,
     };
     Response::from_parts(parts, body.boxed())
+}
+
+/// Bodies of at most this many bytes, with a declared length and no
+/// content-encoding, are read whole by [`redact_response`] and sent with their
+/// exact (redacted) length instead of streaming through the chunked redactor.
+pub const WHOLE_BODY_MAX: u64 = 64 * 1024;
+
+/// An upstream answer, ready for [`redact_upstream`].
+pub enum Answer {
+    /// A small body of declared length, read whole (see [`WHOLE_BODY_MAX`]).
+    Whole {
+        parts: http::response::Parts,
+        data: Bytes,
+        trailers: Option<HeaderMap>,
+    },
+    /// Everything else: redacted as it streams.
+    Streaming(Response<Body>),
+}
+
+/// Reads a small body of declared length (no content-encoding, at most
+/// [`WHOLE_BODY_MAX`]) whole within `deadline`, so it can be redacted at once and
+/// sent with its exact new `content-length`: no chunked framing and no streaming
+/// state for the common small JSON answer. Other answers are left to stream.
+/// `head`: the request was HEAD, so the length describes a body not sent.
+pub async fn read_answer(
+    resp: Response<Body>,
+    patterns: &Patterns,
+    head: bool,
+    deadline: std::time::Duration,
+) -> Result<Answer, Deny> {
+    let status = resp.status();
+    let small = !head
+        && matches!(patterns.matcher, Matcher::Ready(_))
+        && !(status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED)
+        && resp.headers().get(CONTENT_ENCODING).is_none()
+        && declared_length(resp.headers()).is_some_and(|n| n <= WHOLE_BODY_MAX);
+    if !small {
+        return Ok(Answer::Streaming(resp));
+    }
+    let (parts, body) = resp.into_parts();
+    let collected = match tokio::time::timeout(deadline, body.collect()).await {
+        Err(_) => {
+            return Err(Deny::new(
+                Code::UpstreamTimeout,
+                "upstream did not finish its response in time",
+            ))
+        }
+        // SECURITY: a truncated body is never passed off as complete.
+        Ok(Err(_)) => {
+            return Err(Deny::new(
+                Code::UpstreamProtocol,
+                "upstream response body ended early or failed",
+            ))
+        }
+        Ok(Ok(c)) => c,
+    };
+    let trailers = collected.trailers().cloned();
+    Ok(Answer::Whole {
+        parts,
+        data: collected.to_bytes(),
+        trailers,
+    })
+}
+
+/// The agent's response: a whole body redacted at once (exact `content-length`),
+/// or a streaming one through [`wrap_response`].
+pub fn redact_upstream(
+    answer: Answer,
+    patterns: Arc<Patterns>,
+    on_redact: Option<OnRedact>,
+) -> Response<Body> {
+    let (mut parts, data, mut trailers) = match answer {
+        Answer::Streaming(resp) => return wrap_response(resp, patterns, on_redact),
+        Answer::Whole {
+            parts,
+            data,
+            trailers,
+        } => (parts, data, trailers),
+    };
+    let mut notify = Notify(on_redact);
+    redact_head(&patterns, &mut parts, &mut notify);
+    // SECURITY: the whole body is in hand: every form of every secret goes.
+    let data = match patterns.redact_all(&data) {
+        Some(clean) => {
+            notify.fire();
+            Bytes::from(clean)
+        }
+        None => data,
+    };
+    if let Some(t) = trailers.as_mut() {
+        if redact_headers(&patterns, t) > 0 {
+            notify.fire();
+        }
+    }
+    parts
+        .headers
+        .insert(CONTENT_LENGTH, HeaderValue::from(data.len()));
+    let body = match trailers {
+        None => super::full(data),
+        Some(t) => http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok::<_, BoxError>(Frame::data(data)),
+            Ok(Frame::trailers(t)),
+        ]))
+        .boxed(),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// `content-length`, when present and a number.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Redacts the response head: every header, and the HTTP/1 reason phrase.
+fn redact_head(patterns: &Patterns, parts: &mut http::response::Parts, notify: &mut Notify) {
+    if redact_headers(patterns, &mut parts.headers) > 0 {
+        notify.fire();
+    }
+    // SECURITY: hyper relays the upstream's HTTP/1 reason phrase verbatim.
+    if let Some(reason) = parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        if patterns.contains_secret(reason.as_bytes()) {
+            parts.extensions.remove::<hyper::ext::ReasonPhrase>();
+            notify.fire();
+        }
+    }
 }
 
 /// A keyward-rendered 502 for responses that cannot be inspected (rendered by
