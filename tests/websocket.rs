@@ -9,27 +9,39 @@ use rustls::pki_types::ServerName;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-#[tokio::test]
-async fn websocket_handshake_is_injected_then_frames_flow_both_ways() {
-    let kw = Kw::start("").await;
-    kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>;
+
+/// CONNECT + TLS to api.openai.com through keyward, then the WebSocket handshake
+/// with `headers`; asserts the `101`.
+async fn open(kw: &Kw, url: &str, headers: &[(&'static str, &str)]) -> Ws {
     let client = kw.client();
     let tcp = client.connect("api.openai.com:443").await.expect("tunnel");
     let tls = tokio_rustls::TlsConnector::from(client.tls_config())
         .connect(ServerName::try_from("api.openai.com").unwrap(), tcp)
         .await
         .unwrap();
-    let mut request = "wss://api.openai.com/ws?model=x"
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "authorization",
-        "Bearer keyward-placeholder".parse().unwrap(),
-    );
-    let (mut ws, resp) = tokio_tungstenite::client_async(request, tls)
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(*name, value.parse().unwrap());
+    }
+    let (ws, resp) = tokio_tungstenite::client_async(request, tls)
         .await
         .expect("handshake");
     assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[tokio::test]
+async fn websocket_handshake_is_injected_then_frames_flow_both_ways() {
+    let kw = Kw::start("").await;
+    kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
+    let mut ws = open(
+        &kw,
+        "wss://api.openai.com/ws?model=x",
+        &[("authorization", "Bearer keyward-placeholder")],
+    )
+    .await;
     let seen = kw.upstream.last();
     assert_eq!(
         seen.headers["authorization"],
@@ -59,25 +71,15 @@ async fn websocket_frames_echoing_the_secret_are_redacted_and_audited() {
     let kw = Kw::start("").await;
     let secret = format!("sk-real-{}", canary());
     kw.set_secret("platform", "OPENAI_API_KEY", &secret);
-    let client = kw.client();
-    let tcp = client.connect("api.openai.com:443").await.expect("tunnel");
-    let tls = tokio_rustls::TlsConnector::from(client.tls_config())
-        .connect(ServerName::try_from("api.openai.com").unwrap(), tcp)
-        .await
-        .unwrap();
-    let mut request = "wss://api.openai.com/ws?model=realtime"
-        .into_client_request()
-        .unwrap();
-    request.headers_mut().insert(
-        "sec-websocket-extensions",
-        "permessage-deflate; client_max_window_bits"
-            .parse()
-            .unwrap(),
-    );
-    let (mut ws, resp) = tokio_tungstenite::client_async(request, tls)
-        .await
-        .expect("handshake");
-    assert_eq!(resp.status(), 101);
+    let mut ws = open(
+        &kw,
+        "wss://api.openai.com/ws?model=realtime",
+        &[(
+            "sec-websocket-extensions",
+            "permessage-deflate; client_max_window_bits",
+        )],
+    )
+    .await;
     assert!(kw
         .upstream
         .last()
