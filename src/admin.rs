@@ -506,6 +506,7 @@ impl From<VaultError> for ApiError {
             // Vault messages name scopes, names and limits, never values.
             VaultError::Invalid(m) => ApiError::bad_request(m),
             e @ VaultError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            e @ VaultError::AgentExists(_) => ApiError::conflict(e.to_string()),
             e => {
                 tracing::error!(error = %e, "vault write failed");
                 ApiError::new(
@@ -903,7 +904,9 @@ async fn create_agent(
         created: audit::now_rfc3339(),
     };
     let st = state.clone();
-    blocking(move || Ok(st.vault.put_agent(record)?)).await?;
+    // The check above is the fast path; `add_agent` repeats it inside the
+    // vault's locked write, so of two concurrent creations only one succeeds.
+    blocking(move || Ok(st.vault.add_agent(record)?)).await?;
     let mut ev = cx.event("agent_add", "allowed", StatusCode::CREATED);
     ev.agent = Some(body.id.clone());
     ev.chain = body.chain.clone();

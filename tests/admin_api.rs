@@ -864,3 +864,38 @@ async fn admin_listener_stops_with_the_proxy() {
     }
     assert!(refused, "the admin port still accepts after shutdown");
 }
+
+/// Two operators creating the same agent id at once: exactly one gets the token,
+/// the others 409; the vault holds one record for the id.
+#[tokio::test]
+async fn concurrent_creations_of_one_agent_id_give_one_token() {
+    let (kw, admin) = start().await;
+    let admin = std::sync::Arc::new(admin);
+    let tries: Vec<_> = (0..8)
+        .map(|_| {
+            let admin = admin.clone();
+            tokio::spawn(async move {
+                admin
+                    .as_all("POST", "/v1/agents", Some(json!({"id": "racer"})))
+                    .await
+                    .status
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for t in tries {
+        statuses.push(t.await.unwrap());
+    }
+    statuses.sort_unstable();
+    assert_eq!(statuses, [201, 409, 409, 409, 409, 409, 409, 409]);
+    let records = kw
+        .running
+        .state
+        .vault
+        .snapshot()
+        .agents()
+        .iter()
+        .filter(|a| a.id == "racer")
+        .count();
+    assert_eq!(records, 1);
+}

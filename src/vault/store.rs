@@ -85,6 +85,8 @@ pub enum VaultError {
     NotFound { scope: String, name: String },
     #[error("secret {name} already exists in scope {scope}")]
     Exists { scope: String, name: String },
+    #[error("agent {0} already exists")]
+    AgentExists(String),
 }
 
 fn ferr(path: &Path, message: impl Into<String>) -> VaultError {
@@ -1374,28 +1376,27 @@ impl Vault {
 
     /// Inserts or replaces (by id).
     pub fn put_agent(&self, agent: AgentRecord) -> Result<(), VaultError> {
-        if !valid_agent_id(&agent.id) {
-            return Err(VaultError::Invalid(format!(
-                "invalid agent id {:?}",
-                agent.id
-            )));
-        }
-        // SECURITY: only a digest is stored; refuse anything that looks like a raw token.
-        if agent.token_sha256.len() != 64
-            || !agent
-                .token_sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(VaultError::Invalid(
-                "token_sha256 must be 64 lowercase hex digits".into(),
-            ));
-        }
+        check_agent(&agent)?;
         self.mutate(|d| {
             match d.body.agents.iter_mut().find(|a| a.id == agent.id) {
                 Some(a) => *a = agent,
                 None => d.body.agents.push(agent),
             }
+            Ok(())
+        })
+    }
+
+    /// Inserts a new agent; an id already in the table is refused inside the
+    /// same locked write, so two concurrent creations cannot both succeed.
+    pub fn add_agent(&self, agent: AgentRecord) -> Result<(), VaultError> {
+        check_agent(&agent)?;
+        self.mutate(|d| {
+            // SECURITY: replacing an existing id would swap its token (and take
+            // over its identity in the audit trail).
+            if d.body.agents.iter().any(|a| a.id == agent.id) {
+                return Err(VaultError::AgentExists(agent.id.clone()));
+            }
+            d.body.agents.push(agent);
             Ok(())
         })
     }
@@ -1796,6 +1797,28 @@ fn clean_stale_temps(path: &Path) {
             let _ = fs::remove_file(entry.path());
         }
     }
+}
+
+/// What every stored agent must satisfy.
+fn check_agent(agent: &AgentRecord) -> Result<(), VaultError> {
+    if !valid_agent_id(&agent.id) {
+        return Err(VaultError::Invalid(format!(
+            "invalid agent id {:?}",
+            agent.id
+        )));
+    }
+    // SECURITY: only a digest is stored; refuse anything that looks like a raw token.
+    if agent.token_sha256.len() != 64
+        || !agent
+            .token_sha256
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    {
+        return Err(VaultError::Invalid(
+            "token_sha256 must be 64 lowercase hex digits".into(),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
