@@ -44,6 +44,9 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
+/// Upper bound for `proxy.workers` (each is a thread with its own runtime and pool).
+pub const MAX_WORKERS: usize = 1024;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
@@ -431,6 +434,12 @@ impl Config {
                 "proxy.max_connections: must be at least 1".into(),
             ));
         }
+        if self.proxy.workers > MAX_WORKERS {
+            return Err(fail(
+                "workers",
+                format!("proxy.workers: at most {MAX_WORKERS} (0 = one per core)"),
+            ));
+        }
         for (i, host) in self.egress.allow.iter().enumerate() {
             let bare = host.strip_prefix("*.").unwrap_or(host);
             if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(':') {
@@ -724,6 +733,16 @@ mod tests {
     fn bad_duration_is_rejected_with_line() {
         let err = Config::parse("[proxy]\n\nidle_timeout = \"soon\"\n", "k.toml").unwrap_err();
         assert!(err.to_string().starts_with("k.toml:3:"), "{err}");
+    }
+
+    #[test]
+    fn workers_default_to_one_per_core_and_are_bounded() {
+        assert_eq!(Config::parse("", "k.toml").unwrap().proxy.workers, 0);
+        let ok = Config::parse("[proxy]\nworkers = 3\n", "k.toml").unwrap();
+        assert_eq!(ok.proxy.workers, 3);
+        let err = Config::parse("[proxy]\nworkers = 100000\n", "k.toml").unwrap_err();
+        assert!(err.to_string().contains("k.toml:2:"), "{err}");
+        assert!(err.to_string().contains("proxy.workers"), "{err}");
     }
 
     #[test]
