@@ -589,7 +589,7 @@ pub fn wrap_response(
 }
 
 /// Bodies of at most this many bytes, with a declared length and no
-/// content-encoding, are read whole by [`redact_response`] and sent with their
+/// content-encoding, are read whole by [`read_answer`] and sent with their
 /// exact (redacted) length instead of streaming through the chunked redactor.
 pub const WHOLE_BODY_MAX: u64 = 64 * 1024;
 
