@@ -160,6 +160,9 @@ async fn connect(
             Ok(ok_200())
         }
         Route::Intercept(_) => {
+            let Some(authority) = super::pipeline::upstream_authority(&host, port) else {
+                return Err(Deny::new(Code::BadRequest, "invalid CONNECT host"));
+            };
             let cx = Arc::new(TunnelCx {
                 state: state.clone(),
                 agent_id: principal.agent.id.clone(),
@@ -167,6 +170,7 @@ async fn connect(
                 expires: principal.expires,
                 host,
                 port,
+                authority,
                 client,
             });
             let upgrade = hyper::upgrade::on(&mut req);

@@ -41,24 +41,25 @@ pub struct TunnelCx {
     /// Canonical CONNECT host and port.
     pub host: String,
     pub port: u16,
+    /// `host[:port]` toward the upstream (port omitted when 443), built once.
+    pub authority: http::uri::Authority,
     /// The upstream pool of the worker this tunnel runs on.
     pub client: super::upstream::UpstreamClient,
 }
 
-impl TunnelCx {
-    /// `host[:port]` for the upstream URI (port omitted when 443).
-    fn authority(&self) -> String {
-        let host = if self.host.contains(':') {
-            format!("[{}]", self.host)
-        } else {
-            self.host.clone()
-        };
-        if self.port == 443 {
-            host
-        } else {
-            format!("{host}:{}", self.port)
-        }
-    }
+/// `host[:port]` for the upstream URI (port omitted when 443; IPv6 in brackets).
+pub fn upstream_authority(host: &str, port: u16) -> Option<http::uri::Authority> {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    let text = if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    text.parse().ok()
 }
 
 pub async fn handle(
@@ -337,7 +338,7 @@ async fn upgrade(
     let state = &cx.state;
     // A bare HTTP/1.1 connection wants origin-form and a Host header.
     let (mut parts, body) = req.into_parts();
-    let authority = cx.authority();
+    let authority = cx.authority.as_str();
     parts.uri = parts
         .uri
         .path_and_query()
@@ -347,7 +348,7 @@ async fn upgrade(
         .map_err(|_| Deny::new(Code::BadRequest, "invalid request target"))?;
     parts.headers.insert(
         header::HOST,
-        http::HeaderValue::from_str(&authority)
+        http::HeaderValue::from_str(authority)
             .map_err(|_| Deny::new(Code::BadRequest, "invalid host"))?,
     );
     let req = Request::from_parts(parts, body);
@@ -540,7 +541,7 @@ fn upstream_uri(cx: &TunnelCx, uri: &Uri) -> Result<Uri, Deny> {
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     Uri::builder()
         .scheme("https")
-        .authority(cx.authority())
+        .authority(cx.authority.clone())
         .path_and_query(pq)
         .build()
         .map_err(|_| Deny::new(Code::BadRequest, "invalid request target"))

@@ -150,9 +150,12 @@ impl Patterns {
     /// Whether `data` contains any form of any secret.
     pub fn contains_secret(&self, data: &[u8]) -> bool {
         match &self.matcher {
-            Matcher::Ready(nfa) => nfa
-                .try_find(&Input::new(data))
-                .map_or(true, |m| m.is_some()),
+            Matcher::Ready(nfa) => {
+                data.len() >= nfa.min_pattern_len()
+                    && nfa
+                        .try_find(&Input::new(data))
+                        .map_or(true, |m| m.is_some())
+            }
             Matcher::Empty => false,
             Matcher::Broken => true,
         }
@@ -313,6 +316,14 @@ fn json_forms(text: &str) -> Vec<Vec<u8>> {
 /// `buf[settled..]` may still be the start of a secret and must be held back.
 /// With `at_end` the whole buffer is settled.
 fn scan(nfa: &NFA, buf: &[u8], at_end: bool, out: &mut Option<Vec<u8>>) -> (usize, usize) {
+    // A whole value shorter than the shortest pattern cannot hold one (most
+    // header values, small bodies): skip setting up the search.
+    if at_end && buf.len() < nfa.min_pattern_len() {
+        if let Some(o) = out {
+            o.extend_from_slice(buf);
+        }
+        return (buf.len(), 0);
+    }
     let tail = if at_end {
         buf.len()
     } else {
@@ -1466,6 +1477,20 @@ mod tests {
             p.redact_all(b"x sk-token-abcdefg y").as_deref(),
             Some(&b"x [REDACTED] y"[..])
         );
+    }
+
+    #[test]
+    fn values_shorter_than_every_pattern_skip_the_search_but_a_whole_secret_does_not() {
+        let p = patterns(SECRET);
+        // Exactly the secret (the shortest pattern's length) is still found...
+        assert_eq!(p.redact_all(SECRET).as_deref(), Some(&b"[REDACTED]"[..]));
+        assert!(p.contains_secret(SECRET));
+        // ...one byte less cannot hold any form of it.
+        let short = &SECRET[..SECRET.len() - 1];
+        assert_eq!(p.redact_all(short), None);
+        assert!(!p.contains_secret(short));
+        // A streamed tail shorter than a pattern is still held back, not skipped.
+        assert_eq!(stream(&p, SECRET, &[3, 9]), b"[REDACTED]");
     }
 
     #[test]
