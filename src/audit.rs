@@ -1934,6 +1934,35 @@ mod tests {
         assert_eq!(out, std::fs::read(&path).unwrap());
     }
 
+    /// Lines written by [`write_cost_probe`].
+    const PROBE_LINES: usize = 10_000;
+
+    /// Not a check: a fixed workload of typical request lines for counting the
+    /// writer's cost per line, e.g. `valgrind --tool=callgrind
+    /// --toggle-collect='*AuditLog::append*' <lib test binary> --ignored
+    /// write_cost_probe` and divide by `PROBE_LINES`.
+    #[test]
+    #[ignore]
+    fn write_cost_probe() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open_path(&dir.path().join("audit.jsonl")).unwrap();
+        let mut e = Event::new("inject", "allowed");
+        e.agent = Some("agent-7".into());
+        e.host = Some("api.openai.com".into());
+        e.method = Some("POST".into());
+        e.path = Some("/v1/chat/completions".into());
+        e.provider = Some("openai".into());
+        e.secret = Some("OPENAI_API_KEY".into());
+        e.scope = Some("default".into());
+        e.tier = Some("standard".into());
+        e.version = Some(3);
+        for i in 0..PROBE_LINES {
+            e.request_id = Some(format!("{i:016x}"));
+            e.ts.clear();
+            log.record(e.clone()).unwrap();
+        }
+    }
+
     #[test]
     fn stdout_log_refuses_reads() {
         assert!(matches!(verify(Path::new("-")), Err(AuditError::Stdout)));
