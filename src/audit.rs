@@ -33,6 +33,8 @@ const HASH_HEX_LEN: usize = 64;
 const HASH_FIELD_OPEN: &str = ",\"hash\":\"";
 /// What follows the hash at the end of every line (before the newline).
 const HASH_FIELD_CLOSE: &str = "\"}";
+/// Room reserved per line of a batch: a typical request line is 300–400 bytes.
+const LINE_BYTES_HINT: usize = 512;
 /// The advisory lock file next to the log: `PATH.lock`.
 const LOCK_SUFFIX: &str = ".lock";
 /// The path that means "write to stdout".
@@ -639,22 +641,24 @@ impl AuditLog {
         for ev in events.iter_mut().filter(|ev| ev.ts.is_empty()) {
             ev.ts.clone_from(&ts);
         }
-        let mut hashes = Vec::with_capacity(events.len());
+        let mut hashes: Vec<String> = Vec::with_capacity(events.len());
+        // The whole batch is rendered into this one buffer; each line chains off
+        // the hash of the line before it in the batch (or the chain head).
+        let mut buf = Vec::with_capacity(events.len() * LINE_BYTES_HINT);
         match &mut inner.sink {
             Sink::Stdout => {
-                let mut prev = inner.prev_hash.clone();
-                let mut buf = String::new();
                 for ev in events.iter_mut() {
-                    let (line, hash) = self.render(ev, &prev)?;
-                    buf.push_str(&line);
-                    prev.clone_from(&hash);
+                    let prev = hashes.last().unwrap_or(&inner.prev_hash);
+                    let hash = render(ev, prev, &mut buf);
                     hashes.push(hash);
                 }
                 let mut out = std::io::stdout().lock();
-                out.write_all(buf.as_bytes())
+                out.write_all(&buf)
                     .and_then(|_| out.flush())
                     .map_err(io_err(&self.path))?;
-                inner.prev_hash = prev;
+                if let Some(head) = hashes.last() {
+                    inner.prev_hash.clone_from(head);
+                }
                 Ok(hashes)
             }
             Sink::File(sink) => {
@@ -667,26 +671,28 @@ impl AuditLog {
                     .ok_or_else(|| corrupt(&self.path, "no lock file"))?;
                 let _held = LockGuard::exclusive(lock).map_err(io_err(&self.path))?;
                 self.catch_up(sink, &mut inner.prev_hash)?;
-                let mut prev = inner.prev_hash.clone();
-                let mut buf = Vec::new();
                 for ev in events.iter_mut() {
-                    let (line, hash) = self.render(ev, &prev)?;
-                    let len = sink.len + buf.len() as u64;
-                    if self.rotate_bytes > 0
-                        && len > 0
-                        && len + line.len() as u64 > self.rotate_bytes
-                    {
-                        self.write_out(sink, &buf)?;
-                        inner.prev_hash.clone_from(&prev);
-                        buf.clear();
+                    let prev = hashes.last().unwrap_or(&inner.prev_hash);
+                    let start = buf.len();
+                    let hash = render(ev, prev, &mut buf);
+                    let line_len = (buf.len() - start) as u64;
+                    let len = sink.len + start as u64;
+                    if self.rotate_bytes > 0 && len > 0 && len + line_len > self.rotate_bytes {
+                        // This line starts the next file: the lines before it
+                        // finish this one.
+                        self.write_out(sink, &buf[..start])?;
+                        if let Some(head) = hashes.last() {
+                            inner.prev_hash.clone_from(head);
+                        }
+                        buf.drain(..start);
                         self.rotate(sink)?;
                     }
-                    buf.extend_from_slice(line.as_bytes());
-                    prev.clone_from(&hash);
                     hashes.push(hash);
                 }
                 self.write_out(sink, &buf)?;
-                inner.prev_hash = prev;
+                if let Some(head) = hashes.last() {
+                    inner.prev_hash.clone_from(head);
+                }
                 Ok(hashes)
             }
         }
@@ -707,20 +713,6 @@ impl AuditLog {
         }
         sink.len += buf.len() as u64;
         Ok(())
-    }
-
-    /// Sets `ev.prev_hash`, serializes it and returns the full line and its hash.
-    fn render(&self, ev: &mut Event, prev_hash: &str) -> Result<(String, String), AuditError> {
-        ev.prev_hash = prev_hash.to_string();
-        let mut line = Vec::new();
-        ev.write_canonical_body(&mut line);
-        let hash = chain_hash_bytes(&ev.prev_hash, &line);
-        line.extend_from_slice(HASH_FIELD_OPEN.as_bytes());
-        line.extend_from_slice(hash.as_bytes());
-        line.extend_from_slice(HASH_FIELD_CLOSE.as_bytes());
-        line.push(b'\n');
-        let line = String::from_utf8(line).map_err(|e| corrupt(&self.path, e.to_string()))?;
-        Ok((line, hash))
     }
 
     /// Under the lock: if another process appended, rotated or replaced the live
@@ -775,6 +767,23 @@ impl AuditLog {
         tracing::info!(rotated_to = %target.display(), "audit log rotated");
         Ok(())
     }
+}
+
+/// Sets `ev.prev_hash`, appends the event's full line (canonical body, hash
+/// field, newline) to `buf` and returns the line's hash.
+fn render(ev: &mut Event, prev_hash: &str, buf: &mut Vec<u8>) -> String {
+    // Refilled rather than replaced: the event keeps its string's capacity (a
+    // request's later lines reuse the same event).
+    ev.prev_hash.clear();
+    ev.prev_hash.push_str(prev_hash);
+    let start = buf.len();
+    ev.write_canonical_body(buf);
+    let hash = chain_hash_bytes(prev_hash, &buf[start..]);
+    buf.extend_from_slice(HASH_FIELD_OPEN.as_bytes());
+    buf.extend_from_slice(hash.as_bytes());
+    buf.extend_from_slice(HASH_FIELD_CLOSE.as_bytes());
+    buf.push(b'\n');
+    hash
 }
 
 pub fn chain_hash(prev_hash: &str, body: &str) -> String {
@@ -2170,6 +2179,37 @@ mod tests {
         e.write_canonical_body(&mut body);
         body.push(b'}');
         assert_eq!(body, serde_json::to_vec(&e).unwrap());
+    }
+
+    /// What the writer put on disk is what the serde-based writer wrote before
+    /// it: each line is `serde_json::to_string` of its event without the closing
+    /// brace, then the hash of that body chained off the line before, also
+    /// across the lines of one batch.
+    #[test]
+    fn written_lines_are_serde_json_of_their_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        let mut tricky = ev("inject", "allowed", "a\"g\\e/n\u{7f}t\n", Some("K€Y"));
+        tricky.reason = Some("\u{0}\u{1f}\t\r\u{8}\u{c} 😀".into());
+        tricky.status = Some(502);
+        tricky.version = Some(0);
+        log.record(tricky.clone()).unwrap();
+        let mut batch = vec![tricky.clone(), ev("deny", "denied", "b", None), tricky];
+        log.append(&mut log.inner.lock(), &mut batch).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut prev = GENESIS_HASH.to_string();
+        for line in text.lines() {
+            let (body, hash) = split_hash(line).unwrap();
+            let mut event: Event = serde_json::from_str(line).unwrap();
+            assert_eq!(event.prev_hash, prev);
+            event.hash.clear();
+            let canonical = serde_json::to_string(&event).unwrap();
+            assert_eq!(format!("{body}}}"), canonical);
+            assert_eq!(chain_hash(&prev, body), hash);
+            prev = hash.to_string();
+        }
+        assert_eq!(text.lines().count(), 4);
     }
 
     /// Lines written by [`write_cost_probe`].
