@@ -1055,3 +1055,64 @@ fn a_writer_waits_for_the_lock_held_by_another() {
     assert!(writer.join().unwrap() >= Duration::from_millis(250));
     assert_eq!(open(&c).unwrap().list(None).len(), 2);
 }
+
+#[test]
+fn undo_puts_back_the_record_as_it_was_and_never_clobbers_a_later_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let v = open(&c).unwrap();
+    let get = |v: &Vault| {
+        v.snapshot()
+            .get("platform", "K")
+            .unwrap()
+            .map(|o| (o.value.expose().to_vec(), o.version))
+    };
+    // A new name: undo removes it.
+    let (_, undo) = v
+        .set_undoable(
+            "platform",
+            "K",
+            Secret::from_str("one"),
+            None,
+            SetOptions::default(),
+        )
+        .unwrap();
+    assert!(!undo.replaced());
+    v.undo(undo).unwrap();
+    assert_eq!(get(&v), None);
+    // A replaced value: undo restores the old value and version, and it still opens
+    // after a reopen (same sealed record, same AAD).
+    v.set(
+        "platform",
+        "K",
+        Secret::from_str("one"),
+        SetOptions::default(),
+    )
+    .unwrap();
+    let (meta, undo) = v
+        .set_undoable(
+            "platform",
+            "K",
+            Secret::from_str("two"),
+            None,
+            SetOptions::default(),
+        )
+        .unwrap();
+    assert!(undo.replaced());
+    assert_eq!(meta.version, 2);
+    v.undo(undo).unwrap();
+    assert_eq!(get(&v), Some((b"one".to_vec(), 1)));
+    assert_eq!(get(&open(&c).unwrap()), Some((b"one".to_vec(), 1)));
+    // A removal: undo brings the record back.
+    let (_, undo) = v.remove_undoable("platform", "K").unwrap();
+    v.undo(undo).unwrap();
+    assert_eq!(get(&v), Some((b"one".to_vec(), 1)));
+    // Changed again in between: the later change stays.
+    let (_, undo) = v
+        .rotate_undoable("platform", "K", Secret::from_str("two"))
+        .unwrap();
+    v.rotate("platform", "K", Secret::from_str("three"))
+        .unwrap();
+    assert!(matches!(v.undo(undo), Err(VaultError::Invalid(_))));
+    assert_eq!(get(&v), Some((b"three".to_vec(), 3)));
+}

@@ -9,6 +9,6 @@ pub mod store;
 pub use kind::SecretKind;
 pub use store::{
     check_value, format_period, normalize_hosts, valid_scope, AgentRecord, KdfParams, MasterKey,
-    MasterSource, Opened, RecordMeta, SetOptions, Snapshot, Vault, VaultError, ENV_MASTER_KEY,
-    ENV_MASTER_PASSPHRASE, MAX_VALUE_BYTES,
+    MasterSource, Opened, RecordMeta, SetOptions, Snapshot, Undo, Vault, VaultError,
+    ENV_MASTER_KEY, ENV_MASTER_PASSPHRASE, MAX_VALUE_BYTES,
 };

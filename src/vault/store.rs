@@ -22,6 +22,7 @@ use parking_lot::{Mutex, RwLock};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -607,6 +608,43 @@ struct MasterHeader {
 struct SealState {
     epoch: u64,
     count: u64,
+}
+
+/// How to take back one secret change that could not be audited: the record as
+/// it was (still sealed: no plaintext is kept) and the id/version the change left,
+/// so that [`Vault::undo`] never overwrites a later change.
+pub struct Undo {
+    scope: String,
+    name: String,
+    before: Option<StoredRecord>,
+    after: Option<(String, u32)>,
+}
+
+impl Undo {
+    fn of(
+        scope: &str,
+        name: &str,
+        before: Option<StoredRecord>,
+        after: Option<&StoredRecord>,
+    ) -> Undo {
+        Undo {
+            scope: scope.to_string(),
+            name: name.to_string(),
+            before,
+            after: after.map(|r| (r.id.clone(), r.version)),
+        }
+    }
+
+    /// The change replaced (or removed) a record that existed before it.
+    pub fn replaced(&self) -> bool {
+        self.before.is_some()
+    }
+}
+
+impl fmt::Debug for Undo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Undo({}/{})", self.scope, self.name)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1234,6 +1272,20 @@ impl Vault {
         kind: Option<SecretKind>,
         opts: SetOptions,
     ) -> Result<RecordMeta, VaultError> {
+        self.set_undoable(scope, name, value, kind, opts)
+            .map(|(meta, _)| meta)
+    }
+
+    /// [`Vault::set_with_kind`], also returning how to take the change back
+    /// (for a caller that must fail closed when it cannot audit the change).
+    pub fn set_undoable(
+        &self,
+        scope: &str,
+        name: &str,
+        value: Secret,
+        kind: Option<SecretKind>,
+        opts: SetOptions,
+    ) -> Result<(RecordMeta, Undo), VaultError> {
         check_scope(scope)?;
         check_name(name)?;
         check_value(&value)?;
@@ -1241,6 +1293,7 @@ impl Vault {
         let hosts = normalize_hosts(&opts.hosts)?;
         let every = rotate_secs(opts.rotate_every)?;
         self.mutate(|d| {
+            let before = d.find(scope, name).map(|i| d.body.records[i].clone());
             let ts = now();
             let mut rec = match d.find(scope, name) {
                 Some(i) => {
@@ -1287,19 +1340,32 @@ impl Vault {
             rec.last_rotated = ts;
             d.seal_into(&mut rec, value.expose())?;
             let meta = rec.meta();
+            let undo = Undo::of(scope, name, before, Some(&rec));
             d.body.records.push(rec);
-            Ok(meta)
+            Ok((meta, undo))
         })
     }
 
     /// New value, version + 1; the old value is dropped.
     pub fn rotate(&self, scope: &str, name: &str, value: Secret) -> Result<RecordMeta, VaultError> {
+        self.rotate_undoable(scope, name, value)
+            .map(|(meta, _)| meta)
+    }
+
+    /// [`Vault::rotate`], also returning how to take the change back.
+    pub fn rotate_undoable(
+        &self,
+        scope: &str,
+        name: &str,
+        value: Secret,
+    ) -> Result<(RecordMeta, Undo), VaultError> {
         check_scope(scope)?;
         check_name(name)?;
         check_value(&value)?;
         self.mutate(|d| {
             let i = d.find(scope, name).ok_or_else(|| not_found(scope, name))?;
             let mut rec = d.body.records.remove(i);
+            let before = Some(rec.clone());
             rec.version = rec
                 .version
                 .checked_add(1)
@@ -1312,8 +1378,9 @@ impl Vault {
             rec.last_rotated = ts;
             d.seal_into(&mut rec, value.expose())?;
             let meta = rec.meta();
+            let undo = Undo::of(scope, name, before, Some(&rec));
             d.body.records.push(rec);
-            Ok(meta)
+            Ok((meta, undo))
         })
     }
 
@@ -1323,17 +1390,65 @@ impl Vault {
 
     /// Removes and returns the removed record's metadata.
     pub fn remove_returning(&self, scope: &str, name: &str) -> Result<RecordMeta, VaultError> {
+        self.remove_undoable(scope, name).map(|(meta, _)| meta)
+    }
+
+    /// [`Vault::remove_returning`], also returning how to take the change back.
+    pub fn remove_undoable(
+        &self,
+        scope: &str,
+        name: &str,
+    ) -> Result<(RecordMeta, Undo), VaultError> {
         check_scope(scope)?;
         check_name(name)?;
         self.mutate(|d| {
             let i = d.find(scope, name).ok_or_else(|| not_found(scope, name))?;
-            Ok(d.body.records.remove(i).meta())
+            let rec = d.body.records.remove(i);
+            let meta = rec.meta();
+            Ok((meta, Undo::of(scope, name, Some(rec), None)))
+        })
+    }
+
+    /// Puts a record back as it was before the change `undo` came from. Refused
+    /// when the record has changed again since, so a later change is never lost.
+    pub fn undo(&self, undo: Undo) -> Result<(), VaultError> {
+        self.mutate(|d| {
+            let current = d.find(&undo.scope, &undo.name);
+            let now = current.map(|i| {
+                let r = &d.body.records[i];
+                (r.id.clone(), r.version)
+            });
+            if now != undo.after {
+                return Err(VaultError::Invalid(format!(
+                    "secret {} in scope {} changed again since; not undone",
+                    undo.name, undo.scope
+                )));
+            }
+            if let Some(i) = current {
+                d.body.records.remove(i);
+            }
+            // The record goes back exactly as it was stored (sealed under the same
+            // data key, same AAD), so it opens as before.
+            if let Some(rec) = undo.before {
+                d.body.records.push(rec);
+            }
+            Ok(())
         })
     }
 
     /// Copies `name` from scope `from` into scope `to` (which must not have it): a new
     /// record (version 1) with the same value, metadata and rotation clock.
     pub fn clone_secret(&self, name: &str, from: &str, to: &str) -> Result<RecordMeta, VaultError> {
+        self.clone_undoable(name, from, to).map(|(meta, _)| meta)
+    }
+
+    /// [`Vault::clone_secret`], also returning how to take the change back.
+    pub fn clone_undoable(
+        &self,
+        name: &str,
+        from: &str,
+        to: &str,
+    ) -> Result<(RecordMeta, Undo), VaultError> {
         check_scope(from)?;
         check_scope(to)?;
         check_name(name)?;
@@ -1365,8 +1480,9 @@ impl Vault {
             };
             d.seal_into(&mut rec, value.expose())?;
             let meta = rec.meta();
+            let undo = Undo::of(to, name, None, Some(&rec));
             d.body.records.push(rec);
-            Ok(meta)
+            Ok((meta, undo))
         })
     }
 
