@@ -57,7 +57,10 @@ impl CliEnv {
         let mut child = c.spawn().unwrap();
         let mut pipe = child.stdin.take().unwrap();
         if let Some(input) = stdin {
-            pipe.write_all(input).unwrap();
+            // A command refused before it reads stdin may exit first.
+            if let Err(e) = pipe.write_all(input) {
+                assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "{e}");
+            }
         }
         drop(pipe);
         child.wait_with_output().unwrap()
