@@ -8,7 +8,8 @@ use crate::audit::{AuditLog, Event};
 use crate::config::Config;
 use crate::secret::Secret;
 use crate::vault::{
-    MasterKey, MasterSource, RecordMeta, SecretKind, SetOptions, Vault, VaultError, MAX_VALUE_BYTES,
+    MasterKey, MasterSource, RecordMeta, SecretKind, SetOptions, Undo, Vault, VaultError,
+    MAX_VALUE_BYTES,
 };
 use clap::Subcommand;
 use std::io::{IsTerminal, Read, Write};
@@ -145,10 +146,17 @@ pub fn run_with(
                 hosts,
                 rotate_every,
             };
-            let meta = vault
-                .set_with_kind(&scope, &name, value, kind, opts)
+            let (meta, undo) = vault
+                .set_undoable(&scope, &name, value, kind, opts)
                 .map_err(vault_err)?;
-            audit_write(&audit, "secret_set", &meta, None)?;
+            // The same names as the admin API's PUT: a new version of an existing
+            // secret is a rotation, whichever command made it.
+            let event = if undo.replaced() {
+                "secret_rotate"
+            } else {
+                "secret_set"
+            };
+            audit_or_undo(&vault, &audit, event, &meta, None, undo)?;
             say(
                 out,
                 &format!(
@@ -160,8 +168,10 @@ pub fn run_with(
         SecretCmd::Rotate { name, scope } => {
             let value = read_value(input)?;
             let audit = open_audit(cfg)?;
-            let meta = vault.rotate(&scope, &name, value).map_err(vault_err)?;
-            audit_write(&audit, "secret_rotate", &meta, None)?;
+            let (meta, undo) = vault
+                .rotate_undoable(&scope, &name, value)
+                .map_err(vault_err)?;
+            audit_or_undo(&vault, &audit, "secret_rotate", &meta, None, undo)?;
             say(
                 out,
                 &format!(
@@ -172,8 +182,8 @@ pub fn run_with(
         }
         SecretCmd::Rm { name, scope } => {
             let audit = open_audit(cfg)?;
-            let meta = vault.remove_returning(&scope, &name).map_err(vault_err)?;
-            audit_write(&audit, "secret_rm", &meta, None)?;
+            let (meta, undo) = vault.remove_undoable(&scope, &name).map_err(vault_err)?;
+            audit_or_undo(&vault, &audit, "secret_rm", &meta, None, undo)?;
             say(
                 out,
                 &format!(
@@ -188,14 +198,16 @@ pub fn run_with(
             to_scope,
         } => {
             let audit = open_audit(cfg)?;
-            let meta = vault
-                .clone_secret(&name, &from_scope, &to_scope)
+            let (meta, undo) = vault
+                .clone_undoable(&name, &from_scope, &to_scope)
                 .map_err(vault_err)?;
-            audit_write(
+            audit_or_undo(
+                &vault,
                 &audit,
                 "secret_clone",
                 &meta,
                 Some(format!("cloned from {from_scope}")),
+                undo,
             )?;
             say(
                 out,
@@ -469,21 +481,32 @@ fn open_audit(cfg: &Config) -> Result<AuditLog, CliError> {
         .map_err(|e| CliError::User(format!("{e} (every vault change is audited)")))
 }
 
-fn audit_write(
+/// Records the audit line for a change just made, or takes the change back.
+fn audit_or_undo(
+    vault: &Vault,
     audit: &AuditLog,
     event: &str,
     meta: &RecordMeta,
     reason: Option<String>,
+    undo: Undo,
 ) -> Result<(), CliError> {
     let mut ev = Event::new(event, "allowed");
     ev.secret = Some(meta.name.clone());
     ev.scope = Some(meta.scope.clone());
     ev.version = Some(meta.version);
     ev.reason = reason;
-    audit.record(ev).map(|_| ()).map_err(|e| {
-        CliError::Internal(format!(
-            "the vault was updated, but the audit line could not be written: {e}"
-        ))
+    let Err(e) = audit.record(ev) else {
+        return Ok(());
+    };
+    // SECURITY: fail closed: a vault change that is not on record is undone (the
+    // previous record goes back, still sealed).
+    Err(match vault.undo(undo) {
+        Ok(()) => CliError::Internal(format!(
+            "the audit line could not be written ({e}); the change was undone, nothing changed"
+        )),
+        Err(u) => CliError::Internal(format!(
+            "the audit line could not be written ({e}) and undoing the change failed ({u}); check the vault"
+        )),
     })
 }
 
