@@ -5,10 +5,11 @@
 use super::CliError;
 use crate::audit::{AuditLog, Event};
 use crate::config::{valid_agent_id, valid_secret_name, Config};
-use crate::vault::{AgentRecord, Vault};
+use crate::vault::{AgentRecord, Vault, VaultError};
 use base64::Engine;
 use clap::Subcommand;
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 /// Prefix of static agent tokens (session tokens use `kws_`).
 pub const TOKEN_PREFIX: &str = "kwa_";
@@ -17,7 +18,7 @@ pub const TOKEN_BYTES: usize = 32;
 
 #[derive(Subcommand)]
 pub enum AgentCmd {
-    /// Register an agent and print its token once.
+    /// Register a new agent and print its token once (an existing id is refused).
     Add {
         id: String,
         #[arg(long)]
@@ -52,11 +53,34 @@ fn vault(cfg: &Config) -> Result<Vault, CliError> {
     Vault::open(&cfg.vault).map_err(|e| CliError::User(e.to_string()))
 }
 
-fn audit(cfg: &Config, event: &str, agent: &str) {
+/// Opened before any change: a change that cannot be audited is not made.
+fn open_audit(cfg: &Config) -> Result<AuditLog, CliError> {
+    AuditLog::open(&cfg.audit).map_err(|e| {
+        CliError::User(format!(
+            "{e} (every agent change is audited; nothing was changed)"
+        ))
+    })
+}
+
+fn audit_event(event: &str, agent: &AgentRecord) -> Event {
     let mut ev = Event::new(event, "allowed");
-    ev.agent = Some(agent.to_string());
-    if let Err(e) = AuditLog::open(&cfg.audit).and_then(|log| log.record(ev)) {
-        eprintln!("keyward: warning: {e}");
+    ev.agent = Some(agent.id.clone());
+    ev.chain = agent.chain.clone();
+    ev.owner = agent.owner.clone();
+    ev.builder = agent.builder.clone();
+    ev
+}
+
+/// The error after a change whose audit line could not be written and that was
+/// (or could not be) taken back.
+fn unaudited(e: crate::audit::AuditError, undone: Result<(), VaultError>, what: &str) -> CliError {
+    match undone {
+        Ok(()) => CliError::Internal(format!(
+            "the audit line could not be written ({e}); {what} was undone, nothing changed"
+        )),
+        Err(u) => CliError::Internal(format!(
+            "the audit line could not be written ({e}) and undoing {what} failed ({u}); check the vault"
+        )),
     }
 }
 
@@ -94,7 +118,9 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
                     )));
                 }
             }
-            let token = new_token();
+            let log = open_audit(cfg)?;
+            let vault = vault(cfg)?;
+            let token = Zeroizing::new(new_token());
             let record = AgentRecord {
                 id: id.clone(),
                 token_sha256: hex::encode(Sha256::digest(token.as_bytes())),
@@ -104,11 +130,23 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
                 secrets,
                 created: crate::audit::now_rfc3339(),
             };
-            vault(cfg)?
-                .put_agent(record)
-                .map_err(|e| CliError::User(e.to_string()))?;
-            audit(cfg, "agent_add", &id);
-            println!("{token}");
+            let ev = audit_event("agent_add", &record);
+            // SECURITY: create-only, checked inside the vault's locked write:
+            // re-adding an id would replace its token and let whoever runs this
+            // take over that agent's identity in the audit trail.
+            vault.add_agent(record).map_err(|e| match e {
+                VaultError::AgentExists(_) => CliError::User(format!(
+                    "agent {id} already exists; to issue a new token, remove it first (keyward agent rm {id})"
+                )),
+                e => CliError::User(e.to_string()),
+            })?;
+            if let Err(e) = log.record(ev) {
+                // SECURITY: fail closed: an agent whose creation is not on record is
+                // removed again, and its token is never shown.
+                let undone = vault.remove_agent(&id).map(|_| ());
+                return Err(unaudited(e, undone, "the registration"));
+            }
+            println!("{}", token.as_str());
             eprintln!(
                 "agent {id} registered; the token above is shown once (only its SHA-256 is stored)"
             );
@@ -145,13 +183,30 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
             Ok(0)
         }
         AgentCmd::Rm { id } => {
-            let removed = vault(cfg)?
+            let log = open_audit(cfg)?;
+            let vault = vault(cfg)?;
+            let Some(record) = vault
+                .snapshot()
+                .agents()
+                .iter()
+                .find(|a| a.id == id)
+                .cloned()
+            else {
+                return Err(CliError::User(format!("no agent {id} in the vault")));
+            };
+            let ev = audit_event("agent_rm", &record);
+            if !vault
                 .remove_agent(&id)
-                .map_err(|e| CliError::User(e.to_string()))?;
-            if !removed {
+                .map_err(|e| CliError::User(e.to_string()))?
+            {
                 return Err(CliError::User(format!("no agent {id} in the vault")));
             }
-            audit(cfg, "agent_rm", &id);
+            if let Err(e) = log.record(ev) {
+                // SECURITY: fail closed: a removal that is not on record is taken back
+                // (same token hash), so the trail never misses who could act when.
+                let undone = vault.add_agent(record);
+                return Err(unaudited(e, undone, "the removal"));
+            }
             println!("removed agent {id}");
             Ok(0)
         }
