@@ -771,11 +771,12 @@ async fn put_secret(
         hosts: body.hosts.unwrap_or_default(),
         rotate_every,
     };
-    let existed = find_meta(state, scope, name).is_some();
     let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
-    let meta = blocking(move || Ok(st.vault.set_with_kind(&sc, &nm, value, kind, opts)?)).await?;
-    refresh(state);
-    let (event, status) = if existed {
+    let (meta, undo) =
+        blocking(move || Ok(st.vault.set_undoable(&sc, &nm, value, kind, opts)?)).await?;
+    // Decided inside the vault's locked write, so two concurrent PUTs of a new
+    // name are one `secret_set` and one `secret_rotate`.
+    let (event, status) = if undo.replaced() {
         ("secret_rotate", StatusCode::OK)
     } else {
         ("secret_set", StatusCode::CREATED)
@@ -784,14 +785,39 @@ async fn put_secret(
     ev.secret = Some(meta.name.clone());
     ev.scope = Some(meta.scope.clone());
     ev.version = Some(meta.version);
-    // A vault change cannot be taken back safely (the old value is gone), so say
-    // plainly that it happened but is not on record.
-    audit_change(state, ev).map_err(|e| ApiError {
-        message: format!("{}; the change WAS applied", e.message),
-        ..e
-    })?;
+    audit_or_undo(state, ev, undo).await?;
+    refresh(state);
     tracing::info!(scope = %meta.scope, name = %meta.name, version = meta.version, actor = ?cx.actor, "{event} via admin API");
     Ok(json_response(status, json!(meta)))
+}
+
+/// Records the audit line for a secret change, or takes the change back.
+async fn audit_or_undo(
+    state: &Arc<State>,
+    ev: Event,
+    undo: crate::vault::Undo,
+) -> Result<(), ApiError> {
+    let Err(e) = audit_change(state, ev) else {
+        return Ok(());
+    };
+    // SECURITY: fail closed: a vault change that is not on record is undone (the
+    // previous record goes back, still sealed), as agent creation is rolled back.
+    let st = state.clone();
+    let undone = blocking(move || Ok(st.vault.undo(undo)?)).await;
+    refresh(state);
+    Err(match undone {
+        Ok(()) => ApiError {
+            message: format!("{}; the change was undone", e.message),
+            ..e
+        },
+        Err(u) => {
+            tracing::error!(error = %u.message, "an unaudited vault change could not be undone");
+            ApiError {
+                message: format!("{}; the change could NOT be undone", e.message),
+                ..e
+            }
+        }
+    })
 }
 
 async fn delete_secret(
@@ -800,24 +826,19 @@ async fn delete_secret(
     scope: &str,
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let Some(meta) = find_meta(state, scope, name) else {
+    if find_meta(state, scope, name).is_none() {
         return Err(ApiError::not_found(format!(
             "secret {name} not found in scope {scope}"
         )));
-    };
+    }
     let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
-    blocking(move || Ok(st.vault.remove(&sc, &nm)?)).await?;
-    refresh(state);
+    let (meta, undo) = blocking(move || Ok(st.vault.remove_undoable(&sc, &nm)?)).await?;
     let mut ev = cx.event("secret_rm", "allowed", StatusCode::NO_CONTENT);
     ev.secret = Some(meta.name.clone());
     ev.scope = Some(meta.scope.clone());
     ev.version = Some(meta.version);
-    // A vault change cannot be taken back safely (the old value is gone), so say
-    // plainly that it happened but is not on record.
-    audit_change(state, ev).map_err(|e| ApiError {
-        message: format!("{}; the change WAS applied", e.message),
-        ..e
-    })?;
+    audit_or_undo(state, ev, undo).await?;
+    refresh(state);
     tracing::info!(scope = %meta.scope, name = %meta.name, actor = ?cx.actor, "secret_rm via admin API");
     let mut resp = Response::new(empty());
     *resp.status_mut() = StatusCode::NO_CONTENT;

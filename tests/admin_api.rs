@@ -488,6 +488,86 @@ async fn delete_secret_removes_it_from_the_running_proxy() {
     assert_eq!(got.error_code().as_deref(), Some("secret_not_found"));
 }
 
+/// The stored value and version of `platform/NAME`, straight from the vault.
+fn stored(kw: &Kw, name: &str) -> Option<(String, u32)> {
+    kw.running
+        .state
+        .vault
+        .snapshot()
+        .get("platform", name)
+        .unwrap()
+        .map(|o| {
+            (
+                String::from_utf8(o.value.expose().to_vec()).unwrap(),
+                o.version,
+            )
+        })
+}
+
+#[tokio::test]
+async fn secret_changes_with_an_unwritable_audit_log_are_undone() {
+    let (kw, admin) = start().await;
+    let old = "sk-before-the-outage-0123456789";
+    let got = admin
+        .as_all(
+            "PUT",
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            Some(json!({"value": old})),
+        )
+        .await;
+    assert_eq!(got.status, 201);
+    // The live audit file becomes a directory: nothing can append to it (even as root).
+    std::fs::remove_file(kw.audit_path()).unwrap();
+    std::fs::create_dir(kw.audit_path()).unwrap();
+
+    let refused = |got: &Got, what: &str| {
+        assert_eq!(got.status, 503, "{what}: {}", got.text());
+        assert_eq!(error_type(got), "keyward.audit_unavailable", "{what}");
+        let msg = got.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(
+            msg.contains("undone") && !msg.contains("NOT"),
+            "{what}: {msg}"
+        );
+    };
+    let got = admin
+        .as_all(
+            "PUT",
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            Some(json!({"value": "sk-unaudited-rotation-0123456789"})),
+        )
+        .await;
+    refused(&got, "rotate");
+    assert_eq!(stored(&kw, "OPENAI_API_KEY"), Some((old.to_string(), 1)));
+
+    let got = admin
+        .as_all(
+            "PUT",
+            "/v1/secrets/platform/ANTHROPIC_API_KEY",
+            Some(json!({"value": "sk-ant-unaudited-0123456789"})),
+        )
+        .await;
+    refused(&got, "create");
+    assert_eq!(stored(&kw, "ANTHROPIC_API_KEY"), None);
+
+    let got = admin
+        .as_all("DELETE", "/v1/secrets/platform/OPENAI_API_KEY", None)
+        .await;
+    refused(&got, "delete");
+    assert_eq!(stored(&kw, "OPENAI_API_KEY"), Some((old.to_string(), 1)));
+
+    // A fresh handle on the file sees the same: the undo was written, not just cached.
+    let reopened = keyward::vault::Vault::open(&kw.running.state.runtime().config.vault).unwrap();
+    let meta = reopened
+        .snapshot()
+        .meta("platform", "OPENAI_API_KEY")
+        .unwrap();
+    assert_eq!(meta.version, 1);
+    assert!(reopened
+        .snapshot()
+        .meta("platform", "ANTHROPIC_API_KEY")
+        .is_none());
+}
+
 #[tokio::test]
 async fn created_agent_token_works_for_a_connect_through_the_proxy() {
     let (kw, admin) = start().await;
