@@ -320,6 +320,11 @@ impl Directory {
         }
     }
 
+    /// An agent with this id exists (in the config or the vault).
+    pub fn knows(&self, id: &str) -> bool {
+        self.agents.contains_key(id)
+    }
+
     pub fn agent_ids(&self) -> impl Iterator<Item = &str> {
         self.agents.keys().map(String::as_str)
     }

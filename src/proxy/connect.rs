@@ -93,16 +93,23 @@ fn authenticate(state: &State, req: &Request<Incoming>, ev: &mut Event) -> Resul
         )
     };
     let (id, token) = proxy_credentials(req).ok_or_else(denied)?;
-    if crate::config::valid_agent_id(&id) {
-        ev.agent = Some(id.clone());
-    }
+    let runtime = state.runtime();
     // SECURITY: the token is compared as a SHA-256 digest in constant time; it is
-    // never logged, only the claimed id (when well-formed) is.
-    let principal = state
-        .runtime()
+    // never logged.
+    let Some(principal) = runtime
         .directory
         .authenticate(&id, &token, pipeline::unix_now())
-        .ok_or_else(denied)?;
+    else {
+        // SECURITY: the claimed id goes into the audit line only when it names a
+        // known agent (a wrong token for a real agent is worth seeing). Anything
+        // else may be a token: `HTTPS_PROXY=http://kwa_…@keyward` sends the token
+        // as the user name, and the audit log never holds a token.
+        if runtime.directory.knows(&id) {
+            ev.agent = Some(id);
+        }
+        return Err(denied());
+    };
+    ev.agent = Some(principal.agent.id.clone());
     ev.run_id = principal.run_id.clone();
     ev.owner = principal.owner().map(str::to_string);
     ev.builder = principal.builder().map(str::to_string);

@@ -147,6 +147,10 @@ impl Deny {
     /// The response an agent sees. `agent`/`host` go into the body so that an
     /// agent reading it knows who was refused for what.
     pub fn response(&self, agent: Option<&str>, host: Option<&str>) -> Response<Body> {
+        // SECURITY: a caller that failed to authenticate is not told which id it
+        // was taken for: echoing it only for known ids would reveal which agent
+        // ids exist, and the "id" may be a misplaced token.
+        let agent = agent.filter(|_| self.code != Code::ProxyAuthRequired);
         let body = serde_json::json!({
             "error": {
                 "type": format!("keyward.{}", self.code.as_str()),
