@@ -2,6 +2,7 @@
 //! deny) on its authority, and set up what follows the `200`.
 
 use super::error::{Code, Deny};
+use super::limits::{Activity, InFlightBody, Tracked};
 use super::pipeline::{self, TunnelCx};
 use super::state::State;
 use super::upstream::UpstreamClient;
@@ -17,6 +18,7 @@ use hyper::upgrade::Upgraded;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// Streams an h2 client may open at once inside one tunnel.
@@ -241,6 +243,8 @@ async fn intercept(cx: Arc<TunnelCx>, client: Upgraded) {
         }
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    // SECURITY: the handshake is bounded like a request head: an agent that opens
+    // a tunnel and never finishes TLS would otherwise hold a connection slot forever.
     let tls = match tokio::time::timeout(
         cx.state.limits.header_read_timeout.0,
         acceptor.accept(TokioIo::new(client)),
@@ -280,19 +284,50 @@ async fn intercept(cx: Arc<TunnelCx>, client: Upgraded) {
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESETS);
+    let activity = Activity::new();
     let svc_cx = cx.clone();
-    let service = hyper::service::service_fn(move |req| pipeline::handle(svc_cx.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-    if let Err(e) = conn.await {
+    let svc_activity = activity.clone();
+    let service = hyper::service::service_fn(move |req| {
+        // In flight from here until the response body has ended (see `Activity`).
+        let in_flight = svc_activity.begin();
+        let answer = pipeline::handle(svc_cx.clone(), req);
+        async move {
+            let resp = answer.await?;
+            Ok::<_, Infallible>(resp.map(|body| InFlightBody::new(body, in_flight)))
+        }
+    });
+    let io = TokioIo::new(Tracked::new(tls, activity.clone()));
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    tokio::pin!(conn);
+    // SECURITY: an idle tunnel is closed after `idle_timeout`. hyper itself waits
+    // without limit for the first bytes (h1/h2 detection) and has no idle limit
+    // for h2, so a silent tunnel would otherwise hold a connection slot and the
+    // agent's tunnel quota forever.
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        () = activity.idle(limits.idle_timeout.0) => {
+            tracing::debug!(host = %cx.host, "idle tunnel closed");
+            // Nothing is in flight, so a graceful close loses nothing (h2 says
+            // GOAWAY); a peer that does not take part in it is dropped.
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(IDLE_CLOSE_GRACE, conn.as_mut())
+                .await
+                .unwrap_or(Ok(()))
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(error = %e, host = %cx.host, "intercepted connection ended with an error");
     }
 }
+
+/// How long an idle tunnel's graceful close may take before the connection is dropped.
+pub const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// hyper refuses a `max_buf_size` below this.
 pub const MIN_BUF: usize = 8192;
 
 /// Copies bytes both ways until either side closes or nothing moves for `idle`.
-pub async fn relay<A, B>(mut a: A, mut b: B, idle: std::time::Duration)
+pub async fn relay<A, B>(mut a: A, mut b: B, idle: Duration)
 where
     A: AsyncRead + AsyncWrite + Unpin,
     B: AsyncRead + AsyncWrite + Unpin,
