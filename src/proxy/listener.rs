@@ -1,14 +1,19 @@
 //! Accept loop, connection limit, vault watcher, graceful shutdown.
 
 use super::connect;
+use super::error::{Code, Deny};
+use super::pipeline;
 use super::state::{StartError, State};
 use super::upstream::{Resolver, SystemResolver, UpstreamClient};
 use super::workers::{self, Workers};
+use crate::audit::Event;
 use crate::config::Config;
+use bytes::Bytes;
+use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -20,8 +25,11 @@ pub const VAULT_POLL: Duration = Duration::from_millis(250);
 pub const CONFIG_POLL: Duration = Duration::from_secs(1);
 /// How long shutdown waits for open connections to finish.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
-/// Answer for connections over `max_connections`.
-const BUSY_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nx-keyward-error: too_many_connections\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+/// At most one audit line per this interval for connections refused over
+/// `max_connections` (the metric counts every one).
+pub const BUSY_AUDIT_INTERVAL: Duration = Duration::from_secs(1);
+/// How long writing the 503 to a connection over `max_connections` may take.
+pub const BUSY_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A running proxy (tests start one on port 0 and read `addr`).
 pub struct Running {
@@ -215,6 +223,8 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(state.limits.max_connections));
+    let busy = Bytes::from(busy_response().await);
+    let mut last_busy_audit: Option<Instant> = None;
     loop {
         let (stream, _peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -228,7 +238,17 @@ async fn accept_loop(
             _ = stop.changed() => break,
         };
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            tokio::spawn(refuse_busy(stream));
+            // SECURITY: refusals over the cap come as fast as a flood of connects,
+            // and an audit line for each would turn the flood into disk writes (and
+            // lock contention with real decisions). Every refusal is counted in
+            // metrics; one audit line per BUSY_AUDIT_INTERVAL records that it happens.
+            let now = Instant::now();
+            let audit =
+                last_busy_audit.is_none_or(|t| now.duration_since(t) >= BUSY_AUDIT_INTERVAL);
+            if audit {
+                last_busy_audit = Some(now);
+            }
+            tokio::spawn(refuse_busy(state.clone(), stream, busy.clone(), audit));
             continue;
         };
         let state = state.clone();
@@ -259,9 +279,61 @@ async fn accept_loop(
     let _ = tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all)).await;
 }
 
-async fn refuse_busy(mut stream: TcpStream) {
-    let _ = stream.write_all(BUSY_RESPONSE).await;
-    let _ = stream.shutdown().await;
+/// The refusal for connections over `max_connections`, rendered once by `Deny`
+/// like every other refusal, as HTTP/1.1 bytes. The request is never read: a
+/// connection over the cap gets no buffer and no header timer of its own.
+async fn busy_response() -> Vec<u8> {
+    let resp = Deny::new(
+        Code::TooManyConnections,
+        "keyward is at proxy.max_connections; retry later",
+    )
+    .response(None, None);
+    let (parts, body) = resp.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    let mut out = format!(
+        "HTTP/1.1 {} {}\r\n",
+        parts.status.as_str(),
+        parts.status.canonical_reason().unwrap_or("")
+    )
+    .into_bytes();
+    for (name, value) in &parts.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(
+        format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(&body);
+    out
+}
+
+async fn refuse_busy(state: Arc<State>, mut stream: TcpStream, busy: Bytes, audit: bool) {
+    let code = Code::TooManyConnections;
+    state.metrics.deny(code.as_str());
+    if audit {
+        tracing::warn!("connection refused: proxy.max_connections reached");
+        let mut ev = Event::new("deny", "denied");
+        ev.request_id = Some(pipeline::request_id());
+        ev.reason = Some(code.as_str().to_string());
+        ev.status = Some(code.status().as_u16());
+        if let Err(e) = state.audit.record(ev) {
+            tracing::error!(error = %e, "audit log unwritable while refusing");
+        }
+    }
+    let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, async {
+        let _ = stream.write_all(&busy).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
 }
 
 async fn serve_connection(
@@ -284,5 +356,30 @@ async fn serve_connection(
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "client connection ended with an error");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_busy_refusal_is_rendered_by_deny() {
+        let text = String::from_utf8(busy_response().await).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.contains("x-keyward-error: too_many_connections"),
+            "{head}"
+        );
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{head}"
+        );
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(json["error"]["type"], "keyward.too_many_connections");
     }
 }

@@ -1,0 +1,60 @@
+//! The listener's own duties: the refusal over `max_connections` looks, counts and
+//! audits like every other refusal.
+
+mod common;
+
+use common::*;
+
+/// The value of an unlabelled counter (or one exact `name{labels}`) in `/metrics` text.
+fn metric(text: &str, name: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[tokio::test]
+async fn connections_over_the_cap_get_a_json_503_counted_and_audited_at_a_bounded_rate() {
+    let kw = Kw::start_full("max_connections = 1", "", None).await;
+    kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
+    let mut held = kw.client().open("api.openai.com").await.unwrap();
+    let audit_before = kw.audit_lines().len();
+
+    const FLOOD: usize = 10;
+    for _ in 0..FLOOD {
+        let mut s = tokio::net::TcpStream::connect(kw.addr()).await.unwrap();
+        let (status, head, body) = read_head(&mut s).await;
+        assert_eq!(status, 503, "{head}");
+        assert_eq!(
+            head_error_code(&head).as_deref(),
+            Some("too_many_connections")
+        );
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            json["error"]["type"], "keyward.too_many_connections",
+            "{json}"
+        );
+    }
+
+    let metrics = kw.running.state.metrics.render();
+    assert_eq!(
+        metric(
+            &metrics,
+            "keyward_denials_total{code=\"too_many_connections\"}"
+        ),
+        Some(FLOOD as u64),
+        "{metrics}"
+    );
+    // A flood is audited, not once per connection: the metric has the count.
+    let lines = kw.audit_lines();
+    let busy: Vec<_> = lines[audit_before..]
+        .iter()
+        .filter(|l| l["reason"] == "too_many_connections")
+        .collect();
+    assert!(!busy.is_empty() && busy.len() < FLOOD, "{busy:?}");
+    assert_eq!(busy[0]["event"], "deny");
+    assert_eq!(busy[0]["outcome"], "denied");
+    assert_eq!(busy[0]["status"], 503);
+    assert!(keyward::audit::verify(&kw.audit_path()).unwrap().is_ok());
+
+    // The tunnel that holds the slot is unaffected.
+    assert_eq!(held.get("api.openai.com", "/v1/ok").await.status, 200);
+}
