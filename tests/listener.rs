@@ -1,9 +1,13 @@
 //! The listener's own duties: the refusal over `max_connections` looks, counts and
-//! audits like every other refusal.
+//! audits like every other refusal; vault reloads are counted.
 
 mod common;
 
 use common::*;
+use keyward::config::Config;
+use keyward::secret::Secret;
+use keyward::vault::{MasterKey, SetOptions, Vault};
+use std::time::{Duration, Instant};
 
 /// The value of an unlabelled counter (or one exact `name{labels}`) in `/metrics` text.
 fn metric(text: &str, name: &str) -> Option<u64> {
@@ -57,4 +61,37 @@ async fn connections_over_the_cap_get_a_json_503_counted_and_audited_at_a_bounde
 
     // The tunnel that holds the slot is unaffected.
     assert_eq!(held.get("api.openai.com", "/v1/ok").await.status, 200);
+}
+
+#[tokio::test]
+async fn a_vault_change_on_disk_is_reloaded_and_counted() {
+    let kw = Kw::start("").await;
+    let reloads = || {
+        metric(
+            &kw.running.state.metrics.render(),
+            "keyward_vault_reloads_total",
+        )
+    };
+    let before = reloads().expect("the counter is exported");
+
+    // Another process (the CLI, a Secret swap) writes the file.
+    let config = Config::from_file(&kw.config_path).unwrap();
+    let key = MasterKey::load_or_create_file(&config.vault.master_key_file).unwrap();
+    let other = Vault::open_with(&config.vault, key).unwrap();
+    other
+        .set(
+            "platform",
+            "OPENAI_API_KEY",
+            Secret::from_str("sk-from-elsewhere-0123456789"),
+            SetOptions::default(),
+        )
+        .unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while reloads() == Some(before) {
+        assert!(Instant::now() < deadline, "the reload was never counted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 200, "{}", got.text());
 }
