@@ -70,9 +70,16 @@ pub async fn start(
     let (tx, rx) = watch::channel(false);
     let task = tokio::spawn(accept_loop(listener, state.clone(), workers.clone(), rx));
     spawn_vault_watcher(state.clone(), tx.subscribe());
-    if let Some(path) = state.runtime().config.source.clone() {
-        spawn_config_watcher(state.clone(), path, tx.subscribe());
-    }
+    // The handler is installed here, before `start` returns, and whether or not
+    // there is a config file: SIGHUP's default action is to end the process, and
+    // "reload" must never mean "stop" (nor depend on when a task first runs).
+    let hangup = hangup_signal();
+    spawn_config_watcher(
+        state.clone(),
+        state.runtime().config.source.clone(),
+        hangup,
+        tx.subscribe(),
+    );
     let admin_addr = match admin_listen {
         Some(a) => {
             let bound = crate::admin::start(state.clone(), a, tx.subscribe()).await?;
@@ -196,33 +203,47 @@ fn file_stamp(path: &std::path::Path) -> Option<(u64, u64, u64, std::time::Syste
     Some((m.dev(), m.ino(), m.len(), m.modified().ok()?))
 }
 
+/// SIGHUP, caught (see `start`); `None` when the handler cannot be installed.
+fn hangup_signal() -> Option<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot handle SIGHUP; reload by editing the config file");
+            None
+        }
+    }
+}
+
 /// Reloads providers, chains, agents and egress rules on SIGHUP or when the file
 /// changes. A config that fails to parse is logged and the running one kept;
-/// open tunnels are never dropped (they read the runtime per request).
+/// open tunnels are never dropped (they read the runtime per request). With no
+/// config file (embedded defaults) a SIGHUP only says there is nothing to reload.
 fn spawn_config_watcher(
     state: Arc<State>,
-    path: std::path::PathBuf,
+    path: Option<std::path::PathBuf>,
+    mut hup: Option<tokio::signal::unix::Signal>,
     mut stop: watch::Receiver<bool>,
 ) {
     tokio::spawn(async move {
-        let mut hup = {
-            use tokio::signal::unix::{signal, SignalKind};
-            signal(SignalKind::hangup()).ok()
-        };
-        let mut stamp = file_stamp(&path);
+        let mut stamp = path.as_deref().and_then(file_stamp);
         let mut tick = tokio::time::interval(CONFIG_POLL);
         loop {
             let forced = tokio::select! {
-                _ = tick.tick() => false,
+                _ = tick.tick(), if path.is_some() => false,
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => true,
                 _ = stop.changed() => return,
             };
-            let now = file_stamp(&path);
+            let Some(path) = path.as_deref() else {
+                tracing::info!("SIGHUP: no config file (embedded defaults); nothing to reload");
+                continue;
+            };
+            let now = file_stamp(path);
             if !forced && now == stamp {
                 continue;
             }
             stamp = now;
-            reload_config(&state, &path);
+            reload_config(&state, path);
         }
     });
 }
