@@ -114,7 +114,7 @@ async fn echoed_key_in_body_and_headers_is_redacted_and_audited_once() {
         ],
         chunked_body(vec![body[..20].to_vec(), body[20..].to_vec()]),
     );
-    let resp = wrap_response(resp, p, on);
+    let resp = wrap_response(resp, p, on).unwrap();
     assert!(
         resp.headers().get("content-length").is_none(),
         "length may change"
@@ -137,13 +137,14 @@ async fn on_redact_fires_for_body_only_redaction_and_not_without_one() {
         response(&[], chunked_body(vec![SECRET.to_vec(), SECRET.to_vec()])),
         p.clone(),
         on,
-    );
+    )
+    .unwrap();
     assert_eq!(n.load(Ordering::SeqCst), 0);
     collect(resp).await.unwrap();
     assert_eq!(n.load(Ordering::SeqCst), 1);
 
     let (n, on) = counter();
-    let resp = wrap_response(response(&[], chunked_body(vec![b"clean".to_vec()])), p, on);
+    let resp = wrap_response(response(&[], chunked_body(vec![b"clean".to_vec()])), p, on).unwrap();
     collect(resp).await.unwrap();
     assert_eq!(n.load(Ordering::SeqCst), 0);
 }
@@ -155,7 +156,7 @@ async fn no_patterns_means_response_untouched() {
         &[("content-length", "6"), ("content-encoding", "zstd")],
         chunked_body(vec![SECRET.to_vec()]),
     );
-    let resp = wrap_response(resp, p, None);
+    let resp = wrap_response(resp, p, None).unwrap();
     assert_eq!(resp.headers()["content-length"], "6");
     assert_eq!(resp.headers()["content-encoding"], "zstd");
 }
@@ -168,7 +169,8 @@ async fn sse_event_is_delivered_before_the_stream_ends() {
         response(&[("content-type", "text/event-stream")], body),
         p,
         None,
-    );
+    )
+    .unwrap();
     let mut body = resp.into_body();
     tx.send(Ok(Frame::data(Bytes::from_static(
         b"data: {\"delta\":\"Hel\"}\n\n",
@@ -204,7 +206,7 @@ async fn sse_event_is_delivered_before_the_stream_ends() {
 async fn upstream_error_is_a_body_error_and_held_bytes_are_not_flushed() {
     let p = Arc::new(Patterns::new(&[SECRET]));
     let (tx, body) = channel();
-    let resp = wrap_response(response(&[], body), p, None);
+    let resp = wrap_response(response(&[], body), p, None).unwrap();
     tx.send(Ok(Frame::data(Bytes::from_static(b"ok sk-ant-api03"))))
         .unwrap();
     tx.send(Err("connection reset".into())).unwrap();
@@ -229,7 +231,7 @@ async fn trailers_are_redacted_and_body_flushed_before_them() {
     let p = Arc::new(Patterns::new(&[SECRET]));
     let (n, on) = counter();
     let (tx, body) = channel();
-    let resp = wrap_response(response(&[], body), p, on);
+    let resp = wrap_response(response(&[], body), p, on).unwrap();
     tx.send(Ok(Frame::data(Bytes::from_static(b"tail sk-ant-api03"))))
         .unwrap();
     let mut t = HeaderMap::new();
@@ -323,7 +325,7 @@ async fn compressed_bodies_are_decoded_redacted_and_forwarded_decoded() {
                 ],
                 chunked_body(pieces(&compressed, size)),
             );
-            let resp = wrap_response(resp, p, on);
+            let resp = wrap_response(resp, p, on).unwrap();
             assert!(
                 resp.headers().get("content-encoding").is_none(),
                 "{coding}: forwarded decoded"
@@ -346,7 +348,8 @@ async fn multi_member_gzip_is_decoded_whole() {
         response(&[("content-encoding", "gzip")], chunked_body(vec![body])),
         p,
         None,
-    );
+    )
+    .unwrap();
     let (out, _) = collect(resp).await.unwrap();
     assert_eq!(out, b"first [REDACTED] second");
 }
@@ -366,7 +369,7 @@ async fn truncated_or_corrupt_compressed_body_is_an_error_never_a_clean_end() {
                 &[("content-encoding", coding)],
                 chunked_body(vec![compressed[..cut].to_vec()]),
             );
-            let result = collect(wrap_response(resp, p, None)).await;
+            let result = collect(wrap_response(resp, p, None).unwrap()).await;
             assert!(result.is_err(), "{coding} cut at {cut} must fail");
         }
         let mut corrupt = compressed.clone();
@@ -374,7 +377,7 @@ async fn truncated_or_corrupt_compressed_body_is_an_error_never_a_clean_end() {
         corrupt[mid..mid + 8].copy_from_slice(b"\xff\x00\xff\x00garb");
         let p = Arc::new(Patterns::new(&[SECRET]));
         let resp = response(&[("content-encoding", coding)], chunked_body(vec![corrupt]));
-        if let Ok((out, _)) = collect(wrap_response(resp, p, None)).await {
+        if let Ok((out, _)) = collect(wrap_response(resp, p, None).unwrap()).await {
             panic!(
                 "{coding}: corrupt body passed as complete ({} bytes)",
                 out.len()
@@ -388,11 +391,15 @@ async fn empty_body_with_content_encoding_is_fine() {
     for coding in ["gzip", "deflate", "br"] {
         let p = Arc::new(Patterns::new(&[SECRET]));
         let resp = response(&[("content-encoding", coding)], chunked_body(vec![]));
-        let (out, _) = collect(wrap_response(resp, p, None)).await.unwrap();
+        let (out, _) = collect(wrap_response(resp, p, None).unwrap())
+            .await
+            .unwrap();
         assert!(out.is_empty());
     }
 }
 
+/// An encoding keyward cannot decode is a refusal the caller renders and audits,
+/// decided before any of the response is sent (both entry points).
 #[tokio::test]
 async fn unknown_or_stacked_encoding_is_refused_not_passed_through() {
     for coding in ["zstd", "compress", "gzip, br", "weird"] {
@@ -401,14 +408,49 @@ async fn unknown_or_stacked_encoding_is_refused_not_passed_through() {
             &[("content-encoding", coding)],
             chunked_body(vec![SECRET.to_vec()]),
         );
-        let resp = wrap_response(resp, p, None);
-        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY, "{coding}");
+        let deny = wrap_response(resp, p.clone(), None)
+            .err()
+            .expect("a refusal");
         assert_eq!(
-            resp.headers()["x-keyward-error"],
+            deny.code.as_str(),
+            "upstream_encoding_unsupported",
+            "{coding}"
+        );
+        assert_eq!(deny.code.status(), StatusCode::BAD_GATEWAY);
+        let rendered = deny.response(None, None);
+        assert_eq!(
+            rendered.headers()["x-keyward-error"],
             "upstream_encoding_unsupported"
         );
-        let (out, _) = collect(resp).await.unwrap();
+        let (out, _) = collect(rendered).await.unwrap();
         assert!(!contains(&out, SECRET));
+
+        // Small, sized or not: read_answer refuses before anything is read.
+        for len in [Some("6"), None] {
+            let mut headers = vec![("content-encoding", coding)];
+            headers.extend(len.map(|l| ("content-length", l)));
+            let resp = response(&headers, chunked_body(vec![SECRET.to_vec()]));
+            let deny = read_answer(resp, &p, false, Duration::from_secs(5))
+                .await
+                .err()
+                .expect("a refusal");
+            assert_eq!(deny.code.as_str(), "upstream_encoding_unsupported");
+        }
+    }
+}
+
+/// Bodiless answers (204, 304) have nothing to decode: an odd encoding is fine.
+#[tokio::test]
+async fn bodiless_answer_with_unknown_encoding_is_not_refused() {
+    let p = Arc::new(Patterns::new(&[SECRET]));
+    for status in [StatusCode::NO_CONTENT, StatusCode::NOT_MODIFIED] {
+        let mut resp = response(&[("content-encoding", "zstd")], chunked_body(vec![]));
+        *resp.status_mut() = status;
+        let answer = read_answer(resp, &p, false, Duration::from_secs(5))
+            .await
+            .expect("no refusal");
+        let resp = redact_upstream(answer, p.clone(), None);
+        assert_eq!(resp.status(), status);
     }
 }
 
@@ -419,7 +461,9 @@ async fn identity_coding_is_not_decoded() {
         &[("content-encoding", "identity")],
         chunked_body(vec![SECRET.to_vec()]),
     );
-    let (out, _) = collect(wrap_response(resp, p, None)).await.unwrap();
+    let (out, _) = collect(wrap_response(resp, p, None).unwrap())
+        .await
+        .unwrap();
     assert_eq!(out, REDACTED);
 }
 
@@ -431,7 +475,7 @@ async fn not_modified_keeps_its_headers_and_is_not_wrapped() {
         chunked_body(vec![]),
     );
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
-    let resp = wrap_response(resp, p, None);
+    let resp = wrap_response(resp, p, None).unwrap();
     assert_eq!(resp.headers()["content-length"], "1234");
 }
 
@@ -445,7 +489,7 @@ async fn gzip_bomb_is_emitted_in_bounded_frames() {
         &[("content-encoding", "gzip")],
         chunked_body(vec![compressed]),
     );
-    let mut body = wrap_response(resp, p, None).into_body();
+    let mut body = wrap_response(resp, p, None).unwrap().into_body();
     let mut total = 0;
     let mut largest = 0;
     while let Some(f) = body.frame().await {

@@ -152,7 +152,10 @@ async fn forward(
         .inject(&provider.name, started.elapsed().as_secs_f64());
 
     // The answer goes back with every in-scope secret redacted: a small one of
-    // declared length read whole, anything else as it streams.
+    // declared length read whole, anything else as it streams. An answer that
+    // cannot be redacted (unsupported content-encoding, no working matcher) is
+    // refused here, before its head goes out, as an `upstream_error` line; a
+    // streamed body found corrupt later can only end as a body error.
     let patterns = cx.state.patterns.get(&secrets);
     let answer =
         redact::read_answer(resp, &patterns, head, cx.state.limits.response_timeout.0).await?;

@@ -27,7 +27,10 @@
 //!   `content-length` removed. Re-compressing would cost CPU on the hot path and add
 //!   compressor buffering to SSE; forwarding the compressed bytes would mean not
 //!   redacting. Any other coding (or a stack of several) is refused with a 502 rather
-//!   than passed through unredacted (fail closed). To make the decode path rare,
+//!   than passed through unredacted (fail closed): [`read_answer`] (or
+//!   [`wrap_response`]) returns the `Deny`, before anything of the response is
+//!   sent, and the pipeline refuses with it like any refusal (one audit line).
+//!   To make the decode path rare,
 //!   the proxy should also call [`prepare_request`] on redacted requests, which asks
 //!   the upstream for `identity`: both are needed, because servers may ignore
 //!   `Accept-Encoding`, and decoding is what keeps such responses safe.
@@ -35,7 +38,11 @@
 //!   compression bomb costs the upstream's bandwidth, not our memory.
 //! * **Failures.** An upstream body error, a truncated compressed stream, or corrupt
 //!   compressed data surface as a body error, never as a clean end of stream; the
-//!   held-back bytes are then discarded, not flushed.
+//!   held-back bytes are then discarded, not flushed. These are found while the
+//!   body streams, after the status and headers went out, so they cannot become a
+//!   keyward refusal: the agent sees the body fail (h1: connection closed before
+//!   the chunked terminator; h2: stream reset), and the audit log keeps the one
+//!   `inject` line of the decision already made.
 //!
 //! Limits, by design: secrets are matched byte-exactly in their listed forms; other
 //! transformations (MIME base64 with line breaks, double encodings, bytes split by
@@ -541,9 +548,60 @@ pub fn redact_headers(patterns: &Patterns, headers: &mut HeaderMap) -> usize {
     count
 }
 
-/// Redacts headers now and the body (and trailers) as it streams.
+/// Whether a response can be redacted at all, decided before any of it is sent:
+/// `Ok` with the decoder its `content-encoding` needs, or the refusal the caller
+/// answers (and audits) instead of the response.
+fn check_redactable(resp: &Response<Body>, patterns: &Patterns) -> Result<Option<Decoder>, Deny> {
+    match patterns.matcher {
+        // Hot path: nothing in scope, nothing to decode.
+        Matcher::Empty => return Ok(None),
+        // SECURITY: without a working matcher nothing can be checked; refuse.
+        Matcher::Broken => {
+            return Err(Deny::new(
+                Code::RedactionUnavailable,
+                "keyward could not prepare response redaction",
+            ))
+        }
+        Matcher::Ready(_) => {}
+    }
+    if !has_body(resp.status()) {
+        return Ok(None);
+    }
+    // SECURITY: bytes we cannot decode cannot be inspected; never pass them on.
+    content_decoder(resp.headers()).map_err(|coding| {
+        Deny::new(
+            Code::UpstreamEncodingUnsupported,
+            format!(
+                "upstream response uses content-encoding {coding:?}, which keyward cannot inspect"
+            ),
+        )
+    })
+}
+
+/// 1xx, 204 and 304 carry no body (and a 304's content-length describes the
+/// representation, not this message).
+fn has_body(status: StatusCode) -> bool {
+    !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED)
+}
+
+/// Redacts headers now and the body (and trailers) as it streams. `Err` when the
+/// response cannot be redacted (an unsupported `content-encoding`, no working
+/// matcher): nothing of it may reach the agent, and the caller refuses instead.
 pub fn wrap_response(
     resp: Response<Body>,
+    patterns: Arc<Patterns>,
+    on_redact: Option<OnRedact>,
+) -> Result<Response<Body>, Deny> {
+    let decoder = check_redactable(&resp, &patterns)?;
+    Ok(wrap_checked(resp, decoder, patterns, on_redact))
+}
+
+/// [`wrap_response`] after [`check_redactable`] said yes.
+fn wrap_checked(
+    resp: Response<Body>,
+    decoder: Option<Decoder>,
     patterns: Arc<Patterns>,
     on_redact: Option<OnRedact>,
 ) -> Response<Body> {
@@ -551,36 +609,13 @@ pub fn wrap_response(
     if patterns.is_empty() {
         return resp;
     }
-    // SECURITY: without a working matcher nothing can be checked; refuse.
-    if matches!(patterns.matcher, Matcher::Broken) {
-        return refusal(
-            Code::RedactionUnavailable,
-            "keyward could not prepare response redaction",
-        );
-    }
     let (mut parts, body) = resp.into_parts();
     let mut notify = Notify(on_redact);
     redact_head(&patterns, &mut parts, &mut notify);
-    // 1xx, 204 and 304 carry no body (and a 304's content-length describes the
-    // representation, not this message): headers were all there was to redact.
-    if parts.status.is_informational()
-        || parts.status == StatusCode::NO_CONTENT
-        || parts.status == StatusCode::NOT_MODIFIED
-    {
+    // Headers were all there was to redact.
+    if !has_body(parts.status) {
         return Response::from_parts(parts, body);
     }
-    let decoder = match content_decoder(&parts.headers) {
-        Ok(d) => d,
-        // SECURITY: bytes we cannot decode cannot be inspected; never pass them on.
-        Err(coding) => {
-            return refusal(
-                Code::UpstreamEncodingUnsupported,
-                &format!(
-                "upstream response uses content-encoding {coding:?}, which keyward cannot inspect"
-            ),
-            )
-        }
-    };
     if decoder.is_some() {
         parts.headers.remove(CONTENT_ENCODING);
     }
@@ -613,7 +648,13 @@ pub enum Answer {
         trailers: Option<HeaderMap>,
     },
     /// Everything else: redacted as it streams.
-    Streaming(Response<Body>),
+    Streaming(Streamed),
+}
+
+/// A response [`read_answer`] found redactable, to be redacted as it streams.
+pub struct Streamed {
+    resp: Response<Body>,
+    decoder: Option<Decoder>,
 }
 
 /// Reads a small body of declared length (no content-encoding, at most
@@ -621,22 +662,27 @@ pub enum Answer {
 /// sent with its exact new `content-length`: no chunked framing and no streaming
 /// state for the common small JSON answer. Other answers are left to stream.
 /// `head`: the request was HEAD, so the length describes a body not sent.
+///
+/// Every reason to withhold the response is found here, before its head can go
+/// out, and returned as the `Deny` the caller refuses (and audits) with: no
+/// working matcher (`redaction_unavailable`), a `content-encoding` keyward cannot
+/// decode (`upstream_encoding_unsupported`), a small body that stalls or is cut
+/// off. A streamed body that turns out corrupt or truncated later can no longer
+/// change the status: it ends as a body error (see the module docs).
 pub async fn read_answer(
     resp: Response<Body>,
     patterns: &Patterns,
     head: bool,
     deadline: std::time::Duration,
 ) -> Result<Answer, Deny> {
-    let status = resp.status();
+    let decoder = check_redactable(&resp, patterns)?;
     let small = !head
         && matches!(patterns.matcher, Matcher::Ready(_))
-        && !(status.is_informational()
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED)
+        && has_body(resp.status())
         && resp.headers().get(CONTENT_ENCODING).is_none()
         && declared_length(resp.headers()).is_some_and(|n| n <= WHOLE_BODY_MAX);
     if !small {
-        return Ok(Answer::Streaming(resp));
+        return Ok(Answer::Streaming(Streamed { resp, decoder }));
     }
     let (parts, body) = resp.into_parts();
     let collected = match tokio::time::timeout(deadline, body.collect()).await {
@@ -671,7 +717,9 @@ pub fn redact_upstream(
     on_redact: Option<OnRedact>,
 ) -> Response<Body> {
     let (mut parts, data, mut trailers) = match answer {
-        Answer::Streaming(resp) => return wrap_response(resp, patterns, on_redact),
+        Answer::Streaming(Streamed { resp, decoder }) => {
+            return wrap_checked(resp, decoder, patterns, on_redact)
+        }
         Answer::Whole {
             parts,
             data,
@@ -730,12 +778,6 @@ fn redact_head(patterns: &Patterns, parts: &mut http::response::Parts, notify: &
             notify.fire();
         }
     }
-}
-
-/// A keyward-rendered 502 for responses that cannot be inspected (rendered by
-/// `error.rs`, like every refusal).
-fn refusal(code: Code, message: &str) -> Response<Body> {
-    Deny::new(code, message).response(None, None)
 }
 
 struct Notify(Option<OnRedact>);
@@ -1546,6 +1588,29 @@ mod tests {
         h.insert(ACCEPT_ENCODING, HeaderValue::from_static("gzip, zstd"));
         prepare_request(&mut h);
         assert_eq!(h[ACCEPT_ENCODING], "identity");
+    }
+
+    /// No working matcher: the response is refused up front (the pipeline audits
+    /// the refusal), whatever its status or size.
+    #[tokio::test]
+    async fn broken_matcher_refuses_before_anything_is_sent() {
+        let broken = Patterns {
+            matcher: Matcher::Broken,
+        };
+        for (status, len) in [(200, Some("2")), (200, None), (204, None), (101, None)] {
+            let mut resp = Response::new(super::super::full(Bytes::from_static(b"ok")));
+            *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+            if let Some(len) = len {
+                resp.headers_mut()
+                    .insert(CONTENT_LENGTH, HeaderValue::from_static(len));
+            }
+            let deny = read_answer(resp, &broken, false, std::time::Duration::from_secs(5))
+                .await
+                .err()
+                .expect("a refusal");
+            assert_eq!(deny.code.as_str(), "redaction_unavailable", "{status}");
+            assert_eq!(deny.code.status(), StatusCode::BAD_GATEWAY);
+        }
     }
 
     #[test]

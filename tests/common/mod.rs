@@ -116,7 +116,11 @@ pub struct Seen {
 
 /// A TLS upstream that records requests and answers with a JSON echo.
 /// Paths: `/sse` streams two events 1.5 s apart; `/echo-secret` puts the
-/// request's credential header into the response body and a header.
+/// request's credential header into the response body and a header;
+/// `/encoding/<coding>` sends the `authorization` it got as a body labelled
+/// `content-encoding: <coding>`; `/echo-value?v=<percent-encoded>` echoes that
+/// value (a key the upstream knows) in the body and `x-echo`. With `stream` in
+/// the query the last two answer chunked, in two frames.
 pub struct EchoUpstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -230,6 +234,37 @@ async fn echo(
         }
         return Ok(resp);
     }
+    let streamed = parts.uri.query().is_some_and(|q| q.contains("stream"));
+    if let Some(coding) = path.strip_prefix("/encoding/") {
+        let cred = parts
+            .headers
+            .get("authorization")
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
+            .unwrap_or_default();
+        let mut resp = reply(format!("you sent: {cred}").into_bytes(), streamed);
+        resp.headers_mut()
+            .insert("content-encoding", coding.parse().unwrap());
+        return Ok(resp);
+    }
+    if path == "/echo-value" {
+        let value = parts
+            .uri
+            .query()
+            .unwrap_or_default()
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("v="))
+            .map(|v| {
+                percent_encoding::percent_decode_str(v)
+                    .decode_utf8_lossy()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        let mut resp = reply(format!("found: {value}").into_bytes(), streamed);
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            resp.headers_mut().insert("x-echo", v);
+        }
+        return Ok(resp);
+    }
     let json = serde_json::json!({
         "method": parts.method.to_string(),
         "uri": parts.uri.to_string(),
@@ -240,6 +275,22 @@ async fn echo(
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     Ok(resp)
+}
+
+/// `body` with a `content-length` (one frame), or chunked in two frames split in
+/// the middle (`streamed`).
+fn reply(body: Vec<u8>, streamed: bool) -> http::Response<BoxBody> {
+    if !streamed {
+        return http::Response::new(Full::new(Bytes::from(body)).boxed());
+    }
+    let mid = body.len() / 2;
+    let frames = vec![
+        Ok(Frame::data(Bytes::copy_from_slice(&body[..mid]))),
+        Ok(Frame::data(Bytes::copy_from_slice(&body[mid..]))),
+    ];
+    http::Response::new(BodyExt::boxed(StreamBody::new(futures_util::stream::iter(
+        frames,
+    ))))
 }
 
 /// Accepts a WebSocket handshake and echoes text messages as `echo:<text>`.
