@@ -152,22 +152,27 @@ impl Principal {
         allows(&self.agent.secrets) && self.chain.as_ref().is_none_or(|c| allows(&c.secrets))
     }
 
+    /// The vault scope this principal resolves `tier` to, if it has one.
+    pub fn scope_of(&self, tier: Tier) -> Option<String> {
+        match tier {
+            Tier::Agent => Some(format!("agent:{}", self.agent.id)),
+            Tier::Chain => self.chain_name().map(|c| format!("chain:{c}")),
+            Tier::Owner => self.owner().map(|o| format!("owner:{o}")),
+            Tier::Builder => self.builder().map(|b| format!("builder:{b}")),
+            Tier::Platform => Some("platform".to_string()),
+        }
+    }
+
     /// Vault scopes to look in, most specific first (or the pinned one alone).
     pub fn candidate_scopes(&self, name: &str) -> Vec<(Tier, String)> {
-        let scope_of = |tier: Tier| -> Option<String> {
-            match tier {
-                Tier::Agent => Some(format!("agent:{}", self.agent.id)),
-                Tier::Chain => self.chain_name().map(|c| format!("chain:{c}")),
-                Tier::Owner => self.owner().map(|o| format!("owner:{o}")),
-                Tier::Builder => self.builder().map(|b| format!("builder:{b}")),
-                Tier::Platform => Some("platform".to_string()),
-            }
-        };
         match self.agent.pins.get(name) {
-            Some(&pin) => scope_of(pin).map(|s| vec![(pin, s)]).unwrap_or_default(),
+            Some(&pin) => self
+                .scope_of(pin)
+                .map(|s| vec![(pin, s)])
+                .unwrap_or_default(),
             None => Tier::ORDER
                 .into_iter()
-                .filter_map(|t| scope_of(t).map(|s| (t, s)))
+                .filter_map(|t| self.scope_of(t).map(|s| (t, s)))
                 .collect(),
         }
     }
@@ -176,11 +181,17 @@ impl Principal {
 /// Where resolution reads values from (the vault snapshot in production).
 pub trait SecretSource {
     fn find(&self, scope: &str, name: &str) -> Result<Option<Opened>, String>;
+    /// Names of the records stored in `scope` (for [`grantable`]).
+    fn names(&self, scope: &str) -> Vec<String>;
 }
 
 impl SecretSource for Snapshot {
     fn find(&self, scope: &str, name: &str) -> Result<Option<Opened>, String> {
         self.get(scope, name).map_err(|e| e.to_string())
+    }
+
+    fn names(&self, scope: &str) -> Vec<String> {
+        self.list(Some(scope)).into_iter().map(|m| m.name).collect()
     }
 }
 
@@ -223,6 +234,32 @@ pub fn grant(
         }
     }
     Err(Refusal::NotFound(name.to_string()))
+}
+
+/// Every credential this principal could be granted (SPEC §5): each name stored
+/// in a vault scope the principal resolves through that is in `C.secrets ∩
+/// A.secrets`, resolved exactly as [`grant`] would (first tier wins, pins obeyed).
+/// A value shadowed by a more specific tier is not grantable, so not listed. Sorted
+/// by name. This is the set a response to this principal is redacted of.
+pub fn grantable(principal: &Principal, source: &dyn SecretSource) -> Result<Vec<Grant>, Refusal> {
+    let mut names: Vec<String> = Tier::ORDER
+        .into_iter()
+        .filter_map(|tier| principal.scope_of(tier))
+        .flat_map(|scope| source.names(&scope))
+        .filter(|name| principal.in_scope(name))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        match grant(principal, &name, source) {
+            Ok(g) => out.push(g),
+            // Stored only in a tier a pin excludes: not grantable to this agent.
+            Err(Refusal::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
 }
 
 /// All agents and chains, from the config and the vault's agent table.
@@ -434,6 +471,14 @@ mod tests {
                     kind: Default::default(),
                 }))
         }
+
+        fn names(&self, scope: &str) -> Vec<String> {
+            self.0
+                .keys()
+                .filter(|(s, _)| s == scope)
+                .map(|(_, n)| n.clone())
+                .collect()
+        }
     }
 
     fn sha(t: &str) -> String {
@@ -566,6 +611,64 @@ chain = "open"
             let want = want.map(|(s, t)| (s.to_string(), t));
             assert_eq!(got, want, "{agent} {name}");
         }
+    }
+
+    /// What a response to each agent is redacted of: every name it may use,
+    /// resolved as a request for it would be, and nothing it may not use.
+    #[test]
+    fn grantable_table() {
+        let dir = fixture();
+        let all = vault(&[
+            ("owner:acme", "OPENAI_API_KEY"),
+            ("builder:botco", "OPENAI_API_KEY"),
+            ("platform", "OPENAI_API_KEY"),
+            ("platform", "SLACK_BOT_TOKEN"),
+            ("platform", "GITHUB_TOKEN"),
+            ("agent:o1", "GITHUB_TOKEN"),
+            ("agent:t1", "GITHUB_TOKEN"),
+            ("owner:globex", "STRIPE_API_KEY"),
+            ("chain:triage", "SLACK_BOT_TOKEN"),
+        ]);
+        let cases: Vec<(&str, Vec<&str>)> = vec![
+            // t1's list narrows the chain to OPENAI; its own agent-tier GITHUB key
+            // is not in that list either.
+            ("t1", vec!["owner:acme/OPENAI_API_KEY"]),
+            // t2: the chain's list; OPENAI pinned to builder, SLACK from the chain.
+            (
+                "t2",
+                vec![
+                    "builder:botco/OPENAI_API_KEY",
+                    "chain:triage/SLACK_BOT_TOKEN",
+                ],
+            ),
+            // o1: no list at all; every name its scopes hold, most specific first.
+            (
+                "o1",
+                vec![
+                    "agent:o1/GITHUB_TOKEN",
+                    "platform/OPENAI_API_KEY",
+                    "platform/SLACK_BOT_TOKEN",
+                    "owner:globex/STRIPE_API_KEY",
+                ],
+            ),
+        ];
+        for (agent, want) in cases {
+            let p = dir.principal(agent, None).unwrap();
+            let got: Vec<String> = grantable(&p, &all)
+                .unwrap()
+                .into_iter()
+                .map(|g| format!("{}/{}", g.scope, g.name))
+                .collect();
+            let mut got_sorted = got.clone();
+            got_sorted.sort();
+            let mut want: Vec<String> = want.into_iter().map(String::from).collect();
+            want.sort();
+            assert_eq!(got_sorted, want, "{agent}");
+        }
+        // A pin to a tier that holds nothing: not grantable, not an error.
+        let p = dir.principal("t2", None).unwrap();
+        let only_platform = vault(&[("platform", "OPENAI_API_KEY")]);
+        assert!(grantable(&p, &only_platform).unwrap().is_empty());
     }
 
     #[test]
