@@ -408,9 +408,7 @@ async fn unknown_or_stacked_encoding_is_refused_not_passed_through() {
             &[("content-encoding", coding)],
             chunked_body(vec![SECRET.to_vec()]),
         );
-        let deny = wrap_response(resp, p.clone(), None)
-            .err()
-            .expect("a refusal");
+        let deny = wrap_response(resp, p.clone(), None).expect_err("a refusal");
         assert_eq!(
             deny.code.as_str(),
             "upstream_encoding_unsupported",

@@ -74,6 +74,8 @@ pub struct State {
     pub oauth: super::oauth::TokenCache,
     /// Redaction automatons of recently used secret sets.
     pub patterns: redact::PatternCache,
+    /// Per agent, the secret values its responses are redacted of.
+    pub scopes: redact::ScopeCache,
 }
 
 impl State {
@@ -125,6 +127,7 @@ impl State {
             limiter: Limiter::default(),
             oauth: Default::default(),
             patterns: redact::PatternCache::new(),
+            scopes: redact::ScopeCache::new(),
         }))
     }
 
