@@ -36,6 +36,31 @@ fn invalid_value(grant: &Grant) -> Deny {
     )
 }
 
+/// The values of a grant that must never come back to the agent: an API key or
+/// HMAC key as stored; of an `oauth2` record its client secret and refresh token
+/// (access tokens exist only per request and are added there); of an `aws` record
+/// its secret access key and session token (the access key id is public). A
+/// multi-field value that does not parse is redacted whole.
+pub fn redaction_values(grant: &Grant, out: &mut Vec<Secret>) {
+    match grant.kind {
+        SecretKind::ApiKey | SecretKind::Hmac => out.push(grant.value.clone()),
+        SecretKind::Oauth2 => match OAuth2Value::parse(&grant.value) {
+            Ok(v) => {
+                out.push(v.client_secret);
+                out.extend(v.refresh_token);
+            }
+            Err(_) => out.push(grant.value.clone()),
+        },
+        SecretKind::Aws => match AwsValue::parse(&grant.value) {
+            Ok(v) => {
+                out.push(v.secret_access_key);
+                out.extend(v.session_token);
+            }
+            Err(_) => out.push(grant.value.clone()),
+        },
+    }
+}
+
 /// Bodies up to this size of OAuth2 requests are kept so the request can be sent
 /// once more with a fresh token after a 401.
 pub const RETRY_BODY_LIMIT: u64 = 64 * 1024;

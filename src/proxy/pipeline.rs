@@ -102,6 +102,9 @@ async fn forward(
     // Which credential: scope, then tier (SPEC §5).
     let snapshot = cx.state.vault.snapshot();
     let grant = credential_for(cx, &principal, &provider, &*snapshot, ev)?;
+    // What the answer is redacted of: every credential this agent could be
+    // granted, not only this request's (cached per agent and vault snapshot).
+    let in_scope = in_scope_secrets(cx, &principal, &snapshot)?;
 
     // Strip the agent's credentials, fill placeholders, inject or sign.
     let mut secrets = rewrite_request(
@@ -138,7 +141,7 @@ async fn forward(
         // A WebSocket: after `101` its frames go through the same redaction.
         Some(agent_side) => {
             let frames = (
-                cx.state.patterns.get(&secrets),
+                in_scope.patterns(&cx.state.patterns, &secrets),
                 on_redact(cx.state.clone(), ev.clone()),
             );
             upgrade(cx, req, agent_side, frames).await?
@@ -156,7 +159,7 @@ async fn forward(
     // cannot be redacted (unsupported content-encoding, no working matcher) is
     // refused here, before its head goes out, as an `upstream_error` line; a
     // streamed body found corrupt later can only end as a body error.
-    let patterns = cx.state.patterns.get(&secrets);
+    let patterns = in_scope.patterns(&cx.state.patterns, &secrets);
     let answer =
         redact::read_answer(resp, &patterns, head, cx.state.limits.response_timeout.0).await?;
     // The caller has no further use for the event once the response is ours.
@@ -212,6 +215,24 @@ fn credential_for(
         return Err(resolve::Refusal::HostNotBound(grant.name.clone()).into());
     }
     Ok(grant)
+}
+
+/// Every secret value this agent could be granted (SPEC §5), for redaction.
+fn in_scope_secrets(
+    cx: &TunnelCx,
+    principal: &Principal,
+    snapshot: &Arc<crate::vault::Snapshot>,
+) -> Result<Arc<redact::InScope>, Deny> {
+    cx.state.scopes.get(principal, snapshot, || {
+        // SECURITY: a value that cannot be read cannot be redacted: refuse
+        // (before anything is sent) rather than answer with a gap in the set.
+        let grants = resolve::grantable(principal, &**snapshot)?;
+        let mut values = Vec::with_capacity(grants.len());
+        for g in &grants {
+            credentials::redaction_values(g, &mut values);
+        }
+        Ok::<_, Deny>(values)
+    })
 }
 
 /// Removes client credentials and hop-by-hop headers, fills `{{NAME}}`
