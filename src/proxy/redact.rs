@@ -48,9 +48,10 @@
 //! transformations (MIME base64 with line breaks, double encodings, bytes split by
 //! markup) are not recognised. Encoded forms shorter than [`MIN_ENCODED_PATTERN_LEN`]
 //! are skipped (they would redact random text); the raw form is always searched.
-//! WebSocket frames after a `101` are not inspected (only the handshake headers).
+//! WebSocket frames after a `101` go through the same patterns (`websocket.rs`).
 //! [`Patterns`] is built once per secret set and shared (`Arc`); building it is
-//! far more expensive than using it.
+//! far more expensive than using it (a DFA for small sets, the contiguous NFA for
+//! large ones: [`DFA_MAX_FORMS`]).
 //!
 //! **Which secrets.** Every credential the agent could be granted (SPEC §5: each
 //! name in its chain ∩ agent lists, resolved through the same tiers), of every
@@ -61,12 +62,12 @@
 
 use super::error::{Code, Deny};
 use super::{Body, BoxError};
-use aho_corasick::automaton::Automaton;
-// A DFA under the NFA's old name (keeps this change small).
 use crate::resolve::{Agent, Chain, Principal};
 use crate::secret::Secret;
 use crate::vault::Snapshot;
-use aho_corasick::dfa::DFA as NFA;
+use aho_corasick::automaton::Automaton;
+use aho_corasick::dfa::DFA;
+use aho_corasick::nfa::contiguous::NFA;
 use aho_corasick::{Anchored, Input, MatchKind, StartKind};
 use base64::Engine as _;
 use bytes::{Buf, Bytes};
@@ -106,7 +107,7 @@ pub struct Patterns {
 enum Matcher {
     /// No secret in scope: responses pass untouched.
     Empty,
-    Ready(NFA),
+    Ready(Box<Search>),
     /// The automaton could not be built; every response is refused (fail closed).
     Broken,
 }
@@ -126,19 +127,9 @@ impl Patterns {
                 matcher: Matcher::Empty,
             };
         }
-        // A DFA: one table lookup per response byte (the contiguous NFA follows
-        // failure links and was slower on large bodies). Building it costs
-        // more, which `PatternCache` pays once per secret set. Anchored starts are
-        // needed by `partial_match_start`.
-        let built = NFA::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .ascii_case_insensitive(true)
-            .prefilter(true)
-            .start_kind(StartKind::Both)
-            .build(&forms);
-        let matcher = match built {
-            Ok(nfa) => Matcher::Ready(nfa),
-            Err(_) => Matcher::Broken,
+        let matcher = match Search::build(&forms) {
+            Some(search) => Matcher::Ready(Box::new(search)),
+            None => Matcher::Broken,
         };
         Patterns { matcher }
     }
@@ -150,7 +141,7 @@ impl Patterns {
     /// Heap bytes held by the automaton.
     pub fn memory_usage(&self) -> usize {
         match &self.matcher {
-            Matcher::Ready(nfa) => nfa.memory_usage(),
+            Matcher::Ready(search) => search.memory_usage(),
             _ => 0,
         }
     }
@@ -158,30 +149,25 @@ impl Patterns {
     /// Length of the longest pattern (0 when empty).
     pub fn max_pattern_len(&self) -> usize {
         match &self.matcher {
-            Matcher::Ready(nfa) => nfa.max_pattern_len(),
+            Matcher::Ready(search) => search.max_pattern_len(),
             _ => 0,
         }
     }
 
     /// Redacts a complete value (a header, a trailer). `None` when nothing matched.
     pub fn redact_all(&self, data: &[u8]) -> Option<Vec<u8>> {
-        let Matcher::Ready(nfa) = &self.matcher else {
+        let Matcher::Ready(search) = &self.matcher else {
             return None;
         };
         let mut out = None;
-        scan(nfa, data, true, &mut out);
+        search.scan(data, true, &mut out);
         out
     }
 
     /// Whether `data` contains any form of any secret.
     pub fn contains_secret(&self, data: &[u8]) -> bool {
         match &self.matcher {
-            Matcher::Ready(nfa) => {
-                data.len() >= nfa.min_pattern_len()
-                    && nfa
-                        .try_find(&Input::new(data))
-                        .map_or(true, |m| m.is_some())
-            }
+            Matcher::Ready(search) => search.contains(data),
             Matcher::Empty => false,
             Matcher::Broken => true,
         }
@@ -259,8 +245,9 @@ fn percent_forms(secret: &[u8]) -> Vec<Vec<u8>> {
     fn nothing(_: u8) -> bool {
         false
     }
-    // (bytes kept literal, space written as '+')
-    let sets: [(fn(u8) -> bool, bool); 9] = [
+    /// Which bytes are kept literal, and whether space is written as '+'.
+    type Encoding = (fn(u8) -> bool, bool);
+    let sets: [Encoding; 9] = [
         (unreserved, false),    // RFC 3986, Go url.PathEscape-like, Python quote
         (unreserved, true),     // Python quote_plus
         (uri_component, false), // JavaScript encodeURIComponent
@@ -337,11 +324,88 @@ fn json_forms(text: &str) -> Vec<Vec<u8>> {
     out
 }
 
+/// Pattern sets up to this many encoded forms (about four secrets) are searched
+/// with a DFA: one table lookup per byte, but ~1 MiB and ~1 ms to build per
+/// secret. Larger sets (every secret in an agent's scope) use the contiguous NFA:
+/// ~20 KiB per secret and ~8x cheaper to build, about half the DFA's speed on text
+/// full of near-matches, the same on ordinary text.
+const DFA_MAX_FORMS: usize = 32;
+
+/// The automaton of a pattern set (see [`DFA_MAX_FORMS`]).
+enum Search {
+    Dfa(DFA),
+    Nfa(NFA),
+}
+
+impl Search {
+    /// `None` when the automaton cannot be built.
+    fn build(forms: &[Vec<u8>]) -> Option<Search> {
+        // Leftmost-longest so that a secret and its longer encodings redact whole;
+        // anchored starts are needed by `partial_match_start`.
+        if forms.len() <= DFA_MAX_FORMS {
+            DFA::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .ascii_case_insensitive(true)
+                .prefilter(true)
+                .start_kind(StartKind::Both)
+                .build(forms)
+                .ok()
+                .map(Search::Dfa)
+        } else {
+            NFA::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .ascii_case_insensitive(true)
+                .prefilter(true)
+                .build(forms)
+                .ok()
+                .map(Search::Nfa)
+        }
+    }
+
+    fn memory_usage(&self) -> usize {
+        match self {
+            Search::Dfa(a) => a.memory_usage(),
+            Search::Nfa(a) => a.memory_usage(),
+        }
+    }
+
+    fn max_pattern_len(&self) -> usize {
+        match self {
+            Search::Dfa(a) => a.max_pattern_len(),
+            Search::Nfa(a) => a.max_pattern_len(),
+        }
+    }
+
+    fn scan(&self, buf: &[u8], at_end: bool, out: &mut Option<Vec<u8>>) -> (usize, usize) {
+        match self {
+            Search::Dfa(a) => scan(a, buf, at_end, out),
+            Search::Nfa(a) => scan(a, buf, at_end, out),
+        }
+    }
+
+    fn contains(&self, data: &[u8]) -> bool {
+        fn find<A: Automaton>(a: &A, data: &[u8]) -> bool {
+            // SECURITY: a search that cannot run counts as a match (fail closed).
+            data.len() >= a.min_pattern_len()
+                && a.try_find(&Input::new(data)).map_or(true, |m| m.is_some())
+        }
+        match self {
+            Search::Dfa(a) => find(a, data),
+            Search::Nfa(a) => find(a, data),
+        }
+    }
+}
+
 /// Finds the matches in `buf` that are final, appends the redacted output to `out`
 /// (created at the first match) and returns how many bytes of `buf` are settled;
 /// `buf[settled..]` may still be the start of a secret and must be held back.
 /// With `at_end` the whole buffer is settled.
-fn scan(nfa: &NFA, buf: &[u8], at_end: bool, out: &mut Option<Vec<u8>>) -> (usize, usize) {
+fn scan<A: Automaton>(
+    nfa: &A,
+    buf: &[u8],
+    at_end: bool,
+    out: &mut Option<Vec<u8>>,
+) -> (usize, usize) {
     // A whole value shorter than the shortest pattern cannot hold one (most
     // header values, small bodies): skip setting up the search.
     if at_end && buf.len() < nfa.min_pattern_len() {
@@ -384,7 +448,7 @@ fn scan(nfa: &NFA, buf: &[u8], at_end: bool, out: &mut Option<Vec<u8>>) -> (usiz
 /// Start of the longest suffix of `buf` that is a prefix of some pattern (or a whole
 /// pattern that a longer one could extend), or `buf.len()` if there is none. Only
 /// the last `max_pattern_len - 1` positions can start one.
-fn partial_match_start(nfa: &NFA, buf: &[u8]) -> usize {
+fn partial_match_start<A: Automaton>(nfa: &A, buf: &[u8]) -> usize {
     let window = nfa.max_pattern_len().saturating_sub(1);
     let Ok(start) = nfa.start_state(Anchored::Yes) else {
         return buf.len().saturating_sub(window);
@@ -625,7 +689,7 @@ impl Redactor {
     pub fn push(&mut self, chunk: Bytes) -> Bytes {
         let nfa = match &self.patterns.matcher {
             Matcher::Empty => return chunk,
-            Matcher::Ready(nfa) => nfa,
+            Matcher::Ready(search) => search,
             // SECURITY: no automaton, no way to tell; emit nothing (callers refuse
             // such responses up front, this is belt and braces).
             Matcher::Broken => return Bytes::new(),
@@ -634,7 +698,7 @@ impl Redactor {
         if self.held.is_empty() {
             // Fast path: no carry-over, so the chunk itself is the buffer and an
             // unmatched prefix is emitted as a zero-copy slice.
-            let (settled, n) = scan(nfa, &chunk, false, &mut out);
+            let (settled, n) = nfa.scan(&chunk, false, &mut out);
             self.redactions += n as u64;
             self.held.extend_from_slice(&chunk[settled..]);
             return match out {
@@ -645,7 +709,7 @@ impl Redactor {
         self.scratch.clear();
         self.scratch.extend_from_slice(&self.held);
         self.scratch.extend_from_slice(&chunk);
-        let (settled, n) = scan(nfa, &self.scratch, false, &mut out);
+        let (settled, n) = nfa.scan(&self.scratch, false, &mut out);
         self.redactions += n as u64;
         self.held.clear();
         self.held.extend_from_slice(&self.scratch[settled..]);
@@ -661,9 +725,9 @@ impl Redactor {
         match &self.patterns.matcher {
             Matcher::Empty => Bytes::from(held),
             Matcher::Broken => Bytes::new(),
-            Matcher::Ready(nfa) => {
+            Matcher::Ready(search) => {
                 let mut out = None;
-                let (_, n) = scan(nfa, &held, true, &mut out);
+                let (_, n) = search.scan(&held, true, &mut out);
                 self.redactions += n as u64;
                 Bytes::from(out.unwrap_or(held))
             }
@@ -1483,6 +1547,42 @@ mod tests {
         }
     }
 
+    /// `SECRET` among enough other secrets that the set is searched by the NFA.
+    fn large_set() -> Arc<Patterns> {
+        let others: Vec<Vec<u8>> = (0..8)
+            .map(|i| format!("other-secret-{i}-Qw3rTy9zXc").into_bytes())
+            .collect();
+        let mut all: Vec<&[u8]> = others.iter().map(Vec::as_slice).collect();
+        all.push(SECRET);
+        Arc::new(Patterns::new(&all))
+    }
+
+    #[test]
+    fn small_sets_use_the_dfa_and_large_ones_the_nfa() {
+        let is_dfa =
+            |p: &Patterns| matches!(&p.matcher, Matcher::Ready(s) if matches!(**s, Search::Dfa(_)));
+        let is_nfa =
+            |p: &Patterns| matches!(&p.matcher, Matcher::Ready(s) if matches!(**s, Search::Nfa(_)));
+        assert!(is_dfa(&patterns(SECRET)));
+        let large = large_set();
+        assert!(is_nfa(&large));
+        assert!(large.memory_usage() < patterns(SECRET).memory_usage());
+    }
+
+    #[test]
+    fn every_encoded_form_is_redacted_by_both_automata_at_every_cut() {
+        for p in [patterns(SECRET), large_set()] {
+            for form in encoded_forms(SECRET) {
+                assert_redacted(&p, &form);
+            }
+            assert_eq!(p.redact_all(b"no secret here, just text"), None);
+        }
+        // The other secrets of the large set too, and adjacent occurrences.
+        let p = large_set();
+        let doc = b"other-secret-3-Qw3rTy9zXcother-secret-7-Qw3rTy9zXc";
+        assert_eq!(stream(&p, doc, &[5, 30]), b"[REDACTED][REDACTED]");
+    }
+
     #[test]
     fn raw_secret_is_redacted() {
         assert_redacted(&patterns(SECRET), SECRET);
@@ -1567,7 +1667,7 @@ mod tests {
             })
             .collect();
         assert_redacted(&p, upper.as_bytes());
-        assert_redacted(&p, upper.to_lowercase().replace("%", "%").as_bytes());
+        assert_redacted(&p, upper.to_lowercase().as_bytes());
         let lower_hex: String = SECRET
             .iter()
             .map(|&b| {
