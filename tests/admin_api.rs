@@ -543,7 +543,7 @@ async fn secret_changes_with_an_unwritable_audit_log_are_undone() {
         .as_all(
             "PUT",
             "/v1/secrets/platform/ANTHROPIC_API_KEY",
-            Some(json!({"value": "sk-ant-unaudited-0123456789"})),
+            Some(json!({"value": "kwtest-unaudited-0123456789"})),
         )
         .await;
     refused(&got, "create");

@@ -103,7 +103,7 @@ async fn supported_content_encoding_is_not_refused() {
     assert_eq!(events, ["inject", "redact"]);
 }
 
-const ANTHROPIC_KEY: &str = "sk-ant-other-key-9876543210fedcba";
+const ANTHROPIC_KEY: &str = "kwtest-other-key-9876543210fedcba";
 const AGENT_2: &str = "agent-2";
 const TOKEN_2: &str = "tok-agent-2-secret";
 
@@ -170,7 +170,7 @@ async fn rotated_in_scope_secret_is_redacted_in_its_new_value() {
         .get("api.openai.com", &echo_path(ANTHROPIC_KEY, false), &[])
         .await;
     assert_eq!(got.text(), "found: [REDACTED]");
-    let rotated = "sk-ant-rotated-key-00112233445566";
+    let rotated = "kwtest-rotated-key-00112233445566";
     kw.set_secret("platform", "ANTHROPIC_API_KEY", rotated);
     let got = kw
         .client()

@@ -6,8 +6,8 @@
 mod common;
 
 use base64::Engine;
+use common::leaks::{assert_no_leak_any, log_capture};
 use common::*;
-use std::sync::{Arc, Mutex, OnceLock};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -16,60 +16,16 @@ fn token_canary() -> String {
     keyward::cli::agent::new_token()
 }
 
-/// Every form `needle` could leak in: plain, hex (both cases), percent-encoded,
-/// and base64/base64url at each alignment (only the needle-only middle is probed).
+/// The token in every leak form, and its random part alone (should a prefix be
+/// stripped on the way).
 fn assert_no_token(what: &str, haystack: &[u8], needle: &str) {
-    let std_b64 = base64::engine::general_purpose::STANDARD;
-    let url_b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    let mut forms = vec![
-        needle.to_string(),
-        // The random part alone, should a prefix be stripped on the way.
-        needle.trim_start_matches("kwa_").to_string(),
-        hex::encode(needle),
-        hex::encode_upper(needle),
-        percent_encoding::utf8_percent_encode(needle, percent_encoding::NON_ALPHANUMERIC)
-            .to_string(),
-    ];
-    for pad in 0..3 {
-        let mut input = vec![b'#'; pad];
-        input.extend_from_slice(needle.as_bytes());
-        for enc in [std_b64.encode(&input), url_b64.encode(&input)] {
-            forms.push(enc[4..enc.len() - 4].to_string());
-        }
-    }
+    assert_no_leak_any(what, haystack, needle);
     let hay = String::from_utf8_lossy(haystack);
-    for form in forms {
-        assert!(!hay.contains(&form), "{what} leaks the token (form {form})");
-    }
-}
-
-/// keyward's own log for this test binary (all keyward targets, trace).
-fn log_capture() -> Arc<Mutex<Vec<u8>>> {
-    static BUF: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    BUF.get_or_init(|| {
-        let buf = Arc::new(Mutex::new(Vec::new()));
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter("keyward=trace,hyper_util=debug")
-            .with_ansi(false)
-            .with_writer(move || CaptureWriter(writer.clone()))
-            .finish();
-        tracing::subscriber::set_global_default(subscriber).expect("one subscriber");
-        buf
-    })
-    .clone()
-}
-
-struct CaptureWriter(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for CaptureWriter {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    let random = needle.trim_start_matches("kwa_");
+    assert!(
+        !hay.contains(random),
+        "{what} leaks the token's random part"
+    );
 }
 
 /// CONNECT with `user:password` as Basic credentials; the whole answer, raw.

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod leaks;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
