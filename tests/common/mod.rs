@@ -221,6 +221,19 @@ async fn echo(
             .insert("content-type", "text/event-stream".parse().unwrap());
         return Ok(resp);
     }
+    if path == "/slow" {
+        // Answers after `?ms=N` milliseconds (for response timeouts).
+        let ms = parts
+            .uri
+            .query()
+            .and_then(|q| q.strip_prefix("ms="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return Ok(http::Response::new(
+            Full::new(Bytes::from_static(b"late")).boxed(),
+        ));
+    }
     if path == "/echo-secret" {
         let cred = ["authorization", "x-api-key", "x-custom"]
             .iter()
