@@ -44,10 +44,34 @@ pub struct Config {
     pub source: Option<PathBuf>,
 }
 
+impl Config {
+    /// The settings read once at start that differ in `new`: a reload cannot apply
+    /// them (limits, listeners, TLS material and roots, vault and audit files).
+    pub fn restart_only_changes(&self, new: &Config) -> Vec<&'static str> {
+        let mut changed = Vec::new();
+        if self.proxy != new.proxy {
+            changed.push("[proxy]");
+        }
+        if self.tls != new.tls {
+            changed.push("[tls]");
+        }
+        if self.vault != new.vault {
+            changed.push("[vault]");
+        }
+        if self.audit != new.audit {
+            changed.push("[audit]");
+        }
+        if self.admin.listen != new.admin.listen {
+            changed.push("admin.listen");
+        }
+        changed
+    }
+}
+
 /// Upper bound for `proxy.workers` (each is a thread with its own runtime and pool).
 pub const MAX_WORKERS: usize = 1024;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProxyConfig {
     pub listen: SocketAddr,
@@ -106,7 +130,7 @@ pub struct AdminToken {
     pub permissions: Vec<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
     pub ca_cert: PathBuf,
@@ -125,7 +149,7 @@ impl Default for TlsConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct VaultConfig {
     pub path: PathBuf,
@@ -141,7 +165,7 @@ impl Default for VaultConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditConfig {
     /// A file path, or `-` for stdout.
@@ -718,6 +742,23 @@ mod tests {
         assert_eq!(c.proxy.listen.port(), 3128);
         assert_eq!(c.egress.ports, vec![443]);
         assert_eq!(c.proxy.max_body_bytes.0, 64 << 20);
+    }
+
+    #[test]
+    fn reload_names_the_sections_only_a_restart_applies() {
+        let old = Config::parse("", "t.toml").unwrap();
+        let same = Config::parse("[egress]\nallow = [\"pypi.org\"]\n", "t.toml").unwrap();
+        assert!(old.restart_only_changes(&same).is_empty());
+        let new = Config::parse(
+            "[proxy]\nidle_timeout = \"5s\"\n[audit]\nrotate_bytes = 1000\n\
+             [tls]\nupstream_roots = \"roots.pem\"\n[admin]\nlisten = \"127.0.0.1:9\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            old.restart_only_changes(&new),
+            vec!["[proxy]", "[tls]", "[audit]", "admin.listen"]
+        );
     }
 
     #[test]

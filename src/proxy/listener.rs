@@ -253,11 +253,12 @@ pub fn reload_config(state: &State, path: &std::path::Path) -> bool {
     match Config::from_file(path) {
         Ok(new) => {
             let old = state.runtime().config.clone();
-            if new.proxy.listen != old.proxy.listen
-                || new.tls.ca_cert != old.tls.ca_cert
-                || new.vault.path != old.vault.path
-            {
-                tracing::warn!("listen address, TLS and vault paths change only on restart");
+            let restart_only = old.restart_only_changes(&new);
+            if !restart_only.is_empty() {
+                tracing::warn!(
+                    sections = ?restart_only,
+                    "these settings change only on restart; the running values are kept"
+                );
             }
             state.apply_config(new);
             tracing::info!(path = %path.display(), "config reloaded");
