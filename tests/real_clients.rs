@@ -173,6 +173,19 @@ fn scenario() -> Scenario {
     );
     cli_output.extend(&out.stdout);
     cli_output.extend(&out.stderr);
+    // The Anthropic SDK test needs a key for its provider too (same canary).
+    let out = kw(
+        &served.config,
+        &["secret", "set", "ANTHROPIC_API_KEY", "--scope", "platform"],
+        Some(&canary),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cli_output.extend(&out.stdout);
+    cli_output.extend(&out.stderr);
     let out = kw(&served.config, &["agent", "add", "sandbox-1"], None);
     assert!(
         out.status.success(),
@@ -315,6 +328,59 @@ fn python_clients_through_keyward_env() {
         }
         let out = sandboxed(&s.env, "python3", &["-c", code]);
         s.check_client(name, &out);
+    }
+    s.check_no_leaks();
+}
+
+/// The official OpenAI SDK, configured only by the environment `keyward env` prints
+/// (dummy key, proxy, CA). The raw response: the echo upstream is not OpenAI.
+const PY_OPENAI_SDK: &str = r#"
+from openai import OpenAI
+client = OpenAI(max_retries=0, timeout=20)
+r = client.models.with_raw_response.list()
+print(r.http_response.status_code, r.http_response.text)
+"#;
+
+/// The official Anthropic SDK, the same way (it sends the key as `x-api-key`).
+const PY_ANTHROPIC_SDK: &str = r#"
+import anthropic
+client = anthropic.Anthropic(max_retries=0, timeout=20)
+r = client.messages.with_raw_response.create(
+    model="claude-test", max_tokens=1, messages=[{"role": "user", "content": "hi"}])
+print(r.http_response.status_code, r.http_response.text)
+"#;
+
+#[test]
+fn official_openai_and_anthropic_sdks_through_keyward_env() {
+    if !have("python3", &["--version"]) {
+        eprintln!("skipped: python3 not installed");
+        return;
+    }
+    let s = scenario();
+    if have("python3", &["-c", "import openai"]) {
+        let out = sandboxed(&s.env, "python3", &["-c", PY_OPENAI_SDK]);
+        s.check_client("openai SDK", &out);
+        assert_eq!(s.upstream.last().uri, "/v1/models");
+    } else {
+        eprintln!("skipped: python3 module openai not installed");
+    }
+    if have("python3", &["-c", "import anthropic"]) {
+        assert_eq!(s.env["ANTHROPIC_API_KEY"], "keyward-placeholder");
+        let out = sandboxed(&s.env, "python3", &["-c", PY_ANTHROPIC_SDK]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.starts_with("200"),
+            "anthropic SDK failed: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seen = s.upstream.last();
+        assert_eq!(seen.uri, "/v1/messages");
+        // The dummy key was replaced by the real one, in the provider's header.
+        assert_eq!(seen.headers["x-api-key"], s.canary.as_str());
+        assert_no_leak("anthropic SDK output", &out.stdout, &s.canary);
+        assert_no_leak("anthropic SDK stderr", &out.stderr, &s.canary);
+    } else {
+        eprintln!("skipped: python3 module anthropic not installed");
     }
     s.check_no_leaks();
 }
