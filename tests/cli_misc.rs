@@ -126,3 +126,42 @@ fn env_refuses_a_wrong_token_and_prints_each_shell_format() {
     let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
     assert!(bundle.ends_with(&ca), "bundle = system roots + keyward CA");
 }
+
+#[test]
+fn env_names_a_dummy_variable_for_a_config_provider_without_env() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("k.toml"),
+        "[[providers]]\nname = \"internal\"\nhosts = [\"api.internal.example\"]\n\
+         secret = \"INTERNAL_API_KEY\"\ninject = { header = \"authorization\", value = \"Bearer {secret}\" }\n\
+         [[providers]]\nname = \"named\"\nhosts = [\"api.named.example\"]\n\
+         secret = \"NAMED_KEY\"\nenv = [\"NAMED_SDK_TOKEN\"]\n\
+         inject = { header = \"authorization\", value = \"Bearer {secret}\" }\n",
+    )
+    .unwrap();
+    let out = run(dir.path(), &["--config", "k.toml", "agent", "add", "dev-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let out = run(
+        dir.path(),
+        &[
+            "--config", "k.toml", "env", "--agent", "dev-1", "--token", &token, "--shell", "dotenv",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l == "INTERNAL_API_KEY=keyward-placeholder"),
+        "{text}"
+    );
+    // An explicit `env` is used as given (and the secret name is not added).
+    assert!(text
+        .lines()
+        .any(|l| l == "NAMED_SDK_TOKEN=keyward-placeholder"));
+    assert!(!text.contains("NAMED_KEY="), "{text}");
+}

@@ -109,7 +109,14 @@ pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
     let policy = Policy::from_config(cfg);
     for p in policy.providers() {
         if principal.in_scope(&p.secret) {
-            for var in &p.env {
+            // A provider without `env` (one from the config file, usually) gets
+            // its secret's name, the variable its SDK most likely reads.
+            let names = if p.env.is_empty() && is_env_name(&p.secret) {
+                std::slice::from_ref(&p.secret)
+            } else {
+                &p.env[..]
+            };
+            for var in names {
                 if !vars.iter().any(|(k, _)| k == var) {
                     vars.push((var.clone(), DUMMY_KEY.into()));
                 }
@@ -139,6 +146,15 @@ fn with_userinfo(base: &str, agent: &str, token: &str) -> Result<String, CliErro
         enc(token),
         rest.trim_end_matches('/')
     ))
+}
+
+/// A portable environment variable name (`[A-Za-z_][A-Za-z0-9_]*`).
+fn is_env_name(s: &str) -> bool {
+    let mut bytes = s.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 fn sh_quote(v: &str) -> String {
