@@ -81,7 +81,7 @@ fn main() -> ExitCode {
 
 fn run(args: Cli) -> Result<u8, CliError> {
     if let Command::Init { dir } = &args.command {
-        return cli::init::run(dir.as_deref()).map(|_| 0);
+        return cli::init::run(dir.as_deref(), args.config.as_deref()).map(|_| 0);
     }
     if let Command::Check = &args.command {
         return cli::check::run(args.config.as_deref());

@@ -165,3 +165,33 @@ fn env_names_a_dummy_variable_for_a_config_provider_without_env() {
         .any(|l| l == "NAMED_SDK_TOKEN=keyward-placeholder"));
     assert!(!text.contains("NAMED_KEY="), "{text}");
 }
+
+#[test]
+fn init_puts_the_config_at_config_path_and_names_an_environment_master_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .current_dir(dir.path())
+        .args(["--config", "elsewhere/kw.toml", "init", "kw"])
+        .env("KEYWARD_MASTER_KEY", base64_key())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(dir.path().join("elsewhere/kw.toml").exists(), "{text}");
+    assert!(!dir.path().join("kw/config/keyward.toml").exists());
+    assert!(dir.path().join("kw/certs/ca.pem").exists());
+    // The key came from the environment: no key file, and init says so.
+    assert!(!dir.path().join("kw/certs/master.key").exists());
+    assert!(text.contains("$KEYWARD_MASTER_KEY"), "{text}");
+    assert!(!text.contains("master.key"), "{text}");
+}
+
+/// 32 random bytes, base64 (a master key as `$KEYWARD_MASTER_KEY` takes it).
+fn base64_key() -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+}

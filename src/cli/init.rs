@@ -1,19 +1,23 @@
 //! `keyward init [DIR]`: an example config, the CA and the master key. Never
-//! overwrites: an existing file is kept and reported.
+//! overwrites: an existing file is kept and reported. `--config PATH` puts the
+//! config there instead of `DIR/config/keyward.toml`.
 
 use super::CliError;
 use crate::config::VaultConfig;
 use crate::tls::ca::CertAuthority;
+use crate::vault::store::{ENV_MASTER_KEY, ENV_MASTER_PASSPHRASE};
 use crate::vault::Vault;
 use std::path::Path;
 
 /// The commented example config shipped with keyward.
 pub const EXAMPLE_CONFIG: &str = include_str!("../../config/keyward.example.toml");
 
-pub fn run(dir: Option<&Path>) -> Result<(), CliError> {
+pub fn run(dir: Option<&Path>, config: Option<&Path>) -> Result<(), CliError> {
     let root = dir.unwrap_or(Path::new("."));
     let io = |p: &Path, e: std::io::Error| CliError::User(format!("{}: {e}", p.display()));
-    let config = root.join("config/keyward.toml");
+    let config = config
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| root.join("config/keyward.toml"));
     if config.exists() {
         println!("kept    {}", config.display());
     } else {
@@ -37,11 +41,18 @@ pub fn run(dir: Option<&Path>) -> Result<(), CliError> {
     };
     let existed = vault.master_key_file.exists();
     Vault::open(&vault).map_err(|e| CliError::User(e.to_string()))?;
-    println!(
-        "{}{}",
-        if existed { "kept    " } else { "wrote   " },
-        vault.master_key_file.display()
-    );
+    // With the key in the environment no key file is read or written.
+    let from_env = [ENV_MASTER_KEY, ENV_MASTER_PASSPHRASE]
+        .into_iter()
+        .find(|v| std::env::var_os(v).is_some_and(|v| !v.is_empty()));
+    match from_env {
+        Some(var) => println!("using   ${var} as the master key (no key file)"),
+        None => println!(
+            "{}{}",
+            if existed { "kept    " } else { "wrote   " },
+            vault.master_key_file.display()
+        ),
+    }
     println!(
         "next: edit {} and run `keyward serve --config {}`",
         config.display(),
