@@ -86,6 +86,21 @@ fn secret_lifecycle_through_the_cli_never_shows_the_value() {
 
     let list = env.ok(&["secret", "list"], None);
     assert!(list.starts_with("SCOPE"), "a table: {list}");
+    // SPEC §2: name, scope, version, hint, description, created/updated, rotation due.
+    for column in [
+        "NAME",
+        "VER",
+        "HINT",
+        "CREATED",
+        "UPDATED",
+        "ROTATION DUE",
+        "DESCRIPTION",
+    ] {
+        assert!(
+            list.lines().next().unwrap().contains(column),
+            "{column}: {list}"
+        );
+    }
     assert!(list.contains("OPENAI_API_KEY") && list.contains("sk-p…9xQz") && list.contains("prod"));
     outputs.push(list);
     let json = env.ok(&["secret", "list", "--json"], None);
