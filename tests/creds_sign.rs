@@ -368,3 +368,44 @@ async fn placeholder_of_a_multi_field_secret_is_refused() {
     assert!(kw.upstream.requests().is_empty());
     assert_no_leak("refusal", &got.body, &secret_key);
 }
+
+/// A body keyward must read whole to sign, stalled after its first bytes: refused
+/// after `idle_timeout` (400 `bad_request`, audited), never sent upstream.
+#[tokio::test]
+async fn a_stalled_body_that_must_be_signed_is_refused_after_idle_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let kw = Kw::start_full(
+        "idle_timeout = \"1s\"",
+        r#"
+[[providers]]
+name = "github"
+hosts = ["api.github.com"]
+secret = "HOOK_SECRET"
+sign = { hmac = "sha256", header = "X-Hub-Signature-256", format = "sha256={hex}", over = "body" }
+"#,
+        None,
+    )
+    .await;
+    set_kind(&kw, "HOOK_SECRET", SecretKind::Hmac, &canary());
+    let mut tls = kw.client().open_raw_tls(GH).await;
+    tls.write_all(
+        b"POST /hook HTTP/1.1\r\nhost: api.github.com\r\ncontent-length: 100\r\n\r\nonly ten b",
+    )
+    .await
+    .unwrap();
+    let (status, head, _) =
+        tokio::time::timeout(std::time::Duration::from_secs(20), read_head_from(&mut tls))
+            .await
+            .expect("refused within the bound, not held forever");
+    assert_eq!(status, 400, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-keyward-error: bad_request"),
+        "{head}"
+    );
+    assert!(kw.upstream.requests().is_empty(), "nothing went upstream");
+    let line = kw.last_audit();
+    assert_eq!(line["event"], "deny");
+    assert_eq!(line["reason"], "bad_request");
+    assert_eq!(line["path"], "/hook");
+}

@@ -18,6 +18,7 @@ use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http_body_util::BodyExt;
+use std::time::Duration;
 
 fn misfit(provider: &Provider, grant: &Grant, what: &str) -> Deny {
     Deny::new(
@@ -91,6 +92,7 @@ pub async fn apply(
     secrets: &mut Vec<Secret>,
 ) -> Result<(Body, Option<Retry>), Deny> {
     let mut oauth = None;
+    let idle = state.limits.idle_timeout.0;
     let injected: Option<Secret> = match grant.kind {
         SecretKind::ApiKey | SecretKind::Hmac => Some(grant.value.clone()),
         SecretKind::Oauth2 => {
@@ -123,7 +125,7 @@ pub async fn apply(
             if !matches!(grant.kind, SecretKind::Hmac | SecretKind::ApiKey) {
                 return Err(misfit(provider, grant, "signs with HMAC"));
             }
-            sign_hmac(cfg, &grant.value, parts, body).await?
+            sign_hmac(cfg, &grant.value, parts, body, idle).await?
         }
         Some(SignConfig::AwsSigv4 { aws_sigv4 }) => {
             if grant.kind != SecretKind::Aws {
@@ -137,7 +139,7 @@ pub async fn apply(
                 secret_access_key: value.secret_access_key,
                 session_token: value.session_token,
             };
-            sign_aws(aws_sigv4, &creds, parts, body).await?
+            sign_aws(aws_sigv4, &creds, parts, body, idle).await?
         }
     };
     // A signed request would need signing again; only plain OAuth2 injection retries.
@@ -149,7 +151,7 @@ pub async fn apply(
         return Ok((body, None));
     };
     let (body, kept) = if retryable {
-        let bytes = buffer(body).await?;
+        let bytes = buffer(body, idle).await?;
         (full(bytes.clone()), Some(bytes))
     } else {
         (body, None)
@@ -209,18 +211,40 @@ pub async fn retry_unauthorized(
     Ok(sent.map(|b| b.map_err(Into::into).boxed()))
 }
 
-/// Reads the whole (already size-limited) body.
-async fn buffer(body: Body) -> Result<Bytes, Deny> {
-    match body.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Deny::new(
-            Code::PayloadTooLarge,
-            "request body is larger than proxy.max_body_bytes",
-        )),
-        Err(_) => Err(Deny::new(
-            Code::BadRequest,
-            "request body could not be read",
-        )),
+/// Reads the whole (already size-limited) body, each part within `idle`.
+async fn buffer(mut body: Body, idle: Duration) -> Result<Bytes, Deny> {
+    let mut out = bytes::BytesMut::new();
+    loop {
+        // SECURITY: a client that sends a head and then stalls its body would hold
+        // the request (and its tunnel: a request in flight is never idle) forever.
+        let frame = tokio::time::timeout(idle, body.frame())
+            .await
+            .map_err(|_| {
+                Deny::new(
+                    Code::BadRequest,
+                    "request body stalled (no bytes for proxy.idle_timeout)",
+                )
+            })?;
+        match frame {
+            None => return Ok(out.freeze()),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    out.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Err(Deny::new(
+                    Code::PayloadTooLarge,
+                    "request body is larger than proxy.max_body_bytes",
+                ))
+            }
+            Some(Err(_)) => {
+                return Err(Deny::new(
+                    Code::BadRequest,
+                    "request body could not be read",
+                ))
+            }
+        }
     }
 }
 
@@ -239,8 +263,9 @@ async fn sign_hmac(
     key: &Secret,
     parts: &mut Parts,
     body: Body,
+    idle: Duration,
 ) -> Result<Body, Deny> {
-    let bytes = buffer(body).await?;
+    let bytes = buffer(body, idle).await?;
     let ts = super::pipeline::unix_now();
     let signature = sign::hmac_header(cfg, key, ts, &bytes);
     // `insert` replaces every value the client sent for these names.
@@ -263,6 +288,7 @@ async fn sign_aws(
     creds: &AwsCredentials,
     parts: &mut Parts,
     body: Body,
+    idle: Duration,
 ) -> Result<Body, Deny> {
     // What the SDK declared about the payload: an unsigned (streaming) payload is
     // kept as declared; chunk signatures made with the dummy key cannot be redone.
@@ -294,7 +320,7 @@ async fn sign_aws(
     } else if cfg.unsigned_payload {
         (sign::UNSIGNED_PAYLOAD.to_string(), body)
     } else {
-        let bytes = buffer(body).await?;
+        let bytes = buffer(body, idle).await?;
         parts
             .headers
             .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
