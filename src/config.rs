@@ -443,7 +443,13 @@ impl Config {
     fn validate(&self, text: &str, file: &str) -> Result<(), ConfigError> {
         let fail = |needle: &str, message: String| ConfigError::Invalid {
             file: file.to_string(),
-            line: find_line(text, needle),
+            line: find_line(text, needle, Occurrence::First),
+            message,
+        };
+        // A duplicate is reported where it is defined again, not at the original.
+        let duplicate = |needle: &str, message: String| ConfigError::Invalid {
+            file: file.to_string(),
+            line: find_line(text, needle, Occurrence::Last),
             message,
         };
         if self.tls.upstream_roots.is_empty() {
@@ -476,7 +482,7 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         for p in &self.providers {
             if !names.insert(p.name.as_str()) {
-                return Err(fail(
+                return Err(duplicate(
                     &p.name,
                     format!("providers: duplicate provider name {:?}", p.name),
                 ));
@@ -596,7 +602,7 @@ impl Config {
         let mut chains = std::collections::HashSet::new();
         for c in &self.chains {
             if !chains.insert(c.name.as_str()) {
-                return Err(fail(
+                return Err(duplicate(
                     &c.name,
                     format!("chains: duplicate chain {:?}", c.name),
                 ));
@@ -616,7 +622,7 @@ impl Config {
         let mut agents = std::collections::HashSet::new();
         for a in &self.agents {
             if !agents.insert(a.id.as_str()) {
-                return Err(fail(
+                return Err(duplicate(
                     &a.id,
                     format!("agents: duplicate agent id {:?}", a.id),
                 ));
@@ -727,9 +733,25 @@ fn line_of(text: &str, offset: usize) -> usize {
         + 1
 }
 
-/// Best-effort line of the first occurrence of `needle` (for semantic errors).
-fn find_line(text: &str, needle: &str) -> usize {
-    text.find(needle).map(|o| line_of(text, o)).unwrap_or(1)
+/// Which occurrence [`find_line`] reports.
+#[derive(Clone, Copy)]
+enum Occurrence {
+    First,
+    Last,
+}
+
+/// Best-effort line of `needle` (for semantic errors): the value as a quoted TOML
+/// string if it appears so (`"triage"` is not found inside `"triage-x"`), else the
+/// bare text; line 1 when it is not in the file (a default).
+fn find_line(text: &str, needle: &str, which: Occurrence) -> usize {
+    let find = |n: &str| match which {
+        Occurrence::First => text.find(n),
+        Occurrence::Last => text.rfind(n),
+    };
+    find(&format!("\"{needle}\""))
+        .or_else(|| find(needle))
+        .map(|o| line_of(text, o))
+        .unwrap_or(1)
 }
 
 #[cfg(test)]
@@ -759,6 +781,21 @@ mod tests {
             old.restart_only_changes(&new),
             vec!["[proxy]", "[tls]", "[audit]", "admin.listen"]
         );
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_exact_value_and_the_duplicate() {
+        let sha =
+            "token_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n";
+        let text = format!(
+            "[[chains]]\nname = \"triage-x\"\n\n[[agents]]\nid = \"a1\"\n{sha}chain = \"triage\"\n"
+        );
+        let text = text.as_str();
+        let err = Config::parse(text, "k.toml").unwrap_err().to_string();
+        assert!(err.starts_with("k.toml:7:"), "{err}");
+        let text = format!("[[agents]]\nid = \"a1\"\n{sha}\n[[agents]]\nid = \"a1\"\n{sha}");
+        let err = Config::parse(&text, "k.toml").unwrap_err().to_string();
+        assert!(err.starts_with("k.toml:6:"), "{err}");
     }
 
     #[test]
