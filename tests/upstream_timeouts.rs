@@ -74,3 +74,46 @@ async fn an_upstream_that_never_finishes_tls_is_a_504_within_connect_timeout() {
     assert!(kw.upstream.requests().is_empty());
     assert_timeout_audited(&kw, "/v1/models");
 }
+
+/// A streamed answer whose upstream goes silent mid-body ends as a body error after
+/// `response_timeout` of silence (the request no longer holds its tunnel forever);
+/// what came before the silence was delivered.
+#[tokio::test]
+async fn a_streamed_body_silent_for_response_timeout_ends_as_an_error() {
+    use http_body_util::BodyExt;
+    let kw = Kw::start_full("response_timeout = \"1s\"", "", None).await;
+    kw.set_secret("platform", "OPENAI_API_KEY", KEY);
+    let mut tunnel = kw.client().open("api.openai.com").await.expect("tunnel");
+    let req = http::Request::get("/stall")
+        .header("host", "api.openai.com")
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let resp = tunnel.send_raw(req).await;
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = Vec::new();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match body.frame().await {
+                Some(Ok(f)) => got.extend_from_slice(f.data_ref().map(|d| &d[..]).unwrap_or(&[])),
+                Some(Err(_)) => return true,
+                None => return false,
+            }
+        }
+    })
+    .await
+    .expect("the stalled body is ended, not held forever");
+    assert!(ended, "ends as an error, never as a clean end of stream");
+    assert_eq!(got, b"data: first\n\n");
+}
+
+/// Silences shorter than `response_timeout` are not cut (SSE between events).
+#[tokio::test]
+async fn a_stream_with_pauses_shorter_than_response_timeout_completes() {
+    let kw = Kw::start_full("response_timeout = \"3s\"", "", None).await;
+    kw.set_secret("platform", "OPENAI_API_KEY", KEY);
+    // `/sse`: two events 1.5 s apart.
+    let got = kw.client().get("api.openai.com", "/sse", &[]).await;
+    assert_eq!(got.status, 200);
+    assert!(got.text().contains("second"), "{}", got.text());
+}

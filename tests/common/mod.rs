@@ -221,6 +221,22 @@ async fn echo(
             .insert("content-type", "text/event-stream".parse().unwrap());
         return Ok(resp);
     }
+    if path == "/stall" {
+        // One event, then an open body that never moves again (for a minute).
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+        tokio::spawn(async move {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+                .await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            drop(tx);
+        });
+        let mut resp = http::Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
+        resp.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        return Ok(resp);
+    }
     if path == "/slow" {
         // Answers after `?ms=N` milliseconds (for response timeouts).
         let ms = parts
