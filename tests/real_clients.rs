@@ -161,31 +161,21 @@ fn scenario() -> Scenario {
     let mut served = start_binary(tmp.path(), upstream.addr, &pki);
     let canary = canary();
     let mut cli_output = Vec::new();
-    let out = kw(
-        &served.config,
-        &["secret", "set", "OPENAI_API_KEY", "--scope", "platform"],
-        Some(&canary),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cli_output.extend(&out.stdout);
-    cli_output.extend(&out.stderr);
     // The Anthropic SDK test needs a key for its provider too (same canary).
-    let out = kw(
-        &served.config,
-        &["secret", "set", "ANTHROPIC_API_KEY", "--scope", "platform"],
-        Some(&canary),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    cli_output.extend(&out.stdout);
-    cli_output.extend(&out.stderr);
+    for name in ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"] {
+        let out = kw(
+            &served.config,
+            &["secret", "set", name, "--scope", "platform"],
+            Some(&canary),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cli_output.extend(&out.stdout);
+        cli_output.extend(&out.stderr);
+    }
     let out = kw(&served.config, &["agent", "add", "sandbox-1"], None);
     assert!(
         out.status.success(),

@@ -204,38 +204,15 @@ async fn echo(
     seen.lock().push(record);
     let path = parts.uri.path().to_string();
     if path == "/sse" {
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
-        tokio::spawn(async move {
-            let _ = tx
-                .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
-                .await;
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            let _ = tx
-                .send(Ok(Frame::data(Bytes::from_static(b"data: second\n\n"))))
-                .await;
-        });
-        let stream = tokio_stream_from(rx);
-        let mut resp = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
-        resp.headers_mut()
-            .insert("content-type", "text/event-stream".parse().unwrap());
-        return Ok(resp);
+        // Two events 1.5 s apart.
+        return Ok(event_stream(
+            Duration::from_millis(1500),
+            Some("data: second\n\n"),
+        ));
     }
     if path == "/stall" {
         // One event, then an open body that never moves again (for a minute).
-        let (tx, rx) =
-            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
-        tokio::spawn(async move {
-            let _ = tx
-                .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
-                .await;
-            tokio::time::sleep(Duration::from_secs(60)).await;
-            drop(tx);
-        });
-        let mut resp = http::Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
-        resp.headers_mut()
-            .insert("content-type", "text/event-stream".parse().unwrap());
-        return Ok(resp);
+        return Ok(event_stream(Duration::from_secs(60), None));
     }
     if path == "/slow" {
         // Answers after `?ms=N` milliseconds (for response timeouts).
@@ -305,6 +282,27 @@ async fn echo(
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     Ok(resp)
+}
+
+/// A `text/event-stream` answer: `data: first`, then after `pause` either `second`
+/// and the end, or (no second event) the end without anything more.
+fn event_stream(pause: Duration, second: Option<&'static str>) -> http::Response<BoxBody> {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(4);
+    tokio::spawn(async move {
+        let _ = tx
+            .send(Ok(Frame::data(Bytes::from_static(b"data: first\n\n"))))
+            .await;
+        tokio::time::sleep(pause).await;
+        if let Some(event) = second {
+            let _ = tx
+                .send(Ok(Frame::data(Bytes::from_static(event.as_bytes()))))
+                .await;
+        }
+    });
+    let mut resp = http::Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    resp
 }
 
 /// `body` with a `content-length` (one frame), or chunked in two frames split in
