@@ -11,7 +11,7 @@
 use crate::audit::{self, Event};
 use crate::config::{valid_agent_id, valid_secret_name, AdminToken};
 use crate::proxy::state::State;
-use crate::proxy::{empty, full, pipeline, Body};
+use crate::proxy::{empty, full, Body};
 use crate::resolve::{self, MAX_SESSION_TTL_SECS};
 use crate::secret::Secret;
 use crate::vault::{AgentRecord, RecordMeta, SetOptions, VaultError};
@@ -30,7 +30,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use subtle::ConstantTimeEq;
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
@@ -344,7 +343,7 @@ struct Cx {
 impl Cx {
     fn event(&self, event: &str, outcome: &str, status: StatusCode) -> Event {
         let mut ev = Event::new(event, outcome);
-        ev.request_id = Some(pipeline::request_id());
+        ev.request_id = Some(crate::ids::request_id());
         ev.method = Some(self.method.clone());
         ev.path = Some(self.path.clone());
         ev.status = Some(status.as_u16());
@@ -578,14 +577,6 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
             (decode(k), decode(v))
         })
         .collect()
-}
-
-fn rfc3339(unix: u64) -> String {
-    i64::try_from(unix)
-        .ok()
-        .and_then(|s| OffsetDateTime::from_unix_timestamp(s).ok())
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_default()
 }
 
 /// Runs a blocking vault call off the async executor.
@@ -914,7 +905,7 @@ async fn create_agent(
             body.id
         )));
     }
-    let token = Zeroizing::new(crate::cli::agent::new_token());
+    let token = Zeroizing::new(crate::ids::new_token());
     let record = AgentRecord {
         id: body.id.clone(),
         token_sha256: hex::encode(Sha256::digest(token.as_bytes())),
@@ -922,7 +913,7 @@ async fn create_agent(
         owner: body.owner.clone(),
         builder: body.builder.clone(),
         secrets: body.secrets.clone(),
-        created: audit::now_rfc3339(),
+        created: crate::clock::now_rfc3339(),
     };
     let st = state.clone();
     // The check above is the fast path; `add_agent` repeats it inside the
@@ -1007,7 +998,7 @@ async fn create_session(
             body.agent
         )));
     };
-    let expires = pipeline::unix_now() + ttl;
+    let expires = crate::clock::unix_now() + ttl;
     let key = state.vault.session_key();
     let token = Zeroizing::new(resolve::mint_session(
         &key,
@@ -1033,7 +1024,7 @@ async fn create_session(
         StatusCode::CREATED,
         json!({
             "token": token.as_str(),
-            "expires_at": rfc3339(expires),
+            "expires_at": crate::clock::rfc3339(expires),
             "proxy_url": format!("http://{}:{}@{}", body.agent, token.as_str(), proxy_addr),
         }),
     ))

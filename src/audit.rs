@@ -10,7 +10,9 @@
 //! (the proxy, `keyward secret set`) serialise on an advisory lock on `PATH.lock`,
 //! so the chain never forks. See `docs/audit.md`.
 
+use crate::clock::now_rfc3339;
 use crate::config::AuditConfig;
+use crate::ids::hex_string;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -19,7 +21,6 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use time::format_description::well_known::Rfc3339;
-use time::format_description::BorrowedFormatItem;
 use time::OffsetDateTime;
 
 /// `prev_hash` of the first line of a log.
@@ -310,51 +311,6 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u32) {
         }
     }
     out.extend_from_slice(&digits[start..]);
-}
-
-/// RFC 3339 UTC timestamp with milliseconds.
-pub fn now_rfc3339() -> String {
-    rfc3339_millis(OffsetDateTime::now_utc())
-}
-
-/// The timestamp format of audit lines, for `time`'s formatter.
-const RFC3339_MILLIS_FORMAT: &[BorrowedFormatItem<'_>] = time::macros::format_description!(
-    "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-);
-
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`: the layout of [`rfc3339_millis`], digits zeroed.
-const RFC3339_MILLIS_TEMPLATE: &[u8; 24] = b"0000-00-00T00:00:00.000Z";
-
-/// `t`'s own date and time (UTC for [`now_rfc3339`]) as
-/// `YYYY-MM-DDTHH:MM:SS.mmmZ`, the same text as `time`'s formatter with
-/// [`RFC3339_MILLIS_FORMAT`]. The digits are put into a fixed template by hand:
-/// this runs for every batch of audit lines, and the generic formatter costs
-/// several times more.
-fn rfc3339_millis(t: OffsetDateTime) -> String {
-    let (year, month, day) = t.to_calendar_date();
-    // Years outside 0..=9999 need a sign or a fifth digit: leave those to `time`.
-    let Some(year) = u32::try_from(year).ok().filter(|y| *y <= 9999) else {
-        return t.format(RFC3339_MILLIS_FORMAT).unwrap_or_default();
-    };
-    let (hour, minute, second, milli) = t.to_hms_milli();
-    let mut out = *RFC3339_MILLIS_TEMPLATE;
-    put_digits(&mut out[0..4], year);
-    put_digits(&mut out[5..7], u32::from(u8::from(month)));
-    put_digits(&mut out[8..10], u32::from(day));
-    put_digits(&mut out[11..13], u32::from(hour));
-    put_digits(&mut out[14..16], u32::from(minute));
-    put_digits(&mut out[17..19], u32::from(second));
-    put_digits(&mut out[20..23], u32::from(milli));
-    // Only ASCII digits went into an ASCII template, so this cannot fail.
-    String::from_utf8(out.to_vec()).unwrap_or_default()
-}
-
-/// Writes `n` into `slot` in decimal, zero-padded to the slot's width.
-fn put_digits(slot: &mut [u8], mut n: u32) {
-    for digit in slot.iter_mut().rev() {
-        *digit = b'0' + (n % 10) as u8;
-        n /= 10;
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -833,21 +789,6 @@ fn chain_hash_bytes(prev_hash: &str, body: &[u8]) -> String {
     h.update(prev_hash.as_bytes());
     h.update(body);
     hex_string(&h.finalize())
-}
-
-/// Lower-case hex of a short byte string (hashes, ids). A table lookup per
-/// nibble into pairs of the output: this runs for every audit line, and
-/// `hex::encode_to_slice`'s index iterator cost about twice as much per byte.
-pub fn hex_string(bytes: &[u8]) -> String {
-    let mut out = vec![0u8; bytes.len() * 2];
-    for (pair, &b) in out.chunks_exact_mut(2).zip(bytes) {
-        pair.copy_from_slice(&[
-            HEX_DIGITS[usize::from(b >> 4)],
-            HEX_DIGITS[usize::from(b & 0xf)],
-        ]);
-    }
-    // Only hex digits were written, so this cannot fail.
-    String::from_utf8(out).unwrap_or_default()
 }
 
 fn is_hash(s: &str) -> bool {
@@ -1549,6 +1490,7 @@ pub fn export(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{rfc3339_millis, RFC3339_MILLIS_FORMAT, RFC3339_MILLIS_TEMPLATE};
     use std::sync::Arc;
 
     #[test]

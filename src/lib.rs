@@ -5,16 +5,18 @@
 //! and `README.md` for the tour.
 
 pub mod admin;
+pub mod app;
 pub mod audit;
-pub mod catalog;
+pub mod body;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod ids;
 pub mod metrics;
 pub mod netaddr;
 pub mod policy;
 pub mod proxy;
 pub mod resolve;
-pub mod rules;
 pub mod secret;
 pub mod tls;
 pub mod vault;

@@ -113,7 +113,7 @@ fn serve(config: Config) -> Result<u8, CliError> {
         .enable_all()
         .build()
         .map_err(|e| CliError::Internal(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(keyward::proxy::listener::serve(config))
+    rt.block_on(keyward::app::serve(config))
         .map_err(|e| CliError::User(e.to_string()))?;
     Ok(0)
 }

@@ -72,7 +72,7 @@ pub struct Policy {
 
 impl Policy {
     pub fn from_config(cfg: &Config) -> Policy {
-        let providers: Vec<Arc<Provider>> = crate::catalog::merged(&cfg.providers)
+        let providers: Vec<Arc<Provider>> = crate::config::catalog::merged(&cfg.providers)
             .iter()
             .map(|p| Arc::new(compile(p)))
             .collect();

@@ -2,8 +2,8 @@
 //! (SPEC §4, §5). Pure functions over data; the vault is reached only through the
 //! [`SecretSource`] trait, so the whole order is table-tested without a vault file.
 
+use crate::config::rules::{self, Rules};
 use crate::config::Config;
-use crate::rules::{self, Rules};
 use crate::secret::Secret;
 use crate::vault::{AgentRecord, Opened, Snapshot};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;

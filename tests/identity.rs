@@ -215,7 +215,7 @@ async fn session_token_carries_run_id_and_dies_at_ttl() {
     let kw = Kw::start("").await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let key = kw.running.state.vault.session_key();
-    let now = keyward::proxy::pipeline::unix_now();
+    let now = keyward::clock::unix_now();
     let live = keyward::resolve::mint_session(&key, AGENT, "run-77", now + 60);
     let mut c = kw.client();
     c.auth = Some((AGENT.into(), live));

@@ -13,7 +13,7 @@ use tokio::net::TcpStream;
 
 /// A fresh token shaped like the real ones (`kwa_` + 43 base64url chars).
 fn token_canary() -> String {
-    keyward::cli::agent::new_token()
+    keyward::ids::new_token()
 }
 
 /// The token in every leak form, and its random part alone (should a prefix be

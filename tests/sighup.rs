@@ -20,10 +20,9 @@ async fn sighup_without_a_config_file_does_not_stop_keyward() {
     std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
     let config = Config::parse(&base_config(dir.path(), upstream.addr, ""), "<text>").unwrap();
     assert!(config.source.is_none());
-    let running =
-        keyward::proxy::listener::start(config, Some(Arc::new(MapResolver(HashMap::new()))))
-            .await
-            .unwrap();
+    let running = keyward::app::start(config, Some(Arc::new(MapResolver(HashMap::new()))))
+        .await
+        .unwrap();
 
     // SAFETY: sending SIGHUP to this very process.
     assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);

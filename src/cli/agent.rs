@@ -5,16 +5,11 @@
 use super::CliError;
 use crate::audit::{AuditLog, Event};
 use crate::config::{valid_agent_id, valid_secret_name, Config};
+use crate::ids::new_token;
 use crate::vault::{AgentRecord, Vault, VaultError};
-use base64::Engine;
 use clap::Subcommand;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
-
-/// Prefix of static agent tokens (session tokens use `kws_`).
-pub const TOKEN_PREFIX: &str = "kwa_";
-/// Random bytes in a fresh token.
-pub const TOKEN_BYTES: usize = 32;
 
 #[derive(Subcommand)]
 pub enum AgentCmd {
@@ -38,15 +33,6 @@ pub enum AgentCmd {
     },
     /// Remove an agent; its tunnels stop at their next request.
     Rm { id: String },
-}
-
-/// A fresh random agent token.
-pub fn new_token() -> String {
-    let bytes: [u8; TOKEN_BYTES] = rand::random();
-    format!(
-        "{TOKEN_PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    )
 }
 
 fn vault(cfg: &Config) -> Result<Vault, CliError> {
@@ -128,7 +114,7 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
                 owner,
                 builder,
                 secrets,
-                created: crate::audit::now_rfc3339(),
+                created: crate::clock::now_rfc3339(),
             };
             let ev = audit_event("agent_add", &record);
             // SECURITY: create-only, checked inside the vault's locked write:

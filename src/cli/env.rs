@@ -47,7 +47,7 @@ pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
     let snapshot = vault.snapshot();
     let directory = Directory::build(cfg, snapshot.agents(), Some(vault.session_key()));
     let principal = directory
-        .authenticate(&args.agent, &args.token, crate::proxy::pipeline::unix_now())
+        .authenticate(&args.agent, &args.token, crate::clock::unix_now())
         .ok_or_else(|| {
             CliError::User(format!(
                 "the token does not authenticate agent {:?}",

@@ -39,7 +39,7 @@ pub async fn handle(
     client: UpstreamClient,
 ) -> Result<Response<Body>, Infallible> {
     let mut ev = Event::new("deny", "denied");
-    ev.request_id = Some(pipeline::request_id());
+    ev.request_id = Some(crate::ids::request_id());
     ev.method = Some(req.method().to_string());
     let result = if req.method() == Method::CONNECT {
         connect(&state, req, &mut ev, slot, client).await
@@ -100,7 +100,7 @@ fn authenticate(state: &State, req: &Request<Incoming>, ev: &mut Event) -> Resul
     // never logged.
     let Some(principal) = runtime
         .directory
-        .authenticate(&id, &token, pipeline::unix_now())
+        .authenticate(&id, &token, crate::clock::unix_now())
     else {
         // SECURITY: the claimed id goes into the audit line only when it names a
         // known agent (a wrong token for a real agent is worth seeing). Anything

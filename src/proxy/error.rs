@@ -195,8 +195,8 @@ impl From<policy::Refusal> for Deny {
     }
 }
 
-impl From<crate::rules::NotAllowed> for Deny {
-    fn from(r: crate::rules::NotAllowed) -> Deny {
+impl From<crate::config::rules::NotAllowed> for Deny {
+    fn from(r: crate::config::rules::NotAllowed) -> Deny {
         Deny::new(Code::RequestNotAllowed, r.to_string())
     }
 }

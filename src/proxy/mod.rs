@@ -15,22 +15,4 @@ pub mod upstream;
 pub mod websocket;
 pub mod workers;
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body type every response keyward produces uses.
-pub type Body = BoxBody<Bytes, BoxError>;
-
-/// A body of fixed bytes.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    use http_body_util::BodyExt;
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed()
-}
-
-/// An empty body.
-pub fn empty() -> Body {
-    full(Bytes::new())
-}
+pub use crate::body::{empty, full, Body, BoxError};

@@ -7,6 +7,8 @@ use super::redact;
 use super::state::{Runtime, State};
 use super::{credentials, inject, upstream, Body};
 use crate::audit::Event;
+use crate::clock::unix_now;
+use crate::ids::request_id;
 use crate::policy::{self, Provider};
 use crate::resolve::{self, Principal};
 use crate::secret::Secret;
@@ -572,16 +574,4 @@ fn upstream_uri(cx: &TunnelCx, uri: &Uri) -> Result<Uri, Deny> {
         .path_and_query(pq)
         .build()
         .map_err(|_| Deny::new(Code::BadRequest, "invalid request target"))
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-/// 8 random bytes as 16 hex digits.
-pub fn request_id() -> String {
-    crate::audit::hex_string(&rand::random::<[u8; 8]>())
 }

@@ -301,7 +301,7 @@ pub fn format_period(secs: u64) -> String {
 }
 
 fn now() -> String {
-    crate::audit::now_rfc3339()
+    crate::clock::now_rfc3339()
 }
 
 fn random_id() -> String {

@@ -11,8 +11,8 @@ use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use keyward::app::{self, Running};
 use keyward::config::Config;
-use keyward::proxy::listener::{self, Running};
 use keyward::proxy::upstream::{BoxFuture, Resolver};
 use keyward::secret::Secret;
 use keyward::vault::SetOptions;
@@ -863,7 +863,7 @@ impl Kw {
             .resolver
             .take()
             .unwrap_or_else(|| Arc::new(MapResolver(HashMap::new())));
-        let running = match listener::start(config, Some(resolver)).await {
+        let running = match app::start(config, Some(resolver)).await {
             Ok(r) => r,
             Err(e) => return Err((e.to_string(), dir)),
         };

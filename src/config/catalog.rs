@@ -1,7 +1,7 @@
 //! The built-in provider catalog (SPEC §3). `[[providers]]` in the config add to
 //! it, or replace an entry of the same name.
 
-use crate::config::{BasicConfig, InjectConfig, ProviderConfig};
+use super::schema::{BasicConfig, InjectConfig, ProviderConfig};
 
 fn header(name: &str, value: &str) -> InjectConfig {
     InjectConfig::Header {

@@ -7,7 +7,7 @@
 //! each pattern segment is a literal, `*` (exactly one non-empty segment) or `**`
 //! (any number of segments, including none).
 
-use crate::config::RuleConfig;
+use super::schema::RuleConfig;
 use percent_encoding::percent_decode_str;
 use std::collections::HashMap;
 
