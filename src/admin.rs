@@ -8,7 +8,7 @@
 //! Secret values come in (PUT) and never go out: they are wrapped in [`Secret`] as
 //! soon as the body is parsed, and no response, log line or audit line carries one.
 
-use crate::audit::{self, Event};
+use crate::audit::{self, Event, EventKind, Outcome};
 use crate::config::{valid_agent_id, valid_secret_name, AdminToken};
 use crate::proxy::state::State;
 use crate::proxy::{empty, full, Body};
@@ -341,7 +341,7 @@ struct Cx {
 }
 
 impl Cx {
-    fn event(&self, event: &str, outcome: &str, status: StatusCode) -> Event {
+    fn event(&self, event: EventKind, outcome: Outcome, status: StatusCode) -> Event {
         let mut ev = Event::new(event, outcome);
         ev.request_id = Some(crate::ids::request_id());
         ev.method = Some(self.method.clone());
@@ -401,7 +401,11 @@ fn authorize(
         } else {
             "missing bearer token"
         };
-        let mut ev = cx.event("admin_auth_fail", "denied", StatusCode::UNAUTHORIZED);
+        let mut ev = cx.event(
+            EventKind::AdminAuthFail,
+            Outcome::Denied,
+            StatusCode::UNAUTHORIZED,
+        );
         ev.reason = Some(reason.to_string());
         audit_denial(state, ev);
         return Err(ApiError::new(
@@ -413,7 +417,11 @@ fn authorize(
     // SECURITY: permissions are exact strings from the config; a token without the
     // route's permission is refused before any handler (or the vault) runs.
     if !token.permissions.iter().any(|p| p == perm.as_str()) {
-        let mut ev = cx.event("admin_forbidden", "denied", StatusCode::FORBIDDEN);
+        let mut ev = cx.event(
+            EventKind::AdminForbidden,
+            Outcome::Denied,
+            StatusCode::FORBIDDEN,
+        );
         ev.reason = Some(format!("admin:{} lacks {}", token.name, perm.as_str()));
         audit_denial(state, ev);
         return Err(ApiError::new(
@@ -768,11 +776,11 @@ async fn put_secret(
     // Decided inside the vault's locked write, so two concurrent PUTs of a new
     // name are one `secret_set` and one `secret_rotate`.
     let (event, status) = if undo.replaced() {
-        ("secret_rotate", StatusCode::OK)
+        (EventKind::SecretRotate, StatusCode::OK)
     } else {
-        ("secret_set", StatusCode::CREATED)
+        (EventKind::SecretSet, StatusCode::CREATED)
     };
-    let mut ev = cx.event(event, "allowed", status);
+    let mut ev = cx.event(event, Outcome::Allowed, status);
     ev.secret = Some(meta.name.clone());
     ev.scope = Some(meta.scope.clone());
     ev.version = Some(meta.version);
@@ -824,7 +832,11 @@ async fn delete_secret(
     }
     let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
     let (meta, undo) = blocking(move || Ok(st.vault.remove_undoable(&sc, &nm)?)).await?;
-    let mut ev = cx.event("secret_rm", "allowed", StatusCode::NO_CONTENT);
+    let mut ev = cx.event(
+        EventKind::SecretRm,
+        Outcome::Allowed,
+        StatusCode::NO_CONTENT,
+    );
     ev.secret = Some(meta.name.clone());
     ev.scope = Some(meta.scope.clone());
     ev.version = Some(meta.version);
@@ -919,7 +931,7 @@ async fn create_agent(
     // The check above is the fast path; `add_agent` repeats it inside the
     // vault's locked write, so of two concurrent creations only one succeeds.
     blocking(move || Ok(st.vault.add_agent(record)?)).await?;
-    let mut ev = cx.event("agent_add", "allowed", StatusCode::CREATED);
+    let mut ev = cx.event(EventKind::AgentAdd, Outcome::Allowed, StatusCode::CREATED);
     ev.agent = Some(body.id.clone());
     ev.chain = body.chain.clone();
     ev.owner = body.owner.clone();
@@ -1006,7 +1018,11 @@ async fn create_session(
         &body.run_id,
         expires,
     ));
-    let mut ev = cx.event("session_create", "allowed", StatusCode::CREATED);
+    let mut ev = cx.event(
+        EventKind::SessionCreate,
+        Outcome::Allowed,
+        StatusCode::CREATED,
+    );
     ev.agent = Some(body.agent.clone());
     ev.run_id = Some(body.run_id.clone());
     ev.chain = principal.chain_name().map(str::to_string);
@@ -1190,7 +1206,7 @@ mod tests {
     fn audit_query_parses_and_matches() {
         let q = AuditQuery::parse(Some("agent=a1&outcome=denied&run_id=r%3A1&limit=5")).unwrap();
         assert_eq!(q.limit, 5);
-        let mut ev = Event::new("deny", "denied");
+        let mut ev = Event::new(EventKind::Deny, Outcome::Denied);
         ev.agent = Some("a1".into());
         ev.run_id = Some("r:1".into());
         assert!(q.matches(&ev));

@@ -94,11 +94,162 @@ fn corrupt(path: &Path, message: impl Into<String>) -> AuditError {
     }
 }
 
+/// What a line records. The text on disk is [`EventKind::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum EventKind {
+    /// A credential was written into a request and sent upstream.
+    #[default]
+    Inject,
+    /// A blind tunnel (egress allow list) was opened.
+    Tunnel,
+    /// A request or CONNECT was refused by policy.
+    Deny,
+    /// Proxy authentication failed (407).
+    AuthFail,
+    /// A request was injected, then failed upstream.
+    UpstreamError,
+    /// An upstream echoed an in-scope secret and it was redacted.
+    Redact,
+    SecretSet,
+    SecretRotate,
+    SecretRm,
+    SecretClone,
+    AgentAdd,
+    AgentRm,
+    SessionCreate,
+    /// An admin API or console request without a valid token.
+    AdminAuthFail,
+    /// An admin token without the permission a request needs.
+    AdminForbidden,
+    VaultRotateMasterKey,
+    /// The jail refused a packet or connection that was not for keyward.
+    JailBlock,
+}
+
+impl EventKind {
+    /// Every kind, for parsing and for docs tests.
+    pub const ALL: [EventKind; 17] = [
+        EventKind::Inject,
+        EventKind::Tunnel,
+        EventKind::Deny,
+        EventKind::AuthFail,
+        EventKind::UpstreamError,
+        EventKind::Redact,
+        EventKind::SecretSet,
+        EventKind::SecretRotate,
+        EventKind::SecretRm,
+        EventKind::SecretClone,
+        EventKind::AgentAdd,
+        EventKind::AgentRm,
+        EventKind::SessionCreate,
+        EventKind::AdminAuthFail,
+        EventKind::AdminForbidden,
+        EventKind::VaultRotateMasterKey,
+        EventKind::JailBlock,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::Inject => "inject",
+            EventKind::Tunnel => "tunnel",
+            EventKind::Deny => "deny",
+            EventKind::AuthFail => "auth_fail",
+            EventKind::UpstreamError => "upstream_error",
+            EventKind::Redact => "redact",
+            EventKind::SecretSet => "secret_set",
+            EventKind::SecretRotate => "secret_rotate",
+            EventKind::SecretRm => "secret_rm",
+            EventKind::SecretClone => "secret_clone",
+            EventKind::AgentAdd => "agent_add",
+            EventKind::AgentRm => "agent_rm",
+            EventKind::SessionCreate => "session_create",
+            EventKind::AdminAuthFail => "admin_auth_fail",
+            EventKind::AdminForbidden => "admin_forbidden",
+            EventKind::VaultRotateMasterKey => "vault_rotate_master_key",
+            EventKind::JailBlock => "jail_block",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    /// A change to the vault's secrets or agents (CEF severity, console).
+    pub fn is_admin_change(self) -> bool {
+        matches!(
+            self,
+            EventKind::SecretSet
+                | EventKind::SecretRotate
+                | EventKind::SecretRm
+                | EventKind::SecretClone
+                | EventKind::AgentAdd
+                | EventKind::AgentRm
+        )
+    }
+}
+
+/// How a decision ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub enum Outcome {
+    #[default]
+    Allowed,
+    Denied,
+    /// keyward or the upstream failed (5xx).
+    Error,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Allowed => "allowed",
+            Outcome::Denied => "denied",
+            Outcome::Error => "error",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        [Outcome::Allowed, Outcome::Denied, Outcome::Error]
+            .into_iter()
+            .find(|o| o.as_str() == s)
+    }
+}
+
+/// Both enums are written as their text and read back from it.
+macro_rules! serde_as_str {
+    ($t:ty, $what:literal) => {
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.as_str())
+            }
+        }
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+                <$t>::parse(&text).ok_or_else(|| {
+                    serde::de::Error::custom(format!(concat!("unknown ", $what, " {:?}"), text))
+                })
+            }
+        }
+    };
+}
+serde_as_str!(EventKind, "event");
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+serde_as_str!(Outcome, "outcome");
+
 /// One decision. Field order here is the order on disk.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Event {
     pub ts: String,
-    pub event: String,
+    pub event: EventKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,7 +281,7 @@ pub struct Event {
     pub tier: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,
-    pub outcome: String,
+    pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,10 +295,10 @@ pub struct Event {
 }
 
 impl Event {
-    pub fn new(event: &str, outcome: &str) -> Event {
+    pub fn new(event: EventKind, outcome: Outcome) -> Event {
         Event {
-            event: event.to_string(),
-            outcome: outcome.to_string(),
+            event,
+            outcome,
             ..Event::default()
         }
     }
@@ -195,7 +346,7 @@ impl Event {
         out.extend_from_slice(b"{\"ts\":");
         push_json_str(out, ts);
         out.extend_from_slice(key!(event));
-        push_json_str(out, event);
+        push_json_str(out, event.as_str());
         // Same order as the struct: `skip_serializing_if = "Option::is_none"`.
         let optional = [
             (key!(request_id), request_id),
@@ -224,7 +375,7 @@ impl Event {
             push_decimal(out, *version);
         }
         out.extend_from_slice(key!(outcome));
-        push_json_str(out, outcome);
+        push_json_str(out, outcome.as_str());
         if let Some(reason) = reason {
             out.extend_from_slice(key!(reason));
             push_json_str(out, reason);
@@ -1135,8 +1286,8 @@ impl Filter {
         if !(eq(&self.secret, ev.secret.as_deref())
             && eq(&self.agent, ev.agent.as_deref())
             && eq(&self.chain, ev.chain.as_deref())
-            && eq(&self.outcome, Some(&ev.outcome))
-            && eq(&self.event, Some(&ev.event)))
+            && eq(&self.outcome, Some(ev.outcome.as_str()))
+            && eq(&self.event, Some(ev.event.as_str())))
         {
             return false;
         }
@@ -1360,11 +1511,11 @@ const CEF_VENDOR: &str = "keyward";
 const CEF_PRODUCT: &str = "keyward";
 
 fn cef_severity(ev: &Event) -> u8 {
-    match (ev.event.as_str(), ev.outcome.as_str()) {
-        ("auth_fail", _) => SEVERITY_AUTH_FAIL,
-        (_, "error") => SEVERITY_ERROR,
-        (_, "denied") => SEVERITY_DENIED,
-        (e, _) if e.starts_with("secret_") || e.starts_with("agent_") => SEVERITY_ADMIN_CHANGE,
+    match (ev.event, ev.outcome) {
+        (EventKind::AuthFail, _) => SEVERITY_AUTH_FAIL,
+        (_, Outcome::Error) => SEVERITY_ERROR,
+        (_, Outcome::Denied) => SEVERITY_DENIED,
+        (e, _) if e.is_admin_change() => SEVERITY_ADMIN_CHANGE,
         _ => SEVERITY_ROUTINE,
     }
 }
@@ -1418,7 +1569,7 @@ pub fn to_cef(ev: &Event) -> String {
             ext.push((key, v.clone()));
         }
     }
-    ext.push(("outcome", ev.outcome.clone()));
+    ext.push(("outcome", ev.outcome.as_str().to_string()));
     if let Some(reason) = &ev.reason {
         ext.push(("reason", reason.clone()));
     }
@@ -1446,11 +1597,11 @@ pub fn to_cef(ev: &Event) -> String {
         ext.push(("cn2Label", "secret_version".into()));
         ext.push(("cn2", version.to_string()));
     }
-    let name = format!("{} {}", ev.event, ev.outcome);
+    let name = format!("{} {}", ev.event.as_str(), ev.outcome.as_str());
     let mut line = format!(
         "CEF:{CEF_VERSION}|{CEF_VENDOR}|{CEF_PRODUCT}|{}|{}|{}|{}|",
         cef_escape_header(env!("CARGO_PKG_VERSION")),
-        cef_escape_header(&ev.event),
+        cef_escape_header(ev.event.as_str()),
         cef_escape_header(&name),
         cef_severity(ev),
     );
@@ -1498,10 +1649,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.jsonl");
         let log = AuditLog::open_path(&path).unwrap();
-        let h1 = log.record(Event::new("tunnel", "allowed")).unwrap();
+        let h1 = log
+            .record(Event::new(EventKind::Tunnel, Outcome::Allowed))
+            .unwrap();
         drop(log);
         let log = AuditLog::open_path(&path).unwrap();
-        log.record(Event::new("deny", "denied")).unwrap();
+        log.record(Event::new(EventKind::Deny, Outcome::Denied))
+            .unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
@@ -1527,7 +1681,7 @@ mod tests {
         let sync_writer = std::thread::spawn(move || {
             (0..50)
                 .map(|i| {
-                    let mut e = Event::new("secret_set", "allowed");
+                    let mut e = Event::new(EventKind::SecretSet, Outcome::Allowed);
                     e.request_id = Some(format!("sync-{i}"));
                     sync_log.record(e).unwrap()
                 })
@@ -1538,7 +1692,7 @@ mod tests {
                 .map(|i| {
                     let log = log.clone();
                     tokio::spawn(async move {
-                        let mut e = Event::new("inject", "allowed");
+                        let mut e = Event::new(EventKind::Inject, Outcome::Allowed);
                         e.request_id = Some(format!("task-{i}"));
                         let asked = e.clone();
                         let hash = log.commit(&mut e).await.unwrap();
@@ -1591,9 +1745,9 @@ mod tests {
             use std::future::Future;
             let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
             let (mut first, mut second, mut third) = (
-                Event::new("inject", "allowed"),
-                Event::new("inject", "allowed"),
-                Event::new("inject", "allowed"),
+                Event::new(EventKind::Inject, Outcome::Allowed),
+                Event::new(EventKind::Inject, Outcome::Allowed),
+                Event::new(EventKind::Inject, Outcome::Allowed),
             );
             let mut leader = Box::pin(log.commit(&mut first));
             // First poll: it queues its line, becomes the leader and yields.
@@ -1612,6 +1766,10 @@ mod tests {
     }
 
     fn ev(event: &str, outcome: &str, agent: &str, secret: Option<&str>) -> Event {
+        let (event, outcome) = (
+            EventKind::parse(event).expect("a known event kind"),
+            Outcome::parse(outcome).expect("a known outcome"),
+        );
         Event {
             agent: Some(agent.into()),
             chain: Some("support".into()),
@@ -2051,7 +2209,7 @@ mod tests {
         assert_eq!(cef_escape_value(r"k=v\x"), r"k\=v\\x");
         assert_eq!(cef_escape_value("a\r\nb|c"), r"a\r\nb|c");
         let mut e = ev("deny", "denied", "agent=1", Some("OPENAI_API_KEY"));
-        e.event = "de|ny".into();
+        e.agent = Some("de|ny".into());
         e.ts = "2024-05-01T10:00:00.000Z".into();
         e.reason = Some("host_not_allowed\nnext".into());
         e.status = Some(403);
@@ -2100,17 +2258,19 @@ mod tests {
         // One per `Option<String>` field of `Event`.
         const OPTIONAL_STRINGS: usize = 15;
         (
-            prop::collection::vec(json_text(), 5),
+            prop::collection::vec(json_text(), 3),
             prop::collection::vec(proptest::option::of(json_text()), OPTIONAL_STRINGS),
             proptest::option::of(any::<u32>()),
             proptest::option::of(any::<u16>()),
+            prop::sample::select(EventKind::ALL.to_vec()),
+            prop::sample::select(vec![Outcome::Allowed, Outcome::Denied, Outcome::Error]),
         )
-            .prop_map(|(always, optional, version, status)| {
+            .prop_map(|(always, optional, version, status, kind, outcome)| {
                 let mut always = always.into_iter();
                 let mut optional = optional.into_iter();
                 let mut text = || always.next().unwrap();
-                let (ts, event, outcome, prev_hash, hash) =
-                    (text(), text(), text(), text(), text());
+                let (ts, prev_hash, hash) = (text(), text(), text());
+                let (event, outcome) = (kind, outcome);
                 let mut opt = || optional.next().unwrap();
                 Event {
                     ts,
@@ -2171,7 +2331,8 @@ mod tests {
     #[test]
     fn hand_written_json_escapes_every_control_byte_like_serde() {
         let all_ascii: String = (0u8..0x80).map(char::from).collect();
-        let mut e = Event::new(&all_ascii, "allowed");
+        let mut e = Event::new(EventKind::Deny, Outcome::Allowed);
+        e.reason = Some(all_ascii);
         e.status = Some(u16::MAX);
         e.version = Some(u32::MAX);
         let mut body = Vec::new();
@@ -2274,7 +2435,7 @@ mod tests {
     fn write_cost_probe() {
         let dir = tempfile::tempdir().unwrap();
         let log = AuditLog::open_path(&dir.path().join("audit.jsonl")).unwrap();
-        let mut e = Event::new("inject", "allowed");
+        let mut e = Event::new(EventKind::Inject, Outcome::Allowed);
         e.agent = Some("agent-7".into());
         e.host = Some("api.openai.com".into());
         e.method = Some("POST".into());

@@ -1,7 +1,7 @@
 //! `keyward audit …` driven through the real binary, over logs written by the
 //! library writer (`AuditLog::record`) the proxy uses.
 
-use keyward::audit::{rotated_files, AuditLog, Event};
+use keyward::audit::{rotated_files, AuditLog, Event, EventKind, Outcome};
 use keyward::config::Config;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -85,7 +85,7 @@ fn inject(agent: &str, secret: &str) -> Event {
         path: Some("/v1/chat/completions".into()),
         tier: Some("owner".into()),
         status: Some(200),
-        ..Event::new("inject", "allowed")
+        ..Event::new(EventKind::Inject, Outcome::Allowed)
     }
 }
 
@@ -96,7 +96,7 @@ fn deny(agent: &str, reason: &str) -> Event {
         host: Some("evil.example".into()),
         reason: Some(reason.into()),
         status: Some(403),
-        ..Event::new("deny", "denied")
+        ..Event::new(EventKind::Deny, Outcome::Denied)
     }
 }
 
@@ -235,7 +235,7 @@ fn child_writer() {
     let writer = AuditLog::open_rotating(Path::new(&log), CHILD_ROTATE_BYTES).unwrap();
     let me = std::process::id().to_string();
     for i in 0..CHILD_LINES {
-        let mut ev = Event::new("secret_set", "allowed");
+        let mut ev = Event::new(EventKind::SecretSet, Outcome::Allowed);
         ev.agent = Some(format!("{me}-{i}"));
         writer.record(ev).unwrap();
     }
@@ -394,7 +394,7 @@ fn query_filters_select_events() {
 fn export_jsonl_is_the_log_and_cef_is_escaped() {
     let env = Env::new(0);
     let mut tricky = deny("agent=1", "bad|reason\nsecond line");
-    tricky.event = "deny".into();
+    tricky.event = EventKind::Deny;
     tricky.path = Some(r"/a\b".into());
     env.write([inject("triage-1", "OPENAI_API_KEY"), tricky]);
 

@@ -3,7 +3,7 @@
 //! Only the token's SHA-256 is stored; the token is printed once.
 
 use super::CliError;
-use crate::audit::{AuditLog, Event};
+use crate::audit::{AuditLog, Event, EventKind, Outcome};
 use crate::config::{valid_agent_id, valid_secret_name, Config};
 use crate::ids::new_token;
 use crate::vault::{AgentRecord, Vault, VaultError};
@@ -48,8 +48,8 @@ fn open_audit(cfg: &Config) -> Result<AuditLog, CliError> {
     })
 }
 
-fn audit_event(event: &str, agent: &AgentRecord) -> Event {
-    let mut ev = Event::new(event, "allowed");
+fn audit_event(event: EventKind, agent: &AgentRecord) -> Event {
+    let mut ev = Event::new(event, Outcome::Allowed);
     ev.agent = Some(agent.id.clone());
     ev.chain = agent.chain.clone();
     ev.owner = agent.owner.clone();
@@ -116,7 +116,7 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
                 secrets,
                 created: crate::clock::now_rfc3339(),
             };
-            let ev = audit_event("agent_add", &record);
+            let ev = audit_event(EventKind::AgentAdd, &record);
             // SECURITY: create-only, checked inside the vault's locked write:
             // re-adding an id would replace its token and let whoever runs this
             // take over that agent's identity in the audit trail.
@@ -180,7 +180,7 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
             else {
                 return Err(CliError::User(format!("no agent {id} in the vault")));
             };
-            let ev = audit_event("agent_rm", &record);
+            let ev = audit_event(EventKind::AgentRm, &record);
             if !vault
                 .remove_agent(&id)
                 .map_err(|e| CliError::User(e.to_string()))?

@@ -353,8 +353,8 @@ impl Table {
         };
         self.rows.push([
             printable(&ev.ts),
-            printable(&ev.event),
-            printable(&ev.outcome),
+            printable(ev.event.as_str()),
+            printable(ev.outcome.as_str()),
             cell(&ev.agent),
             cell(&ev.chain),
             cell(&ev.secret),
@@ -404,11 +404,12 @@ fn printable(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::{EventKind, Outcome};
 
     #[test]
     fn table_aligns_and_neutralises_control_characters() {
         let mut t = Table::new();
-        let mut ev = Event::new("deny", "denied");
+        let mut ev = Event::new(EventKind::Deny, Outcome::Denied);
         ev.ts = "2024-05-01T10:00:00.000Z".into();
         ev.path = Some("/x\u{1b}[2J".into());
         ev.status = Some(403);

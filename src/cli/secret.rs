@@ -4,7 +4,7 @@
 //! no command ever prints a value: only its hint (`sk-p…9xQz`).
 
 use super::CliError;
-use crate::audit::{AuditLog, Event};
+use crate::audit::{AuditLog, Event, EventKind, Outcome};
 use crate::config::Config;
 use crate::secret::Secret;
 use crate::vault::{
@@ -152,9 +152,9 @@ pub fn run_with(
             // The same names as the admin API's PUT: a new version of an existing
             // secret is a rotation, whichever command made it.
             let event = if undo.replaced() {
-                "secret_rotate"
+                EventKind::SecretRotate
             } else {
-                "secret_set"
+                EventKind::SecretSet
             };
             audit_or_undo(&vault, &audit, event, &meta, None, undo)?;
             say(
@@ -171,7 +171,7 @@ pub fn run_with(
             let (meta, undo) = vault
                 .rotate_undoable(&scope, &name, value)
                 .map_err(vault_err)?;
-            audit_or_undo(&vault, &audit, "secret_rotate", &meta, None, undo)?;
+            audit_or_undo(&vault, &audit, EventKind::SecretRotate, &meta, None, undo)?;
             say(
                 out,
                 &format!(
@@ -183,7 +183,7 @@ pub fn run_with(
         SecretCmd::Rm { name, scope } => {
             let audit = open_audit(cfg)?;
             let (meta, undo) = vault.remove_undoable(&scope, &name).map_err(vault_err)?;
-            audit_or_undo(&vault, &audit, "secret_rm", &meta, None, undo)?;
+            audit_or_undo(&vault, &audit, EventKind::SecretRm, &meta, None, undo)?;
             say(
                 out,
                 &format!(
@@ -204,7 +204,7 @@ pub fn run_with(
             audit_or_undo(
                 &vault,
                 &audit,
-                "secret_clone",
+                EventKind::SecretClone,
                 &meta,
                 Some(format!("cloned from {from_scope}")),
                 undo,
@@ -350,7 +350,7 @@ pub fn run_vault(cmd: VaultCmd, cfg: &Config) -> Result<u8, CliError> {
             if new_id == old_id {
                 eprintln!("keyward: note: the new master key is the same as the current one");
             }
-            let mut ev = Event::new("vault_rotate_master_key", "allowed");
+            let mut ev = Event::new(EventKind::VaultRotateMasterKey, Outcome::Allowed);
             ev.reason = Some(format!("master key id {old_id} -> {new_id}"));
             audit.record(ev).map_err(|e| {
                 CliError::Internal(format!(
@@ -487,12 +487,12 @@ fn open_audit(cfg: &Config) -> Result<AuditLog, CliError> {
 fn audit_or_undo(
     vault: &Vault,
     audit: &AuditLog,
-    event: &str,
+    event: EventKind,
     meta: &RecordMeta,
     reason: Option<String>,
     undo: Undo,
 ) -> Result<(), CliError> {
-    let mut ev = Event::new(event, "allowed");
+    let mut ev = Event::new(event, Outcome::Allowed);
     ev.secret = Some(meta.name.clone());
     ev.scope = Some(meta.scope.clone());
     ev.version = Some(meta.version);

@@ -4,10 +4,11 @@
 use super::error::{Code, Deny};
 use super::limits::{Activity, InFlightBody, Tracked};
 use super::pipeline::{self, TunnelCx};
+use super::refuse::refuse;
 use super::state::State;
 use super::upstream::UpstreamClient;
 use super::{empty, Body};
-use crate::audit::Event;
+use crate::audit::{Event, EventKind, Outcome};
 use crate::metrics::GaugeGuard;
 use crate::policy::{self, Route};
 use crate::resolve::Principal;
@@ -38,7 +39,7 @@ pub async fn handle(
     slot: ConnSlot,
     client: UpstreamClient,
 ) -> Result<Response<Body>, Infallible> {
-    let mut ev = Event::new("deny", "denied");
+    let mut ev = Event::new(EventKind::Deny, Outcome::Denied);
     ev.request_id = Some(crate::ids::request_id());
     ev.method = Some(req.method().to_string());
     let result = if req.method() == Method::CONNECT {
@@ -48,23 +49,7 @@ pub async fn handle(
     };
     Ok(match result {
         Ok(resp) => resp,
-        Err(deny) => {
-            ev.reason = Some(deny.code.as_str().to_string());
-            ev.status = Some(deny.code.status().as_u16());
-            state.metrics.deny(deny.code.as_str());
-            if deny.code == Code::ProxyAuthRequired {
-                ev.event = "auth_fail".into();
-            }
-            if let Err(e) = state.audit.record(ev.clone()) {
-                tracing::error!(error = %e, "audit log unwritable while refusing");
-            }
-            tracing::info!(
-                code = deny.code.as_str(),
-                host = ev.host.as_deref(),
-                "refused"
-            );
-            deny.response(ev.agent.as_deref(), ev.host.as_deref())
-        }
+        Err(deny) => refuse(&state, &deny, ev),
     })
 }
 
@@ -148,8 +133,8 @@ async fn connect(
                 .connect(&host, port)
                 .await
                 .map_err(|e| e.deny())?;
-            ev.event = "tunnel".into();
-            ev.outcome = "allowed".into();
+            ev.event = EventKind::Tunnel;
+            ev.outcome = Outcome::Allowed;
             ev.status = Some(200);
             ev.connection_id = None;
             // SECURITY: fail closed: no audit line, no tunnel.

@@ -36,10 +36,22 @@ pub enum Code {
     RedactionUnavailable,
     OauthRefreshFailed,
     Internal,
+    /// Admin API: no or unknown admin token.
+    Unauthorized,
+    /// Admin API: the token lacks the route's permission.
+    Forbidden,
+    /// Admin API: no such endpoint, secret or agent.
+    NotFound,
+    /// Admin API: the endpoint exists, not with this method.
+    MethodNotAllowed,
+    /// Admin API: the agent id exists (create-only).
+    Conflict,
+    /// Admin API: the audit log goes to stdout and cannot be queried here.
+    AuditNotQueryable,
 }
 
 impl Code {
-    pub const ALL: [Code; 27] = [
+    pub const ALL: [Code; 33] = [
         Code::ProxyAuthRequired,
         Code::AgentRevoked,
         Code::HostNotAllowed,
@@ -67,6 +79,12 @@ impl Code {
         Code::RedactionUnavailable,
         Code::OauthRefreshFailed,
         Code::Internal,
+        Code::Unauthorized,
+        Code::Forbidden,
+        Code::NotFound,
+        Code::MethodNotAllowed,
+        Code::Conflict,
+        Code::AuditNotQueryable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -98,6 +116,12 @@ impl Code {
             Code::RedactionUnavailable => "redaction_unavailable",
             Code::OauthRefreshFailed => "oauth_refresh_failed",
             Code::Internal => "internal",
+            Code::Unauthorized => "unauthorized",
+            Code::Forbidden => "forbidden",
+            Code::NotFound => "not_found",
+            Code::MethodNotAllowed => "method_not_allowed",
+            Code::Conflict => "conflict",
+            Code::AuditNotQueryable => "audit_not_queryable",
         }
     }
 
@@ -119,6 +143,10 @@ impl Code {
             | Code::OauthRefreshFailed => StatusCode::BAD_GATEWAY,
             Code::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Code::Conflict | Code::AuditNotQueryable => StatusCode::CONFLICT,
             _ => StatusCode::FORBIDDEN,
         }
     }
@@ -174,6 +202,12 @@ impl Deny {
             h.insert(
                 header::PROXY_AUTHENTICATE,
                 HeaderValue::from_static("Basic realm=\"keyward\""),
+            );
+        }
+        if self.code == Code::Unauthorized {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"keyward-admin\""),
             );
         }
         if let Some(secs) = self.retry_after {

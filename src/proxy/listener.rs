@@ -6,7 +6,7 @@ use super::error::{Code, Deny};
 use super::state::State;
 use super::upstream::UpstreamClient;
 use super::workers::Workers;
-use crate::audit::Event;
+use crate::audit::{Event, EventKind, Outcome};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -137,17 +137,17 @@ async fn busy_response() -> Vec<u8> {
 }
 
 async fn refuse_busy(state: Arc<State>, mut stream: TcpStream, busy: Bytes, audit: bool) {
-    let code = Code::TooManyConnections;
-    state.metrics.deny(code.as_str());
+    let deny = Deny::new(
+        Code::TooManyConnections,
+        "keyward is at proxy.max_connections",
+    );
     if audit {
         tracing::warn!("connection refused: proxy.max_connections reached");
-        let mut ev = Event::new("deny", "denied");
+        let mut ev = Event::new(EventKind::Deny, Outcome::Denied);
         ev.request_id = Some(crate::ids::request_id());
-        ev.reason = Some(code.as_str().to_string());
-        ev.status = Some(code.status().as_u16());
-        if let Err(e) = state.audit.record(ev) {
-            tracing::error!(error = %e, "audit log unwritable while refusing");
-        }
+        super::refuse::record(&state, &deny, ev);
+    } else {
+        state.metrics.deny(deny.code.as_str());
     }
     let _ = tokio::time::timeout(BUSY_WRITE_TIMEOUT, async {
         let _ = stream.write_all(&busy).await;

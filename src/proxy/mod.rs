@@ -9,6 +9,7 @@ pub mod listener;
 pub mod oauth;
 pub mod pipeline;
 pub mod redact;
+pub mod refuse;
 pub mod sign;
 pub mod state;
 pub mod upstream;

@@ -4,9 +4,10 @@
 
 use super::error::{Code, Deny};
 use super::redact;
+use super::refuse::refuse;
 use super::state::{Runtime, State};
 use super::{credentials, inject, upstream, Body};
-use crate::audit::Event;
+use crate::audit::{Event, EventKind, Outcome};
 use crate::clock::unix_now;
 use crate::ids::request_id;
 use crate::policy::{self, Provider};
@@ -19,9 +20,6 @@ use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-
-/// Audit event of a request that was injected and then failed upstream.
-pub const UPSTREAM_ERROR_EVENT: &str = "upstream_error";
 
 /// Connection-level headers that never cross a proxy (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 7] = [
@@ -68,7 +66,7 @@ pub async fn handle(
     cx: Arc<TunnelCx>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    let mut ev = Event::new("inject", "allowed");
+    let mut ev = Event::new(EventKind::Inject, Outcome::Allowed);
     ev.request_id = Some(request_id());
     ev.agent = Some(cx.agent_id.clone());
     ev.run_id = cx.run_id.clone();
@@ -81,7 +79,7 @@ pub async fn handle(
     // request path's whole state (~5.5 KiB).
     match Box::pin(forward(&cx, req, &mut ev)).await {
         Ok(resp) => Ok(resp),
-        Err(deny) => Ok(refuse(&cx.state, deny, ev)),
+        Err(deny) => Ok(refuse(&cx.state, &deny, ev)),
     }
 }
 
@@ -136,7 +134,7 @@ async fn forward(
         ));
     }
     // From here on a refusal is an upstream failure, logged as its own event.
-    ev.event = UPSTREAM_ERROR_EVENT.into();
+    ev.event = EventKind::UpstreamError;
 
     // Over verified TLS; an OAuth2 token the provider rejects is refreshed once.
     let started = std::time::Instant::now();
@@ -471,42 +469,13 @@ fn placeholder_grant(
     Ok(g)
 }
 
-/// Writes the one audit line of a refusal and renders it.
-fn refuse(state: &State, deny: Deny, mut ev: Event) -> Response<Body> {
-    let agent = ev.agent.clone();
-    let host = ev.host.clone();
-    state.metrics.deny(deny.code.as_str());
-    if !ev.event.is_empty() {
-        if ev.event != UPSTREAM_ERROR_EVENT {
-            ev.event = "deny".into();
-        }
-        ev.outcome = if deny.code.status().is_server_error() {
-            "error".into()
-        } else {
-            "denied".into()
-        };
-        ev.reason = Some(deny.code.as_str().to_string());
-        ev.status = Some(deny.code.status().as_u16());
-        if let Err(e) = state.audit.record(ev) {
-            tracing::error!(error = %e, "audit log unwritable while refusing");
-        }
-    }
-    tracing::info!(
-        code = deny.code.as_str(),
-        agent = agent.as_deref(),
-        host = host.as_deref(),
-        "refused"
-    );
-    deny.response(agent.as_deref(), host.as_deref())
-}
-
 fn on_redact(state: Arc<State>, mut ev: Event) -> redact::OnRedact {
     ev.status = None;
     Box::new(move || {
         state.metrics.redactions.inc();
         let mut line = ev;
-        line.event = "redact".into();
-        line.outcome = "allowed".into();
+        line.event = EventKind::Redact;
+        line.outcome = Outcome::Allowed;
         line.reason = Some("upstream echoed a secret; redacted".into());
         if let Err(e) = state.audit.record(line) {
             tracing::error!(error = %e, "audit log unwritable while recording a redaction");
