@@ -491,7 +491,7 @@ inject = { header = "authorization", value = "Bearer {secret}" }
         )
         .unwrap();
     st.refresh_vault().unwrap();
-    let big = vec![b'x'; (keyward::proxy::credentials::RETRY_BODY_LIMIT + 1) as usize];
+    let big = vec![b'x'; (keyward::proxy::inject::RETRY_BODY_LIMIT + 1) as usize];
     let req = http::Request::post("/upload")
         .header("host", API)
         .body(Full::new(Bytes::from(big)))

@@ -7,7 +7,7 @@ use common::*;
 use hmac::{Hmac, Mac};
 use http::Request;
 use http_body_util::Full;
-use keyward::proxy::sign::{self, AwsCredentials, SigV4Request};
+use keyward::proxy::inject::sign::{self, AwsCredentials, SigV4Request};
 use keyward::secret::Secret;
 use keyward::vault::{SecretKind, SetOptions};
 use sha2::Sha256;

@@ -172,6 +172,15 @@ impl Deny {
         }
     }
 
+    /// A request body over `limit` bytes (`proxy.max_body_bytes`, or the admin
+    /// API's own limit): one message wherever the limit is hit.
+    pub fn payload_too_large(limit: u64) -> Deny {
+        Deny::new(
+            Code::PayloadTooLarge,
+            format!("request body is larger than {limit} bytes"),
+        )
+    }
+
     /// The response an agent sees. `agent`/`host` go into the body so that an
     /// agent reading it knows who was refused for what.
     pub fn response(&self, agent: Option<&str>, host: Option<&str>) -> Response<Body> {

@@ -1,17 +1,20 @@
 //! The proxy: accept, CONNECT, intercept or tunnel, and the per-request pipeline.
 
 pub mod connect;
-pub mod credentials;
 pub mod error;
 pub mod inject;
+pub mod intercept;
 pub mod limits;
 pub mod listener;
-pub mod oauth;
 pub mod pipeline;
 pub mod redact;
 pub mod refuse;
-pub mod sign;
+pub mod relay;
+pub mod request;
+pub mod runtime;
 pub mod state;
+pub mod tunnel;
+pub mod upgrade;
 pub mod upstream;
 pub mod websocket;
 pub mod workers;

@@ -1,15 +1,14 @@
 //! `State`: everything a running keyward shares, passed as `Arc<State>` (no globals).
-//! `Runtime` is the hot-reloadable part (config, compiled policy, agent directory),
-//! swapped atomically so open tunnels keep working across reloads.
+//! Its `runtime` (`runtime.rs`) is the hot-reloadable part, swapped atomically so
+//! open tunnels keep working across reloads.
 
 use super::limits::Limiter;
 use super::redact;
+use super::runtime::Runtime;
 use super::upstream::{self, Dialer, Resolver, UpstreamClient};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, ProxyConfig};
 use crate::metrics::Metrics;
-use crate::policy::Policy;
-use crate::resolve::Directory;
 use crate::tls::{self, ca::CertAuthority, TlsError};
 use crate::vault::{Vault, VaultError};
 use arc_swap::ArcSwap;
@@ -32,27 +31,6 @@ pub enum StartError {
     Io(#[from] std::io::Error),
 }
 
-/// The reloadable view of the configuration and the vault's agent table.
-pub struct Runtime {
-    pub config: Arc<Config>,
-    pub policy: Policy,
-    pub directory: Directory,
-    /// The vault generation the directory was built from.
-    pub vault_generation: u64,
-}
-
-impl Runtime {
-    pub fn build(config: Arc<Config>, vault: &Vault) -> Runtime {
-        let snapshot = vault.snapshot();
-        Runtime {
-            policy: Policy::from_config(&config),
-            directory: Directory::build(&config, snapshot.agents(), Some(vault.session_key())),
-            vault_generation: snapshot.generation(),
-            config,
-        }
-    }
-}
-
 pub struct State {
     pub runtime: Arc<ArcSwap<Runtime>>,
     pub vault: Arc<Vault>,
@@ -71,7 +49,7 @@ pub struct State {
     pub metrics: Metrics,
     pub limiter: Limiter,
     /// OAuth2 access tokens, per (scope, secret).
-    pub oauth: super::oauth::TokenCache,
+    pub oauth: super::inject::oauth2::TokenCache,
     /// Redaction automatons of recently used secret sets.
     pub patterns: redact::PatternCache,
     /// Per agent, the secret values its responses are redacted of.

@@ -2,7 +2,7 @@
 //! connect with a timeout, and speak verified TLS through a pooled hyper client.
 
 use super::error::{Code, Deny};
-use super::state::Runtime;
+use super::runtime::Runtime;
 use super::Body;
 use crate::netaddr;
 use arc_swap::ArcSwap;
@@ -149,8 +149,8 @@ impl Dialer {
 }
 
 impl Dialer {
-    /// Resolve, check, connect and verify TLS (SNI = `host`) with `tls`; for
-    /// connections outside the pool (upgrade handshakes).
+    /// Resolve, check, connect and verify TLS (SNI = `host`) with `tls`: the one
+    /// TLS dial, used by the pooled client and by upgrade handshakes.
     pub async fn connect_tls(
         &self,
         host: &str,
@@ -160,6 +160,8 @@ impl Dialer {
         let tcp = self.connect(host, port).await?;
         let name = ServerName::try_from(host.to_string())
             .map_err(|e| DialError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        // SECURITY: the TLS connector verifies the chain and the host name against
+        // the configured roots; there is no code path that skips verification.
         tokio::time::timeout(self.connect_timeout, tls.connect(name, tcp))
             .await
             .map_err(|_| DialError::Timeout)?
@@ -246,16 +248,7 @@ impl tower_service::Service<http::Uri> for Connector {
                 .trim_end_matches(']')
                 .to_string();
             let port = uri.port_u16().unwrap_or(443);
-            let tcp = this.dialer.connect(&host, port).await?;
-            let name = ServerName::try_from(host.clone())
-                .map_err(|e| DialError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
-            // SECURITY: the TLS connector verifies the chain and the host name against
-            // the configured roots; there is no code path that skips verification.
-            let tls =
-                tokio::time::timeout(this.dialer.connect_timeout, this.tls.connect(name, tcp))
-                    .await
-                    .map_err(|_| DialError::Timeout)?
-                    .map_err(DialError::Tls)?;
+            let tls = this.dialer.connect_tls(&host, port, &this.tls).await?;
             let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             Ok(UpstreamConn {
                 io: TokioIo::new(tls),
@@ -300,4 +293,26 @@ pub fn classify(err: &hyper_util::client::legacy::Error) -> Deny {
         return Deny::new(Code::UpstreamUnreachable, "cannot connect to upstream");
     }
     Deny::new(Code::UpstreamProtocol, "upstream connection failed")
+}
+
+/// What became of one send through a pool: `upstream::answer(timeout(t,
+/// client.request(req)).await)` is the one send of the request path, its OAuth2
+/// retry and token calls. (A helper `async fn send(&UpstreamClient, ..)` would
+/// hold the client reference across the await, and the compiler then cannot
+/// prove the request path's future `Send`: rust#64552.)
+pub fn answer(
+    sent: Result<
+        Result<http::Response<hyper::body::Incoming>, hyper_util::client::legacy::Error>,
+        tokio::time::error::Elapsed,
+    >,
+) -> Result<http::Response<Body>, Deny> {
+    use http_body_util::BodyExt;
+    match sent {
+        Err(_) => Err(Deny::new(
+            Code::UpstreamTimeout,
+            "upstream did not answer in time",
+        )),
+        Ok(Err(e)) => Err(classify(&e)),
+        Ok(Ok(resp)) => Ok(resp.map(|b| b.map_err(Into::into).boxed())),
+    }
 }

@@ -4,9 +4,10 @@
 //! upstream; cached per (scope, secret) until shortly before expiry; one token call
 //! at a time per secret (single flight); rotated refresh tokens written back.
 
-use super::error::{Code, Deny};
-use super::state::State;
-use super::{full, inject};
+use super::scheme::sensitive_value;
+use crate::body::full;
+use crate::proxy::error::{Code, Deny};
+use crate::proxy::upstream::{self, UpstreamClient};
 use crate::secret::Secret;
 use crate::vault::kind::OAuth2Value;
 use base64::Engine;
@@ -37,6 +38,25 @@ const FORM: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'.')
     .remove(b'~');
+
+/// What a token call needs from the running keyward (no `State`: this file sits
+/// below it): the pool to reach the token endpoint, the longest wait, and where
+/// a rotated refresh token is written back.
+pub struct TokenEnv {
+    pub client: UpstreamClient,
+    pub timeout: Duration,
+    pub store: Arc<dyn RefreshStore>,
+}
+
+/// The task of [`RefreshStore::store`]: the new record version, if stored.
+pub type StoreTask = tokio::task::JoinHandle<Option<u32>>;
+
+/// Where a refresh token the provider rotated is kept (the vault).
+pub trait RefreshStore: Send + Sync {
+    /// Stores `value` (the whole OAuth2 record, new refresh token inside) as a new
+    /// version of `key`'s record; returns that version.
+    fn store(self: Arc<Self>, key: TokenKey, value: Secret) -> StoreTask;
+}
 
 /// Which stored secret a token belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -109,7 +129,7 @@ impl TokenCache {
     /// A valid access token for `key` (version `version`, value `value`).
     pub async fn token(
         &self,
-        state: &State,
+        env: &TokenEnv,
         key: &TokenKey,
         version: u32,
         value: &OAuth2Value,
@@ -145,15 +165,13 @@ impl TokenCache {
             .or_else(|| value.refresh_token.clone());
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let fetched = fetch(state, value, refresh.as_ref())
-            .await
-            .and_then(|resp| {
-                if resp.access_token.is_empty() {
-                    Err(failed("the token endpoint returned an empty access token"))
-                } else {
-                    Ok(resp)
-                }
-            });
+        let fetched = fetch(env, value, refresh.as_ref()).await.and_then(|resp| {
+            if resp.access_token.is_empty() {
+                Err(failed("the token endpoint returned an empty access token"))
+            } else {
+                Ok(resp)
+            }
+        });
         let resp = match fetched {
             Ok(resp) => resp,
             Err(deny) => {
@@ -179,7 +197,7 @@ impl TokenCache {
         let mut written = None;
         if let Some(new_refresh) = &rotated {
             involved.push(new_refresh.clone());
-            written = write_back(state, key, value, new_refresh).await;
+            written = write_back(env.store.clone(), key, value, new_refresh).await;
         }
         guard.cached = Some(Cached {
             token: token.clone(),
@@ -194,49 +212,35 @@ impl TokenCache {
     }
 }
 
-/// Stores a rotated refresh token (atomic vault write); returns the new version.
+/// Stores a rotated refresh token; returns the new version.
 async fn write_back(
-    state: &State,
+    store: Arc<dyn RefreshStore>,
     key: &TokenKey,
     value: &OAuth2Value,
     refresh: &Secret,
 ) -> Option<u32> {
-    let new_value = match value.with_refresh_token(refresh) {
-        Ok(v) => v,
+    match value.with_refresh_token(refresh) {
+        Ok(new_value) => store
+            .store(key.clone(), new_value)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "refresh-token write-back task failed");
+                None
+            }),
         Err(e) => {
             tracing::error!(secret = %key.name, error = %e, "cannot store rotated refresh token");
-            return None;
-        }
-    };
-    let vault = state.vault.clone();
-    let (scope, name) = (key.scope.clone(), key.name.clone());
-    let done = tokio::task::spawn_blocking(move || vault.rotate(&scope, &name, new_value)).await;
-    match done {
-        Ok(Ok(meta)) => {
-            if let Err(e) = state.refresh_vault() {
-                tracing::error!(error = %e, "vault reload after refresh-token write-back failed");
-            }
-            tracing::info!(secret = %key.name, scope = %key.scope, version = meta.version, "rotated refresh token stored");
-            Some(meta.version)
-        }
-        Ok(Err(e)) => {
-            // The token in memory still works; the next start may need a new one.
-            tracing::error!(secret = %key.name, error = %e, "cannot store rotated refresh token");
-            None
-        }
-        Err(e) => {
-            tracing::error!(error = %e, "refresh-token write-back task failed");
             None
         }
     }
 }
 
-/// One call to the token endpoint.
-async fn fetch(
-    state: &State,
+/// The token request: a refresh (or client-credentials) grant, client id and
+/// secret as HTTP Basic (RFC 6749 §2.3.1). Its own (non-async) function so the
+/// encoder closure is never held across an await.
+fn token_request(
     value: &OAuth2Value,
     refresh: Option<&Secret>,
-) -> Result<TokenResponse, Deny> {
+) -> Result<Request<crate::body::Body>, Deny> {
     let enc = |b: &[u8]| {
         Zeroizing::new(utf8_percent_encode(&String::from_utf8_lossy(b), FORM).to_string())
     };
@@ -268,21 +272,28 @@ async fn fetch(
     if uri.scheme_str() != Some("https") {
         return Err(failed("the stored token_url is not https"));
     }
-    let req = Request::post(uri)
-        .header(
-            header::AUTHORIZATION,
-            inject::sensitive_value(basic.as_bytes())?,
-        )
+    Request::post(uri)
+        .header(header::AUTHORIZATION, sensitive_value(basic.as_bytes())?)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::ACCEPT, "application/json")
         .body(full(form.as_bytes().to_vec()))
-        .map_err(|_| failed("cannot build the token request"))?;
-    let wait = state.limits.response_timeout.0.min(TOKEN_TIMEOUT);
-    let sent = tokio::time::timeout(wait, state.client.request(req))
+        .map_err(|_| failed("cannot build the token request"))
+}
+
+/// One call to the token endpoint.
+async fn fetch(
+    env: &TokenEnv,
+    value: &OAuth2Value,
+    refresh: Option<&Secret>,
+) -> Result<TokenResponse, Deny> {
+    let req = token_request(value, refresh)?;
+    let wait = env.timeout.min(TOKEN_TIMEOUT);
+    // The raw (unboxed) answer: its body is read here, never passed on.
+    let sent = tokio::time::timeout(wait, env.client.request(req))
         .await
         .map_err(|_| failed("the token endpoint did not answer in time"))?
         .map_err(|e| {
-            let why = super::upstream::classify(&e);
+            let why = upstream::classify(&e);
             failed(format!(
                 "the token endpoint is unreachable ({})",
                 why.code.as_str()
