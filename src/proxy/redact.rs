@@ -916,7 +916,7 @@ pub async fn read_answer(
         && declared_length(resp.headers()).is_some_and(|n| n <= WHOLE_BODY_MAX);
     if !small {
         // A streamed body is bounded per silence, not as a whole (SSE may run long).
-        let resp = resp.map(|b| super::limits::StallLimit::new(b, deadline).boxed());
+        let resp = resp.map(|b| crate::body::StallLimit::new(b, deadline).boxed());
         return Ok(Answer::Streaming(Streamed { resp, decoder }));
     }
     let (parts, body) = resp.into_parts();
