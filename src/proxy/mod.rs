@@ -8,7 +8,6 @@ pub mod limits;
 pub mod listener;
 pub mod oauth;
 pub mod pipeline;
-pub mod redact;
 pub mod sign;
 pub mod state;
 pub mod upstream;

@@ -3,13 +3,13 @@
 //! inject → send over verified TLS → one audit line → redacted response.
 
 use super::error::{Code, Deny};
-use super::redact;
 use super::state::{Runtime, State};
 use super::{credentials, inject, upstream, Body};
 use crate::audit::Event;
 use crate::clock::unix_now;
 use crate::ids::request_id;
 use crate::policy::{self, Provider};
+use crate::redact;
 use crate::resolve::{self, Principal};
 use crate::secret::Secret;
 use http::header::{self, HeaderName};

@@ -3,12 +3,12 @@
 //! swapped atomically so open tunnels keep working across reloads.
 
 use super::limits::Limiter;
-use super::redact;
 use super::upstream::{self, Dialer, Resolver, UpstreamClient};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, ProxyConfig};
 use crate::metrics::Metrics;
 use crate::policy::Policy;
+use crate::redact;
 use crate::resolve::Directory;
 use crate::tls::{self, ca::CertAuthority, TlsError};
 use crate::vault::{Vault, VaultError};
