@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod netaddr;
 pub mod policy;
 pub mod proxy;
+pub mod redact;
 pub mod resolve;
 pub mod secret;
 pub mod tls;

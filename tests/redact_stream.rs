@@ -5,11 +5,12 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
-use keyward::proxy::redact::{
-    encoded_forms, read_answer, redact_upstream, wrap_response, Answer, OnRedact, Patterns,
-    REDACTED, WHOLE_BODY_MAX,
+use keyward::body::{Body, BoxError};
+use keyward::proxy::error::Deny;
+use keyward::redact::{
+    encoded_forms, read_answer, redact_upstream, Answer, OnRedact, Patterns, RedactError, REDACTED,
+    WHOLE_BODY_MAX,
 };
-use keyward::proxy::{Body, BoxError};
 use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -71,6 +72,20 @@ fn counter() -> (Arc<AtomicUsize>, Option<OnRedact>) {
     )
 }
 
+/// Longer than any test waits on a body: only a test that means to stall hits it.
+const NO_STALL: Duration = Duration::from_secs(60);
+
+/// The production path: [`read_answer`] decides up front (a refusal is the proxy's
+/// `Deny`) and reads a small sized body whole, then [`redact_upstream`].
+async fn redact(
+    resp: Response<Body>,
+    p: Arc<Patterns>,
+    on: Option<OnRedact>,
+) -> Result<Response<Body>, Deny> {
+    let answer = read_answer(resp, &p, false, NO_STALL).await?;
+    Ok(redact_upstream(answer, p, on))
+}
+
 async fn collect(resp: Response<Body>) -> Result<(Vec<u8>, Option<HeaderMap>), BoxError> {
     let collected = resp.into_body().collect().await?;
     let trailers = collected.trailers().cloned();
@@ -114,14 +129,16 @@ async fn echoed_key_in_body_and_headers_is_redacted_and_audited_once() {
         ],
         chunked_body(vec![body[..20].to_vec(), body[20..].to_vec()]),
     );
-    let resp = wrap_response(resp, p, on).unwrap();
-    assert!(
-        resp.headers().get("content-length").is_none(),
-        "length may change"
+    let resp = redact(resp, p, on).await.unwrap();
+    let want = b"{\"error\":\"bad key [REDACTED]\"}";
+    assert_eq!(
+        resp.headers()["content-length"],
+        want.len().to_string().as_str(),
+        "the length changed: the redacted one is declared, not the upstream's"
     );
     assert_eq!(resp.headers()["x-echo"], "[REDACTED]");
     let (out, _) = collect(resp).await.unwrap();
-    assert_eq!(out, b"{\"error\":\"bad key [REDACTED]\"}");
+    assert_eq!(out, want);
     assert_eq!(
         n.load(Ordering::SeqCst),
         1,
@@ -133,18 +150,21 @@ async fn echoed_key_in_body_and_headers_is_redacted_and_audited_once() {
 async fn on_redact_fires_for_body_only_redaction_and_not_without_one() {
     let p = Arc::new(Patterns::new(&[SECRET]));
     let (n, on) = counter();
-    let resp = wrap_response(
+    let resp = redact(
         response(&[], chunked_body(vec![SECRET.to_vec(), SECRET.to_vec()])),
         p.clone(),
         on,
     )
+    .await
     .unwrap();
     assert_eq!(n.load(Ordering::SeqCst), 0);
     collect(resp).await.unwrap();
     assert_eq!(n.load(Ordering::SeqCst), 1);
 
     let (n, on) = counter();
-    let resp = wrap_response(response(&[], chunked_body(vec![b"clean".to_vec()])), p, on).unwrap();
+    let resp = redact(response(&[], chunked_body(vec![b"clean".to_vec()])), p, on)
+        .await
+        .unwrap();
     collect(resp).await.unwrap();
     assert_eq!(n.load(Ordering::SeqCst), 0);
 }
@@ -156,7 +176,7 @@ async fn no_patterns_means_response_untouched() {
         &[("content-length", "6"), ("content-encoding", "zstd")],
         chunked_body(vec![SECRET.to_vec()]),
     );
-    let resp = wrap_response(resp, p, None).unwrap();
+    let resp = redact(resp, p, None).await.unwrap();
     assert_eq!(resp.headers()["content-length"], "6");
     assert_eq!(resp.headers()["content-encoding"], "zstd");
 }
@@ -165,11 +185,12 @@ async fn no_patterns_means_response_untouched() {
 async fn sse_event_is_delivered_before_the_stream_ends() {
     let p = Arc::new(Patterns::new(&[SECRET]));
     let (tx, body) = channel();
-    let resp = wrap_response(
+    let resp = redact(
         response(&[("content-type", "text/event-stream")], body),
         p,
         None,
     )
+    .await
     .unwrap();
     let mut body = resp.into_body();
     tx.send(Ok(Frame::data(Bytes::from_static(
@@ -206,7 +227,7 @@ async fn sse_event_is_delivered_before_the_stream_ends() {
 async fn upstream_error_is_a_body_error_and_held_bytes_are_not_flushed() {
     let p = Arc::new(Patterns::new(&[SECRET]));
     let (tx, body) = channel();
-    let resp = wrap_response(response(&[], body), p, None).unwrap();
+    let resp = redact(response(&[], body), p, None).await.unwrap();
     tx.send(Ok(Frame::data(Bytes::from_static(b"ok sk-ant-api03"))))
         .unwrap();
     tx.send(Err("connection reset".into())).unwrap();
@@ -231,7 +252,7 @@ async fn trailers_are_redacted_and_body_flushed_before_them() {
     let p = Arc::new(Patterns::new(&[SECRET]));
     let (n, on) = counter();
     let (tx, body) = channel();
-    let resp = wrap_response(response(&[], body), p, on).unwrap();
+    let resp = redact(response(&[], body), p, on).await.unwrap();
     tx.send(Ok(Frame::data(Bytes::from_static(b"tail sk-ant-api03"))))
         .unwrap();
     let mut t = HeaderMap::new();
@@ -325,7 +346,7 @@ async fn compressed_bodies_are_decoded_redacted_and_forwarded_decoded() {
                 ],
                 chunked_body(pieces(&compressed, size)),
             );
-            let resp = wrap_response(resp, p, on).unwrap();
+            let resp = redact(resp, p, on).await.unwrap();
             assert!(
                 resp.headers().get("content-encoding").is_none(),
                 "{coding}: forwarded decoded"
@@ -344,11 +365,12 @@ async fn compressed_bodies_are_decoded_redacted_and_forwarded_decoded() {
 async fn multi_member_gzip_is_decoded_whole() {
     let p = Arc::new(Patterns::new(&[SECRET]));
     let body = [gzip(b"first sk-ant-api03-"), gzip(b"Zx9/Qw+e_r~T second")].concat();
-    let resp = wrap_response(
+    let resp = redact(
         response(&[("content-encoding", "gzip")], chunked_body(vec![body])),
         p,
         None,
     )
+    .await
     .unwrap();
     let (out, _) = collect(resp).await.unwrap();
     assert_eq!(out, b"first [REDACTED] second");
@@ -369,7 +391,7 @@ async fn truncated_or_corrupt_compressed_body_is_an_error_never_a_clean_end() {
                 &[("content-encoding", coding)],
                 chunked_body(vec![compressed[..cut].to_vec()]),
             );
-            let result = collect(wrap_response(resp, p, None).unwrap()).await;
+            let result = collect(redact(resp, p, None).await.unwrap()).await;
             assert!(result.is_err(), "{coding} cut at {cut} must fail");
         }
         let mut corrupt = compressed.clone();
@@ -377,7 +399,7 @@ async fn truncated_or_corrupt_compressed_body_is_an_error_never_a_clean_end() {
         corrupt[mid..mid + 8].copy_from_slice(b"\xff\x00\xff\x00garb");
         let p = Arc::new(Patterns::new(&[SECRET]));
         let resp = response(&[("content-encoding", coding)], chunked_body(vec![corrupt]));
-        if let Ok((out, _)) = collect(wrap_response(resp, p, None).unwrap()).await {
+        if let Ok((out, _)) = collect(redact(resp, p, None).await.unwrap()).await {
             panic!(
                 "{coding}: corrupt body passed as complete ({} bytes)",
                 out.len()
@@ -391,15 +413,13 @@ async fn empty_body_with_content_encoding_is_fine() {
     for coding in ["gzip", "deflate", "br"] {
         let p = Arc::new(Patterns::new(&[SECRET]));
         let resp = response(&[("content-encoding", coding)], chunked_body(vec![]));
-        let (out, _) = collect(wrap_response(resp, p, None).unwrap())
-            .await
-            .unwrap();
+        let (out, _) = collect(redact(resp, p, None).await.unwrap()).await.unwrap();
         assert!(out.is_empty());
     }
 }
 
 /// An encoding keyward cannot decode is a refusal the caller renders and audits,
-/// decided before any of the response is sent (both entry points).
+/// decided before any of the response is sent, whatever its framing.
 #[tokio::test]
 async fn unknown_or_stacked_encoding_is_refused_not_passed_through() {
     for coding in ["zstd", "compress", "gzip, br", "weird"] {
@@ -408,7 +428,7 @@ async fn unknown_or_stacked_encoding_is_refused_not_passed_through() {
             &[("content-encoding", coding)],
             chunked_body(vec![SECRET.to_vec()]),
         );
-        let deny = wrap_response(resp, p.clone(), None).expect_err("a refusal");
+        let deny = redact(resp, p.clone(), None).await.expect_err("a refusal");
         assert_eq!(
             deny.code.as_str(),
             "upstream_encoding_unsupported",
@@ -431,6 +451,7 @@ async fn unknown_or_stacked_encoding_is_refused_not_passed_through() {
             let deny = read_answer(resp, &p, false, Duration::from_secs(5))
                 .await
                 .err()
+                .map(Deny::from)
                 .expect("a refusal");
             assert_eq!(deny.code.as_str(), "upstream_encoding_unsupported");
         }
@@ -459,9 +480,7 @@ async fn identity_coding_is_not_decoded() {
         &[("content-encoding", "identity")],
         chunked_body(vec![SECRET.to_vec()]),
     );
-    let (out, _) = collect(wrap_response(resp, p, None).unwrap())
-        .await
-        .unwrap();
+    let (out, _) = collect(redact(resp, p, None).await.unwrap()).await.unwrap();
     assert_eq!(out, REDACTED);
 }
 
@@ -473,7 +492,7 @@ async fn not_modified_keeps_its_headers_and_is_not_wrapped() {
         chunked_body(vec![]),
     );
     *resp.status_mut() = StatusCode::NOT_MODIFIED;
-    let resp = wrap_response(resp, p, None).unwrap();
+    let resp = redact(resp, p, None).await.unwrap();
     assert_eq!(resp.headers()["content-length"], "1234");
 }
 
@@ -487,7 +506,7 @@ async fn gzip_bomb_is_emitted_in_bounded_frames() {
         &[("content-encoding", "gzip")],
         chunked_body(vec![compressed]),
     );
-    let mut body = wrap_response(resp, p, None).unwrap().into_body();
+    let mut body = redact(resp, p, None).await.unwrap().into_body();
     let mut total = 0;
     let mut largest = 0;
     while let Some(f) = body.frame().await {
@@ -574,7 +593,7 @@ mod prop {
     }
 
     fn run(p: &Arc<Patterns>, chunks: Vec<Vec<u8>>) -> Vec<u8> {
-        let mut r = keyward::proxy::redact::Redactor::new(p.clone());
+        let mut r = keyward::redact::Redactor::new(p.clone());
         let mut out = Vec::new();
         for c in chunks {
             out.extend_from_slice(&r.push(Bytes::from(c)));
@@ -671,7 +690,48 @@ async fn small_sized_body_that_stalls_is_a_timeout() {
     let deny = read_answer(resp, &p, false, Duration::from_millis(50))
         .await
         .err()
+        .map(Deny::from)
         .expect("a refusal");
     assert_eq!(deny.code.as_str(), "upstream_timeout");
     drop(tx);
+}
+
+/// Each reason to withhold an answer is the same refusal clients saw before the
+/// redaction module had its own error: code, status and message.
+#[test]
+fn redaction_refusals_keep_their_codes_and_statuses() {
+    for (err, code, status, message) in [
+        (
+            RedactError::Unavailable,
+            "redaction_unavailable",
+            StatusCode::BAD_GATEWAY,
+            "keyward could not prepare response redaction",
+        ),
+        (
+            RedactError::EncodingUnsupported("zstd".into()),
+            "upstream_encoding_unsupported",
+            StatusCode::BAD_GATEWAY,
+            "upstream response uses content-encoding \"zstd\", which keyward cannot inspect",
+        ),
+        (
+            RedactError::TimedOut,
+            "upstream_timeout",
+            StatusCode::GATEWAY_TIMEOUT,
+            "upstream did not finish its response in time",
+        ),
+        (
+            RedactError::Truncated,
+            "upstream_protocol",
+            StatusCode::BAD_GATEWAY,
+            "upstream response body ended early or failed",
+        ),
+    ] {
+        let deny = Deny::from(err);
+        assert_eq!(deny.code.as_str(), code);
+        assert_eq!(deny.code.status(), status);
+        assert_eq!(deny.message, message);
+        let resp = deny.response(None, None);
+        assert_eq!(resp.status(), status);
+        assert_eq!(resp.headers()["x-keyward-error"], code);
+    }
 }

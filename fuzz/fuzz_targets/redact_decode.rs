@@ -7,19 +7,22 @@ use bytes::Bytes;
 use http::{HeaderValue, Response};
 use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
-use keyward::proxy::redact::{wrap_response, Patterns};
-use keyward::proxy::BoxError;
+use keyward::body::BoxError;
+use keyward::redact::{read_answer, redact_upstream, Patterns};
 use libfuzzer_sys::fuzz_target;
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 const SECRET: &[u8] = b"sk-fuzz-0123456789";
 const CODINGS: [&str; 4] = ["gzip", "deflate", "br", "identity"];
 /// Stop collecting after this much output (the decoders are bounded per frame;
 /// the whole of a bomb need not be materialised here).
 const MAX_OUTPUT: usize = 16 << 20;
+/// The stall limit on the upstream body (never reached: every frame is ready).
+const NO_STALL: Duration = Duration::from_secs(60);
 
 struct Frames(VecDeque<Bytes>);
 
@@ -45,7 +48,16 @@ fuzz_target!(|data: &[u8]| {
     resp.headers_mut()
         .insert("content-encoding", HeaderValue::from_static(coding));
     let patterns = Arc::new(Patterns::new(&[SECRET]));
-    let mut body = wrap_response(resp, patterns.clone(), None).into_body();
+    // The production path; the stall limit on a streamed body needs tokio's timer.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime");
+    let _in_rt = rt.enter();
+    let Ok(answer) = rt.block_on(read_answer(resp, &patterns, false, NO_STALL)) else {
+        return;
+    };
+    let mut body = redact_upstream(answer, patterns.clone(), None).into_body();
     let mut cx = Context::from_waker(Waker::noop());
     let mut out = Vec::new();
     loop {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use bytes::Bytes;
-use keyward::proxy::redact::{encoded_forms, Patterns, Redactor};
+use keyward::redact::{encoded_forms, Patterns, Redactor};
 use libfuzzer_sys::fuzz_target;
 use std::sync::Arc;
 
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     // A secret spelled inside the marker itself would be "found" in clean output.
     if forms
         .iter()
-        .any(|f| contains_ci(keyward::proxy::redact::REDACTED, f))
+        .any(|f| contains_ci(keyward::redact::REDACTED, f))
     {
         return;
     }
@@ -81,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
     assert!(!patterns.contains_secret(&out), "secret survived");
     for f in &forms {
         // Encoded forms shorter than the search minimum are not searched.
-        if f.len() >= keyward::proxy::redact::MIN_ENCODED_PATTERN_LEN || f == &secret {
+        if f.len() >= keyward::redact::MIN_ENCODED_PATTERN_LEN || f == &secret {
             assert!(
                 !contains_ci(&out, f),
                 "form {:?} survived",

@@ -261,6 +261,19 @@ impl From<resolve::Refusal> for Deny {
     }
 }
 
+impl From<crate::redact::RedactError> for Deny {
+    fn from(e: crate::redact::RedactError) -> Deny {
+        use crate::redact::RedactError;
+        let code = match e {
+            RedactError::Unavailable => Code::RedactionUnavailable,
+            RedactError::EncodingUnsupported(_) => Code::UpstreamEncodingUnsupported,
+            RedactError::TimedOut => Code::UpstreamTimeout,
+            RedactError::Truncated => Code::UpstreamProtocol,
+        };
+        Deny::new(code, e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

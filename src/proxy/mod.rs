@@ -7,7 +7,6 @@ pub mod intercept;
 pub mod limits;
 pub mod listener;
 pub mod pipeline;
-pub mod redact;
 pub mod refuse;
 pub mod relay;
 pub mod request;

@@ -3,7 +3,6 @@
 //! inject → send over verified TLS → one audit line → redacted response.
 
 use super::error::{Code, Deny};
-use super::redact;
 use super::refuse::refuse;
 use super::request::{self, Call};
 use super::state::State;
@@ -11,6 +10,7 @@ use super::tunnel::TunnelCx;
 use super::{inject, upgrade, upstream, Body};
 use crate::audit::{Event, EventKind, Outcome};
 use crate::ids::request_id;
+use crate::redact;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use std::convert::Infallible;

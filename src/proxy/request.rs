@@ -7,10 +7,11 @@
 use super::error::{Code, Deny};
 use super::runtime::Runtime;
 use super::tunnel::TunnelCx;
-use super::{inject, redact, Body};
+use super::{inject, Body};
 use crate::audit::Event;
 use crate::clock::unix_now;
 use crate::policy::{self, Provider};
+use crate::redact;
 use crate::resolve::{self, Grant, Principal};
 use crate::secret::Secret;
 use crate::vault::Snapshot;

@@ -3,12 +3,12 @@
 //! open tunnels keep working across reloads.
 
 use super::limits::Limiter;
-use super::redact;
 use super::runtime::Runtime;
 use super::upstream::{self, Dialer, Resolver, UpstreamClient};
 use crate::audit::{AuditError, AuditLog};
 use crate::config::{Config, ProxyConfig};
 use crate::metrics::Metrics;
+use crate::redact;
 use crate::tls::{self, ca::CertAuthority, TlsError};
 use crate::vault::{Vault, VaultError};
 use arc_swap::ArcSwap;

@@ -5,7 +5,8 @@
 
 use super::error::{Code, Deny};
 use super::tunnel::TunnelCx;
-use super::{redact, websocket, Body};
+use super::{websocket, Body};
+use crate::redact;
 use http::{header, Request, Response};
 use http_body_util::BodyExt;
 use std::sync::Arc;

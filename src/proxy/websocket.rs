@@ -10,7 +10,7 @@
 //! fragment, and the bytes that may be the start of a secret wait for the next
 //! fragment of the same message.
 
-use super::redact::{OnRedact, Patterns, Redactor, REDACTED};
+use crate::redact::{OnRedact, Patterns, Redactor, REDACTED};
 use bytes::{Buf, BytesMut};
 use std::io::Cursor;
 use std::sync::Arc;
