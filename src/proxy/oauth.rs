@@ -9,6 +9,7 @@ use super::state::State;
 use super::{full, inject};
 use crate::secret::Secret;
 use crate::vault::kind::OAuth2Value;
+use crate::vault::Change;
 use base64::Engine;
 use http::{header, Request};
 use http_body_util::{BodyExt, Limited};
@@ -210,7 +211,17 @@ async fn write_back(
     };
     let vault = state.vault.clone();
     let (scope, name) = (key.scope.clone(), key.name.clone());
-    let done = tokio::task::spawn_blocking(move || vault.rotate(&scope, &name, new_value)).await;
+    let done = tokio::task::spawn_blocking(move || {
+        let change = Change::RotateSecret {
+            scope,
+            name,
+            value: new_value,
+        };
+        vault
+            .apply(change)
+            .and_then(|(applied, _)| applied.into_meta())
+    })
+    .await;
     match done {
         Ok(Ok(meta)) => {
             if let Err(e) = state.refresh_vault() {

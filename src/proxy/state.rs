@@ -11,7 +11,7 @@ use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::resolve::Directory;
 use crate::tls::{self, ca::CertAuthority, TlsError};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Store, Vault, VaultError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
@@ -42,7 +42,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn build(config: Arc<Config>, vault: &Vault) -> Runtime {
+    pub fn build(config: Arc<Config>, vault: &dyn Store) -> Runtime {
         let snapshot = vault.snapshot();
         Runtime {
             policy: Policy::from_config(&config),
@@ -55,7 +55,7 @@ impl Runtime {
 
 pub struct State {
     pub runtime: Arc<ArcSwap<Runtime>>,
-    pub vault: Arc<Vault>,
+    pub vault: Arc<dyn Store>,
     pub audit: AuditLog,
     pub ca: Arc<CertAuthority>,
     pub dialer: Arc<Dialer>,
@@ -90,7 +90,7 @@ impl State {
             metrics.cert_cache_hits.clone(),
             metrics.cert_cache_misses.clone(),
         );
-        let vault = Arc::new(Vault::open(&config.vault)?);
+        let vault: Arc<dyn Store> = Arc::new(Vault::open(&config.vault)?);
         let audit = AuditLog::open(&config.audit)?;
         let roots = tls::upstream_roots(&config.tls.upstream_roots)?;
         let client_tls = tls::client_config(roots.clone(), &UPSTREAM_ALPN)?;
@@ -99,7 +99,7 @@ impl State {
         let limits = config.proxy.clone();
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(
             Arc::new(config),
-            &vault,
+            &*vault,
         )));
         let dialer = Arc::new(Dialer {
             runtime: runtime.clone(),
@@ -163,7 +163,7 @@ impl State {
         if changed || current.vault_generation != self.vault.snapshot().generation() {
             let config = current.config.clone();
             self.runtime
-                .store(Arc::new(Runtime::build(config, &self.vault)));
+                .store(Arc::new(Runtime::build(config, &*self.vault)));
             return Ok(true);
         }
         Ok(false)
@@ -173,6 +173,6 @@ impl State {
     /// TLS and vault paths need a restart.
     pub fn apply_config(&self, config: Config) {
         self.runtime
-            .store(Arc::new(Runtime::build(Arc::new(config), &self.vault)));
+            .store(Arc::new(Runtime::build(Arc::new(config), &*self.vault)));
     }
 }
