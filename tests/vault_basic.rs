@@ -84,9 +84,7 @@ fn assert_no_leak(haystack: &[u8], value: &Secret, marker: &str, what: &str) {
 
 #[test]
 fn set_get_list_remove_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     assert!(v.snapshot().is_empty());
     assert!(
         !c.path.exists(),
@@ -155,10 +153,7 @@ fn set_get_list_remove_round_trip() {
 
 #[test]
 fn key_and_vault_files_are_private() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    set(&v, "platform", "A", "value-1234567890").unwrap();
+    let (_dir, c, _) = seeded(&[("platform", "A", "value-1234567890")]);
     for p in [&c.master_key_file, &c.path] {
         let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", p.display());
@@ -167,8 +162,7 @@ fn key_and_vault_files_are_private() {
 
 #[test]
 fn invalid_names_scopes_values_and_hosts_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let v = open(&cfg(dir.path())).unwrap();
+    let (_dir, _, v) = seeded(&[]);
     let ok = || Secret::from_str("value-1234567890");
     for scope in [
         "",
@@ -227,9 +221,7 @@ fn invalid_names_scopes_values_and_hosts_are_refused() {
 
 #[test]
 fn vault_file_never_contains_the_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let (marker, value) = canary();
     set_opts(
         &v,
@@ -259,9 +251,7 @@ fn vault_file_never_contains_the_value() {
 
 #[test]
 fn rotate_bumps_the_version_and_drops_the_old_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let (old_marker, old) = canary();
     set_opts(&v, "platform", "K", old.clone(), SetOptions::default()).unwrap();
     let m = rotate(
@@ -305,8 +295,7 @@ fn rotate_bumps_the_version_and_drops_the_old_value() {
 
 #[test]
 fn clone_copies_into_another_scope_only_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let v = open(&cfg(dir.path())).unwrap();
+    let (_dir, _, v) = seeded(&[]);
     let opts = SetOptions {
         description: Some("shared".into()),
         hosts: vec!["api.example.com".into()],
@@ -346,9 +335,7 @@ fn clone_copies_into_another_scope_only_once() {
 
 #[test]
 fn wrong_master_key_is_refused_and_the_file_is_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    set(&open(&c).unwrap(), "platform", "A", "value-1234567890").unwrap();
+    let (_dir, c, _) = seeded(&[("platform", "A", "value-1234567890")]);
     let before = std::fs::read(&c.path).unwrap();
     let err = Vault::open_with(&c, MasterKey::generate())
         .unwrap_err()
@@ -361,11 +348,10 @@ fn wrong_master_key_is_refused_and_the_file_is_untouched() {
 
 #[test]
 fn corrupt_truncated_or_foreign_files_are_refused_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    set(&v, "platform", "A", "value-1234567890").unwrap();
-    set(&v, "platform", "B", "value-abcdefghij").unwrap();
+    let (_dir, c, v) = seeded(&[
+        ("platform", "A", "value-1234567890"),
+        ("platform", "B", "value-abcdefghij"),
+    ]);
     let good = std::fs::read(&c.path).unwrap();
     let text = String::from_utf8(good.clone()).unwrap();
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
@@ -436,10 +422,7 @@ fn corrupt_truncated_or_foreign_files_are_refused_untouched() {
 
 #[test]
 fn rollback_to_an_older_file_is_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    set(&v, "platform", "A", "old-value-1234567").unwrap();
+    let (_dir, c, v) = seeded(&[("platform", "A", "old-value-1234567")]);
     let old = std::fs::read(&c.path).unwrap();
     rotate(&v, "platform", "A", Secret::from_str("new-value-1234567")).unwrap();
     std::fs::write(&c.path, &old).unwrap();
@@ -461,10 +444,7 @@ fn rollback_to_an_older_file_is_detected() {
 
 #[test]
 fn deleting_the_vault_file_does_not_reset_it_silently() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    set(&v, "platform", "A", "value-1234567890").unwrap();
+    let (_dir, c, v) = seeded(&[("platform", "A", "value-1234567890")]);
     std::fs::remove_file(&c.path).unwrap();
     assert!(open(&c).unwrap_err().to_string().contains("missing"));
     assert!(v.reload().is_err());
@@ -559,9 +539,7 @@ fn kubernetes_style_symlink_swap_is_reloaded_and_writes_are_refused() {
 
 #[test]
 fn agents_are_stored_and_replaced_by_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let mut a = AgentRecord {
         id: "triage-1".into(),
         token_sha256: "a".repeat(64),
@@ -617,11 +595,10 @@ fn session_key_is_stable_per_master_key() {
 
 #[test]
 fn master_key_rotation_rewraps_without_rewriting_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    set(&v, "platform", "A", "value-1234567890").unwrap();
-    set(&v, "owner:acme", "B", "value-abcdefghij").unwrap();
+    let (dir, c, v) = seeded(&[
+        ("platform", "A", "value-1234567890"),
+        ("owner:acme", "B", "value-abcdefghij"),
+    ]);
     let sealed = |p: &Path| -> Vec<String> {
         let text = std::fs::read_to_string(p).unwrap();
         text.lines()
@@ -825,9 +802,7 @@ async fn watcher_reloads_in_the_background() {
 
 #[test]
 fn error_messages_never_contain_the_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let (marker, value) = canary();
     set_opts(&v, "platform", "K", value.clone(), SetOptions::default()).unwrap();
     let mut errors = Vec::new();
@@ -948,10 +923,7 @@ async fn watcher_logs_a_failed_reload_once_without_the_value_and_keeps_serving()
 
 #[test]
 fn a_writer_waits_for_the_lock_held_by_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    set(&v, "platform", "A", "value-1234567890").unwrap();
+    let (_dir, c, _) = seeded(&[("platform", "A", "value-1234567890")]);
     let lock = std::fs::File::open(c.path.with_extension("kw.lock")).unwrap();
     fs4::fs_std::FileExt::lock_exclusive(&lock).unwrap();
     let c2 = c.clone();
@@ -969,9 +941,7 @@ fn a_writer_waits_for_the_lock_held_by_another() {
 
 #[test]
 fn undo_puts_back_the_record_as_it_was_and_never_clobbers_a_later_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let get = |v: &Vault| {
         v.snapshot()
             .get("platform", "K")
