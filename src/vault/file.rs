@@ -6,7 +6,7 @@
 use super::change::{Applied, Change, Undo};
 use super::crypto::{self, Key};
 use super::error::{ferr, ioerr, VaultError};
-use super::format::{self, Draft, MasterHeader, SEAL_LIMIT_PER_KEY};
+use super::format::{self, Draft, MasterHeader, MAX_FILE_BYTES, SEAL_LIMIT_PER_KEY};
 use super::master::{KdfParams, MasterKey};
 use super::snapshot::Snapshot;
 use super::store::Store;
@@ -22,8 +22,6 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-pub use super::format::MAX_FILE_BYTES;
 
 const MAX_COUNTER_FILE_BYTES: u64 = 256;
 /// Temp files older than this, left by a killed writer, are removed by the next writer.
