@@ -14,7 +14,7 @@ use crate::proxy::state::State;
 use crate::proxy::{empty, full, Body};
 use crate::resolve::{self, MAX_SESSION_TTL_SECS};
 use crate::secret::Secret;
-use crate::vault::{AgentRecord, RecordMeta, SetOptions, VaultError};
+use crate::vault::{AgentRecord, Change, RecordMeta, SetOptions, VaultError};
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -771,8 +771,18 @@ async fn put_secret(
         rotate_every,
     };
     let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
-    let (meta, undo) =
-        blocking(move || Ok(st.vault.set_undoable(&sc, &nm, value, kind, opts)?)).await?;
+    let (meta, undo) = blocking(move || {
+        let change = Change::SetSecret {
+            scope: sc,
+            name: nm,
+            value,
+            kind,
+            options: opts,
+        };
+        let (applied, undo) = st.vault.apply(change)?;
+        Ok((applied.into_meta()?, undo))
+    })
+    .await?;
     // Decided inside the vault's locked write, so two concurrent PUTs of a new
     // name are one `secret_set` and one `secret_rotate`.
     let (event, status) = if undo.replaced() {
@@ -831,7 +841,15 @@ async fn delete_secret(
         )));
     }
     let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
-    let (meta, undo) = blocking(move || Ok(st.vault.remove_undoable(&sc, &nm)?)).await?;
+    let (meta, undo) = blocking(move || {
+        let change = Change::RemoveSecret {
+            scope: sc,
+            name: nm,
+        };
+        let (applied, undo) = st.vault.apply(change)?;
+        Ok((applied.into_meta()?, undo))
+    })
+    .await?;
     let mut ev = cx.event(
         EventKind::SecretRm,
         Outcome::Allowed,
@@ -928,9 +946,9 @@ async fn create_agent(
         created: crate::clock::now_rfc3339(),
     };
     let st = state.clone();
-    // The check above is the fast path; `add_agent` repeats it inside the
+    // The check above is the fast path; `AddAgent` repeats it inside the
     // vault's locked write, so of two concurrent creations only one succeeds.
-    blocking(move || Ok(st.vault.add_agent(record)?)).await?;
+    let (_, undo) = blocking(move || Ok(st.vault.apply(Change::AddAgent(record))?)).await?;
     let mut ev = cx.event(EventKind::AgentAdd, Outcome::Allowed, StatusCode::CREATED);
     ev.agent = Some(body.id.clone());
     ev.chain = body.chain.clone();
@@ -938,8 +956,8 @@ async fn create_agent(
     ev.builder = body.builder.clone();
     if let Err(e) = audit_change(state, ev) {
         // SECURITY: fail closed: an agent whose creation is not audited is rolled back.
-        let (st, id) = (state.clone(), body.id.clone());
-        let _ = blocking(move || Ok(st.vault.remove_agent(&id)?)).await;
+        let st = state.clone();
+        let _ = blocking(move || Ok(st.vault.undo(undo)?)).await;
         refresh(state);
         return Err(e);
     }

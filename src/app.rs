@@ -132,56 +132,16 @@ async fn wait_for_signal() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
-fn spawn_vault_watcher(state: Arc<State>, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(VAULT_POLL);
-        let mut failures = ReloadFailures::default();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = stop.changed() => return,
-            }
-            match state.refresh_vault() {
-                Ok(changed) => {
-                    if changed {
-                        state.metrics.vault_reloads.inc();
-                        tracing::info!("vault reloaded");
-                    }
-                    if failures.recovered() {
-                        tracing::info!("vault readable again");
-                    }
-                }
-                Err(e) => {
-                    if failures.failed(e.to_string()) {
-                        tracing::warn!(error = %e, "vault reload failed; keeping the last good vault");
-                    }
-                }
-            }
-        }
-    });
-}
-
-/// The last reload failure, so that a failure that persists is logged once (not
-/// every poll) and a different failure or a recovery is logged when it happens.
-#[derive(Debug, Default)]
-struct ReloadFailures {
-    last: Option<String>,
-}
-
-impl ReloadFailures {
-    /// Records a failure; true when it differs from the one before (log it).
-    fn failed(&mut self, error: String) -> bool {
-        if self.last.as_deref() == Some(error.as_str()) {
-            return false;
-        }
-        self.last = Some(error);
-        true
-    }
-
-    /// Records a success; true when it ends a run of failures.
-    fn recovered(&mut self) -> bool {
-        self.last.take().is_some()
-    }
+fn spawn_vault_watcher(state: Arc<State>, stop: watch::Receiver<bool>) {
+    let reloads = state.clone();
+    tokio::spawn(crate::vault::watch(
+        VAULT_POLL,
+        stop,
+        move || state.refresh_vault(),
+        move || {
+            reloads.metrics.vault_reloads.inc();
+        },
+    ));
 }
 
 /// (dev, inode, len, mtime) of a path, following symlinks (Kubernetes ConfigMap swaps).
@@ -256,28 +216,5 @@ pub fn reload_config(state: &State, path: &std::path::Path) -> bool {
             tracing::warn!(error = %e, "config reload failed; keeping the running config");
             false
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reload_failure_is_logged_once_until_it_changes_or_recovers() {
-        let mut f = ReloadFailures::default();
-        assert!(!f.recovered(), "nothing to recover from");
-        assert!(f.failed("bad mac".into()));
-        assert!(
-            !f.failed("bad mac".into()),
-            "the same failure again is quiet"
-        );
-        assert!(f.failed("truncated".into()), "a different failure is news");
-        assert!(f.recovered());
-        assert!(!f.recovered());
-        assert!(
-            f.failed("truncated".into()),
-            "after a success it is news again"
-        );
     }
 }

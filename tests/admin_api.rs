@@ -10,6 +10,7 @@ use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use keyward::admin::{Permission, Route, MAX_BODY_BYTES, ROUTES};
+use keyward::vault::Store;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use std::collections::BTreeSet;

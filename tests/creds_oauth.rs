@@ -172,15 +172,15 @@ inject = { header = "authorization", value = "Bearer {secret}" }
         value["refresh_token"] = r.into();
     }
     let st = &kw.running.state;
-    st.vault
-        .set_with_kind(
-            "platform",
-            "GH_OAUTH",
-            Secret::from_str(&value.to_string()),
-            Some(SecretKind::Oauth2),
-            SetOptions::default(),
-        )
-        .unwrap();
+    common::vault::set_with(
+        &*st.vault,
+        "platform",
+        "GH_OAUTH",
+        Secret::from_str(&value.to_string()),
+        Some(SecretKind::Oauth2),
+        SetOptions::default(),
+    )
+    .unwrap();
     st.refresh_vault().unwrap();
     kw
 }
@@ -324,16 +324,15 @@ async fn wrong_client_secret_is_oauth_refresh_failed() {
         "client_id": CLIENT_ID, "client_secret": "wrong-secret-xyz",
         "token_url": format!("https://{TOKEN_HOST}/oauth/token"),
     });
-    kw.running
-        .state
-        .vault
-        .set(
-            "platform",
-            "GH_OAUTH",
-            Secret::from_str(&bad.to_string()),
-            SetOptions::default(),
-        )
-        .unwrap();
+    common::vault::set_with(
+        &*kw.running.state.vault,
+        "platform",
+        "GH_OAUTH",
+        Secret::from_str(&bad.to_string()),
+        None,
+        SetOptions::default(),
+    )
+    .unwrap();
     kw.running.state.refresh_vault().unwrap();
     let got = kw.client().get(API, "/user", &[]).await;
     assert_eq!(got.status, 502);
@@ -419,15 +418,15 @@ inject = { header = "authorization", value = "Bearer {secret}" }
         "token_url": format!("https://{TOKEN_HOST}/oauth/token"),
     });
     let st = &kw.running.state;
-    st.vault
-        .set_with_kind(
-            "platform",
-            "GH_OAUTH",
-            Secret::from_str(&value.to_string()),
-            Some(SecretKind::Oauth2),
-            SetOptions::default(),
-        )
-        .unwrap();
+    common::vault::set_with(
+        &*st.vault,
+        "platform",
+        "GH_OAUTH",
+        Secret::from_str(&value.to_string()),
+        Some(SecretKind::Oauth2),
+        SetOptions::default(),
+    )
+    .unwrap();
     st.refresh_vault().unwrap();
     let c = kw.client();
     let post = |body: &'static [u8]| {
@@ -481,15 +480,15 @@ inject = { header = "authorization", value = "Bearer {secret}" }
         "token_url": format!("https://{TOKEN_HOST}/oauth/token"),
     });
     let st = &kw.running.state;
-    st.vault
-        .set_with_kind(
-            "platform",
-            "GH_OAUTH",
-            Secret::from_str(&value.to_string()),
-            Some(SecretKind::Oauth2),
-            SetOptions::default(),
-        )
-        .unwrap();
+    common::vault::set_with(
+        &*st.vault,
+        "platform",
+        "GH_OAUTH",
+        Secret::from_str(&value.to_string()),
+        Some(SecretKind::Oauth2),
+        SetOptions::default(),
+    )
+    .unwrap();
     st.refresh_vault().unwrap();
     let big = vec![b'x'; (keyward::proxy::inject::RETRY_BODY_LIMIT + 1) as usize];
     let req = http::Request::post("/upload")

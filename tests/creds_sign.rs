@@ -22,15 +22,15 @@ fn hmac_hex(key: &str, data: &[u8]) -> String {
 
 fn set_kind(kw: &Kw, name: &str, kind: SecretKind, value: &str) {
     let st = &kw.running.state;
-    st.vault
-        .set_with_kind(
-            "platform",
-            name,
-            Secret::from_str(value),
-            Some(kind),
-            SetOptions::default(),
-        )
-        .unwrap();
+    common::vault::set_with(
+        &*st.vault,
+        "platform",
+        name,
+        Secret::from_str(value),
+        Some(kind),
+        SetOptions::default(),
+    )
+    .unwrap();
     st.refresh_vault().unwrap();
 }
 
@@ -341,22 +341,20 @@ async fn placeholder_of_a_multi_field_secret_is_refused() {
         &format!(r#"{{"access_key_id":"AKIDREAL","secret_access_key":"{secret_key}"}}"#),
     );
     // bind the aws secret to the github host so only the kind check stands in the way
-    kw.running
-        .state
-        .vault
-        .set_with_kind(
-            "platform",
-            "AWS_CREDS",
-            Secret::from_str(&format!(
-                r#"{{"access_key_id":"AKIDREAL","secret_access_key":"{secret_key}"}}"#
-            )),
-            None,
-            SetOptions {
-                hosts: vec![GH.into()],
-                ..SetOptions::default()
-            },
-        )
-        .unwrap();
+    common::vault::set_with(
+        &*kw.running.state.vault,
+        "platform",
+        "AWS_CREDS",
+        Secret::from_str(&format!(
+            r#"{{"access_key_id":"AKIDREAL","secret_access_key":"{secret_key}"}}"#
+        )),
+        None,
+        SetOptions {
+            hosts: vec![GH.into()],
+            ..SetOptions::default()
+        },
+    )
+    .unwrap();
     kw.running.state.refresh_vault().unwrap();
     let got = kw
         .client()

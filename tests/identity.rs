@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use keyward::vault::AgentRecord;
+use keyward::vault::{AgentRecord, Applied, Change};
 
 const CHAINS: &str = r#"
 chain = "triage"
@@ -19,7 +19,7 @@ secrets = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"]
 fn second_agent(kw: &Kw, id: &str, token: &str, chain: Option<&str>) {
     let st = &kw.running.state;
     st.vault
-        .put_agent(AgentRecord {
+        .apply(Change::AddAgent(AgentRecord {
             id: id.into(),
             token_sha256: sha256_hex(token),
             chain: chain.map(str::to_string),
@@ -27,7 +27,7 @@ fn second_agent(kw: &Kw, id: &str, token: &str, chain: Option<&str>) {
             builder: None,
             secrets: None,
             created: "2026-01-01T00:00:00Z".into(),
-        })
+        }))
         .unwrap();
     st.refresh_vault().unwrap();
 }
@@ -119,11 +119,7 @@ async fn removing_a_secret_stops_the_next_request_in_an_open_tunnel() {
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut t = kw.client().open("api.openai.com").await.unwrap();
     assert_eq!(t.get("api.openai.com", "/v1/models").await.status, 200);
-    kw.running
-        .state
-        .vault
-        .remove("platform", "OPENAI_API_KEY")
-        .unwrap();
+    common::vault::remove(&*kw.running.state.vault, "platform", "OPENAI_API_KEY").unwrap();
     kw.running.state.refresh_vault().unwrap();
     let got = t.get("api.openai.com", "/v1/models").await;
     assert_eq!(got.status, 403);
@@ -140,7 +136,15 @@ async fn removing_an_agent_stops_its_open_tunnel() {
     c.auth = Some(("agent-2".into(), "tok-agent-2".into()));
     let mut t = c.open("api.openai.com").await.unwrap();
     assert_eq!(t.get("api.openai.com", "/v1/models").await.status, 200);
-    assert!(kw.running.state.vault.remove_agent("agent-2").unwrap());
+    let (removed, _) = kw
+        .running
+        .state
+        .vault
+        .apply(Change::RemoveAgent {
+            id: "agent-2".into(),
+        })
+        .unwrap();
+    assert!(matches!(removed, Applied::Agent(Some(_))));
     kw.running.state.refresh_vault().unwrap();
     let got = t.get("api.openai.com", "/v1/models").await;
     assert_eq!(got.status, 403);

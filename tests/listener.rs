@@ -78,14 +78,15 @@ async fn a_vault_change_on_disk_is_reloaded_and_counted() {
     let config = Config::from_file(&kw.config_path).unwrap();
     let key = MasterKey::load_or_create_file(&config.vault.master_key_file).unwrap();
     let other = Vault::open_with(&config.vault, key).unwrap();
-    other
-        .set(
-            "platform",
-            "OPENAI_API_KEY",
-            Secret::from_str("sk-from-elsewhere-0123456789"),
-            SetOptions::default(),
-        )
-        .unwrap();
+    common::vault::set_with(
+        &other,
+        "platform",
+        "OPENAI_API_KEY",
+        Secret::from_str("sk-from-elsewhere-0123456789"),
+        None,
+        SetOptions::default(),
+    )
+    .unwrap();
 
     let deadline = Instant::now() + Duration::from_secs(10);
     while reloads() == Some(before) {

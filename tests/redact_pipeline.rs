@@ -239,30 +239,30 @@ async fn secret_fields_of_multi_field_records_in_scope_are_redacted() {
         "secret_access_key": AWS_SECRET,
         "session_token": AWS_SESSION,
     });
-    vault
-        .set_with_kind(
-            "platform",
-            "AWS_CREDS",
-            Secret::from_str(&aws.to_string()),
-            Some(SecretKind::Aws),
-            SetOptions::default(),
-        )
-        .unwrap();
+    common::vault::set_with(
+        &**vault,
+        "platform",
+        "AWS_CREDS",
+        Secret::from_str(&aws.to_string()),
+        Some(SecretKind::Aws),
+        SetOptions::default(),
+    )
+    .unwrap();
     let oauth = serde_json::json!({
         "client_id": "client-123",
         "client_secret": OAUTH_SECRET,
         "token_url": "https://auth.example.test/token",
         "refresh_token": OAUTH_REFRESH,
     });
-    vault
-        .set_with_kind(
-            "platform",
-            "SOME_OAUTH",
-            Secret::from_str(&oauth.to_string()),
-            Some(SecretKind::Oauth2),
-            SetOptions::default(),
-        )
-        .unwrap();
+    common::vault::set_with(
+        &**vault,
+        "platform",
+        "SOME_OAUTH",
+        Secret::from_str(&oauth.to_string()),
+        Some(SecretKind::Oauth2),
+        SetOptions::default(),
+    )
+    .unwrap();
     kw.running.state.refresh_vault().unwrap();
     for value in [AWS_SECRET, AWS_SESSION, OAUTH_SECRET, OAUTH_REFRESH] {
         let got = kw

@@ -1,23 +1,43 @@
 //! The vault as the proxy and CLI see it: open, write, read back, reopen, and the
 //! ways a file on disk can be wrong (wrong key, corruption, truncation, rollback).
 
+mod common;
+
+use common::vault::{cfg, clone, open, remove, rotate, seeded, set, set_with};
 use keyward::config::VaultConfig;
 use keyward::secret::Secret;
-use keyward::vault::{AgentRecord, MasterKey, MasterSource, SetOptions, Vault, VaultError};
+use keyward::vault::{
+    AgentRecord, Applied, Change, MasterKey, MasterSource, SetOptions, Store, Vault, VaultError,
+};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn cfg(dir: &Path) -> VaultConfig {
-    VaultConfig {
-        path: dir.join("data/vault.kw"),
-        master_key_file: dir.join("certs/master.key"),
-    }
+/// `SetSecret` of `value` with options.
+fn set_opts(
+    v: &dyn Store,
+    scope: &str,
+    name: &str,
+    value: Secret,
+    options: SetOptions,
+) -> Result<keyward::vault::RecordMeta, VaultError> {
+    set_with(v, scope, name, value, None, options)
 }
 
-fn open(c: &VaultConfig) -> Result<Vault, VaultError> {
-    Vault::open_with(c, MasterKey::load_or_create_file(&c.master_key_file)?)
+/// Runs the vault watcher (the one `keyward serve` runs) over `reader`; dropping
+/// the returned sender stops it.
+fn watch(
+    reader: &Arc<Vault>,
+    every: Duration,
+) -> (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let r = reader.clone();
+    let handle = tokio::spawn(keyward::vault::watch(every, rx, move || r.reload(), || {}));
+    (stop, handle)
 }
 
 /// A value with a random marker, so a leak of it anywhere can be searched for.
@@ -64,9 +84,7 @@ fn assert_no_leak(haystack: &[u8], value: &Secret, marker: &str, what: &str) {
 
 #[test]
 fn set_get_list_remove_round_trip() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     assert!(v.snapshot().is_empty());
     assert!(
         !c.path.exists(),
@@ -78,26 +96,20 @@ fn set_get_list_remove_round_trip() {
         hosts: vec!["API.OpenAI.com.".into()],
         rotate_every: Some(Duration::from_secs(90 * 86_400)),
     };
-    let meta = v
-        .set(
-            "platform",
-            "OPENAI_API_KEY",
-            Secret::from_str("sk-proj-abcdefgh9xQz"),
-            opts,
-        )
-        .unwrap();
+    let meta = set_opts(
+        &v,
+        "platform",
+        "OPENAI_API_KEY",
+        Secret::from_str("sk-proj-abcdefgh9xQz"),
+        opts,
+    )
+    .unwrap();
     assert_eq!(meta.version, 1);
     assert_eq!(meta.hint, "sk-p…9xQz");
     assert_eq!(meta.hosts, vec!["api.openai.com"]);
     assert_eq!(meta.rotate_every.as_deref(), Some("90d"));
     assert!(meta.rotation_due.is_some());
-    v.set(
-        "owner:acme",
-        "OPENAI_API_KEY",
-        Secret::from_str("sk-acme-0000000000"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    set(&v, "owner:acme", "OPENAI_API_KEY", "sk-acme-0000000000").unwrap();
 
     let got = v
         .snapshot()
@@ -126,14 +138,14 @@ fn set_get_list_remove_round_trip() {
     );
     assert!(v.snapshot().generation() >= 2);
 
-    v.remove("owner:acme", "OPENAI_API_KEY").unwrap();
+    remove(&v, "owner:acme", "OPENAI_API_KEY").unwrap();
     assert!(v
         .snapshot()
         .get("owner:acme", "OPENAI_API_KEY")
         .unwrap()
         .is_none());
     assert!(matches!(
-        v.remove("owner:acme", "OPENAI_API_KEY"),
+        remove(&v, "owner:acme", "OPENAI_API_KEY"),
         Err(VaultError::NotFound { .. })
     ));
     assert_eq!(open(&c).unwrap().list(None).len(), 1);
@@ -141,16 +153,7 @@ fn set_get_list_remove_round_trip() {
 
 #[test]
 fn key_and_vault_files_are_private() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    v.set(
-        "platform",
-        "A",
-        Secret::from_str("value-1234567890"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    let (_dir, c, _) = seeded(&[("platform", "A", "value-1234567890")]);
     for p in [&c.master_key_file, &c.path] {
         let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", p.display());
@@ -159,8 +162,7 @@ fn key_and_vault_files_are_private() {
 
 #[test]
 fn invalid_names_scopes_values_and_hosts_are_refused() {
-    let dir = tempfile::tempdir().unwrap();
-    let v = open(&cfg(dir.path())).unwrap();
+    let (_dir, _, v) = seeded(&[]);
     let ok = || Secret::from_str("value-1234567890");
     for scope in [
         "",
@@ -174,7 +176,7 @@ fn invalid_names_scopes_values_and_hosts_are_refused() {
     ] {
         assert!(
             matches!(
-                v.set(scope, "A", ok(), SetOptions::default()),
+                set_opts(&v, scope, "A", ok(), SetOptions::default()),
                 Err(VaultError::Invalid(_))
             ),
             "{scope}"
@@ -182,20 +184,19 @@ fn invalid_names_scopes_values_and_hosts_are_refused() {
     }
     for name in ["", "lower", "1ABC", "A-B", "A B"] {
         assert!(
-            v.set("platform", name, ok(), SetOptions::default())
-                .is_err(),
+            set_opts(&v, "platform", name, ok(), SetOptions::default()).is_err(),
             "{name}"
         );
     }
     for value in ["", "a\nb", "a\rb", "a\0b"] {
-        let e = v
-            .set(
-                "platform",
-                "A",
-                Secret::from_str(value),
-                SetOptions::default(),
-            )
-            .unwrap_err();
+        let e = set_opts(
+            &v,
+            "platform",
+            "A",
+            Secret::from_str(value),
+            SetOptions::default(),
+        )
+        .unwrap_err();
         assert!(matches!(e, VaultError::Invalid(_)));
     }
     for host in ["a.com:443", "a.com/x", "*", "a.*.com", "-a.com", ""] {
@@ -203,7 +204,7 @@ fn invalid_names_scopes_values_and_hosts_are_refused() {
             hosts: vec![host.into()],
             ..SetOptions::default()
         };
-        assert!(v.set("platform", "A", ok(), opts).is_err(), "{host}");
+        assert!(set_opts(&v, "platform", "A", ok(), opts).is_err(), "{host}");
     }
     assert!(v.list(None).is_empty());
     for scope in [
@@ -214,17 +215,16 @@ fn invalid_names_scopes_values_and_hosts_are_refused() {
         "agent:triage-1",
         "agent:a.b_c",
     ] {
-        v.set(scope, "A", ok(), SetOptions::default()).unwrap();
+        set_opts(&v, scope, "A", ok(), SetOptions::default()).unwrap();
     }
 }
 
 #[test]
 fn vault_file_never_contains_the_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let (marker, value) = canary();
-    v.set(
+    set_opts(
+        &v,
         "platform",
         "CANARY",
         value.clone(),
@@ -234,7 +234,7 @@ fn vault_file_never_contains_the_value() {
         },
     )
     .unwrap();
-    v.clone_secret("CANARY", "platform", "owner:acme").unwrap();
+    clone(&v, "CANARY", "platform", "owner:acme").unwrap();
     let bytes = std::fs::read(&c.path).unwrap();
     assert_no_leak(&bytes, &value, &marker, "vault file");
     let dbg = format!(
@@ -251,22 +251,23 @@ fn vault_file_never_contains_the_value() {
 
 #[test]
 fn rotate_bumps_the_version_and_drops_the_old_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let (old_marker, old) = canary();
-    v.set("platform", "K", old.clone(), SetOptions::default())
-        .unwrap();
-    let m = v
-        .rotate("platform", "K", Secret::from_str("new-value-1234567890"))
-        .unwrap();
+    set_opts(&v, "platform", "K", old.clone(), SetOptions::default()).unwrap();
+    let m = rotate(
+        &v,
+        "platform",
+        "K",
+        Secret::from_str("new-value-1234567890"),
+    )
+    .unwrap();
     assert_eq!(m.version, 2);
     assert_eq!(m.hint, "new-…7890");
     let got = v.snapshot().get("platform", "K").unwrap().unwrap();
     assert_eq!(got.value.expose(), b"new-value-1234567890");
     assert_eq!(got.version, 2);
     assert!(matches!(
-        v.rotate("platform", "NOPE", Secret::from_str("x")),
+        rotate(&v, "platform", "NOPE", Secret::from_str("x")),
         Err(VaultError::NotFound { .. })
     ));
     // set on an existing name is a new version too, and keeps the metadata not given.
@@ -274,21 +275,15 @@ fn rotate_bumps_the_version_and_drops_the_old_value() {
         description: Some("desc".into()),
         ..Default::default()
     };
-    v.set(
+    set_opts(
+        &v,
         "platform",
         "K",
         Secret::from_str("third-value-123456"),
         opts,
     )
     .unwrap();
-    let m = v
-        .set(
-            "platform",
-            "K",
-            Secret::from_str("fourth-value-12345"),
-            SetOptions::default(),
-        )
-        .unwrap();
+    let m = set(&v, "platform", "K", "fourth-value-12345").unwrap();
     assert_eq!((m.version, m.description.as_deref()), (4, Some("desc")));
     assert_no_leak(
         &std::fs::read(&c.path).unwrap(),
@@ -300,24 +295,21 @@ fn rotate_bumps_the_version_and_drops_the_old_value() {
 
 #[test]
 fn clone_copies_into_another_scope_only_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let v = open(&cfg(dir.path())).unwrap();
+    let (_dir, _, v) = seeded(&[]);
     let opts = SetOptions {
         description: Some("shared".into()),
         hosts: vec!["api.example.com".into()],
         rotate_every: Some(Duration::from_secs(86_400 * 30)),
     };
-    let src = v
-        .set(
-            "builder:botco",
-            "K",
-            Secret::from_str("cloned-value-123456"),
-            opts,
-        )
-        .unwrap();
-    let m = v
-        .clone_secret("K", "builder:botco", "chain:support-triage")
-        .unwrap();
+    let src = set_opts(
+        &v,
+        "builder:botco",
+        "K",
+        Secret::from_str("cloned-value-123456"),
+        opts,
+    )
+    .unwrap();
+    let m = clone(&v, "K", "builder:botco", "chain:support-triage").unwrap();
     assert_eq!((m.scope.as_str(), m.version), ("chain:support-triage", 1));
     assert_eq!(m.description.as_deref(), Some("shared"));
     assert_eq!(
@@ -332,28 +324,18 @@ fn clone_copies_into_another_scope_only_once() {
     assert_eq!(got.value.expose(), b"cloned-value-123456");
     assert_eq!(got.hosts, vec!["api.example.com"]);
     assert!(matches!(
-        v.clone_secret("K", "builder:botco", "chain:support-triage"),
+        clone(&v, "K", "builder:botco", "chain:support-triage"),
         Err(VaultError::Exists { .. })
     ));
     assert!(matches!(
-        v.clone_secret("X", "builder:botco", "platform"),
+        clone(&v, "X", "builder:botco", "platform"),
         Err(VaultError::NotFound { .. })
     ));
 }
 
 #[test]
 fn wrong_master_key_is_refused_and_the_file_is_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    open(&c)
-        .unwrap()
-        .set(
-            "platform",
-            "A",
-            Secret::from_str("value-1234567890"),
-            SetOptions::default(),
-        )
-        .unwrap();
+    let (_dir, c, _) = seeded(&[("platform", "A", "value-1234567890")]);
     let before = std::fs::read(&c.path).unwrap();
     let err = Vault::open_with(&c, MasterKey::generate())
         .unwrap_err()
@@ -366,23 +348,10 @@ fn wrong_master_key_is_refused_and_the_file_is_untouched() {
 
 #[test]
 fn corrupt_truncated_or_foreign_files_are_refused_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    v.set(
-        "platform",
-        "A",
-        Secret::from_str("value-1234567890"),
-        SetOptions::default(),
-    )
-    .unwrap();
-    v.set(
-        "platform",
-        "B",
-        Secret::from_str("value-abcdefghij"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    let (_dir, c, v) = seeded(&[
+        ("platform", "A", "value-1234567890"),
+        ("platform", "B", "value-abcdefghij"),
+    ]);
     let good = std::fs::read(&c.path).unwrap();
     let text = String::from_utf8(good.clone()).unwrap();
     let mut cases: Vec<(&str, Vec<u8>)> = vec![
@@ -429,16 +398,7 @@ fn corrupt_truncated_or_foreign_files_are_refused_untouched() {
         );
         assert!(!err.contains('\n'), "{what}: {err}");
         // A write must refuse too, and leave the file as it is.
-        assert!(
-            v.set(
-                "platform",
-                "Z",
-                Secret::from_str("zzzzzzzzzzzz"),
-                SetOptions::default()
-            )
-            .is_err(),
-            "{what}"
-        );
+        assert!(set(&v, "platform", "Z", "zzzzzzzzzzzz").is_err(), "{what}");
         assert_eq!(
             std::fs::read(&c.path).unwrap(),
             bytes,
@@ -462,19 +422,9 @@ fn corrupt_truncated_or_foreign_files_are_refused_untouched() {
 
 #[test]
 fn rollback_to_an_older_file_is_detected() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    v.set(
-        "platform",
-        "A",
-        Secret::from_str("old-value-1234567"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    let (_dir, c, v) = seeded(&[("platform", "A", "old-value-1234567")]);
     let old = std::fs::read(&c.path).unwrap();
-    v.rotate("platform", "A", Secret::from_str("new-value-1234567"))
-        .unwrap();
+    rotate(&v, "platform", "A", Secret::from_str("new-value-1234567")).unwrap();
     std::fs::write(&c.path, &old).unwrap();
     let err = open(&c).unwrap_err().to_string();
     assert!(err.contains("rollback"), "{err}");
@@ -494,28 +444,12 @@ fn rollback_to_an_older_file_is_detected() {
 
 #[test]
 fn deleting_the_vault_file_does_not_reset_it_silently() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    v.set(
-        "platform",
-        "A",
-        Secret::from_str("value-1234567890"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    let (_dir, c, v) = seeded(&[("platform", "A", "value-1234567890")]);
     std::fs::remove_file(&c.path).unwrap();
     assert!(open(&c).unwrap_err().to_string().contains("missing"));
     assert!(v.reload().is_err());
     assert!(v.snapshot().get("platform", "A").unwrap().is_some());
-    assert!(v
-        .set(
-            "platform",
-            "B",
-            Secret::from_str("value-1234567890"),
-            SetOptions::default()
-        )
-        .is_err());
+    assert!(set(&v, "platform", "B", "value-1234567890").is_err());
     assert!(!c.path.exists());
 }
 
@@ -526,23 +460,20 @@ fn reload_picks_up_changes_by_other_writers() {
     let reader = open(&c).unwrap();
     let writer = open(&c).unwrap();
     assert!(!reader.reload().unwrap());
-    writer
-        .set(
-            "platform",
-            "A",
-            Secret::from_str("value-1234567890"),
-            SetOptions::default(),
-        )
-        .unwrap();
+    set(&writer, "platform", "A", "value-1234567890").unwrap();
     assert!(reader.reload().unwrap());
     assert!(!reader.reload().unwrap(), "unchanged file: no reload");
     assert_eq!(
         reader.snapshot().generation(),
         writer.snapshot().generation()
     );
-    writer
-        .rotate("platform", "A", Secret::from_str("value-rotated-123"))
-        .unwrap();
+    rotate(
+        &writer,
+        "platform",
+        "A",
+        Secret::from_str("value-rotated-123"),
+    )
+    .unwrap();
     assert!(reader.reload().unwrap());
     assert_eq!(
         reader
@@ -563,13 +494,7 @@ fn kubernetes_style_symlink_swap_is_reloaded_and_writes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let src = cfg(&dir.path().join("src"));
     let w = open(&src).unwrap();
-    w.set(
-        "platform",
-        "A",
-        Secret::from_str("value-one-1234567"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    set(&w, "platform", "A", "value-one-1234567").unwrap();
     let mount = dir.path().join("mount");
     std::fs::create_dir_all(mount.join("..v1")).unwrap();
     std::fs::copy(&src.path, mount.join("..v1/vault.kw")).unwrap();
@@ -591,8 +516,7 @@ fn kubernetes_style_symlink_swap_is_reloaded_and_writes_are_refused() {
         b"value-one-1234567"
     );
 
-    w.rotate("platform", "A", Secret::from_str("value-two-1234567"))
-        .unwrap();
+    rotate(&w, "platform", "A", Secret::from_str("value-two-1234567")).unwrap();
     std::fs::create_dir_all(mount.join("..v2")).unwrap();
     std::fs::copy(&src.path, mount.join("..v2/vault.kw")).unwrap();
     std::os::unix::fs::symlink("..v2", mount.join("..data_tmp")).unwrap();
@@ -609,22 +533,13 @@ fn kubernetes_style_symlink_swap_is_reloaded_and_writes_are_refused() {
         b"value-two-1234567"
     );
 
-    let err = replica
-        .set(
-            "platform",
-            "B",
-            Secret::from_str("value-1234567890"),
-            SetOptions::default(),
-        )
-        .unwrap_err();
+    let err = set(&replica, "platform", "B", "value-1234567890").unwrap_err();
     assert!(err.to_string().contains("symlink"), "{err}");
 }
 
 #[test]
 fn agents_are_stored_and_replaced_by_id() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let mut a = AgentRecord {
         id: "triage-1".into(),
         token_sha256: "a".repeat(64),
@@ -634,13 +549,25 @@ fn agents_are_stored_and_replaced_by_id() {
         secrets: Some(vec!["OPENAI_API_KEY".into()]),
         created: "2025-01-01T00:00:00Z".into(),
     };
-    v.put_agent(a.clone()).unwrap();
+    let remove_agent = |v: &Vault| {
+        let change = Change::RemoveAgent {
+            id: "triage-1".into(),
+        };
+        matches!(v.apply(change).unwrap().0, Applied::Agent(Some(_)))
+    };
+    v.apply(Change::AddAgent(a.clone())).unwrap();
+    // Create-only: the same id again is refused; replacing is remove, then add.
     a.token_sha256 = "b".repeat(64);
-    v.put_agent(a.clone()).unwrap();
+    assert!(matches!(
+        v.apply(Change::AddAgent(a.clone())),
+        Err(VaultError::AgentExists(_))
+    ));
+    assert!(remove_agent(&v));
+    v.apply(Change::AddAgent(a.clone())).unwrap();
     assert_eq!(v.snapshot().agents(), &[a.clone()]);
     assert_eq!(open(&c).unwrap().snapshot().agents(), &[a]);
-    assert!(v.remove_agent("triage-1").unwrap());
-    assert!(!v.remove_agent("triage-1").unwrap());
+    assert!(remove_agent(&v));
+    assert!(!remove_agent(&v));
     let bad = AgentRecord {
         id: "x".into(),
         token_sha256: "raw-token".into(),
@@ -650,7 +577,7 @@ fn agents_are_stored_and_replaced_by_id() {
         secrets: None,
         created: String::new(),
     };
-    assert!(v.put_agent(bad).is_err());
+    assert!(v.apply(Change::AddAgent(bad)).is_err());
 }
 
 #[test]
@@ -668,23 +595,10 @@ fn session_key_is_stable_per_master_key() {
 
 #[test]
 fn master_key_rotation_rewraps_without_rewriting_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    v.set(
-        "platform",
-        "A",
-        Secret::from_str("value-1234567890"),
-        SetOptions::default(),
-    )
-    .unwrap();
-    v.set(
-        "owner:acme",
-        "B",
-        Secret::from_str("value-abcdefghij"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    let (dir, c, v) = seeded(&[
+        ("platform", "A", "value-1234567890"),
+        ("owner:acme", "B", "value-abcdefghij"),
+    ]);
     let sealed = |p: &Path| -> Vec<String> {
         let text = std::fs::read_to_string(p).unwrap();
         text.lines()
@@ -731,13 +645,7 @@ fn master_key_rotation_rewraps_without_rewriting_records() {
             .expose(),
         b"value-abcdefghij"
     );
-    v2.set(
-        "platform",
-        "C",
-        Secret::from_str("value-after-rotate"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    set(&v2, "platform", "C", "value-after-rotate").unwrap();
 }
 
 #[test]
@@ -749,13 +657,7 @@ fn master_key_from_passphrase_round_trips() {
             .unwrap()
     };
     let v = Vault::open_with(&c, pass("correct horse battery staple")).unwrap();
-    v.set(
-        "platform",
-        "A",
-        Secret::from_str("value-1234567890"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    set(&v, "platform", "A", "value-1234567890").unwrap();
     let text = std::fs::read_to_string(&c.path).unwrap();
     assert!(
         text.contains("argon2id") && text.contains("\"m_kib\": 65536"),
@@ -811,7 +713,8 @@ fn concurrent_writers_in_threads_never_lose_a_write() {
                 let own = open(&c).unwrap();
                 for i in 0..6 {
                     let v = if t % 2 == 0 { &own } else { &*shared };
-                    v.set(
+                    set_opts(
+                        v,
                         "platform",
                         &format!("T{t}_{i}"),
                         Secret::from_str(&format!("value-{t}-{i}-xxxx")),
@@ -845,7 +748,8 @@ fn seal_key_epochs_rotate_before_the_nonce_limit() {
     let c = cfg(dir.path());
     let v = open(&c).unwrap().with_seal_limit(3);
     for i in 0..10 {
-        v.set(
+        set_opts(
+            &v,
             "platform",
             &format!("K{i}"),
             Secret::from_str(&format!("value-{i}-abcdefgh")),
@@ -877,16 +781,9 @@ async fn watcher_reloads_in_the_background() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());
     let reader = Arc::new(open(&c).unwrap());
-    let handle = reader.spawn_watcher(Duration::from_millis(20));
+    let (stop, handle) = watch(&reader, Duration::from_millis(20));
     let writer = open(&c).unwrap();
-    writer
-        .set(
-            "platform",
-            "A",
-            Secret::from_str("value-1234567890"),
-            SetOptions::default(),
-        )
-        .unwrap();
+    set(&writer, "platform", "A", "value-1234567890").unwrap();
     let mut ok = false;
     for _ in 0..100 {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -896,21 +793,18 @@ async fn watcher_reloads_in_the_background() {
         }
     }
     assert!(ok, "the watcher picked up the change");
-    drop(reader);
+    drop(stop);
     tokio::time::timeout(Duration::from_secs(2), handle)
         .await
-        .expect("watcher stops when the vault is dropped")
+        .expect("watcher stops when its stop channel closes")
         .unwrap();
 }
 
 #[test]
 fn error_messages_never_contain_the_value() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let (marker, value) = canary();
-    v.set("platform", "K", value.clone(), SetOptions::default())
-        .unwrap();
+    set_opts(&v, "platform", "K", value.clone(), SetOptions::default()).unwrap();
     let mut errors = Vec::new();
     for bad in [
         format!("{marker}\n"),
@@ -918,7 +812,8 @@ fn error_messages_never_contain_the_value() {
         format!("{marker}\0"),
     ] {
         errors.push(
-            v.set(
+            set_opts(
+                &v,
                 "platform",
                 "K",
                 Secret::from_str(&bad),
@@ -928,14 +823,15 @@ fn error_messages_never_contain_the_value() {
             .to_string(),
         );
         errors.push(
-            v.rotate("platform", "K", Secret::from_str(&bad))
+            rotate(&v, "platform", "K", Secret::from_str(&bad))
                 .unwrap_err()
                 .to_string(),
         );
     }
     let long = format!("{marker}{}", "x".repeat(keyward::vault::MAX_VALUE_BYTES));
     errors.push(
-        v.set(
+        set_opts(
+            &v,
             "platform",
             "K",
             Secret::from_str(&long),
@@ -988,12 +884,16 @@ async fn watcher_logs_a_failed_reload_once_without_the_value_and_keeps_serving()
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());
     let (marker, value) = canary();
-    open(&c)
-        .unwrap()
-        .set("platform", "K", value.clone(), SetOptions::default())
-        .unwrap();
+    set_opts(
+        &open(&c).unwrap(),
+        "platform",
+        "K",
+        value.clone(),
+        SetOptions::default(),
+    )
+    .unwrap();
     let reader = Arc::new(open(&c).unwrap());
-    let handle = reader.spawn_watcher(Duration::from_millis(10));
+    let (_stop, handle) = watch(&reader, Duration::from_millis(10));
     std::fs::write(&c.path, b"keyward-vault 1\n{ not json\nmac 00\n").unwrap();
     let mut text = String::new();
     for _ in 0..200 {
@@ -1023,30 +923,13 @@ async fn watcher_logs_a_failed_reload_once_without_the_value_and_keeps_serving()
 
 #[test]
 fn a_writer_waits_for_the_lock_held_by_another() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
-    v.set(
-        "platform",
-        "A",
-        Secret::from_str("value-1234567890"),
-        SetOptions::default(),
-    )
-    .unwrap();
+    let (_dir, c, _) = seeded(&[("platform", "A", "value-1234567890")]);
     let lock = std::fs::File::open(c.path.with_extension("kw.lock")).unwrap();
     fs4::fs_std::FileExt::lock_exclusive(&lock).unwrap();
     let c2 = c.clone();
     let writer = std::thread::spawn(move || {
         let start = std::time::Instant::now();
-        open(&c2)
-            .unwrap()
-            .set(
-                "platform",
-                "B",
-                Secret::from_str("value-1234567890"),
-                SetOptions::default(),
-            )
-            .unwrap();
+        set(&open(&c2).unwrap(), "platform", "B", "value-1234567890").unwrap();
         start.elapsed()
     });
     std::thread::sleep(Duration::from_millis(300));
@@ -1058,9 +941,7 @@ fn a_writer_waits_for_the_lock_held_by_another() {
 
 #[test]
 fn undo_puts_back_the_record_as_it_was_and_never_clobbers_a_later_change() {
-    let dir = tempfile::tempdir().unwrap();
-    let c = cfg(dir.path());
-    let v = open(&c).unwrap();
+    let (_dir, c, v) = seeded(&[]);
     let get = |v: &Vault| {
         v.snapshot()
             .get("platform", "K")
@@ -1068,51 +949,46 @@ fn undo_puts_back_the_record_as_it_was_and_never_clobbers_a_later_change() {
             .map(|o| (o.value.expose().to_vec(), o.version))
     };
     // A new name: undo removes it.
-    let (_, undo) = v
-        .set_undoable(
-            "platform",
-            "K",
-            Secret::from_str("one"),
-            None,
-            SetOptions::default(),
-        )
-        .unwrap();
+    let set_undoable = |value: &str| {
+        let change = Change::SetSecret {
+            scope: "platform".into(),
+            name: "K".into(),
+            value: Secret::from_str(value),
+            kind: None,
+            options: SetOptions::default(),
+        };
+        let (applied, undo) = v.apply(change).unwrap();
+        (applied.into_meta().unwrap(), undo)
+    };
+    let (_, undo) = set_undoable("one");
     assert!(!undo.replaced());
     v.undo(undo).unwrap();
     assert_eq!(get(&v), None);
     // A replaced value: undo restores the old value and version, and it still opens
     // after a reopen (same sealed record, same AAD).
-    v.set(
-        "platform",
-        "K",
-        Secret::from_str("one"),
-        SetOptions::default(),
-    )
-    .unwrap();
-    let (meta, undo) = v
-        .set_undoable(
-            "platform",
-            "K",
-            Secret::from_str("two"),
-            None,
-            SetOptions::default(),
-        )
-        .unwrap();
+    set(&v, "platform", "K", "one").unwrap();
+    let (meta, undo) = set_undoable("two");
     assert!(undo.replaced());
     assert_eq!(meta.version, 2);
     v.undo(undo).unwrap();
     assert_eq!(get(&v), Some((b"one".to_vec(), 1)));
     assert_eq!(get(&open(&c).unwrap()), Some((b"one".to_vec(), 1)));
     // A removal: undo brings the record back.
-    let (_, undo) = v.remove_undoable("platform", "K").unwrap();
+    let rm = Change::RemoveSecret {
+        scope: "platform".into(),
+        name: "K".into(),
+    };
+    let (_, undo) = v.apply(rm).unwrap();
     v.undo(undo).unwrap();
     assert_eq!(get(&v), Some((b"one".to_vec(), 1)));
     // Changed again in between: the later change stays.
-    let (_, undo) = v
-        .rotate_undoable("platform", "K", Secret::from_str("two"))
-        .unwrap();
-    v.rotate("platform", "K", Secret::from_str("three"))
-        .unwrap();
+    let rot = Change::RotateSecret {
+        scope: "platform".into(),
+        name: "K".into(),
+        value: Secret::from_str("two"),
+    };
+    let (_, undo) = v.apply(rot).unwrap();
+    rotate(&v, "platform", "K", Secret::from_str("three")).unwrap();
     assert!(matches!(v.undo(undo), Err(VaultError::Invalid(_))));
     assert_eq!(get(&v), Some((b"three".to_vec(), 3)));
 }

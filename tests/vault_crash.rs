@@ -5,9 +5,12 @@
 //! after a random delay, and checks that the vault still opens, that every record
 //! opens, and that the file version only moves forward.
 
+mod common;
+
+use common::vault::{remove, rotate, set, set_with};
 use keyward::config::VaultConfig;
 use keyward::secret::Secret;
-use keyward::vault::{MasterKey, SetOptions, Vault};
+use keyward::vault::{MasterKey, SetOptions, Store, Vault};
 use rand::Rng;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -50,14 +53,13 @@ fn crash_child_writer() {
         ));
         match i % 5 {
             0 if v.snapshot().get("platform", &name).unwrap().is_some() => {
-                v.rotate("platform", &name, value).unwrap();
+                rotate(&v, "platform", &name, value).unwrap();
             }
             1 => {
-                let _ = v.remove("platform", &name);
+                let _ = remove(&v, "platform", &name);
             }
             _ => {
-                v.set("platform", &name, value, SetOptions::default())
-                    .unwrap();
+                set_with(&v, "platform", &name, value, None, SetOptions::default()).unwrap();
             }
         }
     }
@@ -67,14 +69,7 @@ fn crash_child_writer() {
 fn kill_9_during_writes_leaves_old_or_new_vault() {
     let dir = tempfile::tempdir().unwrap();
     let c = cfg(dir.path());
-    open(&c)
-        .set(
-            "platform",
-            "K0",
-            Secret::from_str("v-K0-seed"),
-            SetOptions::default(),
-        )
-        .unwrap();
+    set(&open(&c), "platform", "K0", "v-K0-seed").unwrap();
     let exe = std::env::current_exe().unwrap();
     let mut rng = rand::thread_rng();
     let mut last_generation = 0;
@@ -119,12 +114,5 @@ fn kill_9_during_writes_leaves_old_or_new_vault() {
         "the child never managed to write; the test proved nothing"
     );
     // A writer after all that still works, and cleans up nothing it should keep.
-    open(&c)
-        .set(
-            "platform",
-            "AFTER",
-            Secret::from_str("v-AFTER-1"),
-            SetOptions::default(),
-        )
-        .unwrap();
+    set(&open(&c), "platform", "AFTER", "v-AFTER-1").unwrap();
 }

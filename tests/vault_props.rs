@@ -4,7 +4,7 @@
 use keyward::config::VaultConfig;
 use keyward::secret::Secret;
 use keyward::vault::crypto::{self, Key, Sealed};
-use keyward::vault::{MasterKey, SetOptions, Vault};
+use keyward::vault::{Change, MasterKey, SetOptions, Store, Vault};
 use proptest::prelude::*;
 
 fn scope() -> impl Strategy<Value = String> {
@@ -72,7 +72,14 @@ proptest! {
         let mut want = std::collections::BTreeMap::new();
         for (scope, name, value) in &records {
             let secret = Secret::new(value.clone());
-            let meta = v.set(scope, name, secret.clone(), SetOptions::default()).unwrap();
+            let change = Change::SetSecret {
+                scope: scope.clone(),
+                name: name.clone(),
+                value: secret.clone(),
+                kind: None,
+                options: SetOptions::default(),
+            };
+            let meta = v.apply(change).unwrap().0.into_meta().unwrap();
             prop_assert_eq!(&meta.hint, &secret.hint());
             want.insert((scope.clone(), name.clone()), value.clone());
         }

@@ -6,7 +6,7 @@ use super::CliError;
 use crate::audit::{AuditLog, Event, EventKind, Outcome};
 use crate::config::{valid_agent_id, valid_secret_name, Config};
 use crate::ids::new_token;
-use crate::vault::{AgentRecord, Vault, VaultError};
+use crate::vault::{AgentRecord, Applied, Change, Store, Vault, VaultError};
 use clap::Subcommand;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -120,7 +120,7 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
             // SECURITY: create-only, checked inside the vault's locked write:
             // re-adding an id would replace its token and let whoever runs this
             // take over that agent's identity in the audit trail.
-            vault.add_agent(record).map_err(|e| match e {
+            let (_, undo) = vault.apply(Change::AddAgent(record)).map_err(|e| match e {
                 VaultError::AgentExists(_) => CliError::User(format!(
                     "agent {id} already exists; to issue a new token, remove it first (keyward agent rm {id})"
                 )),
@@ -129,7 +129,7 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
             if let Err(e) = log.record(ev) {
                 // SECURITY: fail closed: an agent whose creation is not on record is
                 // removed again, and its token is never shown.
-                let undone = vault.remove_agent(&id).map(|_| ());
+                let undone = vault.undo(undo);
                 return Err(unaudited(e, undone, "the registration"));
             }
             println!("{}", token.as_str());
@@ -181,16 +181,16 @@ pub fn run(cmd: AgentCmd, cfg: &Config) -> Result<u8, CliError> {
                 return Err(CliError::User(format!("no agent {id} in the vault")));
             };
             let ev = audit_event(EventKind::AgentRm, &record);
-            if !vault
-                .remove_agent(&id)
-                .map_err(|e| CliError::User(e.to_string()))?
-            {
+            let (applied, undo) = vault
+                .apply(Change::RemoveAgent { id: id.clone() })
+                .map_err(|e| CliError::User(e.to_string()))?;
+            if !matches!(applied, Applied::Agent(Some(_))) {
                 return Err(CliError::User(format!("no agent {id} in the vault")));
             }
             if let Err(e) = log.record(ev) {
                 // SECURITY: fail closed: a removal that is not on record is taken back
                 // (same token hash), so the trail never misses who could act when.
-                let undone = vault.add_agent(record);
+                let undone = vault.undo(undo);
                 return Err(unaudited(e, undone, "the removal"));
             }
             println!("removed agent {id}");

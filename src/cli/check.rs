@@ -5,7 +5,7 @@ use super::CliError;
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::tls::ca::CertAuthority;
-use crate::vault::Vault;
+use crate::vault::{Store, Vault};
 use std::path::Path;
 
 pub fn run(path: Option<&Path>) -> Result<u8, CliError> {

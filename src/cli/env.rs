@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::policy::Policy;
 use crate::resolve::Directory;
 use crate::tls::ca::CertAuthority;
-use crate::vault::Vault;
+use crate::vault::{Store, Vault};
 use clap::ValueEnum;
 use std::path::PathBuf;
 

@@ -5,8 +5,8 @@
 use super::CliError;
 use crate::config::VaultConfig;
 use crate::tls::ca::CertAuthority;
-use crate::vault::store::{ENV_MASTER_KEY, ENV_MASTER_PASSPHRASE};
 use crate::vault::Vault;
+use crate::vault::{ENV_MASTER_KEY, ENV_MASTER_PASSPHRASE};
 use std::path::Path;
 
 /// The commented example config shipped with keyward.

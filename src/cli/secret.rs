@@ -8,8 +8,8 @@ use crate::audit::{AuditLog, Event, EventKind, Outcome};
 use crate::config::Config;
 use crate::secret::Secret;
 use crate::vault::{
-    MasterKey, MasterSource, RecordMeta, SecretKind, SetOptions, Undo, Vault, VaultError,
-    MAX_VALUE_BYTES,
+    Change, MasterKey, MasterSource, RecordMeta, SecretKind, SetOptions, Store, Undo, Vault,
+    VaultError, MAX_VALUE_BYTES,
 };
 use clap::Subcommand;
 use std::io::{IsTerminal, Read, Write};
@@ -146,9 +146,16 @@ pub fn run_with(
                 hosts,
                 rotate_every,
             };
-            let (meta, undo) = vault
-                .set_undoable(&scope, &name, value, kind, opts)
-                .map_err(vault_err)?;
+            let (meta, undo) = apply(
+                &vault,
+                Change::SetSecret {
+                    scope,
+                    name,
+                    value,
+                    kind,
+                    options: opts,
+                },
+            )?;
             // The same names as the admin API's PUT: a new version of an existing
             // secret is a rotation, whichever command made it.
             let event = if undo.replaced() {
@@ -168,9 +175,7 @@ pub fn run_with(
         SecretCmd::Rotate { name, scope } => {
             let value = read_value(input)?;
             let audit = open_audit(cfg)?;
-            let (meta, undo) = vault
-                .rotate_undoable(&scope, &name, value)
-                .map_err(vault_err)?;
+            let (meta, undo) = apply(&vault, Change::RotateSecret { scope, name, value })?;
             audit_or_undo(&vault, &audit, EventKind::SecretRotate, &meta, None, undo)?;
             say(
                 out,
@@ -182,7 +187,7 @@ pub fn run_with(
         }
         SecretCmd::Rm { name, scope } => {
             let audit = open_audit(cfg)?;
-            let (meta, undo) = vault.remove_undoable(&scope, &name).map_err(vault_err)?;
+            let (meta, undo) = apply(&vault, Change::RemoveSecret { scope, name })?;
             audit_or_undo(&vault, &audit, EventKind::SecretRm, &meta, None, undo)?;
             say(
                 out,
@@ -198,9 +203,12 @@ pub fn run_with(
             to_scope,
         } => {
             let audit = open_audit(cfg)?;
-            let (meta, undo) = vault
-                .clone_undoable(&name, &from_scope, &to_scope)
-                .map_err(vault_err)?;
+            let change = Change::CloneSecret {
+                name: name.clone(),
+                from: from_scope.clone(),
+                to: to_scope.clone(),
+            };
+            let (meta, undo) = apply(&vault, change)?;
             audit_or_undo(
                 &vault,
                 &audit,
@@ -510,6 +518,12 @@ fn audit_or_undo(
             "the audit line could not be written ({e}) and undoing the change failed ({u}); check the vault"
         )),
     })
+}
+
+/// Makes a secret change; its metadata and how to take it back.
+fn apply(vault: &Vault, change: Change) -> Result<(RecordMeta, Undo), CliError> {
+    let (applied, undo) = vault.apply(change).map_err(vault_err)?;
+    Ok((applied.into_meta().map_err(vault_err)?, undo))
 }
 
 fn vault_err(e: VaultError) -> CliError {

@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::policy::Policy;
 use crate::resolve::Directory;
-use crate::vault::Vault;
+use crate::vault::Store;
 use std::sync::Arc;
 
 /// The reloadable view of the configuration and the vault's agent table.
@@ -18,7 +18,7 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn build(config: Arc<Config>, vault: &Vault) -> Runtime {
+    pub fn build(config: Arc<Config>, vault: &dyn Store) -> Runtime {
         let snapshot = vault.snapshot();
         Runtime {
             policy: Policy::from_config(&config),

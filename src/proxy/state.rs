@@ -10,7 +10,7 @@ use crate::config::{Config, ProxyConfig};
 use crate::metrics::Metrics;
 use crate::redact;
 use crate::tls::{self, ca::CertAuthority, TlsError};
-use crate::vault::{Vault, VaultError};
+use crate::vault::{Store, Vault, VaultError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
@@ -33,7 +33,7 @@ pub enum StartError {
 
 pub struct State {
     pub runtime: Arc<ArcSwap<Runtime>>,
-    pub vault: Arc<Vault>,
+    pub vault: Arc<dyn Store>,
     pub audit: AuditLog,
     pub ca: Arc<CertAuthority>,
     pub dialer: Arc<Dialer>,
@@ -68,7 +68,7 @@ impl State {
             metrics.cert_cache_hits.clone(),
             metrics.cert_cache_misses.clone(),
         );
-        let vault = Arc::new(Vault::open(&config.vault)?);
+        let vault: Arc<dyn Store> = Arc::new(Vault::open(&config.vault)?);
         let audit = AuditLog::open(&config.audit)?;
         let roots = tls::upstream_roots(&config.tls.upstream_roots)?;
         let client_tls = tls::client_config(roots.clone(), &UPSTREAM_ALPN)?;
@@ -77,7 +77,7 @@ impl State {
         let limits = config.proxy.clone();
         let runtime = Arc::new(ArcSwap::from_pointee(Runtime::build(
             Arc::new(config),
-            &vault,
+            &*vault,
         )));
         let dialer = Arc::new(Dialer {
             runtime: runtime.clone(),
@@ -141,7 +141,7 @@ impl State {
         if changed || current.vault_generation != self.vault.snapshot().generation() {
             let config = current.config.clone();
             self.runtime
-                .store(Arc::new(Runtime::build(config, &self.vault)));
+                .store(Arc::new(Runtime::build(config, &*self.vault)));
             return Ok(true);
         }
         Ok(false)
@@ -151,6 +151,6 @@ impl State {
     /// TLS and vault paths need a restart.
     pub fn apply_config(&self, config: Config) {
         self.runtime
-            .store(Arc::new(Runtime::build(Arc::new(config), &self.vault)));
+            .store(Arc::new(Runtime::build(Arc::new(config), &*self.vault)));
     }
 }

@@ -10,7 +10,7 @@
 //! ```
 //! Every sealed blob is self-describing: `"KWS" | format | key id | nonce | ciphertext+tag`.
 
-use super::store::VaultError;
+use super::error::VaultError;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use hkdf::Hkdf;

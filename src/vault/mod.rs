@@ -1,14 +1,37 @@
-//! The encrypted secret store (SPEC §7): `crypto` seals records, `store` owns the
-//! file (lock, atomic write, reload) and the in-memory snapshot the proxy reads.
+//! The encrypted secret store (SPEC §7). Callers use the [`Store`] trait; the file
+//! backend [`Vault`] implements it. One concept per file:
+//!
+//! - `store.rs`    the `Store` trait (snapshot, apply, undo, reload, session key)
+//! - `change.rs`   `Change` (every mutation as one value), `Applied`, `Undo`
+//! - `file.rs`     the file backend: open, reload, lock, atomic write, stale temps
+//! - `format.rs`   the on-disk file: body, records, encode/decode, whole-file MAC
+//! - `snapshot.rs` the immutable view readers get, `RecordMeta`
+//! - `master.rs`   master key sources, Argon2id parameters
+//! - `validate.rs` names, scopes, values, hosts, descriptions, rotation periods
+//! - `crypto.rs`   sealing primitives; `kind.rs` secret kinds; `watch.rs` the poller
+//! - `error.rs`    `VaultError`
+//!
 //! Format, key hierarchy and threat model: docs/vault.md.
 
+pub mod change;
 pub mod crypto;
+pub mod error;
+pub mod file;
+pub mod format;
 pub mod kind;
+pub mod master;
+pub mod snapshot;
 pub mod store;
+pub mod validate;
+pub mod watch;
 
+pub use change::{Applied, Change, SetOptions, Undo};
+pub use error::VaultError;
+pub use file::Vault;
+pub use format::AgentRecord;
 pub use kind::SecretKind;
-pub use store::{
-    check_value, format_period, normalize_hosts, valid_scope, AgentRecord, KdfParams, MasterKey,
-    MasterSource, Opened, RecordMeta, SetOptions, Snapshot, Undo, Vault, VaultError,
-    ENV_MASTER_KEY, ENV_MASTER_PASSPHRASE, MAX_VALUE_BYTES,
-};
+pub use master::{KdfParams, MasterKey, MasterSource, ENV_MASTER_KEY, ENV_MASTER_PASSPHRASE};
+pub use snapshot::{Opened, RecordMeta, Snapshot};
+pub use store::Store;
+pub use validate::{check_value, format_period, normalize_hosts, valid_scope, MAX_VALUE_BYTES};
+pub use watch::watch;

@@ -5,6 +5,7 @@
 
 pub mod cli;
 pub mod leaks;
+pub mod vault;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
@@ -14,8 +15,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use keyward::app::{self, Running};
 use keyward::config::Config;
 use keyward::proxy::upstream::{BoxFuture, Resolver};
-use keyward::secret::Secret;
-use keyward::vault::SetOptions;
 use parking_lot::Mutex;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
 use rustls::pki_types::pem::PemObject;
@@ -480,9 +479,7 @@ impl Kw {
     /// Stores a secret through the vault API and makes the proxy see it.
     pub fn set_secret(&self, scope: &str, name: &str, value: &str) {
         let st = &self.running.state;
-        st.vault
-            .set(scope, name, Secret::from_str(value), SetOptions::default())
-            .unwrap();
+        vault::set(&*st.vault, scope, name, value).unwrap();
         st.refresh_vault().unwrap();
     }
 

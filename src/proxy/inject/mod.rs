@@ -32,7 +32,7 @@ use crate::policy::Provider;
 use crate::resolve::Grant;
 use crate::secret::Secret;
 use crate::vault::kind::{AwsValue, OAuth2Value};
-use crate::vault::SecretKind;
+use crate::vault::{Change, SecretKind};
 use bytes::Bytes;
 use http::request::Parts;
 use std::sync::Arc;
@@ -71,8 +71,13 @@ impl oauth2::RefreshStore for State {
         tokio::spawn(async move {
             let vault = self.vault.clone();
             let (scope, name) = (key.scope.clone(), key.name.clone());
-            let done =
-                tokio::task::spawn_blocking(move || vault.rotate(&scope, &name, value)).await;
+            let done = tokio::task::spawn_blocking(move || {
+                let change = Change::RotateSecret { scope, name, value };
+                vault
+                    .apply(change)
+                    .and_then(|(applied, _)| applied.into_meta())
+            })
+            .await;
             match done {
                 Ok(Ok(meta)) => {
                     if let Err(e) = self.refresh_vault() {

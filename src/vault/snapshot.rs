@@ -1,0 +1,230 @@
+//! What readers see: one immutable, verified [`Snapshot`] of the vault (records
+//! still sealed until `get`, the agent table, the generation), and the value-free
+//! [`RecordMeta`] every listing and API response is made of.
+
+use super::crypto::{Key, Sealed};
+use super::error::{ferr, VaultError};
+use super::format::{decode_sealed, open_record, AgentRecord, FileBody, StoredRecord};
+use super::kind::SecretKind;
+use super::validate::{format_period, valid_scope, MAX_RECORDS};
+use crate::config::valid_secret_name;
+use crate::secret::Secret;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// A decrypted value, for the duration of one request.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub value: Secret,
+    pub version: u32,
+    /// Extra host restriction set with `--hosts` (empty = the provider's hosts).
+    pub hosts: Vec<String>,
+    pub kind: SecretKind,
+}
+
+/// Everything about a record except its value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordMeta {
+    pub scope: String,
+    pub name: String,
+    pub version: u32,
+    pub hint: String,
+    pub description: Option<String>,
+    pub hosts: Vec<String>,
+    /// RFC 3339 timestamps.
+    pub created: String,
+    pub updated: String,
+    pub rotate_every: Option<String>,
+    pub rotation_due: Option<String>,
+    /// When the current value was set (RFC 3339); the rotation clock starts here.
+    #[serde(default)]
+    pub last_rotated: String,
+    /// `api_key`, `oauth2`, `hmac` or `aws`.
+    #[serde(default)]
+    pub kind: SecretKind,
+    /// Non-secret fields of multi-field kinds (client_id, token_url, access_key_id).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+}
+
+impl RecordMeta {
+    /// `rotation_due` parsed, if the record has a rotation period.
+    pub fn due_at(&self) -> Option<OffsetDateTime> {
+        self.rotation_due
+            .as_deref()
+            .and_then(|s| OffsetDateTime::parse(s, &Rfc3339).ok())
+    }
+
+    /// The metadata of a stored record (never its value).
+    pub(super) fn of(rec: &StoredRecord) -> RecordMeta {
+        let due = rec.rotate_every_secs.and_then(|secs| {
+            let last = OffsetDateTime::parse(&rec.last_rotated, &Rfc3339).ok()?;
+            let due = last.checked_add(time::Duration::seconds(i64::try_from(secs).ok()?))?;
+            due.format(&Rfc3339).ok()
+        });
+        RecordMeta {
+            scope: rec.scope.clone(),
+            name: rec.name.clone(),
+            version: rec.version,
+            hint: rec.hint.clone(),
+            description: rec.description.clone(),
+            hosts: rec.hosts.clone(),
+            created: rec.created.clone(),
+            updated: rec.updated.clone(),
+            rotate_every: rec.rotate_every_secs.map(format_period),
+            rotation_due: due,
+            last_rotated: rec.last_rotated.clone(),
+            kind: rec.kind,
+            fields: rec.public.clone(),
+        }
+    }
+}
+
+struct SnapRecord {
+    stored: StoredRecord,
+    sealed: Sealed,
+    /// The value, opened on first use and kept for this snapshot's lifetime.
+    opened: std::sync::OnceLock<Secret>,
+}
+
+/// One immutable, verified view of the vault. Values stay sealed until `get`.
+pub struct Snapshot {
+    path: PathBuf,
+    records: BTreeMap<(String, String), SnapRecord>,
+    agents: Vec<AgentRecord>,
+    generation: u64,
+    data_key: Option<Arc<Key>>,
+}
+
+impl Snapshot {
+    pub(super) fn empty(path: &Path, generation: u64) -> Snapshot {
+        Snapshot {
+            path: path.to_path_buf(),
+            records: BTreeMap::new(),
+            agents: Vec::new(),
+            generation,
+            data_key: None,
+        }
+    }
+
+    /// Builds (and, with `verify`, opens every record once to prove it authentic).
+    pub(super) fn build(
+        body: &FileBody,
+        data_key: &Arc<Key>,
+        path: &Path,
+        verify: bool,
+    ) -> Result<Snapshot, VaultError> {
+        if body.records.len() > MAX_RECORDS {
+            return Err(ferr(path, format!("more than {MAX_RECORDS} records")));
+        }
+        let mut records = BTreeMap::new();
+        for rec in &body.records {
+            // SECURITY: even an authenticated file must not carry names or scopes the
+            // rest of keyward would interpret differently.
+            if !valid_scope(&rec.scope) || !valid_secret_name(&rec.name) {
+                return Err(ferr(
+                    path,
+                    format!(
+                        "record {:?}/{:?} has an invalid scope or name",
+                        rec.scope, rec.name
+                    ),
+                ));
+            }
+            let sealed = decode_sealed(rec, path)?;
+            if verify {
+                drop(open_record(data_key, rec, &sealed, path)?);
+            }
+            let key = (rec.scope.clone(), rec.name.clone());
+            // SECURITY: two records for one (scope, name) would make which value is
+            // injected depend on map order.
+            if records
+                .insert(
+                    key,
+                    SnapRecord {
+                        stored: rec.clone(),
+                        sealed,
+                        opened: std::sync::OnceLock::new(),
+                    },
+                )
+                .is_some()
+            {
+                return Err(ferr(
+                    path,
+                    format!("record {}/{} appears twice", rec.scope, rec.name),
+                ));
+            }
+        }
+        Ok(Snapshot {
+            path: path.to_path_buf(),
+            records,
+            agents: body.agents.clone(),
+            generation: body.counter,
+            data_key: Some(data_key.clone()),
+        })
+    }
+
+    /// Opens the record `name` in `scope`, if present.
+    pub fn get(&self, scope: &str, name: &str) -> Result<Option<Opened>, VaultError> {
+        let Some(rec) = self.records.get(&(scope.to_string(), name.to_string())) else {
+            return Ok(None);
+        };
+        let Some(dk) = &self.data_key else {
+            return Ok(None);
+        };
+        // SECURITY: the opened value is cached in this (immutable) snapshot so the
+        // request path does not derive a key and run AES-GCM per request. It adds no
+        // exposure: the process already holds the data key that opens every record.
+        // It is zeroized when the snapshot is replaced (any vault change) and
+        // dropped by the last request using it.
+        let value = match rec.opened.get() {
+            Some(v) => v.clone(),
+            None => {
+                let v = open_record(dk, &rec.stored, &rec.sealed, &self.path)?;
+                rec.opened.get_or_init(|| v).clone()
+            }
+        };
+        Ok(Some(Opened {
+            value,
+            version: rec.stored.version,
+            hosts: rec.stored.hosts.clone(),
+            kind: rec.stored.kind,
+        }))
+    }
+
+    /// Metadata of one record (never the value).
+    pub fn meta(&self, scope: &str, name: &str) -> Option<RecordMeta> {
+        self.records
+            .get(&(scope.to_string(), name.to_string()))
+            .map(|r| RecordMeta::of(&r.stored))
+    }
+
+    /// All records (of `scope` if given), sorted by scope then name.
+    pub fn list(&self, scope: Option<&str>) -> Vec<RecordMeta> {
+        self.records
+            .values()
+            .filter(|r| scope.is_none_or(|s| r.stored.scope == s))
+            .map(|r| RecordMeta::of(&r.stored))
+            .collect()
+    }
+
+    pub fn agents(&self) -> &[AgentRecord] {
+        &self.agents
+    }
+
+    /// Monotonic file version counter of this snapshot.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+}
