@@ -31,34 +31,17 @@ fn perm_token_name(p: Permission) -> String {
 const ALL: &str = "all";
 const NO_PERMS: &str = "none";
 
-/// `[admin]` with an all-permissions token, one token per single permission and
-/// one without any; plus a chain for agents created through the API.
-fn admin_extra() -> String {
-    let all_perms: Vec<String> = Permission::ALL
-        .iter()
-        .map(|p| format!("\"{}\"", p.as_str()))
-        .collect();
-    let mut toks = vec![format!(
-        r#"{{ name = "{ALL}", sha256 = "{}", permissions = [{}] }}"#,
-        sha256_hex(&tok(ALL)),
-        all_perms.join(", ")
-    )];
+/// keyward with an all-permissions admin token, one token per single permission
+/// and one without any; plus a chain for agents created through the API.
+fn with_admin_tokens() -> KwBuilder {
+    let all_perms: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+    let mut kw = Kw::builder().admin_token(ALL, &tok(ALL), &all_perms);
     for p in Permission::ALL {
         let name = perm_token_name(p);
-        toks.push(format!(
-            r#"{{ name = "{name}", sha256 = "{}", permissions = ["{}"] }}"#,
-            sha256_hex(&tok(&name)),
-            p.as_str()
-        ));
+        kw = kw.admin_token(&name, &tok(&name), &[p.as_str()]);
     }
-    toks.push(format!(
-        r#"{{ name = "{NO_PERMS}", sha256 = "{}", permissions = [] }}"#,
-        sha256_hex(&tok(NO_PERMS))
-    ));
-    format!(
-        "\n[admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{}]\n\n[[chains]]\nname = \"triage\"\nowner = \"acme\"\nbuilder = \"botco\"\n",
-        toks.join(", ")
-    )
+    kw.admin_token(NO_PERMS, &tok(NO_PERMS), &[])
+        .chain(Chain::new("triage").owner("acme").builder("botco"))
 }
 
 /// A plain HTTP/1 client for the admin listener that keeps every byte it received
@@ -138,7 +121,7 @@ impl Admin {
 }
 
 async fn start() -> (Kw, Admin) {
-    let kw = Kw::start(&admin_extra()).await;
+    let kw = with_admin_tokens().start().await;
     let admin = Admin::of(&kw);
     (kw, admin)
 }
@@ -263,7 +246,7 @@ async fn permission_matrix_every_route_every_token() {
             assert_no_leak("audit log", &audit, t);
         }
     }
-    assert_no_leak("audit log", &audit, &tok(ALL));
+    assert_no_leak("audit log", &audit, tok(ALL));
 }
 
 #[tokio::test]

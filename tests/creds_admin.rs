@@ -38,11 +38,10 @@ async fn call(kw: &Kw, method: &str, path: &str, body: Option<serde_json::Value>
 
 #[tokio::test]
 async fn put_oauth2_secret_returns_public_fields_only() {
-    let kw = Kw::start(&format!(
-        "\n[admin]\nlisten = \"127.0.0.1:0\"\ntokens = [{{ name = \"ops\", sha256 = \"{}\", permissions = [\"secrets:read\", \"secrets:manage\"] }}]\n",
-        sha256_hex(ADMIN_TOKEN)
-    ))
-    .await;
+    let kw = Kw::builder()
+        .admin_token("ops", ADMIN_TOKEN, &["secrets:read", "secrets:manage"])
+        .start()
+        .await;
     let (cs, rt) = (canary(), canary());
     let value = json!({"client_id": "cid-9", "client_secret": cs, "refresh_token": rt,
                        "token_url": "https://auth.example.com/token"})

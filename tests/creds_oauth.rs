@@ -9,8 +9,7 @@ use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use keyward::secret::Secret;
-use keyward::vault::{SecretKind, SetOptions};
+use keyward::vault::SecretKind;
 use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -148,20 +147,12 @@ async fn start_token_server(pki: &UpstreamPki, t: Arc<Tokens>) -> SocketAddr {
 async fn setup(t: Arc<Tokens>, refresh: Option<&str>) -> Kw {
     let pki = UpstreamPki::new();
     let token_addr = start_token_server(&pki, t.clone()).await;
-    let kw = Kw::start_opts(KwOpts {
-        extra: r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "GH_OAUTH"
-inject = { header = "authorization", value = "Bearer {secret}" }
-"#
-        .into(),
-        resolve: vec![(TOKEN_HOST.into(), token_addr)],
-        pki: Some(pki),
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .provider(Provider::bearer("github", "api.github.com", "GH_OAUTH"))
+        .resolve(TOKEN_HOST, token_addr)
+        .upstream_pki(pki)
+        .start()
+        .await;
     let mut value = serde_json::json!({
         "client_id": CLIENT_ID,
         "client_secret": t.client_secret,
@@ -171,17 +162,12 @@ inject = { header = "authorization", value = "Bearer {secret}" }
     if let Some(r) = refresh {
         value["refresh_token"] = r.into();
     }
-    let st = &kw.running.state;
-    common::vault::set_with(
-        &*st.vault,
+    kw.set_secret_of_kind(
         "platform",
         "GH_OAUTH",
-        Secret::from_str(&value.to_string()),
-        Some(SecretKind::Oauth2),
-        SetOptions::default(),
-    )
-    .unwrap();
-    st.refresh_vault().unwrap();
+        SecretKind::Oauth2,
+        &value.to_string(),
+    );
     kw
 }
 
@@ -324,16 +310,7 @@ async fn wrong_client_secret_is_oauth_refresh_failed() {
         "client_id": CLIENT_ID, "client_secret": "wrong-secret-xyz",
         "token_url": format!("https://{TOKEN_HOST}/oauth/token"),
     });
-    common::vault::set_with(
-        &*kw.running.state.vault,
-        "platform",
-        "GH_OAUTH",
-        Secret::from_str(&bad.to_string()),
-        None,
-        SetOptions::default(),
-    )
-    .unwrap();
-    kw.running.state.refresh_vault().unwrap();
+    kw.set_secret("platform", "GH_OAUTH", &bad.to_string());
     let got = kw.client().get(API, "/user", &[]).await;
     assert_eq!(got.status, 502);
     assert_eq!(got.error_code().as_deref(), Some("oauth_refresh_failed"));
@@ -399,35 +376,23 @@ async fn a_401_refreshes_the_token_once_and_retries_small_bodies() {
     let token_addr = start_token_server(&pki, t.clone()).await;
     let min_valid = Arc::new(AtomicUsize::new(1));
     let api_addr = start_api_server(&pki, t.clone(), min_valid.clone()).await;
-    let kw = Kw::start_opts(KwOpts {
-        extra: r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "GH_OAUTH"
-inject = { header = "authorization", value = "Bearer {secret}" }
-"#
-        .into(),
-        resolve: vec![(TOKEN_HOST.into(), token_addr), (API.into(), api_addr)],
-        pki: Some(pki),
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .provider(Provider::bearer("github", "api.github.com", "GH_OAUTH"))
+        .resolve(TOKEN_HOST, token_addr)
+        .resolve(API, api_addr)
+        .upstream_pki(pki)
+        .start()
+        .await;
     let value = serde_json::json!({
         "client_id": CLIENT_ID, "client_secret": t.client_secret,
         "token_url": format!("https://{TOKEN_HOST}/oauth/token"),
     });
-    let st = &kw.running.state;
-    common::vault::set_with(
-        &*st.vault,
+    kw.set_secret_of_kind(
         "platform",
         "GH_OAUTH",
-        Secret::from_str(&value.to_string()),
-        Some(SecretKind::Oauth2),
-        SetOptions::default(),
-    )
-    .unwrap();
-    st.refresh_vault().unwrap();
+        SecretKind::Oauth2,
+        &value.to_string(),
+    );
     let c = kw.client();
     let post = |body: &'static [u8]| {
         http::Request::post("/repos/a/b/issues")
@@ -461,35 +426,23 @@ async fn a_401_with_a_large_body_is_passed_through() {
     let token_addr = start_token_server(&pki, t.clone()).await;
     let min_valid = Arc::new(AtomicUsize::new(100));
     let api_addr = start_api_server(&pki, t.clone(), min_valid.clone()).await;
-    let kw = Kw::start_opts(KwOpts {
-        extra: r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "GH_OAUTH"
-inject = { header = "authorization", value = "Bearer {secret}" }
-"#
-        .into(),
-        resolve: vec![(TOKEN_HOST.into(), token_addr), (API.into(), api_addr)],
-        pki: Some(pki),
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .provider(Provider::bearer("github", "api.github.com", "GH_OAUTH"))
+        .resolve(TOKEN_HOST, token_addr)
+        .resolve(API, api_addr)
+        .upstream_pki(pki)
+        .start()
+        .await;
     let value = serde_json::json!({
         "client_id": CLIENT_ID, "client_secret": t.client_secret,
         "token_url": format!("https://{TOKEN_HOST}/oauth/token"),
     });
-    let st = &kw.running.state;
-    common::vault::set_with(
-        &*st.vault,
+    kw.set_secret_of_kind(
         "platform",
         "GH_OAUTH",
-        Secret::from_str(&value.to_string()),
-        Some(SecretKind::Oauth2),
-        SetOptions::default(),
-    )
-    .unwrap();
-    st.refresh_vault().unwrap();
+        SecretKind::Oauth2,
+        &value.to_string(),
+    );
     let big = vec![b'x'; (keyward::proxy::inject::RETRY_BODY_LIMIT + 1) as usize];
     let req = http::Request::post("/upload")
         .header("host", API)

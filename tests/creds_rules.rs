@@ -23,10 +23,10 @@ async fn send(kw: &Kw, method: &str, path: &str) -> Got {
 
 #[tokio::test]
 async fn agent_rules_allow_listed_endpoints_and_deny_the_rest_before_injection() {
-    let kw = Kw::start(
-        r#"rules = [{ provider = "github", allow = ["GET /repos/**", "POST /repos/*/*/issues"] }]"#,
-    )
-    .await;
+    let kw = Kw::builder()
+        .agent(Agent::agent_1().rule("github", &["GET /repos/**", "POST /repos/*/*/issues"]))
+        .start()
+        .await;
     kw.set_secret("platform", "GITHUB_TOKEN", TOKEN_VALUE);
 
     let ok = send(&kw, "GET", "/repos/acme/app/pulls").await;
@@ -67,16 +67,15 @@ async fn agent_rules_allow_listed_endpoints_and_deny_the_rest_before_injection()
 
 #[tokio::test]
 async fn chain_and_agent_rules_both_apply() {
-    let kw = Kw::start(
-        r#"chain = "triage"
-rules = [{ provider = "github", allow = ["* /repos/**"] }]
-
-[[chains]]
-name = "triage"
-rules = [{ provider = "github", allow = ["GET /**"] }]
-"#,
-    )
-    .await;
+    let kw = Kw::builder()
+        .agent(
+            Agent::agent_1()
+                .chain("triage")
+                .rule("github", &["* /repos/**"]),
+        )
+        .chain(Chain::new("triage").rule("github", &["GET /**"]))
+        .start()
+        .await;
     kw.set_secret("platform", "GITHUB_TOKEN", TOKEN_VALUE);
     assert_eq!(send(&kw, "GET", "/repos/a/b").await.status, 200);
     let chain_says_no = send(&kw, "POST", "/repos/a/b").await;
@@ -93,7 +92,10 @@ rules = [{ provider = "github", allow = ["GET /**"] }]
 
 #[tokio::test]
 async fn rules_for_another_provider_do_not_limit_this_one() {
-    let kw = Kw::start(r#"rules = [{ provider = "openai", allow = ["GET /v1/models"] }]"#).await;
+    let kw = Kw::builder()
+        .agent(Agent::agent_1().rule("openai", &["GET /v1/models"]))
+        .start()
+        .await;
     kw.set_secret("platform", "GITHUB_TOKEN", TOKEN_VALUE);
     assert_eq!(send(&kw, "DELETE", "/anything").await.status, 200);
 }

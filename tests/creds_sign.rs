@@ -9,7 +9,7 @@ use http::Request;
 use http_body_util::Full;
 use keyward::proxy::inject::sign::{self, AwsCredentials, SigV4Request};
 use keyward::secret::Secret;
-use keyward::vault::{SecretKind, SetOptions};
+use keyward::vault::SecretKind;
 use sha2::Sha256;
 
 const GH: &str = "api.github.com";
@@ -18,20 +18,6 @@ fn hmac_hex(key: &str, data: &[u8]) -> String {
     let mut m = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap();
     m.update(data);
     hex::encode(m.finalize().into_bytes())
-}
-
-fn set_kind(kw: &Kw, name: &str, kind: SecretKind, value: &str) {
-    let st = &kw.running.state;
-    common::vault::set_with(
-        &*st.vault,
-        "platform",
-        name,
-        Secret::from_str(value),
-        Some(kind),
-        SetOptions::default(),
-    )
-    .unwrap();
-    st.refresh_vault().unwrap();
 }
 
 async fn post(kw: &Kw, path: &str, headers: &[(&str, &str)], body: &'static [u8]) -> Got {
@@ -47,17 +33,13 @@ async fn post(kw: &Kw, path: &str, headers: &[(&str, &str)], body: &'static [u8]
 #[tokio::test]
 async fn github_style_hmac_signature_over_the_forwarded_body() {
     let key = canary();
-    let kw = Kw::start(
-        r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "HOOK_SECRET"
-sign = { hmac = "sha256", header = "X-Hub-Signature-256", format = "sha256={hex}", over = "body" }
-"#,
-    )
-    .await;
-    set_kind(&kw, "HOOK_SECRET", SecretKind::Hmac, &key);
+    let kw = Kw::builder()
+        .provider(Provider::new("github", GH, "HOOK_SECRET").sign(
+            r#"{ hmac = "sha256", header = "X-Hub-Signature-256", format = "sha256={hex}", over = "body" }"#,
+        ))
+        .start()
+        .await;
+    kw.set_secret_of_kind("platform", "HOOK_SECRET", SecretKind::Hmac, &key);
     let body: &[u8] = br#"{"action":"opened","number":1}"#;
     let got = post(
         &kw,
@@ -86,17 +68,13 @@ sign = { hmac = "sha256", header = "X-Hub-Signature-256", format = "sha256={hex}
 #[tokio::test]
 async fn stripe_style_signature_over_timestamp_and_body() {
     let key = canary();
-    let kw = Kw::start(
-        r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "STRIPE_WEBHOOK"
-sign = { hmac = "sha256", header = "Stripe-Signature", format = "t={ts},v1={hex}", over = "timestamp.body", timestamp_header = "X-Timestamp" }
-"#,
-    )
-    .await;
-    set_kind(&kw, "STRIPE_WEBHOOK", SecretKind::Hmac, &key);
+    let kw = Kw::builder()
+        .provider(Provider::new("github", GH, "STRIPE_WEBHOOK").sign(
+            r#"{ hmac = "sha256", header = "Stripe-Signature", format = "t={ts},v1={hex}", over = "timestamp.body", timestamp_header = "X-Timestamp" }"#,
+        ))
+        .start()
+        .await;
+    kw.set_secret_of_kind("platform", "STRIPE_WEBHOOK", SecretKind::Hmac, &key);
     let body: &[u8] = br#"{"id":"evt_1","object":"event"}"#;
     let got = post(&kw, "/webhook", &[], body).await;
     assert_eq!(got.status, 200, "{}", got.text());
@@ -119,20 +97,15 @@ sign = { hmac = "sha256", header = "Stripe-Signature", format = "t={ts},v1={hex}
 
 #[tokio::test]
 async fn hmac_signing_respects_the_body_limit() {
-    let kw = Kw::start_opts(KwOpts {
-        proxy: "max_body_bytes = 16".into(),
-        extra: r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "HOOK_SECRET"
-sign = { hmac = "sha256", header = "X-Sig" }
-"#
-        .into(),
-        ..Default::default()
-    })
-    .await;
-    set_kind(&kw, "HOOK_SECRET", SecretKind::Hmac, "k");
+    let kw = Kw::builder()
+        .proxy("max_body_bytes", 16)
+        .provider(
+            Provider::new("github", GH, "HOOK_SECRET")
+                .sign(r#"{ hmac = "sha256", header = "X-Sig" }"#),
+        )
+        .start()
+        .await;
+    kw.set_secret_of_kind("platform", "HOOK_SECRET", SecretKind::Hmac, "k");
     let got = post(&kw, "/hook", &[], b"0123456789abcdefghijklmnop").await;
     assert_eq!(got.status, 413);
     assert!(kw.upstream.requests().is_empty());
@@ -142,19 +115,14 @@ sign = { hmac = "sha256", header = "X-Sig" }
 async fn aws_sigv4_replaces_the_sdk_signature() {
     let secret_key = canary();
     let session = canary();
-    let kw = Kw::start(
-        r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "AWS_CREDS"
-sign = { aws_sigv4 = { service = "s3", region = "us-east-1" } }
-"#,
-    )
-    .await;
-    set_kind(
-        &kw,
-        "AWS_CREDS",
+    let kw = Kw::builder()
+        .provider(
+            Provider::new("github", GH, "AWS_CREDS")
+                .sign(r#"{ aws_sigv4 = { service = "s3", region = "us-east-1" } }"#),
+        )
+        .start()
+        .await;
+    kw.set_secret_of_kind("platform", "AWS_CREDS",
         SecretKind::Aws,
         &format!(
             r#"{{"access_key_id":"AKIDREAL","secret_access_key":"{secret_key}","session_token":"{session}"}}"#
@@ -232,18 +200,14 @@ sign = { aws_sigv4 = { service = "s3", region = "us-east-1" } }
 
 #[tokio::test]
 async fn aws_unsigned_payload_streams() {
-    let kw = Kw::start(
-        r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "AWS_CREDS"
-sign = { aws_sigv4 = { service = "s3", region = "eu-west-1", unsigned_payload = true } }
-"#,
-    )
-    .await;
-    set_kind(
-        &kw,
+    let kw = Kw::builder()
+        .provider(Provider::new("github", GH, "AWS_CREDS").sign(
+            r#"{ aws_sigv4 = { service = "s3", region = "eu-west-1", unsigned_payload = true } }"#,
+        ))
+        .start()
+        .await;
+    kw.set_secret_of_kind(
+        "platform",
         "AWS_CREDS",
         SecretKind::Aws,
         r#"{"access_key_id":"AKIDREAL","secret_access_key":"sk"}"#,
@@ -261,18 +225,15 @@ sign = { aws_sigv4 = { service = "s3", region = "eu-west-1", unsigned_payload = 
 
 #[tokio::test]
 async fn sdk_streaming_payload_modes() {
-    let kw = Kw::start(
-        r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "AWS_CREDS"
-sign = { aws_sigv4 = { service = "s3", region = "us-east-1" } }
-"#,
-    )
-    .await;
-    set_kind(
-        &kw,
+    let kw = Kw::builder()
+        .provider(
+            Provider::new("github", GH, "AWS_CREDS")
+                .sign(r#"{ aws_sigv4 = { service = "s3", region = "us-east-1" } }"#),
+        )
+        .start()
+        .await;
+    kw.set_secret_of_kind(
+        "platform",
         "AWS_CREDS",
         SecretKind::Aws,
         r#"{"access_key_id":"AKIDREAL","secret_access_key":"sk"}"#,
@@ -312,16 +273,13 @@ sign = { aws_sigv4 = { service = "s3", region = "us-east-1" } }
 
 #[tokio::test]
 async fn kind_mismatch_is_refused_not_sent() {
-    let kw = Kw::start(
-        r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "AWS_CREDS"
-sign = { aws_sigv4 = { service = "s3", region = "us-east-1" } }
-"#,
-    )
-    .await;
+    let kw = Kw::builder()
+        .provider(
+            Provider::new("github", GH, "AWS_CREDS")
+                .sign(r#"{ aws_sigv4 = { service = "s3", region = "us-east-1" } }"#),
+        )
+        .start()
+        .await;
     kw.set_secret("platform", "AWS_CREDS", "plain-api-key-value");
     let got = post(&kw, "/b/k", &[], b"x").await;
     assert_eq!(got.status, 500);
@@ -332,30 +290,21 @@ sign = { aws_sigv4 = { service = "s3", region = "us-east-1" } }
 #[tokio::test]
 async fn placeholder_of_a_multi_field_secret_is_refused() {
     let secret_key = canary();
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "GITHUB_TOKEN", "ghp_plain_0123456789");
-    set_kind(
-        &kw,
+    kw.set_secret_of_kind(
+        "platform",
         "AWS_CREDS",
         SecretKind::Aws,
         &format!(r#"{{"access_key_id":"AKIDREAL","secret_access_key":"{secret_key}"}}"#),
     );
     // bind the aws secret to the github host so only the kind check stands in the way
-    common::vault::set_with(
-        &*kw.running.state.vault,
+    kw.set_secret_for_hosts(
         "platform",
         "AWS_CREDS",
-        Secret::from_str(&format!(
-            r#"{{"access_key_id":"AKIDREAL","secret_access_key":"{secret_key}"}}"#
-        )),
-        None,
-        SetOptions {
-            hosts: vec![GH.into()],
-            ..SetOptions::default()
-        },
-    )
-    .unwrap();
-    kw.running.state.refresh_vault().unwrap();
+        &format!(r#"{{"access_key_id":"AKIDREAL","secret_access_key":"{secret_key}"}}"#),
+        &[GH],
+    );
     let got = kw
         .client()
         .get(GH, "/user", &[("x-custom", "{{AWS_CREDS}}")])
@@ -372,19 +321,14 @@ async fn placeholder_of_a_multi_field_secret_is_refused() {
 #[tokio::test]
 async fn a_stalled_body_that_must_be_signed_is_refused_after_idle_timeout() {
     use tokio::io::AsyncWriteExt;
-    let kw = Kw::start_full(
-        "idle_timeout = \"1s\"",
-        r#"
-[[providers]]
-name = "github"
-hosts = ["api.github.com"]
-secret = "HOOK_SECRET"
-sign = { hmac = "sha256", header = "X-Hub-Signature-256", format = "sha256={hex}", over = "body" }
-"#,
-        None,
-    )
-    .await;
-    set_kind(&kw, "HOOK_SECRET", SecretKind::Hmac, &canary());
+    let kw = Kw::builder()
+        .proxy("idle_timeout", "1s")
+        .provider(Provider::new("github", GH, "HOOK_SECRET").sign(
+            r#"{ hmac = "sha256", header = "X-Hub-Signature-256", format = "sha256={hex}", over = "body" }"#,
+        ))
+        .start()
+        .await;
+    kw.set_secret_of_kind("platform", "HOOK_SECRET", SecretKind::Hmac, &canary());
     let mut tls = kw.client().open_raw_tls(GH).await;
     tls.write_all(
         b"POST /hook HTTP/1.1\r\nhost: api.github.com\r\ncontent-length: 100\r\n\r\nonly ten b",

@@ -16,7 +16,7 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 
 #[tokio::test]
 async fn config_change_applies_without_dropping_open_tunnels() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut tunnel = kw.client().open("api.openai.com").await.unwrap();
     assert_eq!(tunnel.get("api.openai.com", "/v1/a").await.status, 200);
@@ -37,11 +37,7 @@ async fn config_change_applies_without_dropping_open_tunnels() {
     assert_eq!(tunnel.get("api.openai.com", "/v1/b").await.status, 200);
 
     // A valid change: allow a new host.
-    let changed = original.replace(
-        "allow = [\"pypi.example.test\"]",
-        "allow = [\"pypi.example.test\", \"evil.example.test\"]",
-    );
-    std::fs::write(&kw.config_path, changed).unwrap();
+    kw.rewrite_config(&Kw::builder().allow(&["pypi.example.test", "evil.example.test"]));
     eventually("reload", async || {
         kw.client().connect("evil.example.test:443").await.is_ok()
     })

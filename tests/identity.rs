@@ -4,37 +4,25 @@
 mod common;
 
 use common::*;
-use keyward::vault::{AgentRecord, Applied, Change};
 
-const CHAINS: &str = r#"
-chain = "triage"
+/// The `triage` chain (owner `acme`, builder `botco`, OpenAI and Anthropic).
+fn triage() -> Chain {
+    Chain::new("triage")
+        .owner("acme")
+        .builder("botco")
+        .secrets(&["OPENAI_API_KEY", "ANTHROPIC_API_KEY"])
+}
 
-[[chains]]
-name = "triage"
-owner = "acme"
-builder = "botco"
-secrets = ["OPENAI_API_KEY", "ANTHROPIC_API_KEY"]
-"#;
-
-fn second_agent(kw: &Kw, id: &str, token: &str, chain: Option<&str>) {
-    let st = &kw.running.state;
-    st.vault
-        .apply(Change::AddAgent(AgentRecord {
-            id: id.into(),
-            token_sha256: sha256_hex(token),
-            chain: chain.map(str::to_string),
-            owner: None,
-            builder: None,
-            secrets: None,
-            created: "2026-01-01T00:00:00Z".into(),
-        }))
-        .unwrap();
-    st.refresh_vault().unwrap();
+/// keyward whose agent is in the `triage` chain.
+fn in_triage() -> KwBuilder {
+    Kw::builder()
+        .agent(Agent::agent_1().chain("triage"))
+        .chain(triage())
 }
 
 #[tokio::test]
 async fn owner_key_wins_and_audit_names_tier_scope_version_connection() {
-    let kw = Kw::start(CHAINS).await;
+    let kw = in_triage().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "platform-key-0123456789");
     kw.set_secret("builder:botco", "OPENAI_API_KEY", "builder-key-0123456789");
     kw.set_secret("owner:acme", "OPENAI_API_KEY", "owner-key-0123456789");
@@ -60,8 +48,8 @@ async fn owner_key_wins_and_audit_names_tier_scope_version_connection() {
 
 #[tokio::test]
 async fn two_agents_in_one_chain_get_their_own_keys() {
-    let kw = Kw::start(CHAINS).await;
-    second_agent(&kw, "agent-2", "tok-agent-2", Some("triage"));
+    let kw = in_triage().start().await;
+    kw.add_agent("agent-2", "tok-agent-2", Some("triage"));
     kw.set_secret("owner:acme", "OPENAI_API_KEY", "shared-owner-key-0123");
     kw.set_secret("agent:agent-2", "OPENAI_API_KEY", "agent2-own-key-0123");
     kw.client().get("api.openai.com", "/v1/a", &[]).await;
@@ -88,8 +76,15 @@ async fn two_agents_in_one_chain_get_their_own_keys() {
 
 #[tokio::test]
 async fn tier_pin_forces_builder_keys() {
-    let extra = format!("use = {{ OPENAI_API_KEY = \"builder\" }}\n{CHAINS}");
-    let kw = Kw::start(&extra).await;
+    let kw = Kw::builder()
+        .agent(
+            Agent::agent_1()
+                .chain("triage")
+                .pin("OPENAI_API_KEY", "builder"),
+        )
+        .chain(triage())
+        .start()
+        .await;
     kw.set_secret("owner:acme", "OPENAI_API_KEY", "owner-key-0123456789");
     kw.set_secret("builder:botco", "OPENAI_API_KEY", "builder-key-0123456789");
     kw.client().get("api.openai.com", "/v1/models", &[]).await;
@@ -101,7 +96,7 @@ async fn tier_pin_forces_builder_keys() {
 
 #[tokio::test]
 async fn provider_outside_the_chain_is_secret_not_in_scope() {
-    let kw = Kw::start(CHAINS).await;
+    let kw = in_triage().start().await;
     kw.set_secret("platform", "GITHUB_TOKEN", "ghp-real-0123456789");
     let got = kw.client().get("api.github.com", "/user", &[]).await;
     assert_eq!(got.status, 403);
@@ -115,12 +110,11 @@ async fn provider_outside_the_chain_is_secret_not_in_scope() {
 
 #[tokio::test]
 async fn removing_a_secret_stops_the_next_request_in_an_open_tunnel() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut t = kw.client().open("api.openai.com").await.unwrap();
     assert_eq!(t.get("api.openai.com", "/v1/models").await.status, 200);
-    common::vault::remove(&*kw.running.state.vault, "platform", "OPENAI_API_KEY").unwrap();
-    kw.running.state.refresh_vault().unwrap();
+    kw.remove_secret("platform", "OPENAI_API_KEY");
     let got = t.get("api.openai.com", "/v1/models").await;
     assert_eq!(got.status, 403);
     assert_eq!(got.error_code().as_deref(), Some("secret_not_found"));
@@ -129,23 +123,14 @@ async fn removing_a_secret_stops_the_next_request_in_an_open_tunnel() {
 
 #[tokio::test]
 async fn removing_an_agent_stops_its_open_tunnel() {
-    let kw = Kw::start("").await;
-    second_agent(&kw, "agent-2", "tok-agent-2", None);
+    let kw = Kw::builder().start().await;
+    kw.add_agent("agent-2", "tok-agent-2", None);
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut c = kw.client();
     c.auth = Some(("agent-2".into(), "tok-agent-2".into()));
     let mut t = c.open("api.openai.com").await.unwrap();
     assert_eq!(t.get("api.openai.com", "/v1/models").await.status, 200);
-    let (removed, _) = kw
-        .running
-        .state
-        .vault
-        .apply(Change::RemoveAgent {
-            id: "agent-2".into(),
-        })
-        .unwrap();
-    assert!(matches!(removed, Applied::Agent(Some(_))));
-    kw.running.state.refresh_vault().unwrap();
+    assert!(kw.remove_agent("agent-2"));
     let got = t.get("api.openai.com", "/v1/models").await;
     assert_eq!(got.status, 403);
     assert_eq!(got.error_code().as_deref(), Some("agent_revoked"));
@@ -157,7 +142,7 @@ async fn removing_an_agent_stops_its_open_tunnel() {
 
 #[tokio::test]
 async fn placeholder_is_filled_for_a_host_the_secret_is_bound_to() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let got = kw
         .client()
@@ -176,7 +161,7 @@ async fn placeholder_is_filled_for_a_host_the_secret_is_bound_to() {
 
 #[tokio::test]
 async fn placeholder_for_a_secret_bound_to_another_host_is_refused() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     kw.set_secret("platform", "ANTHROPIC_API_KEY", "sk-ant-real-0123456789");
     // An agent trying to send its OpenAI key to Anthropic's host (which it could
@@ -201,8 +186,10 @@ async fn placeholder_for_a_secret_bound_to_another_host_is_refused() {
 
 #[tokio::test]
 async fn placeholder_out_of_scope_is_refused() {
-    let extra = "secrets = [\"OPENAI_API_KEY\"]\n";
-    let kw = Kw::start(extra).await;
+    let kw = Kw::builder()
+        .agent(Agent::agent_1().secrets(&["OPENAI_API_KEY"]))
+        .start()
+        .await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     kw.set_secret("platform", "Q_KEY", "q-real-0123456789");
     let got = kw
@@ -216,7 +203,7 @@ async fn placeholder_out_of_scope_is_refused() {
 
 #[tokio::test]
 async fn session_token_carries_run_id_and_dies_at_ttl() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let key = kw.running.state.vault.session_key();
     let now = keyward::clock::unix_now();

@@ -11,12 +11,15 @@ use tokio::io::AsyncReadExt;
 /// Short enough for a test, and well under `header_read_timeout`, so that a close
 /// within the bounds below can only be the idle clock's doing.
 const IDLE: Duration = Duration::from_secs(1);
-const PROXY: &str = "idle_timeout = \"1s\"\nheader_read_timeout = \"20s\"";
 /// Generous: the close comes at most IDLE × 1.25 plus a close grace after the last byte.
 const CLOSE_BOUND: Duration = Duration::from_secs(4);
 
 async fn kw() -> Kw {
-    let kw = Kw::start_full(PROXY, "", None).await;
+    let kw = Kw::builder()
+        .proxy("idle_timeout", "1s")
+        .proxy("header_read_timeout", "20s")
+        .start()
+        .await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     kw
 }

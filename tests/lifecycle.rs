@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn connections_over_max_connections_get_503_and_tunnels_count() {
-    let kw = Kw::start_full("max_connections = 2", "", None).await;
+    let kw = Kw::builder().proxy("max_connections", 2).start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut t1 = kw.client().open("api.openai.com").await.unwrap();
     let _t2 = kw.client().open("api.openai.com").await.unwrap();
@@ -50,18 +50,14 @@ fn served_with(stderr: Stdio) -> Served {
     let pki = UpstreamPki::new();
     let upstream = rt.block_on(EchoUpstream::start(&pki));
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let text = base_config(dir.path(), upstream.addr, "").replace(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-    );
-    let config = dir.path().join("keyward.toml");
-    std::fs::write(&config, text).unwrap();
+    let config = Kw::builder()
+        .listen(([127, 0, 0, 1], port).into())
+        .write_files(dir.path(), &pki, upstream.addr);
     let mut set = Command::new(BIN)
         .args([
             "--config",

@@ -6,12 +6,11 @@ use common::*;
 
 #[tokio::test]
 async fn agent_over_its_request_rate_gets_429_with_retry_after() {
-    let kw = Kw::start_full(
-        "max_requests_per_second_per_agent = 1.0\nrate_burst = 2.0",
-        "",
-        None,
-    )
-    .await;
+    let kw = Kw::builder()
+        .proxy("max_requests_per_second_per_agent", 1.0)
+        .proxy("rate_burst", 2.0)
+        .start()
+        .await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     // The CONNECT takes one token, the first request the second.
     let mut t = kw.client().open("api.openai.com").await.unwrap();
@@ -26,7 +25,10 @@ async fn agent_over_its_request_rate_gets_429_with_retry_after() {
 
 #[tokio::test]
 async fn agent_over_its_tunnel_cap_is_refused_and_slots_come_back() {
-    let kw = Kw::start_full("max_connections_per_agent = 1", "", None).await;
+    let kw = Kw::builder()
+        .proxy("max_connections_per_agent", 1)
+        .start()
+        .await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut first = kw.client().open("api.openai.com").await.unwrap();
     assert_eq!(first.get("api.openai.com", "/v1/a").await.status, 200);
@@ -55,12 +57,11 @@ async fn agent_over_its_tunnel_cap_is_refused_and_slots_come_back() {
 #[tokio::test]
 async fn idle_keep_alive_tunnel_outlives_the_header_timeout() {
     // SDK pools keep tunnels idle between calls; only idle_timeout may close them.
-    let kw = Kw::start_full(
-        "header_read_timeout = \"1s\"\nidle_timeout = \"30s\"",
-        "",
-        None,
-    )
-    .await;
+    let kw = Kw::builder()
+        .proxy("header_read_timeout", "1s")
+        .proxy("idle_timeout", "30s")
+        .start()
+        .await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut t = kw.client().open("api.openai.com").await.unwrap();
     assert_eq!(t.get("api.openai.com", "/v1/a").await.status, 200);

@@ -4,7 +4,6 @@
 mod common;
 
 use common::*;
-use keyward::config::Config;
 use keyward::secret::Secret;
 use keyward::vault::{MasterKey, SetOptions, Vault};
 use std::time::{Duration, Instant};
@@ -17,7 +16,7 @@ fn metric(text: &str, name: &str) -> Option<u64> {
 
 #[tokio::test]
 async fn connections_over_the_cap_get_a_json_503_counted_and_audited_at_a_bounded_rate() {
-    let kw = Kw::start_full("max_connections = 1", "", None).await;
+    let kw = Kw::builder().proxy("max_connections", 1).start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut held = kw.client().open("api.openai.com").await.unwrap();
     let audit_before = kw.audit_lines().len();
@@ -65,7 +64,7 @@ async fn connections_over_the_cap_get_a_json_503_counted_and_audited_at_a_bounde
 
 #[tokio::test]
 async fn a_vault_change_on_disk_is_reloaded_and_counted() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let reloads = || {
         metric(
             &kw.running.state.metrics.render(),
@@ -75,7 +74,7 @@ async fn a_vault_change_on_disk_is_reloaded_and_counted() {
     let before = reloads().expect("the counter is exported");
 
     // Another process (the CLI, a Secret swap) writes the file.
-    let config = Config::from_file(&kw.config_path).unwrap();
+    let config = kw.config();
     let key = MasterKey::load_or_create_file(&config.vault.master_key_file).unwrap();
     let other = Vault::open_with(&config.vault, key).unwrap();
     common::vault::set_with(

@@ -7,13 +7,11 @@ use bytes::Bytes;
 use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn bearer_injection_replaces_dummy_key() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let got = kw
         .client()
@@ -66,7 +64,7 @@ async fn bearer_injection_replaces_dummy_key() {
 
 #[tokio::test]
 async fn header_scheme_x_api_key_for_anthropic() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "ANTHROPIC_API_KEY", "sk-ant-real-0123456789");
     let got = kw
         .client()
@@ -84,7 +82,7 @@ async fn header_scheme_x_api_key_for_anthropic() {
 
 #[tokio::test]
 async fn header_template_bot_scheme_for_discord() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "DISCORD_BOT_TOKEN", "discord-real-0123456789");
     let got = kw
         .client()
@@ -104,7 +102,7 @@ async fn header_template_bot_scheme_for_discord() {
 #[tokio::test]
 async fn basic_scheme_for_stripe() {
     use base64::Engine;
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "STRIPE_API_KEY", "sk_live_real_0123456789");
     let got = kw
         .client()
@@ -124,7 +122,7 @@ async fn basic_scheme_for_stripe() {
 
 #[tokio::test]
 async fn query_scheme_replaces_dummy_parameter() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "Q_KEY", "q-real-0123456789");
     let got = kw
         .client()
@@ -140,7 +138,7 @@ async fn query_scheme_replaces_dummy_parameter() {
 
 #[tokio::test]
 async fn path_prefix_scheme_for_telegram() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret(
         "platform",
         "TELEGRAM_BOT_TOKEN",
@@ -164,7 +162,7 @@ async fn path_prefix_scheme_for_telegram() {
 
 #[tokio::test]
 async fn connect_without_credentials_gets_407() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let mut c = kw.client();
     c.auth = None;
     let err = c.open("api.openai.com").await.err().expect("refused");
@@ -180,7 +178,7 @@ async fn connect_without_credentials_gets_407() {
 
 #[tokio::test]
 async fn connect_with_wrong_token_gets_407() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let mut c = kw.client();
     c.auth = Some((AGENT.into(), "wrong-token".into()));
     let err = c.open("api.openai.com").await.err().expect("refused");
@@ -197,7 +195,7 @@ async fn connect_with_wrong_token_gets_407() {
 
 #[tokio::test]
 async fn unlisted_host_is_refused_without_contacting_upstream() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let err = kw
         .client()
         .open("evil.example.test")
@@ -218,13 +216,12 @@ async fn unlisted_host_is_refused_without_contacting_upstream() {
 
 #[tokio::test]
 async fn port_outside_allowed_ports_is_refused() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let err = kw
         .client()
         .connect("api.openai.com:22")
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(err.0, 403);
     assert!(
         err.1
@@ -239,7 +236,7 @@ async fn port_outside_allowed_ports_is_refused() {
 
 #[tokio::test]
 async fn allowlisted_host_is_a_blind_tunnel_with_the_upstreams_own_certificate() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let mut c = kw.client();
     // Trust only the upstream's CA: the handshake succeeds only if keyward did not intercept.
     c.ca_pem = kw.pki.ca_pem.clone();
@@ -260,7 +257,7 @@ async fn allowlisted_host_is_a_blind_tunnel_with_the_upstreams_own_certificate()
 
 #[tokio::test]
 async fn host_header_differs_from_connect_target_is_refused() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     kw.set_secret("platform", "ANTHROPIC_API_KEY", "sk-ant-real-0123456789");
     let mut t = kw.client().open("api.openai.com").await.unwrap();
@@ -274,7 +271,7 @@ async fn host_header_differs_from_connect_target_is_refused() {
 #[tokio::test]
 async fn cleartext_request_to_provider_is_refused() {
     use tokio::io::AsyncWriteExt;
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let c = kw.client();
     let mut s = tokio::net::TcpStream::connect(kw.addr()).await.unwrap();
@@ -295,18 +292,15 @@ async fn provider_host_resolving_to_private_address_is_refused_at_dial() {
     // internal.example.test is not in `resolve`; the test resolver maps it to a
     // private address that is NOT in allow_private. keyward refuses before any
     // packet is sent.
-    let extra = r#"
-[[providers]]
-name = "internal"
-hosts = ["internal.example.test"]
-secret = "INTERNAL_KEY"
-inject = { header = "authorization", value = "Bearer {secret}" }
-"#;
-    let resolver = Arc::new(MapResolver(HashMap::from([(
-        "internal.example.test".to_string(),
-        vec!["10.20.30.40".parse().unwrap()],
-    )])));
-    let kw = Kw::start_with(extra, Some(resolver)).await;
+    let kw = Kw::builder()
+        .provider(Provider::bearer(
+            "internal",
+            "internal.example.test",
+            "INTERNAL_KEY",
+        ))
+        .resolve_names(&[("internal.example.test", &["10.20.30.40"])])
+        .start()
+        .await;
     kw.set_secret("platform", "INTERNAL_KEY", "internal-real-0123456789");
     let got = kw.client().get("internal.example.test", "/x", &[]).await;
     assert_eq!(got.status, 403, "{}", got.text());
@@ -316,7 +310,7 @@ inject = { header = "authorization", value = "Bearer {secret}" }
 
 #[tokio::test]
 async fn missing_secret_is_an_agent_readable_denial() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
     assert_eq!(got.status, 403);
     assert_eq!(got.error_code().as_deref(), Some("secret_not_found"));
@@ -327,7 +321,7 @@ async fn missing_secret_is_an_agent_readable_denial() {
 
 #[tokio::test]
 async fn sse_first_event_arrives_before_the_stream_ends() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut t = kw.client().open("api.openai.com").await.unwrap();
     let started = Instant::now();
@@ -355,7 +349,7 @@ async fn sse_first_event_arrives_before_the_stream_ends() {
 
 #[tokio::test]
 async fn h2_client_gets_injection_too() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut c = kw.client();
     c.h2 = true;
@@ -375,7 +369,7 @@ async fn h2_client_gets_injection_too() {
 
 #[tokio::test]
 async fn one_tunnel_carries_many_requests() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut t = kw.client().open("api.openai.com").await.unwrap();
     for _ in 0..5 {
@@ -395,7 +389,7 @@ async fn one_tunnel_carries_many_requests() {
 /// dials its own (a shared pool would use one connection for all nine).
 #[tokio::test]
 async fn tunnels_on_several_workers_each_inject_and_audit() {
-    let kw = Kw::start_full("workers = 3", "", None).await;
+    let kw = Kw::builder().proxy("workers", 3).start().await;
     assert_eq!(kw.running.state.limits.workers, 3);
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     for i in 0..9 {

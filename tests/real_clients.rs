@@ -67,20 +67,12 @@ fn kw(config: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 /// Writes a config for the binary: every test host → the echo upstream, no agents
 /// in the file (they are added with `keyward agent add`).
 fn start_binary(dir: &Path, upstream: std::net::SocketAddr, pki: &UpstreamPki) -> Served {
-    std::fs::write(dir.join("upstream-ca.pem"), &pki.ca_pem).unwrap();
     let port = free_port();
-    let text = base_config(dir, upstream, "")
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            &format!("listen = \"127.0.0.1:{port}\""),
-        )
+    let config = Kw::builder()
+        .listen(([127, 0, 0, 1], port).into())
         // The binary test registers its agent through the CLI instead.
-        .split("[[agents]]")
-        .next()
-        .unwrap()
-        .to_string();
-    let config = dir.join("keyward.toml");
-    std::fs::write(&config, text).unwrap();
+        .without_agents()
+        .write_files(dir, pki, upstream);
     Served {
         child: None,
         dir: dir.to_path_buf(),

@@ -28,7 +28,7 @@ fn lines_of(kw: &Kw, path: &str) -> Vec<serde_json::Value> {
 /// was withheld (sized or chunked body alike).
 #[tokio::test]
 async fn unsupported_content_encoding_is_refused_and_audited() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", OPENAI_KEY);
     for (path, query) in [("/encoding/zstd", ""), ("/encoding/compress", "?stream=1")] {
         let got = kw
@@ -70,7 +70,7 @@ async fn unsupported_content_encoding_is_refused_and_audited() {
 /// The same over h2: the refusal is an ordinary response on the stream.
 #[tokio::test]
 async fn unsupported_content_encoding_is_refused_over_h2() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", OPENAI_KEY);
     let mut client = kw.client();
     client.h2 = true;
@@ -89,7 +89,7 @@ async fn unsupported_content_encoding_is_refused_over_h2() {
 /// A supported encoding is decoded and redacted, not refused (the control).
 #[tokio::test]
 async fn supported_content_encoding_is_not_refused() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", OPENAI_KEY);
     // The echo upstream labels a plain body; "identity" is a no-op label.
     let got = kw
@@ -127,7 +127,7 @@ fn echo_path(value: &str, streamed: bool) -> String {
 /// and the redaction is audited, whether the body is read whole or streamed.
 #[tokio::test]
 async fn another_in_scope_secret_echoed_by_an_upstream_is_redacted() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", OPENAI_KEY);
     kw.set_secret("platform", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
     for streamed in [false, true] {
@@ -162,7 +162,7 @@ async fn another_in_scope_secret_echoed_by_an_upstream_is_redacted() {
 /// in-scope set follows the vault snapshot.
 #[tokio::test]
 async fn rotated_in_scope_secret_is_redacted_in_its_new_value() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", OPENAI_KEY);
     kw.set_secret("platform", "ANTHROPIC_API_KEY", ANTHROPIC_KEY);
     let got = kw
@@ -186,17 +186,11 @@ async fn rotated_in_scope_secret_is_redacted_in_its_new_value() {
 #[tokio::test]
 async fn in_scope_set_is_per_agent() {
     const STRIPE_KEY: &str = "sk_live_stripe-real-1234567890abcd";
-    let extra = format!(
-        r#"secrets = ["OPENAI_API_KEY"]
-
-[[agents]]
-id = "{AGENT_2}"
-token_sha256 = "{tok}"
-secrets = ["OPENAI_API_KEY", "STRIPE_API_KEY"]
-"#,
-        tok = sha256_hex(TOKEN_2)
-    );
-    let kw = Kw::start(&extra).await;
+    let kw = Kw::builder()
+        .agent(Agent::agent_1().secrets(&["OPENAI_API_KEY"]))
+        .agent(Agent::new(AGENT_2, TOKEN_2).secrets(&["OPENAI_API_KEY", "STRIPE_API_KEY"]))
+        .start()
+        .await;
     kw.set_secret("platform", "OPENAI_API_KEY", OPENAI_KEY);
     kw.set_secret("platform", "STRIPE_API_KEY", STRIPE_KEY);
     let one = kw.client();
@@ -231,7 +225,7 @@ async fn secret_fields_of_multi_field_records_in_scope_are_redacted() {
     const AWS_SESSION: &str = "FwoGZXIvYXdzEXAMPLEsessionTOKEN0123456789";
     const OAUTH_SECRET: &str = "oauth-client-secret-abcdef0123456789";
     const OAUTH_REFRESH: &str = "oauth-refresh-token-9876543210abcdef";
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", OPENAI_KEY);
     let vault = &kw.running.state.vault;
     let aws = serde_json::json!({

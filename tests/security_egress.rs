@@ -15,26 +15,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// A provider whose host is not in `egress.resolve`, so the resolver decides.
-const INTERNAL_PROVIDER: &str = r#"
-[[providers]]
-name = "internal"
-hosts = ["internal.example.test"]
-secret = "INTERNAL_KEY"
-inject = { header = "authorization", value = "Bearer {secret}" }
-"#;
-
-fn resolver(entries: &[(&str, &[&str])]) -> Arc<dyn Resolver> {
-    Arc::new(MapResolver(
-        entries
-            .iter()
-            .map(|(h, ips)| {
-                (
-                    h.to_string(),
-                    ips.iter().map(|i| i.parse::<IpAddr>().unwrap()).collect(),
-                )
-            })
-            .collect(),
-    ))
+fn internal_provider() -> Provider {
+    Provider::bearer("internal", "internal.example.test", "INTERNAL_KEY")
 }
 
 /// CONNECT to `authority`; asserts a 403 with `code`, a `deny` audit line with
@@ -68,7 +50,7 @@ async fn assert_connect_refused(kw: &Kw, authority: &str, status: u16, code: &st
 
 #[tokio::test]
 async fn connect_to_private_ipv4_literal_is_refused() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     for a in [
         "10.0.0.1:443",
         "172.16.5.4:443",
@@ -82,7 +64,7 @@ async fn connect_to_private_ipv4_literal_is_refused() {
 
 #[tokio::test]
 async fn connect_to_cloud_metadata_address_is_refused() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     for a in [
         "169.254.169.254:443",
         "100.100.100.200:443",
@@ -100,7 +82,7 @@ async fn connect_to_cloud_metadata_address_is_refused() {
 
 #[tokio::test]
 async fn connect_to_ipv4_mapped_private_ipv6_is_refused() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     for a in [
         "[::ffff:10.0.0.1]:443",
         "[::ffff:a00:1]:443",
@@ -115,7 +97,7 @@ async fn connect_to_ipv4_mapped_private_ipv6_is_refused() {
 
 #[tokio::test]
 async fn connect_to_ipv6_ula_link_local_and_loopback_is_refused() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     for a in [
         "[fd00::1]:443",
         "[fc00::1]:443",
@@ -130,11 +112,7 @@ async fn connect_to_ipv6_ula_link_local_and_loopback_is_refused() {
 #[tokio::test]
 async fn odd_ipv4_spellings_of_loopback_are_refused() {
     // No allow_private here, so loopback is blocked like every private range.
-    let kw = Kw::start_opts(KwOpts {
-        allow_private: Some(vec![]),
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder().allow_private(&[]).start().await;
     for a in [
         "2130706433:443",
         "0177.0.0.1:443",
@@ -151,7 +129,7 @@ async fn odd_ipv4_spellings_of_loopback_are_refused() {
 
 #[tokio::test]
 async fn odd_ipv4_spellings_of_private_and_metadata_addresses_are_refused() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     for (a, canonical) in [
         ("167772161:443", "10.0.0.1"),
         ("012.0.0.1:443", "10.0.0.1"),
@@ -170,7 +148,7 @@ async fn odd_ipv4_spellings_of_private_and_metadata_addresses_are_refused() {
 async fn odd_ipv4_spellings_of_allowed_loopback_are_still_not_allowlisted() {
     // The harness exempts 127/8, so the address check passes; the host must still
     // be refused because no allowlist entry names an IP.
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     for a in [
         "2130706433:443",
         "0177.0.0.1:443",
@@ -190,15 +168,11 @@ async fn allowlisted_name_resolving_to_private_addresses_is_refused() {
         "::1",
         "fd00::5",
     ] {
-        let kw = Kw::start_opts(KwOpts {
-            allow: Some(vec![
-                "pypi.example.test".into(),
-                "mirror.example.test".into(),
-            ]),
-            resolver: Some(resolver(&[("mirror.example.test", &[ip])])),
-            ..Default::default()
-        })
-        .await;
+        let kw = Kw::builder()
+            .allow(&["pypi.example.test", "mirror.example.test"])
+            .resolve_names(&[("mirror.example.test", &[ip])])
+            .start()
+            .await;
         assert_connect_refused(&kw, "mirror.example.test:443", 403, "private_address").await;
     }
 }
@@ -212,11 +186,11 @@ async fn provider_host_resolving_to_metadata_or_cgnat_is_refused_inside_the_tunn
         "10.0.0.7",
         "fd00::7",
     ] {
-        let kw = Kw::start_with(
-            INTERNAL_PROVIDER,
-            Some(resolver(&[("internal.example.test", &[ip])])),
-        )
-        .await;
+        let kw = Kw::builder()
+            .provider(internal_provider())
+            .resolve_names(&[("internal.example.test", &[ip])])
+            .start()
+            .await;
         kw.set_secret("platform", "INTERNAL_KEY", "internal-real-0123456789");
         let got = kw.client().get("internal.example.test", "/x", &[]).await;
         assert_eq!(got.status, 403, "{ip}: {}", got.text());
@@ -234,11 +208,10 @@ async fn provider_host_resolving_to_metadata_or_cgnat_is_refused_inside_the_tunn
 async fn resolve_override_to_private_address_is_still_checked() {
     // `egress.resolve` is operator config, but it must not become a way around the
     // private-address block (only allow_private is).
-    let kw = Kw::start_opts(KwOpts {
-        resolve: vec![("api.openai.com".into(), "10.9.9.9:443".parse().unwrap())],
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .resolve("api.openai.com", "10.9.9.9:443".parse().unwrap())
+        .start()
+        .await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
     assert_eq!(got.status, 403, "{}", got.text());
@@ -247,15 +220,14 @@ async fn resolve_override_to_private_address_is_still_checked() {
 
 #[tokio::test]
 async fn dns_answer_with_only_private_addresses_is_refused() {
-    let kw = Kw::start_opts(KwOpts {
-        allow: Some(vec!["mirror.example.test".into()]),
-        resolver: Some(resolver(&[(
+    let kw = Kw::builder()
+        .allow(&["mirror.example.test"])
+        .resolve_names(&[(
             "mirror.example.test",
             &["10.0.0.1", "192.168.0.1", "169.254.169.254", "fd00::1"],
-        )])),
-        ..Default::default()
-    })
-    .await;
+        )])
+        .start()
+        .await;
     assert_connect_refused(&kw, "mirror.example.test:443", 403, "private_address").await;
 }
 
@@ -263,15 +235,14 @@ async fn dns_answer_with_only_private_addresses_is_refused() {
 async fn dns_rebinding_mixed_answer_dials_only_a_checked_address() {
     // [private, public]: the address keyward picks to dial must be the public one.
     // Dialer::resolve is what both paths dial; asserting on it sends no packet.
-    let kw = Kw::start_opts(KwOpts {
-        allow: Some(vec!["mirror.example.test".into()]),
-        resolver: Some(resolver(&[(
+    let kw = Kw::builder()
+        .allow(&["mirror.example.test"])
+        .resolve_names(&[(
             "mirror.example.test",
             &["10.0.0.1", "169.254.169.254", "203.0.113.9", "8.8.8.8"],
-        )])),
-        ..Default::default()
-    })
-    .await;
+        )])
+        .start()
+        .await;
     let picked = kw
         .running
         .state
@@ -299,12 +270,11 @@ impl Resolver for Rebinder {
 
 #[tokio::test]
 async fn dns_rebinding_second_answer_is_checked_again() {
-    let kw = Kw::start_opts(KwOpts {
-        allow: Some(vec!["rebind.example.test".into()]),
-        resolver: Some(Arc::new(Rebinder(AtomicUsize::new(0)))),
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .allow(&["rebind.example.test"])
+        .resolver(Arc::new(Rebinder(AtomicUsize::new(0))))
+        .start()
+        .await;
     let dialer = &kw.running.state.dialer;
     assert_eq!(
         dialer.resolve("rebind.example.test", 443).await.unwrap(),
@@ -321,13 +291,12 @@ async fn dns_rebinding_second_answer_is_checked_again() {
 
 /// keyward with its own port added to egress.ports and `127.0.0.1`/`loop.example.test`
 /// allowlisted (applied after start, since the port is only known then).
-async fn kw_allowing_own_port(extra: &str) -> Kw {
-    let kw = Kw::start_with(
-        extra,
-        Some(resolver(&[("loop.example.test", &["127.0.0.1"])])),
-    )
-    .await;
-    let mut cfg = keyward::config::Config::from_file(&kw.config_path).unwrap();
+async fn kw_allowing_own_port() -> Kw {
+    let kw = Kw::builder()
+        .resolve_names(&[("loop.example.test", &["127.0.0.1"])])
+        .start()
+        .await;
+    let mut cfg = kw.config();
     cfg.egress.ports.push(kw.addr().port());
     cfg.egress.allow.push("127.0.0.1".into());
     cfg.egress.allow.push("127.0.0.2".into());
@@ -338,7 +307,7 @@ async fn kw_allowing_own_port(extra: &str) -> Kw {
 
 #[tokio::test]
 async fn connect_to_keyward_own_listen_address_is_self_loop() {
-    let kw = kw_allowing_own_port("").await;
+    let kw = kw_allowing_own_port().await;
     let port = kw.addr().port();
     assert_connect_refused(&kw, &format!("127.0.0.1:{port}"), 403, "self_loop").await;
     assert_connect_refused(&kw, &format!("2130706433:{port}"), 403, "self_loop").await;
@@ -347,7 +316,7 @@ async fn connect_to_keyward_own_listen_address_is_self_loop() {
 
 #[tokio::test]
 async fn name_resolving_to_keyward_itself_is_self_loop() {
-    let kw = kw_allowing_own_port("").await;
+    let kw = kw_allowing_own_port().await;
     let port = kw.addr().port();
     assert_connect_refused(&kw, &format!("loop.example.test:{port}"), 403, "self_loop").await;
 }
@@ -355,13 +324,13 @@ async fn name_resolving_to_keyward_itself_is_self_loop() {
 #[tokio::test]
 async fn provider_host_pointed_at_keyward_itself_is_self_loop() {
     // A provider whose resolution lands on keyward's own listener must not loop.
-    let kw = Kw::start_with(
-        INTERNAL_PROVIDER,
-        Some(resolver(&[("internal.example.test", &["127.0.0.1"])])),
-    )
-    .await;
+    let kw = Kw::builder()
+        .provider(internal_provider())
+        .resolve_names(&[("internal.example.test", &["127.0.0.1"])])
+        .start()
+        .await;
     kw.set_secret("platform", "INTERNAL_KEY", "internal-real-0123456789");
-    let mut cfg = keyward::config::Config::from_file(&kw.config_path).unwrap();
+    let mut cfg = kw.config();
     cfg.egress.ports.push(kw.addr().port());
     kw.running.state.apply_config(cfg);
     let c = kw.client();
@@ -395,9 +364,9 @@ async fn provider_host_pointed_at_keyward_itself_is_self_loop() {
 
 #[tokio::test]
 async fn connect_to_keyward_admin_port_is_self_loop() {
-    let kw = Kw::start("\n[admin]\nlisten = \"127.0.0.1:0\"\n").await;
+    let kw = Kw::builder().admin().start().await;
     let admin = kw.running.admin_addr.expect("admin listening");
-    let mut cfg = keyward::config::Config::from_file(&kw.config_path).unwrap();
+    let mut cfg = kw.config();
     cfg.egress.ports.push(admin.port());
     cfg.egress.allow.push("127.0.0.1".into());
     kw.running.state.apply_config(cfg);
@@ -414,7 +383,7 @@ async fn connect_to_keyward_admin_port_is_self_loop() {
 
 #[tokio::test]
 async fn port_not_in_egress_ports_is_refused_for_every_route() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     for a in [
         "api.openai.com:80",
         "api.openai.com:8443",
@@ -428,7 +397,7 @@ async fn port_not_in_egress_ports_is_refused_for_every_route() {
 
 #[tokio::test]
 async fn malformed_connect_authority_is_a_bad_request() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     for a in [
         "api.openai.com:0",
         "api.openai.com:65536",
@@ -442,7 +411,7 @@ async fn malformed_connect_authority_is_a_bad_request() {
         "[fe80::1%25eth0]:443",
         "[::1]443",
     ] {
-        let err = kw.client().connect(a).await.err().expect("refused");
+        let err = kw.client().connect(a).await.expect_err("refused");
         assert!(
             err.0 == 400,
             "CONNECT {a}: want 400, got {} {}",
@@ -455,11 +424,10 @@ async fn malformed_connect_authority_is_a_bad_request() {
 
 #[tokio::test]
 async fn wildcard_allow_needs_a_label_boundary() {
-    let kw = Kw::start_opts(KwOpts {
-        allow: Some(vec!["*.allowed.example.test".into()]),
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .allow(&["*.allowed.example.test"])
+        .start()
+        .await;
     for a in [
         "evilallowed.example.test:443",
         "allowed.example.test:443",
@@ -473,11 +441,7 @@ async fn wildcard_allow_needs_a_label_boundary() {
 #[tokio::test]
 async fn wildcard_allow_evilgithub_does_not_match_star_github() {
     // The example from the spec: `*.github.com` must not admit `evilgithub.com`.
-    let kw = Kw::start_opts(KwOpts {
-        allow: Some(vec!["*.github.com".into()]),
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder().allow(&["*.github.com"]).start().await;
     for a in [
         "evilgithub.com:443",
         "xgithub.com:443",
@@ -491,7 +455,7 @@ async fn wildcard_allow_evilgithub_does_not_match_star_github() {
 async fn host_case_and_trailing_dot_do_not_bypass_provider_interception() {
     // A provider host spelled differently must still be intercepted and injected,
     // never treated as an unknown host or a blind tunnel.
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     for spelled in ["API.OpenAI.com", "api.openai.com."] {
         let got = kw
@@ -523,7 +487,7 @@ async fn unknown_host_is_refused_whatever_the_resolver_says() {
             panic!("resolved {host} for a refused CONNECT")
         }
     }
-    let kw = Kw::start_with("", Some(Arc::new(Panics))).await;
+    let kw = Kw::builder().resolver(Arc::new(Panics)).start().await;
     assert_connect_refused(&kw, "evil.example.test:443", 403, "host_not_allowed").await;
     assert_connect_refused(&kw, "metadata.google.internal:443", 403, "host_not_allowed").await;
     let _ = HashMap::<(), ()>::new();

@@ -19,7 +19,7 @@ fn break_audit(kw: &Kw) {
 
 #[tokio::test]
 async fn unwritable_audit_log_refuses_provider_requests() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     break_audit(&kw);
     let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
@@ -31,7 +31,7 @@ async fn unwritable_audit_log_refuses_provider_requests() {
 
 #[tokio::test]
 async fn unwritable_audit_log_sends_nothing_upstream() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     break_audit(&kw);
     let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
@@ -44,7 +44,7 @@ async fn unwritable_audit_log_sends_nothing_upstream() {
 
 #[tokio::test]
 async fn unwritable_audit_log_refuses_blind_tunnels() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     break_audit(&kw);
     let mut c = kw.client();
     c.ca_pem = kw.pki.ca_pem.clone();
@@ -57,7 +57,7 @@ async fn unwritable_audit_log_refuses_blind_tunnels() {
 #[tokio::test]
 async fn unwritable_audit_log_still_refuses_what_policy_refuses() {
     // A broken audit log must never turn a denial into an allow.
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     break_audit(&kw);
     let err = kw
         .client()
@@ -75,7 +75,7 @@ async fn unwritable_audit_log_still_refuses_what_policy_refuses() {
 
 #[tokio::test]
 async fn audit_log_recovers_when_the_path_is_writable_again() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     break_audit(&kw);
     let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
@@ -88,53 +88,44 @@ async fn audit_log_recovers_when_the_path_is_writable_again() {
 
 #[tokio::test]
 async fn audit_path_that_is_a_directory_refuses_to_start() {
-    let err = Kw::try_start_opts(KwOpts {
-        prepare: Some(Box::new(|dir| {
-            std::fs::create_dir(dir.join("audit.jsonl")).unwrap();
-        })),
-        ..Default::default()
-    })
-    .await
-    .err()
-    .expect("started without a writable audit log");
-    assert!(err.0.contains("audit.jsonl"), "{}", err.0);
+    let err = Kw::builder()
+        .before_start(|dir| std::fs::create_dir(dir.join("audit.jsonl")).unwrap())
+        .try_start()
+        .await
+        .err()
+        .expect("started without a writable audit log");
+    assert!(err.contains("audit.jsonl"), "{err}");
 }
 
 #[tokio::test]
 async fn corrupt_vault_refuses_to_start() {
-    let err = Kw::try_start_opts(KwOpts {
-        prepare: Some(Box::new(|dir| {
-            std::fs::write(dir.join("vault.kw"), b"{\"not\": \"a vault\"").unwrap();
-        })),
-        ..Default::default()
-    })
-    .await
-    .err()
-    .expect("started on a corrupt vault");
-    assert!(err.0.contains("vault.kw"), "{}", err.0);
+    let err = Kw::builder()
+        .before_start(|dir| std::fs::write(dir.join("vault.kw"), b"{\"not\": \"a vault\"").unwrap())
+        .try_start()
+        .await
+        .err()
+        .expect("started on a corrupt vault");
+    assert!(err.contains("vault.kw"), "{err}");
 }
 
 #[tokio::test]
 async fn vault_with_wrong_master_key_refuses_to_start() {
     // A vault sealed under one master key, opened with another: never reset.
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     let vault = std::fs::read(kw.dir.path().join("vault.kw")).unwrap();
-    let err = Kw::try_start_opts(KwOpts {
-        prepare: Some(Box::new(move |dir| {
-            std::fs::write(dir.join("vault.kw"), &vault).unwrap();
-        })),
-        ..Default::default()
-    })
-    .await
-    .err()
-    .expect("started on a vault sealed under another master key");
-    assert!(!err.0.contains(KEY));
+    let err = Kw::builder()
+        .before_start(move |dir| std::fs::write(dir.join("vault.kw"), &vault).unwrap())
+        .try_start()
+        .await
+        .err()
+        .expect("started on a vault sealed under another master key");
+    assert!(!err.contains(KEY));
 }
 
 #[tokio::test]
 async fn tampered_vault_file_at_runtime_keeps_the_last_good_vault() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     let path = kw.dir.path().join("vault.kw");
     let mut bytes = std::fs::read(&path).unwrap();

@@ -16,12 +16,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 const KEY: &str = "sk-real-openai-0123456789";
 
-async fn kw_with_key(proxy: &str) -> Kw {
-    let kw = Kw::start_opts(KwOpts {
-        proxy: proxy.into(),
-        ..Default::default()
-    })
-    .await;
+async fn kw_with_key(kw: KwBuilder) -> Kw {
+    let kw = kw.start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     kw
 }
@@ -70,7 +66,7 @@ async fn closed_within<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> boo
 
 #[tokio::test]
 async fn garbage_request_line_on_proxy_port_is_rejected() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     for bytes in [
         &b"GARBAGE\r\n\r\n"[..],
         b"CONNECT\r\n\r\n",
@@ -91,7 +87,7 @@ async fn garbage_request_line_on_proxy_port_is_rejected() {
 
 #[tokio::test]
 async fn nul_cr_lf_in_connect_headers_are_rejected() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let auth = auth_header(&kw);
     for bad in [
         "X-Evil: a\0b\r\n",
@@ -112,7 +108,7 @@ async fn nul_cr_lf_in_connect_headers_are_rejected() {
 
 #[tokio::test]
 async fn oversized_connect_head_gets_431() {
-    let kw = kw_with_key("max_header_bytes = 8192").await;
+    let kw = kw_with_key(Kw::builder().proxy("max_header_bytes", 8192)).await;
     let filler = "a".repeat(20_000);
     let req = format!(
         "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n{}X-Filler: {filler}\r\n\r\n",
@@ -124,7 +120,7 @@ async fn oversized_connect_head_gets_431() {
 
 #[tokio::test]
 async fn many_small_connect_headers_over_the_limit_get_431() {
-    let kw = kw_with_key("max_header_bytes = 8192").await;
+    let kw = kw_with_key(Kw::builder().proxy("max_header_bytes", 8192)).await;
     let many: String = (0..2000).map(|i| format!("X-H{i}: v\r\n")).collect();
     let req = format!(
         "CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n{}{many}\r\n",
@@ -136,7 +132,7 @@ async fn many_small_connect_headers_over_the_limit_get_431() {
 
 #[tokio::test]
 async fn slow_connect_head_is_cut_off() {
-    let kw = kw_with_key("header_read_timeout = \"1s\"").await;
+    let kw = kw_with_key(Kw::builder().proxy("header_read_timeout", "1s")).await;
     let mut s = TcpStream::connect(kw.addr()).await.unwrap();
     let started = Instant::now();
     s.write_all(b"CONNECT api.openai.com:443 HTTP/1.1\r\nHost: api.openai.com:443\r\n")
@@ -160,7 +156,7 @@ async fn slow_connect_head_is_cut_off() {
 async fn malformed_proxy_authorization_gets_407() {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let cases = [
         String::new(),
         "Basic".to_string(),
@@ -199,11 +195,10 @@ async fn malformed_proxy_authorization_gets_407() {
 
 #[tokio::test]
 async fn credentials_for_one_agent_with_another_agents_id_get_407() {
-    let extra = format!(
-        "\n[[agents]]\nid = \"agent-2\"\ntoken_sha256 = \"{}\"\n",
-        sha256_hex("tok-agent-2")
-    );
-    let kw = Kw::start(&extra).await;
+    let kw = Kw::builder()
+        .agent(Agent::new("agent-2", "tok-agent-2"))
+        .start()
+        .await;
     let mut c = kw.client();
     c.auth = Some(("agent-2".into(), TOKEN.into()));
     let err = c.open("api.openai.com").await.err().expect("refused");
@@ -213,7 +208,7 @@ async fn credentials_for_one_agent_with_another_agents_id_get_407() {
 
 #[tokio::test]
 async fn connection_flood_beyond_max_connections_gets_503() {
-    let kw = kw_with_key("max_connections = 2").await;
+    let kw = kw_with_key(Kw::builder().proxy("max_connections", 2)).await;
     let _a = TcpStream::connect(kw.addr()).await.unwrap();
     let _b = TcpStream::connect(kw.addr()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -233,7 +228,7 @@ async fn connection_flood_beyond_max_connections_gets_503() {
 
 #[tokio::test]
 async fn content_length_and_transfer_encoding_together_are_never_forwarded_ambiguously() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     let req = b"POST /v1/x HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: api.openai.com\r\n\r\n";
     let (status, head, _) = raw_inner(&kw, req).await;
     if status == 200 {
@@ -257,7 +252,7 @@ async fn content_length_and_transfer_encoding_together_are_never_forwarded_ambig
 
 #[tokio::test]
 async fn duplicate_differing_content_length_is_rejected() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     let req = b"POST /v1/x HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: 3\r\nContent-Length: 10\r\n\r\nabcdefghij";
     let (status, head, _) = raw_inner(&kw, req).await;
     assert_eq!(status, 400, "{head}");
@@ -266,7 +261,7 @@ async fn duplicate_differing_content_length_is_rejected() {
 
 #[tokio::test]
 async fn content_length_with_list_or_sign_is_rejected() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     for cl in ["3, 10", "+3", "-1", "0x3", "3 3"] {
         let req = format!(
             "POST /v1/x HTTP/1.1\r\nHost: api.openai.com\r\nContent-Length: {cl}\r\n\r\nabc"
@@ -279,7 +274,7 @@ async fn content_length_with_list_or_sign_is_rejected() {
 
 #[tokio::test]
 async fn transfer_encoding_not_ending_in_chunked_is_rejected() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     for te in ["chunked, identity", "xchunked", "gzip", "chunked\x0b"] {
         let req = format!(
             "POST /v1/x HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: {te}\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
@@ -295,7 +290,7 @@ async fn transfer_encoding_not_ending_in_chunked_is_rejected() {
 
 #[tokio::test]
 async fn nul_cr_lf_in_tunnel_headers_are_rejected() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     for bad in [
         "X-Evil: a\0b\r\n",
         "X-Evil: a\rb\r\n",
@@ -313,7 +308,7 @@ async fn nul_cr_lf_in_tunnel_headers_are_rejected() {
 
 #[tokio::test]
 async fn bad_request_line_inside_tunnel_is_rejected() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     for line in [
         "GET\r\n\r\n",
         "GET /v1/models\r\nHost: api.openai.com\r\n\r\n",
@@ -332,7 +327,7 @@ async fn bad_request_line_inside_tunnel_is_rejected() {
 
 #[tokio::test]
 async fn oversized_request_head_inside_tunnel_gets_431() {
-    let kw = kw_with_key("max_header_bytes = 8192").await;
+    let kw = kw_with_key(Kw::builder().proxy("max_header_bytes", 8192)).await;
     let filler = "a".repeat(20_000);
     let req =
         format!("GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\nX-Filler: {filler}\r\n\r\n");
@@ -344,7 +339,12 @@ async fn oversized_request_head_inside_tunnel_gets_431() {
 #[tokio::test]
 async fn slow_request_head_inside_tunnel_is_cut_off() {
     // Inside a tunnel the idle timeout bounds a request head (see connect.rs).
-    let kw = kw_with_key("header_read_timeout = \"1s\"\nidle_timeout = \"1s\"").await;
+    let kw = kw_with_key(
+        Kw::builder()
+            .proxy("header_read_timeout", "1s")
+            .proxy("idle_timeout", "1s"),
+    )
+    .await;
     let mut tls = kw.client().open_raw_tls("api.openai.com").await;
     tls.write_all(b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\n")
         .await
@@ -360,14 +360,14 @@ async fn slow_request_head_inside_tunnel_is_cut_off() {
 #[tokio::test]
 async fn tls_handshake_that_never_starts_is_cut_off() {
     // CONNECT accepted, then silence: the tunnel must not be held forever.
-    let kw = kw_with_key("header_read_timeout = \"1s\"").await;
+    let kw = kw_with_key(Kw::builder().proxy("header_read_timeout", "1s")).await;
     let mut s = kw.client().connect("api.openai.com:443").await.unwrap();
     assert!(closed_within(&mut s, Duration::from_secs(4)).await);
 }
 
 #[tokio::test]
 async fn body_over_max_body_bytes_with_content_length_gets_413() {
-    let kw = kw_with_key("max_body_bytes = 1000").await;
+    let kw = kw_with_key(Kw::builder().proxy("max_body_bytes", 1000)).await;
     let got = kw
         .client()
         .send(
@@ -390,7 +390,7 @@ async fn body_over_max_body_bytes_with_content_length_gets_413() {
 
 #[tokio::test]
 async fn chunked_body_over_max_body_bytes_gets_413() {
-    let kw = kw_with_key("max_body_bytes = 1000").await;
+    let kw = kw_with_key(Kw::builder().proxy("max_body_bytes", 1000)).await;
     let chunk = format!("{:x}\r\n{}\r\n", 800, "y".repeat(800));
     let req = format!(
         "POST /v1/files HTTP/1.1\r\nHost: api.openai.com\r\nTransfer-Encoding: chunked\r\n\r\n{chunk}{chunk}{chunk}0\r\n\r\n"
@@ -406,7 +406,7 @@ async fn chunked_body_over_max_body_bytes_gets_413() {
 
 #[tokio::test]
 async fn second_host_header_inside_tunnel_gets_421() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     kw.set_secret("platform", "ANTHROPIC_API_KEY", "sk-ant-real-0123456789");
     for hosts in [
         "Host: api.openai.com\r\nHost: api.anthropic.com\r\n",
@@ -424,7 +424,7 @@ async fn second_host_header_inside_tunnel_gets_421() {
 
 #[tokio::test]
 async fn host_header_with_other_port_or_userinfo_gets_421() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     for host in [
         "api.openai.com:8443",
         "api.anthropic.com",
@@ -441,7 +441,7 @@ async fn host_header_with_other_port_or_userinfo_gets_421() {
 
 #[tokio::test]
 async fn absolute_form_target_naming_another_host_gets_421() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     kw.set_secret("platform", "ANTHROPIC_API_KEY", "sk-ant-real-0123456789");
     let req = b"GET https://api.anthropic.com/v1/messages HTTP/1.1\r\nHost: api.openai.com\r\n\r\n";
     let (status, head, _) = raw_inner(&kw, req).await;
@@ -452,7 +452,7 @@ async fn absolute_form_target_naming_another_host_gets_421() {
 
 #[tokio::test]
 async fn missing_host_inside_tunnel_is_a_bad_request() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     let (status, head, _) = raw_inner(&kw, b"GET /v1/models HTTP/1.1\r\n\r\n").await;
     assert_eq!(status, 400, "{head}");
     assert_eq!(head_error_code(&head).as_deref(), Some("bad_request"));
@@ -461,7 +461,7 @@ async fn missing_host_inside_tunnel_is_a_bad_request() {
 
 #[tokio::test]
 async fn h2_authority_differs_from_connect_host_gets_421() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     kw.set_secret("platform", "ANTHROPIC_API_KEY", "sk-ant-real-0123456789");
     let mut c = kw.client();
     c.h2 = true;
@@ -475,7 +475,7 @@ async fn h2_authority_differs_from_connect_host_gets_421() {
 
 #[tokio::test]
 async fn h2_host_header_contradicting_authority_gets_421() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     kw.set_secret("platform", "ANTHROPIC_API_KEY", "sk-ant-real-0123456789");
     let mut c = kw.client();
     c.h2 = true;
@@ -533,7 +533,7 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAnything {
 
 #[tokio::test]
 async fn sni_different_from_connect_host_closes_the_tunnel() {
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     kw.set_secret("platform", "ANTHROPIC_API_KEY", "sk-ant-real-0123456789");
     let stream = kw.client().connect("api.openai.com:443").await.unwrap();
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
@@ -563,7 +563,7 @@ async fn sni_different_from_connect_host_closes_the_tunnel() {
 async fn hop_by_hop_connection_header_cannot_drop_injected_credential() {
     // `Connection: authorization` asks a proxy to strip Authorization; it must not
     // remove the injected one (nor let the agent's own through).
-    let kw = kw_with_key("").await;
+    let kw = kw_with_key(Kw::builder()).await;
     let req = b"GET /v1/models HTTP/1.1\r\nHost: api.openai.com\r\nConnection: authorization, x-api-key\r\nAuthorization: Bearer agent-own\r\n\r\n";
     let (status, head, _) = raw_inner(&kw, req).await;
     assert_eq!(status, 200, "{head}");
@@ -615,12 +615,11 @@ async fn raw_upstream(pki: &UpstreamPki, reply: &'static [u8]) -> SocketAddr {
 async fn kw_with_hostile_upstream(reply: &'static [u8]) -> Kw {
     let pki = UpstreamPki::new();
     let addr = raw_upstream(&pki, reply).await;
-    let kw = Kw::start_opts(KwOpts {
-        pki: Some(pki),
-        resolve: vec![("api.openai.com".into(), addr)],
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .upstream_pki(pki)
+        .resolve("api.openai.com", addr)
+        .start()
+        .await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     kw
 }

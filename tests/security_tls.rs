@@ -34,7 +34,7 @@ const DAY: i64 = 24 * 3600;
 
 #[tokio::test]
 async fn ca_certificate_is_pathlen_0_with_key_cert_sign() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let pem = kw.ca_pem();
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).unwrap();
     let ca = pem.parse_x509().unwrap();
@@ -62,7 +62,7 @@ async fn ca_certificate_is_pathlen_0_with_key_cert_sign() {
 
 #[tokio::test]
 async fn leaf_is_not_a_ca_is_server_auth_only_and_names_only_the_host() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let chain = presented_chain(&kw, "api.openai.com").await;
     let (_, leaf) = X509Certificate::from_der(chain[0].as_ref()).unwrap();
@@ -96,7 +96,7 @@ async fn leaf_is_not_a_ca_is_server_auth_only_and_names_only_the_host() {
 
 #[tokio::test]
 async fn leaf_is_valid_for_at_most_seven_days() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let chain = presented_chain(&kw, "api.openai.com").await;
     let (_, leaf) = X509Certificate::from_der(chain[0].as_ref()).unwrap();
     let v = leaf.validity();
@@ -118,7 +118,7 @@ async fn leaf_is_valid_for_at_most_seven_days() {
 
 #[tokio::test]
 async fn each_host_gets_its_own_leaf_key() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let a = presented_chain(&kw, "api.openai.com").await;
     let b = presented_chain(&kw, "api.anthropic.com").await;
     let (_, a) = X509Certificate::from_der(a[0].as_ref()).unwrap();
@@ -138,7 +138,7 @@ fn minted(kw: &Kw) -> (u64, u64) {
 
 #[tokio::test]
 async fn refused_connect_mints_no_leaf() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     // Not allowed, private, wrong port, blind tunnel host, no auth, wrong auth.
     for a in [
         "evil.example.test:443",
@@ -166,7 +166,7 @@ async fn refused_connect_mints_no_leaf() {
 
 #[tokio::test]
 async fn allowed_connect_mints_one_leaf_then_reuses_it() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     presented_chain(&kw, "api.openai.com").await;
     assert_eq!(minted(&kw), (1, 0));
     presented_chain(&kw, "api.openai.com").await;
@@ -175,7 +175,7 @@ async fn allowed_connect_mints_one_leaf_then_reuses_it() {
 
 #[tokio::test]
 async fn ca_key_is_created_0600() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let mode = std::fs::metadata(kw.dir.path().join("ca.key"))
         .unwrap()
         .permissions()
@@ -199,27 +199,25 @@ fn ca_with_mode(mode: u32) -> Box<dyn FnOnce(&Path) + Send> {
 #[tokio::test]
 async fn group_or_world_readable_ca_key_refuses_to_start() {
     for mode in [0o640, 0o604, 0o644, 0o660, 0o666] {
-        let err = Kw::try_start_opts(KwOpts {
-            prepare: Some(ca_with_mode(mode)),
-            ..Default::default()
-        })
-        .await
-        .err()
-        .unwrap_or_else(|| panic!("started with a CA key of mode {mode:o}"));
-        assert!(err.0.contains("ca.key"), "{mode:o}: {}", err.0);
-        assert!(err.0.contains("chmod 600"), "{mode:o}: {}", err.0);
+        let err = Kw::builder()
+            .before_start(ca_with_mode(mode))
+            .try_start()
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("started with a CA key of mode {mode:o}"));
+        assert!(err.contains("ca.key"), "{mode:o}: {err}");
+        assert!(err.contains("chmod 600"), "{mode:o}: {err}");
     }
 }
 
 #[tokio::test]
 async fn owner_only_ca_key_modes_are_accepted() {
     for mode in [0o600, 0o400] {
-        let kw = Kw::try_start_opts(KwOpts {
-            prepare: Some(ca_with_mode(mode)),
-            ..Default::default()
-        })
-        .await;
-        assert!(kw.is_ok(), "{mode:o}: {:?}", kw.err().map(|e| e.0));
+        let kw = Kw::builder()
+            .before_start(ca_with_mode(mode))
+            .try_start()
+            .await;
+        assert!(kw.is_ok(), "{mode:o}: {:?}", kw.err());
     }
 }
 
@@ -272,31 +270,28 @@ async fn assert_upstream_tls_refused(kw: &Kw, rogue: Option<&EchoUpstream>) {
 async fn upstream_with_certificate_from_untrusted_ca_gets_502_upstream_tls() {
     let rogue_pki = UpstreamPki::new();
     let rogue = EchoUpstream::start(&rogue_pki).await;
-    let kw = Kw::start_opts(KwOpts {
-        resolve: vec![("api.openai.com".into(), rogue.addr)],
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .resolve("api.openai.com", rogue.addr)
+        .start()
+        .await;
     assert_upstream_tls_refused(&kw, Some(&rogue)).await;
 }
 
 #[tokio::test]
 async fn upstream_certificate_for_another_name_gets_502_upstream_tls() {
-    let kw = Kw::start_opts(KwOpts {
-        pki: Some(custom_pki(&["other.example.test"], 30)),
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .upstream_pki(custom_pki(&["other.example.test"], 30))
+        .start()
+        .await;
     assert_upstream_tls_refused(&kw, None).await;
 }
 
 #[tokio::test]
 async fn expired_upstream_certificate_gets_502_upstream_tls() {
-    let kw = Kw::start_opts(KwOpts {
-        pki: Some(custom_pki(&["api.openai.com"], -1)),
-        ..Default::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .upstream_pki(custom_pki(&["api.openai.com"], -1))
+        .start()
+        .await;
     assert_upstream_tls_refused(&kw, None).await;
 }
 
@@ -304,7 +299,7 @@ async fn expired_upstream_certificate_gets_502_upstream_tls() {
 async fn upstream_presenting_a_keyward_minted_leaf_is_not_trusted() {
     // keyward's own CA must never be an upstream root: a leaf it minted (which an
     // agent could obtain) must not let anything impersonate a provider upstream.
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let ca = keyward::tls::ca::CertAuthority::load(
         &kw.dir.path().join("ca.pem"),
         &kw.dir.path().join("ca.key"),
@@ -331,7 +326,7 @@ async fn upstream_presenting_a_keyward_minted_leaf_is_not_trusted() {
             }
         }
     });
-    let mut cfg = keyward::config::Config::from_file(&kw.config_path).unwrap();
+    let mut cfg = kw.config();
     cfg.egress.resolve.insert("api.openai.com".into(), addr);
     kw.running.state.apply_config(cfg);
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");

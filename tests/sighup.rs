@@ -4,9 +4,6 @@
 mod common;
 
 use common::*;
-use keyward::config::Config;
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test]
@@ -14,21 +11,14 @@ async fn sighup_without_a_config_file_does_not_stop_keyward() {
     // The same config, parsed from text: no file to reload, so SIGHUP has nothing
     // to do; before, no handler was installed and SIGHUP ended the process (this
     // test binary, here).
-    let pki = UpstreamPki::new();
-    let upstream = EchoUpstream::start(&pki).await;
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
-    let config = Config::parse(&base_config(dir.path(), upstream.addr, ""), "<text>").unwrap();
-    assert!(config.source.is_none());
-    let running = keyward::app::start(config, Some(Arc::new(MapResolver(HashMap::new()))))
-        .await
-        .unwrap();
+    let kw = Kw::builder().without_config_file().start().await;
+    assert!(!kw.config_path.exists(), "no file to reload");
 
     // SAFETY: sending SIGHUP to this very process.
     assert_eq!(unsafe { libc::kill(libc::getpid(), libc::SIGHUP) }, 0);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let mut s = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(kw.addr()).await.unwrap();
     use tokio::io::AsyncWriteExt;
     s.write_all(b"CONNECT api.openai.com:443 HTTP/1.1\r\nhost: api.openai.com:443\r\n\r\n")
         .await
@@ -36,5 +26,5 @@ async fn sighup_without_a_config_file_does_not_stop_keyward() {
     let (status, head, _) = read_head(&mut s).await;
     assert_eq!(status, 407, "still serving: {head}");
     drop(s);
-    running.shutdown().await;
+    kw.running.shutdown().await;
 }

@@ -26,7 +26,7 @@ fn assert_timeout_audited(kw: &Kw, path: &str) {
 
 #[tokio::test]
 async fn a_head_later_than_response_timeout_is_a_504() {
-    let kw = Kw::start_full("response_timeout = \"1s\"", "", None).await;
+    let kw = Kw::builder().proxy("response_timeout", "1s").start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     let got = kw
         .client()
@@ -55,12 +55,11 @@ async fn an_upstream_that_never_finishes_tls_is_a_504_within_connect_timeout() {
             held.push(s);
         }
     });
-    let kw = Kw::start_opts(KwOpts {
-        proxy: "connect_timeout = \"1s\"".into(),
-        resolve: vec![("api.openai.com".into(), silent_addr)],
-        ..KwOpts::default()
-    })
-    .await;
+    let kw = Kw::builder()
+        .proxy("connect_timeout", "1s")
+        .resolve("api.openai.com", silent_addr)
+        .start()
+        .await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     let started = std::time::Instant::now();
     let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
@@ -81,7 +80,7 @@ async fn an_upstream_that_never_finishes_tls_is_a_504_within_connect_timeout() {
 #[tokio::test]
 async fn a_streamed_body_silent_for_response_timeout_ends_as_an_error() {
     use http_body_util::BodyExt;
-    let kw = Kw::start_full("response_timeout = \"1s\"", "", None).await;
+    let kw = Kw::builder().proxy("response_timeout", "1s").start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     let mut tunnel = kw.client().open("api.openai.com").await.expect("tunnel");
     let req = http::Request::get("/stall")
@@ -110,7 +109,7 @@ async fn a_streamed_body_silent_for_response_timeout_ends_as_an_error() {
 /// Silences shorter than `response_timeout` are not cut (SSE between events).
 #[tokio::test]
 async fn a_stream_with_pauses_shorter_than_response_timeout_completes() {
-    let kw = Kw::start_full("response_timeout = \"3s\"", "", None).await;
+    let kw = Kw::builder().proxy("response_timeout", "3s").start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", KEY);
     // `/sse`: two events 1.5 s apart.
     let got = kw.client().get("api.openai.com", "/sse", &[]).await;

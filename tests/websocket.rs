@@ -34,7 +34,7 @@ async fn open(kw: &Kw, url: &str, headers: &[(&'static str, &str)]) -> Ws {
 
 #[tokio::test]
 async fn websocket_handshake_is_injected_then_frames_flow_both_ways() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", "sk-real-openai-0123456789");
     let mut ws = open(
         &kw,
@@ -68,7 +68,7 @@ async fn websocket_handshake_is_injected_then_frames_flow_both_ways() {
 /// agent offered never reached the upstream (frames must stay readable).
 #[tokio::test]
 async fn websocket_frames_echoing_the_secret_are_redacted_and_audited() {
-    let kw = Kw::start("").await;
+    let kw = Kw::builder().start().await;
     let secret = format!("sk-real-{}", canary());
     kw.set_secret("platform", "OPENAI_API_KEY", &secret);
     let mut ws = open(

@@ -1,19 +1,29 @@
 //! Test harness: a runtime-generated upstream PKI, a real TLS echo upstream that
-//! records what it received, an in-process keyward on 127.0.0.1:0, and a client
-//! that speaks CONNECT + TLS + HTTP through it.
+//! records what it received, and a client that speaks CONNECT + TLS + HTTP through
+//! keyward. The keyward itself: `kw` (builder, start), `config` (its config as
+//! values), `seed` (secrets and agents), `leaks` (the one leak assertion).
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod config;
+pub mod kw;
 pub mod leaks;
+pub mod seed;
 pub mod vault;
+
+// What a test names most, at `common::`; not every test binary uses each.
+#[allow(unused_imports)]
+pub use config::{Agent, Chain, Provider};
+#[allow(unused_imports)]
+pub use kw::{Kw, KwBuilder, AGENT, TOKEN};
+#[allow(unused_imports)]
+pub use leaks::assert_no_leak;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use keyward::app::{self, Running};
-use keyward::config::Config;
 use keyward::proxy::upstream::{BoxFuture, Resolver};
 use parking_lot::Mutex;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
@@ -22,7 +32,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -392,127 +401,6 @@ impl Resolver for MapResolver {
     }
 }
 
-pub const AGENT: &str = "agent-1";
-pub const TOKEN: &str = "tok-agent-1-secret";
-
-/// A keyward started in-process against an echo upstream.
-pub struct Kw {
-    pub running: Running,
-    pub dir: tempfile::TempDir,
-    pub upstream: EchoUpstream,
-    pub pki: UpstreamPki,
-    pub config_path: PathBuf,
-}
-
-/// Config text pointing every file into `dir` and every test host at `up`.
-pub fn base_config(dir: &Path, up: SocketAddr, extra: &str) -> String {
-    let resolve = UPSTREAM_HOSTS
-        .iter()
-        .map(|h| format!("\"{h}\" = \"{up}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!(
-        r#"
-[proxy]
-listen = "127.0.0.1:0"
-[tls]
-ca_cert = "{d}/ca.pem"
-ca_key = "{d}/ca.key"
-upstream_roots = "{d}/upstream-ca.pem"
-[vault]
-path = "{d}/vault.kw"
-master_key_file = "{d}/master.key"
-[audit]
-path = "{d}/audit.jsonl"
-[egress]
-allow = ["pypi.example.test"]
-allow_private = ["127.0.0.0/8"]
-ports = [443]
-resolve = {{ {resolve} }}
-
-[[providers]]
-name = "query-provider"
-hosts = ["q.example.test"]
-secret = "Q_KEY"
-inject = {{ query = "key" }}
-
-[[agents]]
-id = "{AGENT}"
-token_sha256 = "{tok}"
-{extra}
-"#,
-        d = dir.display(),
-        tok = sha256_hex(TOKEN),
-    )
-}
-
-impl Kw {
-    /// Starts upstream + keyward with `extra` appended to the agent section
-    /// (or as further tables).
-    pub async fn start(extra: &str) -> Kw {
-        Kw::start_with(extra, None).await
-    }
-
-    pub async fn start_with(extra: &str, resolver: Option<Arc<dyn Resolver>>) -> Kw {
-        Kw::start_full("", extra, resolver).await
-    }
-
-    /// `proxy_extra` goes into the `[proxy]` table (limits, timeouts).
-    pub async fn start_full(
-        proxy_extra: &str,
-        extra: &str,
-        resolver: Option<Arc<dyn Resolver>>,
-    ) -> Kw {
-        Kw::start_opts(KwOpts {
-            proxy: proxy_extra.to_string(),
-            extra: extra.to_string(),
-            resolver,
-            ..KwOpts::default()
-        })
-        .await
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.running.addr
-    }
-
-    /// Stores a secret through the vault API and makes the proxy see it.
-    pub fn set_secret(&self, scope: &str, name: &str, value: &str) {
-        let st = &self.running.state;
-        vault::set(&*st.vault, scope, name, value).unwrap();
-        st.refresh_vault().unwrap();
-    }
-
-    pub fn audit_path(&self) -> PathBuf {
-        self.dir.path().join("audit.jsonl")
-    }
-
-    pub fn audit_lines(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(self.audit_path())
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    pub fn last_audit(&self) -> serde_json::Value {
-        self.audit_lines().pop().expect("no audit line")
-    }
-
-    pub fn ca_pem(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("ca.pem")).unwrap()
-    }
-
-    pub fn client(&self) -> ProxyClient {
-        ProxyClient {
-            proxy: self.addr(),
-            auth: Some((AGENT.into(), TOKEN.into())),
-            ca_pem: self.ca_pem(),
-            h2: false,
-        }
-    }
-}
-
 /// What a client saw.
 #[derive(Debug)]
 pub struct Got {
@@ -712,172 +600,6 @@ impl Tunnel {
                 .unwrap(),
         )
         .await
-    }
-}
-
-/// Asserts `needle` appears in none of the encodings an output could carry it in.
-pub fn assert_no_leak(what: &str, haystack: &[u8], needle: &str) {
-    use base64::Engine;
-    let forms = [
-        needle.to_string(),
-        base64::engine::general_purpose::STANDARD.encode(needle),
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(needle),
-        hex::encode(needle),
-        percent_encoding::utf8_percent_encode(needle, percent_encoding::NON_ALPHANUMERIC)
-            .to_string(),
-    ];
-    let hay = String::from_utf8_lossy(haystack);
-    for f in forms {
-        // Base64 of the whole value may differ at the edges; the middle must not appear.
-        let probe = if f.len() > 12 {
-            &f[4..f.len() - 4]
-        } else {
-            &f[..]
-        };
-        assert!(!hay.contains(probe), "{what} leaks the canary (form {f})");
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Security-suite helpers (tests/security_*.rs). Appended; nothing above changed.
-
-/// Everything `Kw::start_with` fixes, made adjustable: `[proxy]` keys, the egress
-/// lists, per-host `resolve` overrides (e.g. to a hostile upstream), the upstream
-/// PKI keyward trusts, and a hook that runs on the state dir before keyward starts.
-pub struct KwOpts {
-    /// Extra keys for the `[proxy]` table (`max_body_bytes = 1000`).
-    pub proxy: String,
-    /// Appended after the `[[agents]]` table, as for `Kw::start`.
-    pub extra: String,
-    pub resolver: Option<Arc<dyn Resolver>>,
-    /// Replaces `egress.allow` (default `["pypi.example.test"]`).
-    pub allow: Option<Vec<String>>,
-    /// Replaces `egress.allow_private` (default `["127.0.0.0/8"]`).
-    pub allow_private: Option<Vec<String>>,
-    /// Replaces `egress.ports` (default `[443]`).
-    pub ports: Option<Vec<u16>>,
-    /// `egress.resolve` entries added, or replacing the echo upstream's for that host.
-    pub resolve: Vec<(String, SocketAddr)>,
-    /// The PKI of the echo upstream; its CA is written as `upstream_roots`.
-    pub pki: Option<UpstreamPki>,
-    /// Runs on the state dir after the config is written, before keyward starts.
-    pub prepare: Option<Box<dyn FnOnce(&Path) + Send>>,
-}
-
-impl Default for KwOpts {
-    fn default() -> Self {
-        KwOpts {
-            proxy: String::new(),
-            extra: String::new(),
-            resolver: None,
-            allow: None,
-            allow_private: None,
-            ports: None,
-            resolve: Vec::new(),
-            pki: None,
-            prepare: None,
-        }
-    }
-}
-
-fn toml_list<T: std::fmt::Display>(items: &[T], quote: bool) -> String {
-    let items: Vec<String> = items
-        .iter()
-        .map(|i| {
-            if quote {
-                format!("\"{i}\"")
-            } else {
-                i.to_string()
-            }
-        })
-        .collect();
-    format!("[{}]", items.join(", "))
-}
-
-/// `base_config` with the adjustments of `opts` applied.
-pub fn config_with_opts(dir: &Path, up: SocketAddr, opts: &KwOpts) -> String {
-    let mut text = base_config(dir, up, &opts.extra);
-    text = text.replacen(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\n",
-        &format!("[proxy]\nlisten = \"127.0.0.1:0\"\n{}\n", opts.proxy),
-        1,
-    );
-    if let Some(allow) = &opts.allow {
-        text = text.replacen(
-            "allow = [\"pypi.example.test\"]",
-            &format!("allow = {}", toml_list(allow, true)),
-            1,
-        );
-    }
-    if let Some(private) = &opts.allow_private {
-        text = text.replacen(
-            "allow_private = [\"127.0.0.0/8\"]",
-            &format!("allow_private = {}", toml_list(private, true)),
-            1,
-        );
-    }
-    if let Some(ports) = &opts.ports {
-        text = text.replacen(
-            "ports = [443]",
-            &format!("ports = {}", toml_list(ports, false)),
-            1,
-        );
-    }
-    for (host, addr) in &opts.resolve {
-        let existing = format!("\"{host}\" = \"{up}\"");
-        if text.contains(&existing) {
-            text = text.replacen(&existing, &format!("\"{host}\" = \"{addr}\""), 1);
-        } else {
-            text = text.replacen(
-                "resolve = { ",
-                &format!("resolve = {{ \"{host}\" = \"{addr}\", "),
-                1,
-            );
-        }
-    }
-    text
-}
-
-impl Kw {
-    /// Like `start_with`, with everything in `KwOpts` adjustable; `Err` carries
-    /// keyward's start-up error text (and the state dir, to inspect).
-    pub async fn try_start_opts(mut opts: KwOpts) -> Result<Kw, (String, tempfile::TempDir)> {
-        let pki = opts.pki.take().unwrap_or_else(UpstreamPki::new);
-        let upstream = EchoUpstream::start(&pki).await;
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("upstream-ca.pem"), &pki.ca_pem).unwrap();
-        let text = config_with_opts(dir.path(), upstream.addr, &opts);
-        let config_path = dir.path().join("keyward.toml");
-        std::fs::write(&config_path, &text).unwrap();
-        if let Some(prepare) = opts.prepare.take() {
-            prepare(dir.path());
-        }
-        let config = match Config::from_file(&config_path) {
-            Ok(c) => c,
-            Err(e) => return Err((e.to_string(), dir)),
-        };
-        let resolver = opts
-            .resolver
-            .take()
-            .unwrap_or_else(|| Arc::new(MapResolver(HashMap::new())));
-        let running = match app::start(config, Some(resolver)).await {
-            Ok(r) => r,
-            Err(e) => return Err((e.to_string(), dir)),
-        };
-        Ok(Kw {
-            running,
-            dir,
-            upstream,
-            pki,
-            config_path,
-        })
-    }
-
-    pub async fn start_opts(opts: KwOpts) -> Kw {
-        match Kw::try_start_opts(opts).await {
-            Ok(kw) => kw,
-            Err((e, _)) => panic!("keyward did not start: {e}"),
-        }
     }
 }
 
