@@ -1,11 +1,11 @@
 //! `keyward audit …`: tail, query, verify and export the audit log (SPEC §2, §8).
 
 use super::CliError;
-use crate::audit::{self, AuditError, Event, ExportFormat, Filter};
+use crate::audit::{self, AuditError, Event, ExportFormat, Filter, LogSet, GENESIS_HASH};
 use crate::config::Config;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{self, BufWriter, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How often `tail --follow` looks for new lines.
@@ -133,7 +133,11 @@ impl FilterArgs {
 }
 
 pub fn run(cmd: AuditCmd, cfg: &Config) -> Result<u8, CliError> {
-    let path = |src: &Source| src.file.clone().unwrap_or_else(|| cfg.audit.path.clone());
+    // Every command reads the log through one snapshot of its file set.
+    let open = |src: &Source| -> Result<LogSet, Fail> {
+        let path = src.file.as_deref().unwrap_or(&cfg.audit.path);
+        Ok(LogSet::open(path)?)
+    };
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let result = match cmd {
@@ -142,12 +146,15 @@ pub fn run(cmd: AuditCmd, cfg: &Config) -> Result<u8, CliError> {
             follow,
             json,
             src,
-        } => tail(&path(&src), n, follow, json, &mut out),
+        } => open(&src).and_then(|log| tail(&log, n, follow, json, &mut out)),
         AuditCmd::Query { filter, json, src } => {
             let format = if json { Output::Json } else { Output::Table };
-            emit(&path(&src), &filter.to_filter()?, format, &mut out)
+            let filter = filter.to_filter()?;
+            open(&src).and_then(|log| emit(log, &filter, format, &mut out))
         }
-        AuditCmd::Verify { anchor, src } => verify(&path(&src), anchor.as_deref(), &mut out),
+        AuditCmd::Verify { anchor, src } => {
+            open(&src).and_then(|log| verify(log, anchor.as_deref(), &mut out))
+        }
         AuditCmd::Export {
             format,
             filter,
@@ -157,7 +164,8 @@ pub fn run(cmd: AuditCmd, cfg: &Config) -> Result<u8, CliError> {
                 ExportFormat::Jsonl => Output::Json,
                 ExportFormat::Cef => Output::Cef,
             };
-            emit(&path(&src), &filter.to_filter()?, format, &mut out)
+            let filter = filter.to_filter()?;
+            open(&src).and_then(|log| emit(log, &filter, format, &mut out))
         }
     };
     let flushed = out.flush();
@@ -213,11 +221,8 @@ fn user(e: AuditError) -> CliError {
     }
 }
 
-fn verify(path: &Path, anchor: Option<&str>, out: &mut dyn Write) -> Result<u8, Fail> {
-    let report = match anchor {
-        Some(a) => audit::verify_from(path, a)?,
-        None => audit::verify(path)?,
-    };
+fn verify(log: LogSet, anchor: Option<&str>, out: &mut dyn Write) -> Result<u8, Fail> {
+    let report = audit::verify_set(log, anchor.unwrap_or(GENESIS_HASH))?;
     let files = report.files.len();
     match &report.problem {
         None => {
@@ -251,10 +256,10 @@ enum Output {
 
 /// `query` and `export`: every matching event; unreadable lines are reported on
 /// stderr and make the exit code 1, without stopping the stream.
-fn emit(path: &Path, filter: &Filter, format: Output, out: &mut dyn Write) -> Result<u8, Fail> {
+fn emit(log: LogSet, filter: &Filter, format: Output, out: &mut dyn Write) -> Result<u8, Fail> {
     let mut table = Table::new();
     let mut skipped = 0u64;
-    for rec in audit::query_iter(path, filter)? {
+    for rec in audit::query_set(log, filter) {
         let rec = match rec {
             Ok(r) => r,
             Err(e @ AuditError::Corrupt { .. }) => {
@@ -280,13 +285,13 @@ fn emit(path: &Path, filter: &Filter, format: Output, out: &mut dyn Write) -> Re
     Ok(0)
 }
 
-fn tail(path: &Path, n: usize, follow: bool, json: bool, out: &mut dyn Write) -> Result<u8, Fail> {
-    let (lines, mut follower) = audit::tail_and_follow(path, n)?;
-    print_lines(&lines, json, out)?;
+fn tail(log: &LogSet, n: usize, follow: bool, json: bool, out: &mut dyn Write) -> Result<u8, Fail> {
+    print_lines(&log.tail(n)?, json, out)?;
     out.flush()?;
     if !follow {
         return Ok(0);
     }
+    let mut follower = log.follow()?;
     loop {
         std::thread::sleep(FOLLOW_POLL);
         let lines = follower.poll()?;
