@@ -125,6 +125,24 @@ impl Code {
         }
     }
 
+    /// A failure of keyward or the upstream (audited `outcome: error`), as opposed
+    /// to a refusal by policy or capacity (`denied`).
+    pub fn is_fault(self) -> bool {
+        matches!(
+            self,
+            Code::AuditUnavailable
+                | Code::VaultUnavailable
+                | Code::UpstreamTls
+                | Code::UpstreamUnreachable
+                | Code::UpstreamTimeout
+                | Code::UpstreamProtocol
+                | Code::UpstreamEncodingUnsupported
+                | Code::RedactionUnavailable
+                | Code::OauthRefreshFailed
+                | Code::Internal
+        )
+    }
+
     pub fn status(self) -> StatusCode {
         match self {
             Code::ProxyAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,

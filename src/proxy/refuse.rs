@@ -22,7 +22,7 @@ pub fn record(state: &State, deny: &Deny, mut ev: Event) {
     state.metrics.deny(deny.code.as_str());
     let status = deny.code.status();
     ev.event = refusal_kind(ev.event, deny.code);
-    ev.outcome = if status.is_server_error() {
+    ev.outcome = if deny.code.is_fault() {
         Outcome::Error
     } else {
         Outcome::Denied
