@@ -887,13 +887,18 @@ async fn every_admin_error_is_a_documented_code() {
     let (_kw, admin) = start().await;
     let huge = vec![b'a'; MAX_BODY_BYTES + 1];
     let agent = json!({"id": "dup-agent"}).to_string();
-    let calls: Vec<(&str, &str, Option<String>, Option<&[u8]>)> = vec![
+    let calls = [
         ("GET", "/v1/secrets", None, None),
         ("GET", "/v1/secrets", Some(tok(NO_PERMS)), None),
         ("GET", "/v1/nothing", Some(tok(ALL)), None),
         ("POST", "/v1/secrets", Some(tok(ALL)), None),
         ("GET", "/v1/secrets?nope=1", Some(tok(ALL)), None),
-        ("PUT", "/v1/secrets/platform/K", Some(tok(ALL)), Some(&huge)),
+        (
+            "PUT",
+            "/v1/secrets/platform/K",
+            Some(tok(ALL)),
+            Some(&huge[..]),
+        ),
         ("POST", "/v1/agents", Some(tok(ALL)), Some(agent.as_bytes())),
         ("POST", "/v1/agents", Some(tok(ALL)), Some(agent.as_bytes())),
     ];
