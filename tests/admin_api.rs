@@ -9,7 +9,7 @@ use common::*;
 use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use keyward::admin::{Permission, Route, MAX_BODY_BYTES, ROUTES};
+use keyward::admin::{Permission, Route, ERROR_CODES, MAX_BODY_BYTES, ROUTES};
 use keyward::vault::Store;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
@@ -87,6 +87,9 @@ impl Admin {
         let resp = sender.send_request(req).await.unwrap();
         let (parts, body) = resp.into_parts();
         let body = body.collect().await.unwrap().to_bytes().to_vec();
+        if let Some(code) = parts.headers.get("x-keyward-error") {
+            assert_documented_admin_error(code.to_str().unwrap(), parts.status.as_u16());
+        }
         let mut rec = self.received.lock();
         for (k, v) in &parts.headers {
             rec.extend_from_slice(k.as_str().as_bytes());
@@ -133,6 +136,18 @@ fn last_event(kw: &Kw, event: &str) -> Value {
         .rev()
         .find(|l| l["event"] == event)
         .unwrap_or_else(|| panic!("no {event} line in the audit log"))
+}
+
+/// `x-keyward-error: code` on a `status` answer is one of the codes the admin API
+/// declares (`admin::ERROR_CODES`) and has its row in `docs/errors.md`.
+fn assert_documented_admin_error(code: &str, status: u16) {
+    let doc = include_str!("../docs/errors.md");
+    assert!(
+        ERROR_CODES.iter().any(|c| c.as_str() == code),
+        "admin answered x-keyward-error {code}, not in admin::ERROR_CODES"
+    );
+    let row = format!("| `{code}` | {status} |");
+    assert!(doc.contains(&row), "docs/errors.md lacks {row}");
 }
 
 fn error_type(got: &Got) -> String {
@@ -844,6 +859,63 @@ async fn unknown_routes_and_methods() {
     let got = admin.as_all("PATCH", "/v1/secrets/platform/X", None).await;
     assert_eq!(got.status, 405);
     assert_eq!(got.headers["allow"], "GET, PUT, DELETE");
+}
+
+/// Every error the admin API answers with is a documented `Code`, in the proxy's
+/// error shape: `x-keyward-error` and `{"error": {"type": "keyward.<code>", …}}`.
+#[tokio::test]
+async fn every_admin_error_is_a_documented_code() {
+    for c in ERROR_CODES {
+        assert_documented_admin_error(c.as_str(), c.status().as_u16());
+    }
+    let (_kw, admin) = start().await;
+    let huge = vec![b'a'; MAX_BODY_BYTES + 1];
+    let agent = json!({"id": "dup-agent"}).to_string();
+    let calls = [
+        ("GET", "/v1/secrets", None, None),
+        ("GET", "/v1/secrets", Some(tok(NO_PERMS)), None),
+        ("GET", "/v1/nothing", Some(tok(ALL)), None),
+        ("POST", "/v1/secrets", Some(tok(ALL)), None),
+        ("GET", "/v1/secrets?nope=1", Some(tok(ALL)), None),
+        (
+            "PUT",
+            "/v1/secrets/platform/K",
+            Some(tok(ALL)),
+            Some(&huge[..]),
+        ),
+        ("POST", "/v1/agents", Some(tok(ALL)), Some(agent.as_bytes())),
+        ("POST", "/v1/agents", Some(tok(ALL)), Some(agent.as_bytes())),
+    ];
+    let mut seen = BTreeSet::new();
+    for (method, path, token, body) in calls {
+        let got = admin.call(method, path, token.as_deref(), body).await;
+        let Some(code) = got.error_code() else {
+            assert_eq!(got.status, 201, "{method} {path}: {}", got.text());
+            continue;
+        };
+        assert_eq!(
+            error_type(&got),
+            format!("keyward.{code}"),
+            "{method} {path}"
+        );
+        assert!(
+            got.json()["error"]["message"].is_string(),
+            "{method} {path}"
+        );
+        seen.insert(code);
+    }
+    let want: BTreeSet<String> = [
+        "unauthorized",
+        "forbidden",
+        "not_found",
+        "method_not_allowed",
+        "bad_request",
+        "payload_too_large",
+        "conflict",
+    ]
+    .map(String::from)
+    .into();
+    assert_eq!(seen, want);
 }
 
 #[tokio::test]

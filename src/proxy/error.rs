@@ -190,12 +190,12 @@ impl Deny {
         }
     }
 
-    /// A request body over `limit` bytes (`proxy.max_body_bytes`, or the admin
-    /// API's own limit): one message wherever the limit is hit.
-    pub fn payload_too_large(limit: u64) -> Deny {
+    /// `413 payload_too_large`: a request body over `limit_bytes` (the proxy's
+    /// `proxy.max_body_bytes`, the admin API's own limit). One message everywhere.
+    pub fn payload_too_large(limit_bytes: u64) -> Deny {
         Deny::new(
             Code::PayloadTooLarge,
-            format!("request body is larger than {limit} bytes"),
+            format!("request body is larger than {limit_bytes} bytes"),
         )
     }
 
@@ -306,6 +306,14 @@ mod tests {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b == b'_'));
         }
+    }
+
+    #[test]
+    fn body_too_large_has_one_message() {
+        let d = Deny::payload_too_large(1000);
+        assert_eq!(d.code, Code::PayloadTooLarge);
+        assert_eq!(d.message, "request body is larger than 1000 bytes");
+        assert_eq!(d.response(None, None).status(), 413);
     }
 
     #[test]

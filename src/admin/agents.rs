@@ -1,0 +1,140 @@
+//! Agents through the admin API: registration (create-only). The new agent's
+//! token is returned once and stored only as its SHA-256.
+//!
+//! [`create`] is the logic (validate, apply, audit); [`http_create`] only parses
+//! the request and renders the answer.
+
+use super::caller::{record_change, Caller};
+use super::json::{json_response, read_json};
+use super::vault_io::{blocking, refresh};
+use crate::audit::{EventKind, Outcome};
+use crate::body::Body;
+use crate::config::{valid_agent_id, valid_secret_name};
+use crate::proxy::error::{Code, Deny};
+use crate::proxy::state::State;
+use crate::vault::{AgentRecord, Change};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+use zeroize::Zeroizing;
+
+/// What `POST /v1/agents` takes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAgent {
+    pub id: String,
+    pub chain: Option<String>,
+    pub owner: Option<String>,
+    pub builder: Option<String>,
+    pub secrets: Option<Vec<String>>,
+}
+
+pub const NEW_AGENT_SHAPE: &str = r#"{"id": string, "chain"?: string, "owner"?: string, "builder"?: string, "secrets"?: [string]}"#;
+
+/// A registered agent: its id and its proxy token (shown once).
+pub struct Created {
+    pub id: String,
+    pub token: Zeroizing<String>,
+}
+
+fn bad(message: String) -> Deny {
+    Deny::new(Code::BadRequest, message)
+}
+
+/// Registers an agent, audited; a registration that cannot be audited is rolled back.
+pub async fn create(state: &Arc<State>, caller: &Caller, body: NewAgent) -> Result<Created, Deny> {
+    if !valid_agent_id(&body.id) {
+        return Err(bad(format!(
+            "agent id {:?}: use letters, digits, '-', '_', '.' (at most 128)",
+            body.id
+        )));
+    }
+    for (what, v) in [("owner", &body.owner), ("builder", &body.builder)] {
+        if let Some(v) = v {
+            if !valid_agent_id(v) {
+                return Err(bad(format!(
+                    "{what} {v:?}: use letters, digits, '-', '_', '.'"
+                )));
+            }
+        }
+    }
+    let runtime = state.runtime();
+    if let Some(c) = &body.chain {
+        if !runtime.config.chains.iter().any(|x| &x.name == c) {
+            return Err(bad(format!("no chain named {c:?}")));
+        }
+    }
+    for s in body.secrets.iter().flatten() {
+        if !valid_secret_name(s) {
+            return Err(bad(format!(
+                "secret name {s:?} must match ^[A-Z_][A-Z0-9_]*$"
+            )));
+        }
+    }
+    // SECURITY: re-registering an existing id would silently replace its token (and
+    // hijack its identity in the audit trail); refuse instead.
+    if runtime.config.agents.iter().any(|a| a.id == body.id) {
+        return Err(Deny::new(
+            Code::Conflict,
+            format!("agent {} is defined in the config file", body.id),
+        ));
+    }
+    if state
+        .vault
+        .snapshot()
+        .agents()
+        .iter()
+        .any(|a| a.id == body.id)
+    {
+        return Err(Deny::new(
+            Code::Conflict,
+            format!("agent {} already exists", body.id),
+        ));
+    }
+    let token = Zeroizing::new(crate::ids::new_token());
+    let record = AgentRecord {
+        id: body.id.clone(),
+        token_sha256: hex::encode(Sha256::digest(token.as_bytes())),
+        chain: body.chain.clone(),
+        owner: body.owner.clone(),
+        builder: body.builder.clone(),
+        secrets: body.secrets.clone(),
+        created: crate::clock::now_rfc3339(),
+    };
+    let st = state.clone();
+    // The check above is the fast path; `add_agent` repeats it inside the
+    // vault's locked write, so of two concurrent creations only one succeeds.
+    let (_, undo) = blocking(move || Ok(st.vault.apply(Change::AddAgent(record))?)).await?;
+    let mut ev = caller.event(EventKind::AgentAdd, Outcome::Allowed, StatusCode::CREATED);
+    ev.agent = Some(body.id.clone());
+    ev.chain = body.chain.clone();
+    ev.owner = body.owner.clone();
+    ev.builder = body.builder.clone();
+    if let Err(e) = record_change(state, ev) {
+        // SECURITY: fail closed: an agent whose creation is not audited is rolled back.
+        let st = state.clone();
+        let _ = blocking(move || Ok(st.vault.undo(undo)?)).await;
+        refresh(state);
+        return Err(e);
+    }
+    refresh(state);
+    tracing::info!(agent = %body.id, actor = ?caller.actor, "agent_add via admin API");
+    Ok(Created { id: body.id, token })
+}
+
+/// `POST /v1/agents`: 201 `{id, token}`.
+pub async fn http_create(
+    state: &Arc<State>,
+    caller: &Caller,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Deny> {
+    let body: NewAgent = read_json(req, NEW_AGENT_SHAPE).await?;
+    let created = create(state, caller, body).await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        json!({"id": created.id, "token": created.token.as_str()}),
+    ))
+}
