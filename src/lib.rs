@@ -1,8 +1,11 @@
 //! keyward: an injecting HTTPS forward proxy for AI-agent sandboxes.
 //!
-//! Arrows point down: `proxy` and `admin` use `policy`, `resolve`, `vault`, `audit`
-//! and `tls`; none of those knows about `proxy`. See `STYLE.md` in the shared folder
-//! and `README.md` for the tour.
+//! The map is `docs/architecture.md`. Arrows point down: `app` builds `State` and
+//! starts `proxy`, `admin` and the watchers; `proxy` and `admin` use `policy`,
+//! `resolve`, `vault`, `audit`, `redact` and `tls`; those use only the leaves
+//! (`config`, `secret`, `netaddr`, `metrics`, `clock`, `ids`, `body`). `proxy` never
+//! imports `admin` or `cli`; nothing below imports its users. One request reads top
+//! to bottom in `proxy/pipeline.rs`.
 
 pub mod admin;
 pub mod app;

@@ -146,22 +146,7 @@ pub struct Retry {
 /// Injects and signs. `parts.uri` is the absolute upstream URI; `body` is the
 /// size-limited request body; returns the body to send, and for OAuth2 requests
 /// with a small body what is needed to retry after a 401.
-pub fn apply<'a>(
-    cx: &'a Arc<TunnelCx>,
-    provider: &'a Provider,
-    grant: &'a Grant,
-    parts: &'a mut Parts,
-    body: Body,
-    secrets: &'a mut Vec<Secret>,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<(Body, Option<Retry>), Deny>> + Send + 'a>,
-> {
-    // Boxed with one lifetime: the compiler cannot prove the request path's
-    // future `Send` for every lifetime of these borrows otherwise (rust#64552).
-    Box::pin(apply_kind(cx, provider, grant, parts, body, secrets))
-}
-
-async fn apply_kind(
+pub async fn apply(
     cx: &Arc<TunnelCx>,
     provider: &Provider,
     grant: &Grant,
