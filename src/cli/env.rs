@@ -133,13 +133,20 @@ pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
     Ok(0)
 }
 
+/// Percent-encoded in the proxy URL's userinfo: everything but RFC 3986's
+/// unreserved characters. `dev-1:kwa_…` stays as it is; clients that send the
+/// userinfo undecoded (global-agent) would otherwise present `dev%2D1` and get 407.
+const USERINFO: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 fn with_userinfo(base: &str, agent: &str, token: &str) -> Result<String, CliError> {
     let (scheme, rest) = base
         .split_once("://")
         .ok_or_else(|| CliError::User(format!("--proxy {base:?}: expected http://host:port")))?;
-    let enc = |s: &str| {
-        percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
-    };
+    let enc = |s: &str| percent_encoding::utf8_percent_encode(s, USERINFO).to_string();
     Ok(format!(
         "{scheme}://{}:{}@{}",
         enc(agent),
@@ -159,4 +166,17 @@ fn is_env_name(s: &str) -> bool {
 
 fn sh_quote(v: &str) -> String {
     format!("'{}'", v.replace('\'', "'\\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_userinfo_is_encoded_only_where_rfc_3986_requires() {
+        let url = with_userinfo("http://127.0.0.1:3128/", "dev-1", "kwa_a.b~c").unwrap();
+        assert_eq!(url, "http://dev-1:kwa_a.b~c@127.0.0.1:3128");
+        let url = with_userinfo("http://k:3128", "a:b", "t@/ %").unwrap();
+        assert_eq!(url, "http://a%3Ab:t%40%2F%20%25@k:3128");
+    }
 }
