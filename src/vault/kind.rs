@@ -200,7 +200,9 @@ pub fn describe(
                 }
                 .into(),
             );
-            v.secret_access_key.hint()
+            // SECURITY: the hint of an AWS record is of its (public) access key id:
+            // no part of the secret access key is ever shown (docs/credentials.md).
+            Secret::from_str(&v.access_key_id).hint()
         }
     };
     Ok((public, hint))
@@ -209,6 +211,17 @@ pub fn describe(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn aws_hint_is_of_the_access_key_id_never_the_secret_key() {
+        let v = Secret::from_str(
+            r#"{"access_key_id":"AKIDEXAMPLE1234","secret_access_key":"wJalrXUtnFEMIK7MDENGbPxRfiCYzzzz"}"#,
+        );
+        let (public, hint) = describe(SecretKind::Aws, &v).unwrap();
+        assert_eq!(hint, "AKID…1234");
+        assert!(!format!("{public:?} {hint}").contains("wJal"));
+        assert!(!hint.contains("zzzz"));
+    }
 
     #[test]
     fn oauth2_public_fields_exclude_secrets() {
