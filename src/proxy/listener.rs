@@ -102,12 +102,16 @@ async fn accept_loop(
 /// The refusal for connections over `max_connections`, rendered once by `Deny`
 /// like every other refusal, as HTTP/1.1 bytes. The request is never read: a
 /// connection over the cap gets no buffer and no header timer of its own.
-async fn busy_response() -> Vec<u8> {
-    let resp = Deny::new(
+/// The refusal of a connection over `proxy.max_connections`.
+fn busy_deny() -> Deny {
+    Deny::new(
         Code::TooManyConnections,
         "keyward is at proxy.max_connections; retry later",
     )
-    .response(None, None);
+}
+
+async fn busy_response() -> Vec<u8> {
+    let resp = busy_deny().response(None, None);
     let (parts, body) = resp.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),
@@ -137,10 +141,7 @@ async fn busy_response() -> Vec<u8> {
 }
 
 async fn refuse_busy(state: Arc<State>, mut stream: TcpStream, busy: Bytes, audit: bool) {
-    let deny = Deny::new(
-        Code::TooManyConnections,
-        "keyward is at proxy.max_connections",
-    );
+    let deny = busy_deny();
     if audit {
         tracing::warn!("connection refused: proxy.max_connections reached");
         let mut ev = Event::new(EventKind::Deny, Outcome::Denied);

@@ -59,11 +59,8 @@ async fn forward(
     // Strip the agent's credentials, fill placeholders, then inject or sign.
     let mut secrets = request::rewrite(&call, &mut parts, client_upgrade.is_some())?;
     let (body, too_large) = request::limit_body(cx, &parts, body)?;
-    let Call {
-        provider, grant, ..
-    } = call;
-    let (body, retry) =
-        inject::apply(cx, &provider, &grant, &mut parts, body, &mut secrets).await?;
+    let (provider, grant) = (&*call.provider, &call.grant);
+    let (body, retry) = inject::apply(cx, provider, grant, &mut parts, body, &mut secrets).await?;
 
     // SECURITY: fail closed: the decision is on disk before the credential leaves
     // keyward; if the audit log cannot be written nothing is sent upstream.
@@ -94,15 +91,16 @@ async fn forward(
                 upstream::answer(tokio::time::timeout(timeout, cx.client.request(req)).await);
             // The body's size limit may surface as a reset (h2): that is the
             // agent's 413, not an upstream fault.
-            sent.map_err(|deny| match too_large.load(Ordering::Relaxed) {
-                true if deny.code != Code::UpstreamTimeout => {
+            sent.map_err(|deny| {
+                if too_large.load(Ordering::Relaxed) && deny.code != Code::UpstreamTimeout {
                     Deny::payload_too_large(cx.state.limits.max_body_bytes.0)
+                } else {
+                    deny
                 }
-                _ => deny,
             })?
         }
     };
-    let resp = inject::retry_unauthorized(cx, &provider, resp, retry, &mut secrets).await?;
+    let resp = inject::retry_unauthorized(cx, provider, resp, retry, &mut secrets).await?;
     let elapsed = started.elapsed().as_secs_f64();
     cx.state.metrics.inject(&provider.name, elapsed);
 

@@ -36,8 +36,8 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 /// What one request was resolved to: who asks (now), through which provider,
 /// with which credential, from which vault snapshot. Built by [`Call::resolve`]
 /// in the order of SPEC §5 and passed to the steps that follow.
-pub struct Call {
-    pub cx: Arc<TunnelCx>,
+pub struct Call<'a> {
+    pub cx: &'a TunnelCx,
     pub rt: Arc<Runtime>,
     pub principal: Principal,
     pub provider: Arc<Provider>,
@@ -45,21 +45,21 @@ pub struct Call {
     pub snapshot: Arc<Snapshot>,
 }
 
-impl Call {
+impl<'a> Call<'a> {
     /// Identity (re-checked per request), provider and request rules, then the
     /// credential (scope, tier, host binding), recording each on `ev`.
     pub fn resolve(
-        cx: &Arc<TunnelCx>,
+        cx: &'a TunnelCx,
         parts: &http::request::Parts,
         ev: &mut Event,
-    ) -> Result<Call, Deny> {
+    ) -> Result<Call<'a>, Deny> {
         let rt = cx.state.runtime();
         let principal = current_principal(cx, &rt, ev)?;
         let provider = provider_for(cx, &rt, &principal, parts, ev)?;
         let snapshot = cx.state.vault.snapshot();
         let grant = credential_for(cx, &principal, &provider, &*snapshot, ev)?;
         Ok(Call {
-            cx: cx.clone(),
+            cx,
             rt,
             principal,
             provider,
@@ -117,7 +117,7 @@ fn credential_for(
 }
 
 /// Every secret value this agent could be granted (SPEC §5), for redaction.
-pub fn in_scope_secrets(call: &Call) -> Result<Arc<redact::InScope>, Deny> {
+pub fn in_scope_secrets(call: &Call<'_>) -> Result<Arc<redact::InScope>, Deny> {
     let (principal, snapshot) = (&call.principal, &call.snapshot);
     call.cx.state.scopes.get(principal, snapshot, || {
         // SECURITY: a value that cannot be read cannot be redacted: refuse
@@ -135,7 +135,7 @@ pub fn in_scope_secrets(call: &Call) -> Result<Arc<redact::InScope>, Deny> {
 /// placeholders and points the request at the upstream. Returns every secret the
 /// request now carries (for response redaction).
 pub fn rewrite(
-    call: &Call,
+    call: &Call<'_>,
     parts: &mut http::request::Parts,
     websocket: bool,
 ) -> Result<Vec<Secret>, Deny> {

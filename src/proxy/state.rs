@@ -37,9 +37,6 @@ pub struct State {
     pub audit: AuditLog,
     pub ca: Arc<CertAuthority>,
     pub dialer: Arc<Dialer>,
-    /// Upstream pool for work outside a worker (OAuth2 token calls, retries);
-    /// each worker has its own for the request path (see `workers`).
-    pub client: UpstreamClient,
     /// Verified TLS toward upstreams (pooled clients).
     pub client_tls: Arc<rustls::ClientConfig>,
     /// Verified TLS toward upstreams for upgrade handshakes (HTTP/1.1 only, unpooled).
@@ -86,18 +83,12 @@ impl State {
             own_addr: parking_lot::RwLock::new(None),
             other_own_addrs: parking_lot::RwLock::new(Vec::new()),
         });
-        let client = upstream::client(
-            dialer.clone(),
-            client_tls.clone(),
-            limits.pool_idle_per_host,
-        );
         Ok(Arc::new(State {
             runtime,
             vault,
             audit,
             ca: Arc::new(ca),
             dialer,
-            client,
             client_tls,
             upgrade_tls,
             limits,
@@ -109,7 +100,8 @@ impl State {
         }))
     }
 
-    /// A fresh pooled client toward upstreams (one per worker).
+    /// A fresh pooled client toward upstreams: one per worker, used by that
+    /// worker's tunnels for requests, OAuth2 retries and token calls.
     pub fn new_client(&self) -> UpstreamClient {
         upstream::client(
             self.dialer.clone(),

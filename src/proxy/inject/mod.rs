@@ -56,9 +56,9 @@ fn invalid_value(grant: &Grant) -> Deny {
 
 /// What a token call needs: the tunnel's worker pool, the response timeout, and
 /// the store a rotated refresh token is written back to.
-fn token_env(cx: &TunnelCx) -> TokenEnv {
+fn token_env(cx: &TunnelCx) -> TokenEnv<'_> {
     TokenEnv {
-        client: cx.client.clone(),
+        client: &cx.client,
         timeout: cx.state.limits.response_timeout.0,
         store: cx.state.clone(),
     }
@@ -68,31 +68,23 @@ fn token_env(cx: &TunnelCx) -> TokenEnv {
 /// (atomic vault write), then the running snapshot is refreshed.
 impl oauth2::RefreshStore for State {
     fn store(self: Arc<Self>, key: TokenKey, value: Secret) -> oauth2::StoreTask {
-        tokio::spawn(async move {
-            let vault = self.vault.clone();
-            let (scope, name) = (key.scope.clone(), key.name.clone());
-            let done = tokio::task::spawn_blocking(move || {
-                let change = Change::RotateSecret { scope, name, value };
-                vault
-                    .apply(change)
-                    .and_then(|(applied, _)| applied.into_meta())
-            })
-            .await;
-            match done {
-                Ok(Ok(meta)) => {
+        tokio::task::spawn_blocking(move || {
+            let change = Change::RotateSecret {
+                scope: key.scope.clone(),
+                name: key.name.clone(),
+                value,
+            };
+            match self.vault.apply(change).and_then(|(a, _)| a.into_meta()) {
+                Ok(meta) => {
                     if let Err(e) = self.refresh_vault() {
                         tracing::error!(error = %e, "vault reload after refresh-token write-back failed");
                     }
                     tracing::info!(secret = %key.name, scope = %key.scope, version = meta.version, "rotated refresh token stored");
                     Some(meta.version)
                 }
-                Ok(Err(e)) => {
+                Err(e) => {
                     // The token in memory still works; the next start may need a new one.
                     tracing::error!(secret = %key.name, error = %e, "cannot store rotated refresh token");
-                    None
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "refresh-token write-back task failed");
                     None
                 }
             }

@@ -42,8 +42,8 @@ const FORM: &AsciiSet = &NON_ALPHANUMERIC
 /// What a token call needs from the running keyward (no `State`: this file sits
 /// below it): the pool to reach the token endpoint, the longest wait, and where
 /// a rotated refresh token is written back.
-pub struct TokenEnv {
-    pub client: UpstreamClient,
+pub struct TokenEnv<'a> {
+    pub client: &'a UpstreamClient,
     pub timeout: Duration,
     pub store: Arc<dyn RefreshStore>,
 }
@@ -129,7 +129,7 @@ impl TokenCache {
     /// A valid access token for `key` (version `version`, value `value`).
     pub async fn token(
         &self,
-        env: &TokenEnv,
+        env: &TokenEnv<'_>,
         key: &TokenKey,
         version: u32,
         value: &OAuth2Value,
@@ -282,7 +282,7 @@ fn token_request(
 
 /// One call to the token endpoint.
 async fn fetch(
-    env: &TokenEnv,
+    env: &TokenEnv<'_>,
     value: &OAuth2Value,
     refresh: Option<&Secret>,
 ) -> Result<TokenResponse, Deny> {
