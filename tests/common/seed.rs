@@ -39,25 +39,15 @@ impl Kw {
         opts: SetOptions,
     ) {
         let st = &self.running.state;
-        let change = Change::SetSecret {
-            scope: scope.into(),
-            name: name.into(),
-            value: Secret::from_str(value),
-            kind,
-            options: opts,
-        };
-        st.vault.apply(change).unwrap();
+        super::vault::set_with(&*st.vault, scope, name, Secret::from_str(value), kind, opts)
+            .unwrap();
         st.refresh_vault().unwrap();
     }
 
     /// Removes a secret and makes the proxy see it gone.
     pub fn remove_secret(&self, scope: &str, name: &str) {
         let st = &self.running.state;
-        let change = Change::RemoveSecret {
-            scope: scope.into(),
-            name: name.into(),
-        };
-        st.vault.apply(change).unwrap();
+        super::vault::remove(&*st.vault, scope, name).unwrap();
         st.refresh_vault().unwrap();
     }
 
