@@ -9,6 +9,7 @@ pub mod config;
 pub mod kw;
 pub mod leaks;
 pub mod seed;
+pub mod tools;
 pub mod vault;
 
 // What a test names most, at `common::`; not every test binary uses each.
