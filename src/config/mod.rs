@@ -55,12 +55,23 @@ impl Config {
 
     /// Parses and validates TOML text; `file` names it in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            // The key the bad value sits under (`proxy.listen`), as the
+            // validation messages below name theirs.
+            let key = e.path().to_string();
+            let e = e.into_inner();
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+            let message = e.message().trim_end();
+            let message = if key == "." || key.contains('?') {
+                message.to_string()
+            } else {
+                format!("{key}: {message}")
+            };
             ConfigError::Invalid {
                 file: file.to_string(),
                 line,
-                message: e.message().to_string(),
+                message,
             }
         })?;
         cfg.validate(text, file)?;
@@ -225,10 +236,21 @@ impl Config {
                 }
             };
             if template == "missing" || (!template.is_empty() && !template.contains("{secret}")) {
+                // On the template's own line (a `{secrt}` typo), when it has one.
+                let (needle, shown) = match inject {
+                    InjectConfig::Header { value, .. } => (value.as_str(), format!(" {value:?}")),
+                    InjectConfig::PathPrefix { path_prefix } => {
+                        (path_prefix.as_str(), format!(" {path_prefix:?}"))
+                    }
+                    InjectConfig::Basic { basic } if !basic.user.is_empty() => {
+                        (basic.user.as_str(), String::new())
+                    }
+                    _ => (p.name.as_str(), String::new()),
+                };
                 return Err(fail(
-                    &p.name,
+                    needle,
                     format!(
-                        "providers.{}.inject: the template must contain {{secret}}",
+                        "providers.{}.inject: the template{shown} must contain {{secret}}",
                         p.name
                     ),
                 ));
@@ -441,6 +463,27 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("k.toml:3:"), "{msg}");
         assert!(msg.contains("bogus"), "{msg}");
+    }
+
+    #[test]
+    fn type_error_names_the_key_path() {
+        let err = Config::parse("[proxy]\n\nlisten = 3128\n", "k.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("k.toml:3: proxy.listen: "), "{msg}");
+        let err = Config::parse("[egress]\nports = [443, \"x\"]\n", "k.toml").unwrap_err();
+        assert!(err.to_string().starts_with("k.toml:2: egress.ports[1]: "), "{err}");
+        let err = Config::parse("[proxy]\nbogus = 1\n", "k.toml").unwrap_err();
+        assert!(err.to_string().starts_with("k.toml:2: "), "{err}");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn template_typo_is_reported_on_the_template_line() {
+        let text = "[[providers]]\nname = \"x\"\nhosts = [\"x.example\"]\nsecret = \"X\"\n\
+                    inject = { header = \"authorization\", value = \"Bearer {secrt}\" }\n";
+        let err = Config::parse(text, "k.toml").unwrap_err().to_string();
+        assert!(err.starts_with("k.toml:5: providers.x.inject: "), "{err}");
+        assert!(err.contains("\"Bearer {secrt}\" must contain {secret}"), "{err}");
     }
 
     #[test]
