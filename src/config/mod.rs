@@ -471,7 +471,10 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("k.toml:3: proxy.listen: "), "{msg}");
         let err = Config::parse("[egress]\nports = [443, \"x\"]\n", "k.toml").unwrap_err();
-        assert!(err.to_string().starts_with("k.toml:2: egress.ports[1]: "), "{err}");
+        assert!(
+            err.to_string().starts_with("k.toml:2: egress.ports[1]: "),
+            "{err}"
+        );
         let err = Config::parse("[proxy]\nbogus = 1\n", "k.toml").unwrap_err();
         assert!(err.to_string().starts_with("k.toml:2: "), "{err}");
         assert!(err.to_string().contains("bogus"), "{err}");
@@ -483,7 +486,10 @@ mod tests {
                     inject = { header = \"authorization\", value = \"Bearer {secrt}\" }\n";
         let err = Config::parse(text, "k.toml").unwrap_err().to_string();
         assert!(err.starts_with("k.toml:5: providers.x.inject: "), "{err}");
-        assert!(err.contains("\"Bearer {secrt}\" must contain {secret}"), "{err}");
+        assert!(
+            err.contains("\"Bearer {secrt}\" must contain {secret}"),
+            "{err}"
+        );
     }
 
     #[test]
