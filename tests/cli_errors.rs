@@ -76,3 +76,86 @@ fn check_reports_a_template_typo_on_its_line() {
         "{err}"
     );
 }
+
+/// A command that runs the keyward binary as a user that file permissions apply
+/// to: this user when it is not root, else `nobody` through `setpriv` (a copy of
+/// the binary in `dir` when `nobody` cannot reach the build's). `None`: skipped.
+fn unprivileged(dir: &std::path::Path, test: &str) -> Option<Command> {
+    // SAFETY: geteuid only reads the process's credentials.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some(Command::new(BIN));
+    }
+    let setpriv = common::tools::require("setpriv", test)?;
+    let as_nobody = |bin: &std::path::Path| {
+        let mut c = Command::new(&setpriv);
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(bin);
+        c
+    };
+    let reachable = as_nobody(std::path::Path::new(BIN))
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if reachable {
+        return Some(as_nobody(std::path::Path::new(BIN)));
+    }
+    let copy = dir.join("keyward-bin");
+    std::fs::copy(BIN, &copy).unwrap();
+    Some(as_nobody(&copy))
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A master key file keyward may not read (its directory closed, or the file
+/// itself) is reported as a permission problem naming the file and what to
+/// change, never as "missing" (which would suggest restoring it).
+#[test]
+fn unreadable_master_key_is_a_permission_problem_not_missing() {
+    let test = "unreadable_master_key_is_a_permission_problem_not_missing";
+    let env = common::cli::CliEnv::new();
+    env.ok(&["secret", "set", "K"], Some(b"sk-test-0123456789abcdef"));
+    chmod(env.dir.path(), 0o755);
+    if unprivileged(env.dir.path(), test).is_none() {
+        return;
+    }
+    let key = env.path("certs/master.key");
+    let certs = env.path("certs");
+    // A directory without search (x) permission, or a file without read.
+    for (what, dir_mode, file_mode) in [("closed dir", 0o600, 0o600), ("closed file", 0o755, 0o000)]
+    {
+        chmod(&certs, dir_mode);
+        chmod(&key, file_mode);
+        for args in [&["secret", "list"][..], &["check"][..]] {
+            let mut c = unprivileged(env.dir.path(), test).unwrap();
+            c.arg("--config")
+                .arg(&env.config)
+                .args(args)
+                .current_dir(env.dir.path())
+                .env_remove("KEYWARD_MASTER_KEY")
+                .env_remove("KEYWARD_MASTER_PASSPHRASE");
+            let out = c.output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.status.code(), Some(1), "{what} {args:?}: {text}");
+            let line = text
+                .lines()
+                .find(|l| l.contains("master key"))
+                .unwrap_or_else(|| panic!("{what} {args:?}: {text}"));
+            assert!(
+                line.contains(&key.display().to_string())
+                    && line.contains("permission denied")
+                    && line.contains("readable")
+                    && !line.contains("missing"),
+                "{what} {args:?}: {line}"
+            );
+        }
+    }
+    chmod(&certs, 0o700);
+    chmod(&key, 0o600);
+}
