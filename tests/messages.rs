@@ -157,3 +157,60 @@ async fn curl_shows_the_proxy_status_of_a_refused_connect() {
     }
     assert_eq!(kw.upstream.connection_count(), 0);
 }
+
+/// `keyward serve` with `key` set to an address another process holds: exit 1,
+/// one line naming the key, the address and the likely cause.
+fn serve_on_a_busy_port(key_section: &str, extra: &str) -> (String, std::net::SocketAddr) {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = format!(
+        "[proxy]\nlisten = \"{}\"\n{extra}\
+         [tls]\nca_cert = \"{d}/certs/ca.pem\"\nca_key = \"{d}/certs/ca.key\"\n\
+         [vault]\npath = \"{d}/data/vault.kw\"\nmaster_key_file = \"{d}/certs/master.key\"\n\
+         [audit]\npath = \"{d}/data/audit.jsonl\"\n",
+        if key_section == "proxy" {
+            addr.to_string()
+        } else {
+            "127.0.0.1:0".into()
+        }
+    )
+    .replace("{busy}", &addr.to_string());
+    std::fs::write(dir.path().join("k.toml"), config).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .args(["serve", "--config", "k.toml"])
+        .current_dir(dir.path())
+        .env("KEYWARD_LOG", "off")
+        .env_remove("KEYWARD_MASTER_KEY")
+        .env_remove("KEYWARD_MASTER_PASSPHRASE")
+        .output()
+        .unwrap();
+    drop(busy);
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    (stderr, addr)
+}
+
+#[test]
+fn serve_on_a_busy_proxy_port_names_proxy_listen() {
+    let (err, addr) = serve_on_a_busy_port("proxy", "");
+    assert!(
+        err.starts_with(&format!(
+            "keyward: proxy.listen {addr} is in use — is another keyward running?"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_on_a_busy_admin_port_names_admin_listen() {
+    let (err, addr) = serve_on_a_busy_port("admin", "[admin]\nlisten = \"{busy}\"\n");
+    assert!(
+        err.starts_with(&format!(
+            "keyward: admin.listen {addr} is in use — is another keyward running?"
+        )),
+        "{err}"
+    );
+}
