@@ -159,3 +159,15 @@ fn unreadable_master_key_is_a_permission_problem_not_missing() {
     chmod(&certs, 0o700);
     chmod(&key, 0o600);
 }
+
+/// An `allow_private` entry that is neither an address nor a network says what
+/// to write.
+#[test]
+fn check_says_what_to_write_for_a_bad_allow_private_entry() {
+    let err = check_error("[egress]\nallow_private = [\"127.0.0.1\", \"loopback\"]\n");
+    assert!(
+        err.starts_with("error: bad.toml:2: egress.allow_private: \"loopback\" is not an address"),
+        "{err}"
+    );
+    assert!(err.contains("\"10.0.0.0/8\" or \"127.0.0.1\""), "{err}");
+}

@@ -214,3 +214,29 @@ fn serve_on_a_busy_admin_port_names_admin_listen() {
         "{err}"
     );
 }
+
+/// `allow_private = ["127.0.0.1"]` is the address itself (/32): an intercepted
+/// provider on 127.0.0.1 is reached; with another single address it is refused.
+#[tokio::test]
+async fn allow_private_takes_a_bare_address() {
+    const KEY: &str = "sk-openai-real-0123456789abcdef";
+    let kw = Kw::builder().allow_private(&["127.0.0.1"]).start().await;
+    kw.set_secret("platform", "OPENAI_API_KEY", KEY);
+    let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert_eq!(
+        kw.upstream.last().headers["authorization"],
+        format!("Bearer {KEY}").as_str()
+    );
+
+    let kw = Kw::builder().allow_private(&["127.0.0.2"]).start().await;
+    kw.set_secret("platform", "OPENAI_API_KEY", KEY);
+    let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(
+        got.error_code().as_deref(),
+        Some("private_address"),
+        "{}",
+        got.text()
+    );
+    assert!(kw.upstream.requests().is_empty());
+}

@@ -493,6 +493,29 @@ mod tests {
     }
 
     #[test]
+    fn allow_private_takes_a_bare_address_as_its_own_network() {
+        let c = Config::parse(
+            "[egress]\nallow_private = [\"127.0.0.1\", \"::1\", \"10.0.0.0/8\"]\n",
+            "k.toml",
+        )
+        .unwrap();
+        let nets: Vec<String> = c
+            .egress
+            .allow_private
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.1/32", "::1/128", "10.0.0.0/8"]);
+        let err = Config::parse("[egress]\nallow_private = [\"localhost\"]\n", "k.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("k.toml:2: egress.allow_private: \"localhost\" is not"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn bad_duration_is_rejected_with_line() {
         let err = Config::parse("[proxy]\n\nidle_timeout = \"soon\"\n", "k.toml").unwrap_err();
         assert!(err.to_string().starts_with("k.toml:3:"), "{err}");
