@@ -171,3 +171,31 @@ fn check_says_what_to_write_for_a_bad_allow_private_entry() {
     );
     assert!(err.contains("\"10.0.0.0/8\" or \"127.0.0.1\""), "{err}");
 }
+
+/// A usage error (unknown flag, missing argument, unknown subcommand, none at
+/// all) exits 1 with clap's message naming the problem; `--help` and
+/// `--version` exit 0 on stdout.
+#[test]
+fn usage_errors_exit_1_and_help_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, names) in [
+        (&["secret", "show"][..], "<NAME>"),
+        (&["secret", "list", "--bogus"][..], "--bogus"),
+        (&["frobnicate"][..], "frobnicate"),
+        (&[][..], "Usage"),
+    ] {
+        let out = run(dir.path(), args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(names), "{args:?}: {err}");
+    }
+    for args in [
+        &["--help"][..],
+        &["--version"][..],
+        &["secret", "--help"][..],
+    ] {
+        let out = run(dir.path(), args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}");
+        assert!(!out.stdout.is_empty(), "{args:?}");
+    }
+}
