@@ -62,7 +62,7 @@ impl Config {
             let key = e.path().to_string();
             let e = e.into_inner();
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-            let message = e.message().trim_end();
+            let message = readable(e.message().trim_end());
             let message = if key == "." || key.contains('?') {
                 message.to_string()
             } else {
@@ -374,6 +374,23 @@ impl Config {
     }
 }
 
+/// serde's message for a table that fits no form of an untagged enum names a
+/// Rust type; say instead which forms the key takes (SPEC §3).
+fn readable(message: &str) -> &str {
+    match message {
+        "data did not match any variant of untagged enum InjectConfig" => {
+            "not an inject form: use { header = \"…\", value = \"…{secret}…\" }, \
+             { basic = { user = \"{secret}\" } }, { query = \"key\" } or \
+             { path_prefix = \"/bot{secret}\" }"
+        }
+        "data did not match any variant of untagged enum SignConfig" => {
+            "not a sign form: use { hmac = \"sha256\", header = \"…\" } or \
+             { aws_sigv4 = { service = \"…\", region = \"…\" } }"
+        }
+        other => other,
+    }
+}
+
 /// Agent ids appear in URLs (`http://ID:TOKEN@…`) and audit lines: keep them plain.
 pub fn valid_agent_id(id: &str) -> bool {
     !id.is_empty()
@@ -511,6 +528,28 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with("k.toml:2: egress.allow_private: \"localhost\" is not"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_inject_or_sign_table_lists_the_forms() {
+        let head = "[[providers]]\nname = \"x\"\nhosts = [\"x.example\"]\nsecret = \"X\"\n";
+        let err = Config::parse(
+            &format!("{head}inject = {{ heder = \"x\", value = \"{{secret}}\" }}\n"),
+            "k.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("k.toml:5: providers[0].inject: not an inject form: use { header"),
+            "{err}"
+        );
+        let err = Config::parse(&format!("{head}sign = {{ hmak = \"sha256\" }}\n"), "k.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("k.toml:5: providers[0].sign: not a sign form"),
             "{err}"
         );
     }
