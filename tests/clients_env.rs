@@ -98,7 +98,7 @@ async fn env_writes_a_readable_bundle_and_a_wgetrc_and_names_every_clients_varia
 }
 
 #[tokio::test]
-async fn env_names_the_bundle_path_and_the_flag_when_it_cannot_write_the_bundle() {
+async fn env_refuses_a_bad_bundle_path_or_proxy_url_naming_the_flag_and_writes_nothing() {
     let kw = Kw::builder().start().await;
     let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
         .arg("--config")
@@ -114,6 +114,30 @@ async fn env_names_the_bundle_path_and_the_flag_when_it_cannot_write_the_bundle(
         "{err}"
     );
     assert!(out.stdout.is_empty(), "nothing to eval on failure");
+
+    // A bad --proxy is refused before anything is written.
+    let out = Command::new(env!("CARGO_BIN_EXE_keyward"))
+        .arg("--config")
+        .arg(&kw.config_path)
+        .args([
+            "env",
+            "--agent",
+            AGENT,
+            "--token",
+            TOKEN,
+            "--proxy",
+            "127.0.0.1:3128",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--proxy") && err.contains("http://host:port"),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+    assert!(!kw.dir.path().join("ca-bundle.pem").exists());
 }
 
 // ---------------------------------------------------------------- git
@@ -268,16 +292,34 @@ async fn git_clone_and_push_over_https_unchanged_with_the_real_key_and_no_407() 
             .all(|l| l["provider"] == "git" && l["host"] == "git.test"),
         "{injects:?}"
     );
-    for (name, bytes) in [("clone stdout", &out.stdout), ("clone stderr", &out.stderr)] {
+    for (name, bytes) in [("push stdout", &out.stdout), ("push stderr", &out.stderr)] {
         assert_no_leak(name, bytes, &key);
     }
+
+    // The control: without GIT_HTTP_PROXY_AUTHMETHOD git probes first and every
+    // command costs a 407 and an auth_fail line (why `keyward env` sets it).
+    let mut probing = env.clone();
+    probing.retain(|(k, _)| k != "GIT_HTTP_PROXY_AUTHMETHOD");
+    let out = blocking(move || {
+        clients::run_client(
+            &probing,
+            &home,
+            &work,
+            &quiet,
+            &git,
+            &["ls-remote", "https://git.test/repo.git"],
+        )
+    })
+    .await;
+    clients::assert_ok("git ls-remote without the auth method", &out);
+    assert_eq!(events(&kw, "auth_fail").len(), 1, "{:?}", kw.audit_lines());
 }
 
 // ---------------------------------------------------------------- boto3 / moto
 
 /// Creates an IAM user with an allow-all policy and an access key in moto
-/// (directly, no proxy: these are moto's free unauthenticated actions); prints
-/// `access_key_id secret_access_key`.
+/// (directly, no proxy: these are moto's free unauthenticated actions), then
+/// tries the dummy pair; prints `access_key_id secret_access_key refused|accepted`.
 const MOTO_SETUP: &str = r#"
 import sys, boto3
 iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
@@ -286,7 +328,15 @@ iam.create_user(UserName="keyward")
 iam.put_user_policy(UserName="keyward", PolicyName="all", PolicyDocument=
     '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}')
 k = iam.create_access_key(UserName="keyward")["AccessKey"]
-print(k["AccessKeyId"], k["SecretAccessKey"])
+# The free actions are used up: moto now checks signatures (the dummy pair fails).
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="keyward-placeholder", aws_secret_access_key="keyward-placeholder")
+try:
+    s3.list_buckets()
+    dummy = "accepted"
+except Exception:
+    dummy = "refused"
+print(k["AccessKeyId"], k["SecretAccessKey"], dummy)
 "#;
 /// moto's free actions: the three IAM calls above.
 const MOTO_FREE_ACTIONS: u32 = 3;
@@ -347,7 +397,9 @@ async fn boto3_through_keyward(test: &str) -> Option<Boto3Run> {
         .unwrap();
     clients::assert_ok("moto setup", &setup);
     let keys = String::from_utf8(setup.stdout).unwrap();
-    let (access_key_id, secret_access_key) = keys.trim().split_once(' ').expect("two keys");
+    let (keys, dummy) = keys.trim().rsplit_once(' ').expect("keys and a verdict");
+    assert_eq!(dummy, "refused", "moto must check signatures");
+    let (access_key_id, secret_access_key) = keys.split_once(' ').expect("two keys");
     let (access_key_id, secret_access_key) =
         (access_key_id.to_string(), secret_access_key.to_string());
 

@@ -103,6 +103,16 @@ pub fn environment(args: &EnvArgs, cfg: &Config) -> Result<Vec<(String, String)>
             ))
         })?;
 
+    // Every argument is checked before anything is written.
+    let proxy_base = args.proxy.clone().unwrap_or_else(|| {
+        let mut listen = cfg.proxy.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{listen}")
+    });
+    let proxy_url = with_userinfo(&proxy_base, &args.agent, &args.token)?;
+
     let ca = CertAuthority::load_or_create(&cfg.tls.ca_cert, &cfg.tls.ca_key, 1)
         .map_err(|e| user(&e))?;
     let bundle_path = args.bundle.clone().unwrap_or_else(|| {
@@ -131,15 +141,6 @@ pub fn environment(args: &EnvArgs, cfg: &Config) -> Result<Vec<(String, String)>
         &wgetrc,
         format!("ca_certificate = {bundle_str}\n").as_bytes(),
     )?;
-
-    let proxy_base = args.proxy.clone().unwrap_or_else(|| {
-        let mut listen = cfg.proxy.listen;
-        if listen.ip().is_unspecified() {
-            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{listen}")
-    });
-    let proxy_url = with_userinfo(&proxy_base, &args.agent, &args.token)?;
 
     let mut vars: Vec<(String, String)> = Vec::new();
     for name in PROXY_VARS {
