@@ -371,6 +371,9 @@ struct Boto3Run {
     out: serde_json::Value,
     access_key_id: String,
     secret_access_key: String,
+    /// `keyward env`'s environment and the sandbox's HOME, for further clients.
+    env: Env,
+    home: tempfile::TempDir,
     _moto: Moto,
 }
 
@@ -426,11 +429,12 @@ async fn boto3_through_keyward(test: &str) -> Option<Boto3Run> {
     );
     let env: Env = clients::keyward_env(&kw);
     let home = tempfile::tempdir().unwrap();
+    let (sandbox_env, dir) = (env.clone(), home.path().to_path_buf());
     let out = blocking(move || {
         let out = clients::run_client(
-            &env,
-            home.path(),
-            home.path(),
+            &sandbox_env,
+            &dir,
+            &dir,
             &[],
             &python,
             &["-c", BOTO3_SCRIPT],
@@ -448,6 +452,8 @@ async fn boto3_through_keyward(test: &str) -> Option<Boto3Run> {
         out,
         access_key_id,
         secret_access_key,
+        env,
+        home,
         _moto: moto,
     })
 }
@@ -496,16 +502,49 @@ async fn boto3_puts_and_gets_an_object_in_signature_checking_s3_with_dummy_keys(
 }
 
 /// Issue 15 bug 1 (HEAD lost `Content-Length` when a secret is in scope) is fixed
-/// on branch h15a (task 15a); this test passes once that is merged.
+/// on branch h15a (task 15a); this test passes once that is merged. boto3's
+/// `head_object` and the AWS CLI's download (a HEAD first) both need it.
 #[tokio::test(flavor = "multi_thread")]
-async fn boto3_head_object_gets_the_content_length_through_keyward() {
-    let test = "boto3_head_object_gets_the_content_length_through_keyward";
+async fn boto3_head_object_and_aws_cli_download_get_the_content_length_through_keyward() {
+    let test = "boto3_head_object_and_aws_cli_download_get_the_content_length_through_keyward";
+    let Some(aws) = tools::require("aws", test) else {
+        return;
+    };
     let Some(run) = boto3_through_keyward(test).await else {
         return;
     };
     assert_eq!(run.out["get"], "hello from the sandbox", "{}", run.out);
     // BUG 1 (fixed by 15a): fails with KeyError 'ContentLength' before that merge.
     assert_eq!(run.out["head_length"], 22, "{}", run.out);
+
+    // The AWS CLI, the same environment (the endpoint is the only flag: s3.test
+    // is not AWS). Upload, then download (HEAD + GET) and compare.
+    let dir = run.home.path().to_path_buf();
+    std::fs::write(dir.join("up.txt"), "from the aws cli\n").unwrap();
+    let env = run.env.clone();
+    let (up, down) = blocking(move || {
+        let cli = |args: &[&str]| {
+            let mut all = vec!["--endpoint-url", "https://s3.test", "--region", "us-east-1"];
+            all.extend_from_slice(args);
+            clients::run_client(&env, &dir, &dir, &[], &aws, &all)
+        };
+        let up = cli(&["s3", "cp", "up.txt", "s3://kw-bucket/up.txt"]);
+        let down = cli(&["s3", "cp", "s3://kw-bucket/up.txt", "down.txt"]);
+        (up, down)
+    })
+    .await;
+    clients::assert_ok("aws s3 cp (upload)", &up);
+    // BUG 1 (fixed by 15a): the download's HEAD has no Content-Length before that merge.
+    clients::assert_ok("aws s3 cp (download)", &down);
+    assert_eq!(
+        std::fs::read_to_string(run.home.path().join("down.txt")).unwrap(),
+        "from the aws cli\n"
+    );
+    for out in [&up, &down] {
+        assert_no_leak("aws cli output", &out.stdout, &run.secret_access_key);
+        assert_no_leak("aws cli stderr", &out.stderr, &run.secret_access_key);
+    }
+    assert!(!run.relay.received().contains("keyward-placeholder"));
 }
 
 // ---------------------------------------------------------------- wget, Node
