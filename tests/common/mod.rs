@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod kw;
 pub mod leaks;
@@ -51,6 +52,10 @@ pub const UPSTREAM_HOSTS: &[&str] = &[
     "q.example.test",
     "pypi.example.test",
     "evil.example.test",
+    // Servers of a client's own protocol (tests/common/clients.rs).
+    "git.test",
+    "s3.test",
+    "files.test",
 ];
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
