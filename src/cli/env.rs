@@ -5,7 +5,6 @@ use crate::config::Config;
 use crate::policy::Policy;
 use crate::resolve::Directory;
 use crate::tls::ca::CertAuthority;
-use crate::vault::{Store, Vault};
 use clap::ValueEnum;
 use std::path::PathBuf;
 
@@ -43,7 +42,7 @@ pub struct EnvArgs {
 
 pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
     let user = |e: &dyn std::fmt::Display| CliError::User(e.to_string());
-    let vault = Vault::open(&cfg.vault).map_err(|e| user(&e))?;
+    let vault = crate::vault::open_store(cfg).map_err(|e| user(&e))?;
     let snapshot = vault.snapshot();
     let directory = Directory::build(cfg, snapshot.agents(), Some(vault.session_key()));
     let principal = directory

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 pub mod kw;
 pub mod leaks;
+pub mod pg;
 pub mod seed;
 pub mod tools;
 pub mod vault;

@@ -61,21 +61,34 @@ struct Inner {
 
 pub struct PgStore {
     inner: Arc<Inner>,
-    rt: Option<tokio::runtime::Runtime>,
+    rt: DbRuntime,
+}
+
+/// The store's own runtime. Dropping a runtime blocks on its threads, which
+/// panics inside another runtime (a failed start in `serve`); shut it down in
+/// the background instead.
+struct DbRuntime(Option<tokio::runtime::Runtime>);
+
+impl DbRuntime {
+    fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.0 {
+            Some(rt) => rt.handle(),
+            None => unreachable!("the runtime lives as long as the store"),
+        }
+    }
+}
+
+impl Drop for DbRuntime {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for PgStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "PgStore({})", self.inner.path.display())
-    }
-}
-
-impl Drop for PgStore {
-    fn drop(&mut self) {
-        // Dropping a runtime may block; from inside another runtime that panics.
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
@@ -120,8 +133,9 @@ impl PgStore {
                     format!("cannot start the store runtime: {e}"),
                 )
             })?;
+        let rt = DbRuntime(Some(rt));
         let pool = {
-            let _guard = rt.enter();
+            let _guard = rt.handle().enter();
             target.pool()?
         };
         let shown = target.shown.clone();
@@ -157,22 +171,13 @@ impl PgStore {
         inner
             .reported
             .store(inner.current.load().generation(), Ordering::SeqCst);
-        rt.spawn(listen(inner.clone()));
-        rt.spawn(resync(inner.clone()));
-        Ok((
-            PgStore {
-                inner,
-                rt: Some(rt),
-            },
-            opened,
-        ))
+        rt.handle().spawn(listen(inner.clone()));
+        rt.handle().spawn(resync(inner.clone()));
+        Ok((PgStore { inner, rt }, opened))
     }
 
     fn run<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
-        match &self.rt {
-            Some(rt) => run_on(rt.handle(), fut),
-            None => unreachable!("the runtime lives as long as the store"),
-        }
+        run_on(self.rt.handle(), fut)
     }
 
     /// `postgres://user:***@host/db schema s`.
