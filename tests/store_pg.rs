@@ -575,3 +575,64 @@ fn a_wrong_password_or_a_database_that_is_down_is_one_line_exit_1_without_the_pa
     assert!(!err.contains(wrong), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn undo_puts_the_sealed_row_back_and_never_overwrites_a_later_change() {
+    let Some(pg) = Pg::start("store_pg::undo") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&pg, "keyward", dir.path());
+    let a = open_store(&cfg).unwrap();
+    let b = open_store(&cfg).unwrap();
+    set(&*a, "platform", "K", "first-value-0123456789").unwrap();
+    let sealed = pg.sql("SELECT sealed FROM keyward.records WHERE name = 'K'");
+    // A rotation undone: the very row (same ciphertext) is back, version 1.
+    let (_, undo) = a
+        .apply(Change::RotateSecret {
+            scope: "platform".into(),
+            name: "K".into(),
+            value: Secret::from_str("second-value-0123456789"),
+        })
+        .unwrap();
+    a.undo(undo).unwrap();
+    assert_eq!(
+        pg.sql("SELECT sealed FROM keyward.records WHERE name = 'K'"),
+        sealed
+    );
+    assert_eq!(
+        value_of(&*a, "platform", "K").as_deref(),
+        Some("first-value-0123456789")
+    );
+    assert_eq!(a.snapshot().meta("platform", "K").unwrap().version, 1);
+    // A removal undone; an agent addition undone.
+    let (_, undo) = a
+        .apply(Change::RemoveSecret {
+            scope: "platform".into(),
+            name: "K".into(),
+        })
+        .unwrap();
+    a.undo(undo).unwrap();
+    assert_eq!(
+        value_of(&*a, "platform", "K").as_deref(),
+        Some("first-value-0123456789")
+    );
+    let (_, undo) = a.apply(Change::AddAgent(agent("undone"))).unwrap();
+    a.undo(undo).unwrap();
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.agents"), "0");
+    // Changed again through another replica in between: the undo is refused.
+    let (_, undo) = a
+        .apply(Change::RotateSecret {
+            scope: "platform".into(),
+            name: "K".into(),
+            value: Secret::from_str("third-value-0123456789"),
+        })
+        .unwrap();
+    set(&*b, "platform", "K", "from-b-value-0123456789").unwrap();
+    let err = a.undo(undo).unwrap_err().to_string();
+    assert!(err.contains("changed again since"), "{err}");
+    assert_eq!(
+        value_of(&*b, "platform", "K").as_deref(),
+        Some("from-b-value-0123456789")
+    );
+}

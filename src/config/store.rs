@@ -2,7 +2,6 @@
 //! or PostgreSQL. Parsed and checked here; `vault::open` acts on it. The database
 //! URL may carry a password: [`DbUrl`]'s `Debug` and every message show it as `***`.
 
-use super::schema::Dur;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::path::PathBuf;
@@ -110,8 +109,10 @@ pub struct StoreConfig {
     pub tls: DbTls,
     /// PEM roots for `tls = "verify-full"` (default: the system roots).
     pub ca: Option<PathBuf>,
-    /// How long requests go on from the last snapshot while the DB is unreachable.
-    pub stale_after: Dur,
+    /// How long requests go on from the last snapshot while the DB is unreachable
+    /// (`"30s"`, humantime syntax).
+    #[serde(deserialize_with = "duration")]
+    pub stale_after: Duration,
     /// Audit lines written while the DB is unreachable, drained in order after.
     pub spool: PathBuf,
 }
@@ -125,10 +126,18 @@ impl Default for StoreConfig {
             schema: "keyward".into(),
             tls: DbTls::VerifyFull,
             ca: None,
-            stale_after: Dur(DEFAULT_STALE_AFTER),
+            stale_after: DEFAULT_STALE_AFTER,
             spool: PathBuf::from("data/audit-spool.jsonl"),
         }
     }
+}
+
+/// A duration written as `"30s"` or `"2m"` (as `Dur` in `schema.rs`, which this
+/// file does not import: schema.rs imports it).
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s)
+        .map_err(|e| serde::de::Error::custom(format!("invalid duration {s:?}: {e}")))
 }
 
 /// `^[a-z_][a-z0-9_]*$`, at most 63 bytes: a schema name that needs no quoting.
@@ -153,7 +162,7 @@ impl StoreConfig {
                 ),
             ));
         }
-        if self.stale_after.0.is_zero() {
+        if self.stale_after.is_zero() {
             return Err((
                 "stale_after",
                 "store.stale_after: must be more than 0s".into(),
@@ -223,7 +232,7 @@ mod tests {
         };
         assert_eq!(c.check().unwrap_err().0, "ca");
         let c = StoreConfig {
-            stale_after: Dur(Duration::ZERO),
+            stale_after: Duration::ZERO,
             ..Default::default()
         };
         assert_eq!(c.check().unwrap_err().0, "stale_after");

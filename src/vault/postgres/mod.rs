@@ -218,11 +218,15 @@ impl Store for PgStore {
     /// Never touches the database (the watcher calls it on the serving runtime):
     /// reports whether the background refresh loaded something new.
     fn reload(&self) -> Result<bool, VaultError> {
-        if let Some(msg) = self.inner.failure.lock().clone() {
-            return Err(dberr(&self.inner.path.display().to_string(), msg));
-        }
         let now = self.inner.current.load().generation();
-        Ok(self.inner.reported.swap(now, Ordering::SeqCst) != now)
+        // A snapshot loaded before a later failure is still news for the caller.
+        if self.inner.reported.swap(now, Ordering::SeqCst) != now {
+            return Ok(true);
+        }
+        match self.inner.failure.lock().clone() {
+            Some(msg) => Err(dberr(self.inner.path_str(), msg)),
+            None => Ok(false),
+        }
     }
 
     fn session_key(&self) -> Secret {
@@ -337,6 +341,7 @@ impl Inner {
         let res = self.load(force).await;
         match &res {
             Ok(_) => *self.failure.lock() = None,
+            Err(VaultError::File { message, .. }) => *self.failure.lock() = Some(message.clone()),
             Err(e) => *self.failure.lock() = Some(e.to_string()),
         }
         res
