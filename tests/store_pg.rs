@@ -137,12 +137,15 @@ async fn a_secret_set_on_one_replica_is_injected_by_the_other_within_a_second_an
     let start = Instant::now();
     let status = admin(&a, "DELETE", "/v1/secrets/platform/OPENAI_API_KEY", None).await;
     assert_eq!(status, 204);
-    let seen = b.upstream.requests().len();
     within_contract(start, "secret removed on A, gone on B", || async {
         let got = b.client().get("api.openai.com", "/v1/models", &[]).await;
         got.error_code().as_deref() == Some("secret_not_found")
     })
     .await;
+    // From then on B refuses, and its upstream sees nothing more.
+    let seen = b.upstream.requests().len();
+    let got = b.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.error_code().as_deref(), Some("secret_not_found"));
     assert_eq!(
         b.upstream.requests().len(),
         seen,
@@ -203,8 +206,14 @@ fn concurrent_rotations_through_two_replicas_lose_no_update() {
     versions.sort();
     let expected: Vec<u32> = (2..=(2 * EACH as u32 + 1)).collect();
     assert_eq!(versions, expected, "every rotation got its own version");
-    let meta = a.snapshot().meta("platform", "K").unwrap();
-    assert_eq!(meta.version, 2 * EACH as u32 + 1);
+    // Both replicas converge on the last write (within the propagation contract).
+    let since = Instant::now();
+    for s in [&a, &b] {
+        while s.snapshot().meta("platform", "K").unwrap().version != 2 * EACH as u32 + 1 {
+            assert!(since.elapsed() < PROPAGATION, "replicas did not converge");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
     assert_eq!(
         pg.sql("SELECT version FROM keyward.records WHERE name = 'K'"),
         (2 * EACH + 1).to_string()
@@ -403,7 +412,14 @@ fn cli_with_store(pg: &Pg, url: &str) -> CliEnv {
     ));
     let _ = pg;
     std::fs::write(&env.config, text).unwrap();
+    shared_master(&env);
     env
+}
+
+/// The test's one master key as the CLI's key file.
+fn shared_master(env: &CliEnv) {
+    std::fs::create_dir_all(env.path("certs")).unwrap();
+    std::fs::write(env.path("certs/master.key"), format!("{MASTER}\n")).unwrap();
 }
 
 #[test]
@@ -528,6 +544,40 @@ fn a_wrong_password_or_a_database_that_is_down_is_one_line_exit_1_without_the_pa
     let all = env.everything(&[&out]);
     assert!(!String::from_utf8_lossy(&all).contains(wrong));
     assert!(String::from_utf8_lossy(&out.stdout).contains("error: "));
+
+    // The right password in the URL: `store init` and `check` never print it.
+    let env = cli_with_store(&pg, &pg.url());
+    let init = env.run(&["store", "init"], None);
+    let check = env.run(&["check"], None);
+    assert!(init.status.success() && check.status.success());
+    let all = env.everything(&[&init, &check]);
+    assert_no_leak("store init + check output", &all, &pg.password);
+    assert!(String::from_utf8_lossy(&check.stdout).contains("postgres://keyward:***@"));
+
+    // The URL from $KEYWARD_DATABASE_URL when store.url is absent; neither: one line.
+    let env = CliEnv::new();
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str("\n[store]\nbackend = \"postgres\"\ntls = \"disable\"\n");
+    std::fs::write(&env.config, text).unwrap();
+    shared_master(&env);
+    let mut c = env.cmd(&["secret", "list"]);
+    c.env("KEYWARD_DATABASE_URL", pg.url());
+    let out = CliEnv::run_cmd(c, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = env.cmd(&["secret", "list"]);
+    c.env_remove("KEYWARD_DATABASE_URL");
+    let out = CliEnv::run_cmd(c, None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(
+        err.contains("needs store.url or $KEYWARD_DATABASE_URL"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 
     // The password from password_file; the database stopped.
     let env = cli_with_store(&pg, &pg.url_no_password());
