@@ -686,3 +686,59 @@ fn undo_puts_the_sealed_row_back_and_never_overwrites_a_later_change() {
         Some("from-b-value-0123456789")
     );
 }
+
+#[test]
+fn a_replica_serves_its_last_snapshot_while_the_database_is_down_and_catches_up_after() {
+    let Some(pg) = Pg::start("store_pg::db_down") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&pg, "keyward", dir.path());
+    let a = open_store(&cfg).unwrap();
+    let b = open_store(&cfg).unwrap();
+    set(&*a, "platform", "K", "before-the-outage-0123456789").unwrap();
+    let since = Instant::now();
+    while value_of(&*b, "platform", "K").is_none() {
+        assert!(since.elapsed() < PROPAGATION, "not propagated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pg.stop_server();
+    // Reads go on from the last snapshot; a write fails and changes nothing.
+    assert_eq!(
+        value_of(&*b, "platform", "K").as_deref(),
+        Some("before-the-outage-0123456789")
+    );
+    let err = set(&*a, "platform", "K", "during-the-outage-0123456789")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot reach the database"), "{err}");
+    assert!(!err.contains(&pg.password), "{err}");
+    // The failure reaches the watcher through `reload` (logged, last snapshot kept).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.reload().is_ok() {
+        assert!(Instant::now() < deadline, "the outage was not reported");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pg.start_server();
+    // Back: the pool and the LISTEN connection reconnect; a write on A reaches B.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match set(&*a, "platform", "K", "after-the-outage-0123456789") {
+            Ok(_) => break,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "no reconnect: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+    let since = Instant::now();
+    while value_of(&*b, "platform", "K").as_deref() != Some("after-the-outage-0123456789") {
+        assert!(
+            since.elapsed() < PROPAGATION * 3,
+            "B did not catch up after the outage"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(a.snapshot().meta("platform", "K").unwrap().version, 2);
+    b.reload().unwrap();
+}
