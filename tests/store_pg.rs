@@ -71,6 +71,16 @@ fn value_of(v: &dyn Store, scope: &str, name: &str) -> Option<String> {
 
 /// One admin API call with the all-permissions token.
 async fn admin(kw: &Kw, method: &str, path: &str, body: Option<serde_json::Value>) -> u16 {
+    admin_full(kw, method, path, body).await.0
+}
+
+/// One admin API call: status and `x-keyward-error`.
+async fn admin_full(
+    kw: &Kw,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, Option<String>) {
     let addr = kw.running.admin_addr.expect("admin API listening");
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -88,8 +98,12 @@ async fn admin(kw: &Kw, method: &str, path: &str, body: Option<serde_json::Value
         .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     let status = resp.status().as_u16();
+    let code = resp
+        .headers()
+        .get("x-keyward-error")
+        .map(|v| v.to_str().unwrap().to_string());
     let _ = resp.into_body().collect().await;
-    status
+    (status, code)
 }
 
 /// Polls `check` until it holds or the 1 s contract deadline (from `since`) passes.
@@ -741,4 +755,80 @@ fn a_replica_serves_its_last_snapshot_while_the_database_is_down_and_catches_up_
     }
     assert_eq!(a.snapshot().meta("platform", "K").unwrap().version, 2);
     b.reload().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_write_while_the_database_is_down_is_503_and_never_applied_later() {
+    let Some(pg) = Pg::start("store_pg::admin_outage") else {
+        return;
+    };
+    let a = replica(&pg, "keyward").admin().start().await;
+    let b = replica(&pg, "keyward").start().await;
+    let old = "sk-before-outage-0123456789";
+    assert_eq!(
+        admin(
+            &a,
+            "PUT",
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            Some(serde_json::json!({ "value": old }))
+        )
+        .await,
+        201
+    );
+    let auth = format!("Bearer {old}");
+    within_contract(Instant::now(), "set on A, injected by B", || async {
+        let got = b.client().get("api.openai.com", "/v1/models", &[]).await;
+        got.status == 200 && b.upstream.last().headers["authorization"] == auth.as_str()
+    })
+    .await;
+    let audit_before = a.audit_lines().len();
+    pg.stop_server();
+    let new = "sk-during-outage-0123456789";
+    let (status, code) = admin_full(
+        &a,
+        "PUT",
+        "/v1/secrets/platform/OPENAI_API_KEY",
+        Some(serde_json::json!({ "value": new })),
+    )
+    .await;
+    assert_eq!((status, code.as_deref()), (503, Some("vault_unavailable")));
+    // B goes on injecting from its last snapshot.
+    let got = b.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(b.upstream.last().headers["authorization"], auth.as_str());
+    assert!(
+        a.audit_lines()[audit_before..]
+            .iter()
+            .all(|l| l["event"] != "secret_set"),
+        "nothing was audited as set"
+    );
+    pg.start_server();
+    // Nothing is applied later: the value and version are the ones from before.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = pg_version(&pg);
+        if let Some(v) = v {
+            assert_eq!(v, "1");
+            break;
+        }
+        assert!(Instant::now() < deadline, "database did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(RESYNC_WAIT).await;
+    assert_eq!(
+        value_of(&*b.running.state.vault, "platform", "OPENAI_API_KEY").as_deref(),
+        Some(old)
+    );
+    let dump = pg.dump();
+    assert_no_leak("pg_dump after the refused write", &dump, new);
+}
+
+/// Longer than one resync period of the store.
+const RESYNC_WAIT: Duration = Duration::from_millis(1200);
+
+fn pg_version(pg: &Pg) -> Option<String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pg.sql("SELECT version FROM keyward.records WHERE name = 'OPENAI_API_KEY'")
+    }))
+    .ok()
 }
