@@ -832,3 +832,42 @@ fn pg_version(pg: &Pg) -> Option<String> {
     }))
     .ok()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_share_changes_and_sessions_minted_on_one_work_on_the_others() {
+    let Some(pg) = Pg::start("store_pg::three_replicas") else {
+        return;
+    };
+    let a = replica(&pg, "keyward").start().await;
+    let b = replica(&pg, "keyward").start().await;
+    let c = replica(&pg, "keyward").start().await;
+    let value = "sk-set-on-c-0123456789";
+    let start = Instant::now();
+    c.set_secret("platform", "OPENAI_API_KEY", value);
+    let auth = format!("Bearer {value}");
+    for kw in [&a, &b] {
+        within_contract(start, "set on C, injected by A and B", || async {
+            let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
+            got.status == 200 && kw.upstream.last().headers["authorization"] == auth.as_str()
+        })
+        .await;
+    }
+    // One session key across replicas (derived from the shared master key).
+    let key = a.running.state.vault.session_key();
+    assert_eq!(key.expose(), b.running.state.vault.session_key().expose());
+    let now = keyward::clock::unix_now();
+    let token = keyward::resolve::mint_session(&key, common::AGENT, "run-3r", now + 60);
+    for kw in [&b, &c] {
+        let mut client = kw.client();
+        client.auth = Some((common::AGENT.into(), token.clone()));
+        let got = client.get("api.openai.com", "/v1/models", &[]).await;
+        assert_eq!(got.status, 200, "{}", got.text());
+        let line = kw
+            .audit_lines()
+            .into_iter()
+            .rev()
+            .find(|l| l["event"] == "inject")
+            .unwrap();
+        assert_eq!(line["run_id"], "run-3r");
+    }
+}
