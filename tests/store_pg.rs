@@ -871,3 +871,33 @@ async fn three_replicas_share_changes_and_sessions_minted_on_one_work_on_the_oth
         assert_eq!(line["run_id"], "run-3r");
     }
 }
+
+#[test]
+fn after_store_init_by_the_owner_a_replica_runs_as_a_role_without_create() {
+    let Some(pg) = Pg::start("store_pg::restricted_role") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let owner = config(&pg, "keyward", dir.path());
+    drop(open_store(&owner).unwrap());
+    pg.sql("CREATE ROLE kwapp LOGIN PASSWORD 'kwapp-pass-0123'");
+    pg.sql("REVOKE CREATE ON DATABASE keyward FROM PUBLIC");
+    pg.sql("GRANT USAGE ON SCHEMA keyward TO kwapp");
+    pg.sql("GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA keyward TO kwapp");
+    let mut app = owner.clone();
+    app.store.url = Some(keyward::config::DbUrl::new(format!(
+        "postgres://kwapp:kwapp-pass-0123@127.0.0.1:{}/keyward",
+        pg.port
+    )));
+    let store = open_store(&app).unwrap();
+    set(&*store, "platform", "K", "written-by-kwapp-0123456789").unwrap();
+    assert_eq!(
+        value_of(&*store, "platform", "K").as_deref(),
+        Some("written-by-kwapp-0123456789")
+    );
+    // A fresh schema needs the owner: the error says so in one line.
+    app.store.schema = "other".into();
+    let err = open_store(&app).err().unwrap().to_string();
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(!err.contains("kwapp-pass"), "{err}");
+}

@@ -264,11 +264,51 @@ impl Inner {
             .ok_or_else(|| dberr(self.path_str(), "no meta row: run `keyward store init`"))
     }
 
+    /// The schema at the latest version with its `meta` row: nothing to migrate, so
+    /// no DDL and no lock (a replica may then run as a role without CREATE).
+    async fn up_to_date(
+        &self,
+        c: &deadpool_postgres::Object,
+    ) -> Result<Option<Opened>, VaultError> {
+        let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
+        let table = format!("{}.schema_version", self.db_schema);
+        let row = c
+            .query_one("SELECT to_regclass($1)::text AS t", &[&table])
+            .await
+            .map_err(err)?;
+        let exists: Option<String> = row.try_get("t").map_err(err)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let sql = format!("SELECT coalesce(max(version), 0) AS v FROM {table}");
+        let have: i32 = c
+            .query_one(&sql, &[])
+            .await
+            .map_err(err)?
+            .try_get("v")
+            .map_err(err)?;
+        if have != schema::latest() {
+            return Ok(None);
+        }
+        let Some(meta) = self.db().meta(&***c, false).await? else {
+            return Ok(None);
+        };
+        rows::unwrap(&self.master, &meta, &self.path)?;
+        Ok(Some(Opened {
+            schema_version: have,
+            generation: meta.generation,
+            created: false,
+        }))
+    }
+
     /// Creates or upgrades the schema, and the `meta` row, under the advisory lock.
     async fn migrate(&self) -> Result<Opened, VaultError> {
         let s = &self.db_schema;
         let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
         let mut c = self.client().await?;
+        if let Some(opened) = self.up_to_date(&c).await? {
+            return Ok(opened);
+        }
         let tx = raw(&mut c).transaction().await.map_err(err)?;
         // SECURITY: replicas starting together must not both create the first data
         // key (records sealed under two keys); the lock serialises them.
