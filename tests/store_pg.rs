@@ -561,6 +561,15 @@ fn a_wrong_password_or_a_database_that_is_down_is_one_line_exit_1_without_the_pa
 
     // The right password in the URL: `store init` and `check` never print it.
     let env = cli_with_store(&pg, &pg.url());
+    // `check` on a schema nobody initialised reports it and creates nothing.
+    let out = env.run(&["check"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("run `keyward store init`"), "{text}");
+    assert_eq!(
+        pg.sql("SELECT coalesce(to_regclass('keyward.meta')::text, 'none')"),
+        "none"
+    );
     let init = env.run(&["store", "init"], None);
     let check = env.run(&["check"], None);
     assert!(init.status.success() && check.status.success());

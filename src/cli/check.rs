@@ -91,10 +91,11 @@ pub fn run(path: Option<&Path>) -> Result<u8, CliError> {
     Ok(if errors > 0 { 1 } else { 0 })
 }
 
-/// `[store] backend = "postgres"`: connects (which also migrates the schema) and
-/// counts; 1 on error. Messages show the URL with its password as `***`.
+/// `[store] backend = "postgres"`: connects to an initialised schema (nothing is
+/// created or migrated) and counts; 1 on error. Messages show the URL with its password as `***`.
 fn check_postgres(cfg: &Config, policy: &Policy) -> u8 {
-    match crate::vault::open_store(cfg) {
+    // Creates nothing: a schema that is not initialised is reported, not created.
+    match crate::vault::open::open_existing_store(cfg) {
         Ok(store) => {
             let records = store.list(None);
             println!(

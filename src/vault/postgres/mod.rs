@@ -121,6 +121,23 @@ impl PgStore {
     /// fresh data key if the store is new, loads the first snapshot and starts the
     /// LISTEN and resync tasks.
     pub fn open(cfg: &StoreConfig, master: MasterKey) -> Result<(PgStore, Opened), VaultError> {
+        PgStore::open_with(cfg, master, true)
+    }
+
+    /// Opens a store whose schema is already at the latest version, creating and
+    /// changing nothing (`keyward check`).
+    pub fn open_existing(
+        cfg: &StoreConfig,
+        master: MasterKey,
+    ) -> Result<(PgStore, Opened), VaultError> {
+        PgStore::open_with(cfg, master, false)
+    }
+
+    fn open_with(
+        cfg: &StoreConfig,
+        master: MasterKey,
+        migrate: bool,
+    ) -> Result<(PgStore, Opened), VaultError> {
         let target = Target::from_config(cfg)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(DB_THREADS)
@@ -156,7 +173,17 @@ impl PgStore {
         });
         let i = inner.clone();
         let opened = run_on(rt.handle(), async move {
-            let opened = i.migrate().await?;
+            let opened = if migrate {
+                i.migrate().await?
+            } else {
+                let c = i.client().await?;
+                i.up_to_date(&c).await?.ok_or_else(|| {
+                    dberr(
+                        i.path_str(),
+                        "the schema is missing or older than this keyward: run `keyward store init`",
+                    )
+                })?
+            };
             i.refresh(true).await?;
             Ok::<_, VaultError>(opened)
         })?;
