@@ -56,6 +56,11 @@ enum Command {
     Env(cli::env::EnvArgs),
     /// Validate config, vault and CA; exit 1 on error.
     Check,
+    /// The PostgreSQL store: schema, import from and export to a vault file.
+    Store {
+        #[command(subcommand)]
+        cmd: cli::store::StoreCmd,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +114,7 @@ fn run(args: Cli) -> Result<u8, CliError> {
         Command::Agent { cmd } => cli::agent::run(cmd, &config),
         Command::Audit { cmd } => cli::audit::run(cmd, &config),
         Command::Env(env) => cli::env::run(env, &config),
+        Command::Store { cmd } => cli::store::run(cmd, &config),
         Command::Init { .. } | Command::Check => unreachable!("handled above"),
     }
 }

@@ -6,7 +6,7 @@ use super::CliError;
 use crate::audit::{AuditLog, Event, EventKind, Outcome};
 use crate::config::{valid_agent_id, valid_secret_name, Config};
 use crate::ids::new_token;
-use crate::vault::{AgentRecord, Applied, Change, Store, Vault, VaultError};
+use crate::vault::{open_store, AgentRecord, Applied, Change, Store, VaultError};
 use clap::Subcommand;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -35,8 +35,8 @@ pub enum AgentCmd {
     Rm { id: String },
 }
 
-fn vault(cfg: &Config) -> Result<Vault, CliError> {
-    Vault::open(&cfg.vault).map_err(|e| CliError::User(e.to_string()))
+fn vault(cfg: &Config) -> Result<std::sync::Arc<dyn Store>, CliError> {
+    open_store(cfg).map_err(|e| CliError::User(e.to_string()))
 }
 
 /// Opened before any change: a change that cannot be audited is not made.

@@ -42,6 +42,10 @@ pub fn run(path: Option<&Path>) -> Result<u8, CliError> {
         }
     }
 
+    if cfg.store.backend == crate::config::Backend::Postgres {
+        let failed = check_postgres(&cfg, &policy) > 0;
+        return Ok(if errors > 0 || failed { 1 } else { 0 });
+    }
     let has_key = std::env::var_os("KEYWARD_MASTER_KEY").is_some()
         || std::env::var_os("KEYWARD_MASTER_PASSPHRASE").is_some()
         // An unreadable key file is there: opening the vault says why it fails.
@@ -86,4 +90,38 @@ pub fn run(path: Option<&Path>) -> Result<u8, CliError> {
         );
     }
     Ok(if errors > 0 { 1 } else { 0 })
+}
+
+/// `[store] backend = "postgres"`: connects to an initialised schema (nothing is
+/// created or migrated) and counts; 1 on error. Messages show the URL with its password as `***`.
+fn check_postgres(cfg: &Config, policy: &Policy) -> u8 {
+    // Creates nothing: a schema that is not initialised is reported, not created.
+    match crate::vault::open::open_existing_store(cfg) {
+        Ok(store) => {
+            let records = store.list(None);
+            println!(
+                "ok: store {} ({} secrets, {} agents)",
+                crate::vault::postgres::label(&cfg.store),
+                records.len(),
+                store.snapshot().agents().len()
+            );
+            for p in policy.providers() {
+                let referenced = cfg
+                    .chains
+                    .iter()
+                    .any(|c| c.secrets.iter().flatten().any(|s| *s == p.secret));
+                if referenced && !records.iter().any(|r| r.name == p.secret) {
+                    println!(
+                        "warning: {} is used by a chain but has no value in any scope",
+                        p.secret
+                    );
+                }
+            }
+            0
+        }
+        Err(e) => {
+            println!("error: {e}");
+            1
+        }
+    }
 }

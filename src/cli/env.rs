@@ -8,7 +8,6 @@ use crate::config::{Config, SignConfig};
 use crate::policy::Policy;
 use crate::resolve::Directory;
 use crate::tls::ca::CertAuthority;
-use crate::vault::{Store, Vault};
 use clap::ValueEnum;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -89,7 +88,7 @@ pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
 /// returns the variables a sandboxed client needs, in a stable order.
 pub fn environment(args: &EnvArgs, cfg: &Config) -> Result<Vec<(String, String)>, CliError> {
     let user = |e: &dyn std::fmt::Display| CliError::User(e.to_string());
-    let vault = Vault::open(&cfg.vault).map_err(|e| user(&e))?;
+    let vault = crate::vault::open_store(cfg).map_err(|e| user(&e))?;
     let snapshot = vault.snapshot();
     let directory = Directory::build(cfg, snapshot.agents(), Some(vault.session_key()));
     // SECURITY: only a token that authenticates the agent gets an environment

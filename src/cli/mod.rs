@@ -9,6 +9,7 @@ pub mod check;
 pub mod env;
 pub mod init;
 pub mod secret;
+pub mod store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

@@ -121,7 +121,7 @@ pub fn run_with(
     input: &mut dyn Read,
     out: &mut dyn Write,
 ) -> Result<u8, CliError> {
-    let vault = Vault::open(&cfg.vault).map_err(vault_err)?;
+    let vault = crate::vault::open_store(cfg).map_err(vault_err)?;
     match cmd {
         SecretCmd::Set {
             name,
@@ -150,7 +150,7 @@ pub fn run_with(
                 rotate_every,
             };
             let (meta, undo) = apply(
-                &vault,
+                &*vault,
                 Change::SetSecret {
                     scope,
                     name,
@@ -166,7 +166,7 @@ pub fn run_with(
             } else {
                 EventKind::SecretSet
             };
-            audit_or_undo(&vault, &audit, event, &meta, None, undo)?;
+            audit_or_undo(&*vault, &audit, event, &meta, None, undo)?;
             say(
                 out,
                 &format!(
@@ -176,11 +176,11 @@ pub fn run_with(
             )?;
         }
         SecretCmd::Rotate { name, scope } => {
-            let scope = scope_of(&vault, scope, &name)?;
+            let scope = scope_of(&*vault, scope, &name)?;
             let value = read_value(input)?;
             let audit = open_audit(cfg)?;
-            let (meta, undo) = apply(&vault, Change::RotateSecret { scope, name, value })?;
-            audit_or_undo(&vault, &audit, EventKind::SecretRotate, &meta, None, undo)?;
+            let (meta, undo) = apply(&*vault, Change::RotateSecret { scope, name, value })?;
+            audit_or_undo(&*vault, &audit, EventKind::SecretRotate, &meta, None, undo)?;
             say(
                 out,
                 &format!(
@@ -190,10 +190,10 @@ pub fn run_with(
             )?;
         }
         SecretCmd::Rm { name, scope } => {
-            let scope = scope_of(&vault, scope, &name)?;
+            let scope = scope_of(&*vault, scope, &name)?;
             let audit = open_audit(cfg)?;
-            let (meta, undo) = apply(&vault, Change::RemoveSecret { scope, name })?;
-            audit_or_undo(&vault, &audit, EventKind::SecretRm, &meta, None, undo)?;
+            let (meta, undo) = apply(&*vault, Change::RemoveSecret { scope, name })?;
+            audit_or_undo(&*vault, &audit, EventKind::SecretRm, &meta, None, undo)?;
             say(
                 out,
                 &format!(
@@ -213,9 +213,9 @@ pub fn run_with(
                 from: from_scope.clone(),
                 to: to_scope.clone(),
             };
-            let (meta, undo) = apply(&vault, change)?;
+            let (meta, undo) = apply(&*vault, change)?;
             audit_or_undo(
-                &vault,
+                &*vault,
                 &audit,
                 EventKind::SecretClone,
                 &meta,
@@ -274,7 +274,7 @@ pub fn run_with(
             }
         }
         SecretCmd::Show { name, scope, json } => {
-            let scope = scope_of(&vault, scope, &name)?;
+            let scope = scope_of(&*vault, scope, &name)?;
             let meta = vault.snapshot().meta(&scope, &name).ok_or_else(|| {
                 vault_err(VaultError::NotFound {
                     scope: scope.clone(),
@@ -336,7 +336,7 @@ pub fn run_with(
                 }
                 None => OffsetDateTime::now_utc(),
             };
-            return due(&vault, now, json, out);
+            return due(&*vault, now, json, out);
         }
     }
     Ok(0)
@@ -357,6 +357,11 @@ pub fn run_vault(cmd: VaultCmd, cfg: &Config) -> Result<u8, CliError> {
                     ))
                 }
             };
+            if cfg.store.backend != crate::config::Backend::File {
+                return Err(CliError::User(
+                    "vault rotate-master-key works on the vault file only; with store.backend = \"postgres\" export the store (keyward store export), rotate the file's key, and import it into an empty schema".into(),
+                ));
+            }
             let vault = Vault::open(&cfg.vault).map_err(vault_err)?;
             let old_id = vault.master_key_id().map_err(vault_err)?;
             let audit = open_audit(cfg)?;
@@ -405,7 +410,7 @@ fn new_key_from_env() -> Result<MasterKey, CliError> {
 }
 
 fn due(
-    vault: &Vault,
+    vault: &dyn Store,
     now: OffsetDateTime,
     json: bool,
     out: &mut dyn Write,
@@ -486,7 +491,7 @@ pub fn read_value(input: &mut dyn Read) -> Result<Secret, CliError> {
 
 /// The scope a `show`/`rotate`/`rm` acts on: `--scope` if given, else the one
 /// scope that holds `name`; none or several is a user error naming them.
-fn scope_of(vault: &Vault, scope: Option<String>, name: &str) -> Result<String, CliError> {
+fn scope_of(vault: &dyn Store, scope: Option<String>, name: &str) -> Result<String, CliError> {
     if let Some(scope) = scope {
         return Ok(scope);
     }
@@ -523,7 +528,7 @@ fn open_audit(cfg: &Config) -> Result<AuditLog, CliError> {
 
 /// Records the audit line for a change just made, or takes the change back.
 fn audit_or_undo(
-    vault: &Vault,
+    vault: &dyn Store,
     audit: &AuditLog,
     event: EventKind,
     meta: &RecordMeta,
@@ -551,7 +556,7 @@ fn audit_or_undo(
 }
 
 /// Makes a secret change; its metadata and how to take it back.
-fn apply(vault: &Vault, change: Change) -> Result<(RecordMeta, Undo), CliError> {
+fn apply(vault: &dyn Store, change: Change) -> Result<(RecordMeta, Undo), CliError> {
     let (applied, undo) = vault.apply(change).map_err(vault_err)?;
     Ok((applied.into_meta().map_err(vault_err)?, undo))
 }

@@ -5,8 +5,10 @@
 pub mod catalog;
 pub mod rules;
 mod schema;
+pub mod store;
 
 pub use schema::*;
+pub use store::{Backend, DbTls, DbUrl, StoreConfig};
 
 use std::path::Path;
 
@@ -98,6 +100,9 @@ impl Config {
             line: find_line(text, needle, Occurrence::Last),
             message,
         };
+        if let Err((key, message)) = self.store.check() {
+            return Err(fail(key, message));
+        }
         if self.tls.upstream_roots.is_empty() {
             return Err(fail(
                 "upstream_roots",

@@ -19,6 +19,8 @@ pub struct Config {
     pub providers: Vec<ProviderConfig>,
     pub chains: Vec<ChainConfig>,
     pub agents: Vec<AgentConfig>,
+    /// Where the vault lives: the file (default) or PostgreSQL (SPEC §10).
+    pub store: super::store::StoreConfig,
     /// The file this came from (None for the embedded defaults).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -40,6 +42,9 @@ impl Config {
         }
         if self.audit != new.audit {
             changed.push("[audit]");
+        }
+        if self.store != new.store {
+            changed.push("[store]");
         }
         if self.admin.listen != new.admin.listen {
             changed.push("admin.listen");

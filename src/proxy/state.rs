@@ -10,7 +10,7 @@ use crate::config::{Config, ProxyConfig};
 use crate::metrics::Metrics;
 use crate::redact;
 use crate::tls::{self, ca::CertAuthority, TlsError};
-use crate::vault::{Store, Vault, VaultError};
+use crate::vault::{open_store, Store, VaultError};
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
@@ -96,7 +96,7 @@ impl State {
             metrics.cert_cache_hits.clone(),
             metrics.cert_cache_misses.clone(),
         );
-        let vault: Arc<dyn Store> = Arc::new(Vault::open(&config.vault)?);
+        let vault: Arc<dyn Store> = open_store(&config)?;
         let audit = AuditLog::open(&config.audit)?;
         let roots = tls::upstream_roots(&config.tls.upstream_roots)?;
         let client_tls = tls::client_config(roots.clone(), &UPSTREAM_ALPN)?;

@@ -10,6 +10,8 @@
 //! - `validate.rs` names, scopes, values, hosts, descriptions, rotation periods
 //! - `crypto.rs`   sealing primitives; `kind.rs` secret kinds; `watch.rs` the poller
 //! - `error.rs`    `VaultError`
+//! - `open.rs`     `open_store`: the file or the PostgreSQL backend, as `[store]` says
+//! - `postgres/`   the PostgreSQL backend (`PgStore`, docs/store.md)
 //!
 //! Format, key hierarchy and threat model: docs/vault.md.
 
@@ -20,6 +22,8 @@ pub mod file;
 pub mod format;
 pub mod kind;
 pub mod master;
+pub mod open;
+pub mod postgres;
 pub mod snapshot;
 pub mod store;
 pub mod validate;
@@ -31,6 +35,7 @@ pub use file::Vault;
 pub use format::AgentRecord;
 pub use kind::SecretKind;
 pub use master::{KdfParams, MasterKey, MasterSource, ENV_MASTER_KEY, ENV_MASTER_PASSPHRASE};
+pub use open::open_store;
 pub use snapshot::{Opened, RecordMeta, Snapshot};
 pub use store::Store;
 pub use validate::{check_value, format_period, normalize_hosts, valid_scope, MAX_VALUE_BYTES};

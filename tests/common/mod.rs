@@ -9,6 +9,7 @@ pub mod clients;
 pub mod config;
 pub mod kw;
 pub mod leaks;
+pub mod pg;
 pub mod seed;
 pub mod tools;
 pub mod vault;

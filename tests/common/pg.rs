@@ -1,0 +1,249 @@
+//! A throwaway PostgreSQL cluster for store tests: `initdb` in a temp dir, run as
+//! the unprivileged `nobody` when the tests run as root (initdb refuses root), on
+//! a free 127.0.0.1 port with password (SCRAM) authentication and `fsync=off`,
+//! stopped on drop. Needs Debian's `postgresql` (initdb, pg_ctl) and its client
+//! (psql, pg_dump); missing tools skip locally and fail under CI (`tools.rs`).
+
+use super::tools;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// The cluster's superuser (also keyward's user in the tests).
+pub const USER: &str = "keyward";
+/// The database keyward uses.
+pub const DB: &str = "keyward";
+
+pub struct Pg {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub password: String,
+    bin: PathBuf,
+    psql: PathBuf,
+    pg_dump: PathBuf,
+}
+
+/// A server binary: on PATH, else Debian's versioned directory.
+fn server_tool(name: &str) -> Option<PathBuf> {
+    if let Some(p) = tools::find(name) {
+        return Some(p);
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin").join(name)))
+        .filter(|p| p.is_file())
+        .collect();
+    dirs.sort();
+    dirs.pop()
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+impl Pg {
+    /// Starts a cluster with database `keyward`, or `None` (skipped) without the tools.
+    pub fn start(test: &str) -> Option<Pg> {
+        let initdb = match server_tool("initdb") {
+            Some(p) => p,
+            None => return tools::skip_or_fail("initdb (postgresql) not installed", test),
+        };
+        if server_tool("pg_ctl").is_none() {
+            return tools::skip_or_fail("pg_ctl (postgresql) not installed", test);
+        }
+        let psql = tools::require("psql", test)?;
+        let pg_dump = tools::require("pg_dump", test)?;
+        let bin = initdb.parent().unwrap().to_path_buf();
+        let dir = tempfile::tempdir().unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let password = format!("pw-{}", hex::encode(rand::random::<[u8; 12]>()));
+        let pwfile = dir.path().join("pwfile");
+        std::fs::write(&pwfile, format!("{password}\n")).unwrap();
+        std::fs::set_permissions(&pwfile, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let pg = Pg {
+            port: free_port(),
+            password,
+            bin,
+            psql,
+            pg_dump,
+            dir,
+        };
+        let data = pg.data_dir();
+        let out = pg.as_owner(
+            &initdb,
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-U",
+                USER,
+                "--auth=scram-sha-256",
+                "--pwfile",
+                pwfile.to_str().unwrap(),
+                "-E",
+                "UTF8",
+                "--no-sync",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "initdb: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        pg.start_server();
+        pg.psql(&format!("CREATE DATABASE {DB}"), "postgres");
+        Some(pg)
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn as_owner(&self, prog: &Path, args: &[&str]) -> Output {
+        let mut c = if is_root() {
+            let mut c = Command::new("setpriv");
+            c.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+                .arg(prog);
+            c
+        } else {
+            Command::new(prog)
+        };
+        c.args(args)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// (Re)starts the server and waits until it accepts connections.
+    pub fn start_server(&self) {
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c full_page_writes=off",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("server.log");
+        let out = self.as_owner(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-o",
+                &opts,
+                "-l",
+                log.to_str().unwrap(),
+                "-w",
+                "start",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "pg_ctl start: {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+    }
+
+    /// Stops the server at once (connections are cut).
+    pub fn stop_server(&self) {
+        let _ = self.as_owner(
+            &self.bin.join("pg_ctl"),
+            &[
+                "-D",
+                self.data_dir().to_str().unwrap(),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+            ],
+        );
+    }
+
+    /// `postgres://keyward:PASSWORD@127.0.0.1:PORT/keyward`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{USER}:{}@127.0.0.1:{}/{DB}",
+            self.password, self.port
+        )
+    }
+
+    /// The URL without a password (give it through `password_file` or `$PGPASSWORD`).
+    pub fn url_no_password(&self) -> String {
+        format!("postgres://{USER}@127.0.0.1:{}/{DB}", self.port)
+    }
+
+    /// The `[store]` section for this cluster.
+    pub fn store_toml(&self, schema: &str) -> String {
+        format!(
+            "\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\ntls = \"disable\"\n",
+            self.url()
+        )
+    }
+
+    fn client(&self, prog: &Path) -> Command {
+        let mut c = Command::new(prog);
+        c.env("PGPASSWORD", &self.password)
+            .env("PGHOST", "127.0.0.1")
+            .env("PGPORT", self.port.to_string())
+            .env("PGUSER", USER)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// Runs SQL (on database `db`), panics on error; returns unaligned output.
+    pub fn psql(&self, sql: &str, db: &str) -> String {
+        let out = self
+            .client(&self.psql)
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-d",
+                db,
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// SQL on keyward's database.
+    pub fn sql(&self, sql: &str) -> String {
+        self.psql(sql, DB)
+    }
+
+    /// `pg_dump` of keyward's database (plain SQL).
+    pub fn dump(&self) -> Vec<u8> {
+        let out = self
+            .client(&self.pg_dump)
+            .args(["-d", DB])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_dump: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+}
+
+impl Drop for Pg {
+    fn drop(&mut self) {
+        self.stop_server();
+    }
+}
