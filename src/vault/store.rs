@@ -19,6 +19,13 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// and returns what changed and how to take it back.
     fn apply(&self, change: Change) -> Result<(Applied, Undo), VaultError>;
 
+    /// Makes several changes. The default applies them one by one (a failure
+    /// leaves the earlier ones made); the file backend writes all or none, as
+    /// one entry with one `fsync`.
+    fn apply_batch(&self, changes: Vec<Change>) -> Result<Vec<(Applied, Undo)>, VaultError> {
+        changes.into_iter().map(|c| self.apply(c)).collect()
+    }
+
     /// Takes back the change `undo` came from, unless what it touched changed again
     /// since (a later change is never lost).
     fn undo(&self, undo: Undo) -> Result<(), VaultError>;
