@@ -267,6 +267,18 @@ impl Vault {
         })
     }
 
+    /// Takes back several changes (in reverse order) as one write; like
+    /// [`Store::undo`], refused if one of them changed again since.
+    pub fn undo_all(&self, undos: Vec<Undo>) -> Result<(), VaultError> {
+        self.write(|b| {
+            for u in undos.into_iter().rev().filter(|u| !u.is_noop()) {
+                let touched = u.touches();
+                b.run(touched, |d| u.apply_to(d))?;
+            }
+            Ok(())
+        })
+    }
+
     /// Picks up the file's changes if its stamp differs from what the state came
     /// from. A stamp that failed before fails again without the work being redone.
     fn reload_if_changed(&self) -> Result<bool, VaultError> {
