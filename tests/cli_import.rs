@@ -49,14 +49,23 @@ fn import_stores_every_line_in_one_write_and_audits_each_secret() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("imported 4 secrets (3 new, 1 new versions)"), "{stdout}");
+    assert!(
+        stdout.contains("imported 4 secrets (3 new, 1 new versions)"),
+        "{stdout}"
+    );
     assert_eq!(entries(&env), before + 1, "one write for the whole import");
 
     let list = env.ok(&["secret", "list", "--json"], None);
     let list: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
     let names: Vec<_> = list
         .iter()
-        .map(|r| format!("{}/{}", r["scope"].as_str().unwrap(), r["name"].as_str().unwrap()))
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["scope"].as_str().unwrap(),
+                r["name"].as_str().unwrap()
+            )
+        })
         .collect();
     assert_eq!(
         names,
@@ -97,7 +106,11 @@ fn import_stores_every_line_in_one_write_and_audits_each_secret() {
         ]
     );
     let everything = env.everything(&[&out]);
-    for v in [format!("sk-a-{m}-9xQz"), format!("gh-b-{m}"), format!("cs-{m}")] {
+    for v in [
+        format!("sk-a-{m}-9xQz"),
+        format!("gh-b-{m}"),
+        format!("cs-{m}"),
+    ] {
         assert_no_leak("import output, audit and vault file", &everything, &v);
     }
 }
@@ -111,14 +124,32 @@ fn a_bad_line_names_its_number_and_nothing_is_written() {
     let audit = env.audit().len();
     let good = format!("{{\"name\":\"A\",\"value\":\"a-{m}\"}}");
     let cases: Vec<(&str, String)> = vec![
-        ("bad name", format!("{{\"name\":\"lower\",\"value\":\"v-{m}\"}}")),
-        ("bad scope", format!("{{\"scope\":\"nope\",\"name\":\"B\",\"value\":\"v-{m}\"}}")),
-        ("value in a typo'd field", format!("{{\"name\":\"B\",\"valeu\":\"v-{m}\"}}")),
-        ("value where hosts go", format!("{{\"name\":\"B\",\"value\":\"x-123456\",\"hosts\":\"v-{m}\"}}")),
+        (
+            "bad name",
+            format!("{{\"name\":\"lower\",\"value\":\"v-{m}\"}}"),
+        ),
+        (
+            "bad scope",
+            format!("{{\"scope\":\"nope\",\"name\":\"B\",\"value\":\"v-{m}\"}}"),
+        ),
+        (
+            "value in a typo'd field",
+            format!("{{\"name\":\"B\",\"valeu\":\"v-{m}\"}}"),
+        ),
+        (
+            "value where hosts go",
+            format!("{{\"name\":\"B\",\"value\":\"x-123456\",\"hosts\":\"v-{m}\"}}"),
+        ),
         ("not JSON", format!("name=B value=v-{m}")),
         ("missing value", "{\"name\":\"B\"}".to_string()),
-        ("value with a newline", format!("{{\"name\":\"B\",\"value\":\"v-{m}\\nX\"}}")),
-        ("oauth2 value not JSON", format!("{{\"name\":\"B\",\"kind\":\"oauth2\",\"value\":\"v-{m}\"}}")),
+        (
+            "value with a newline",
+            format!("{{\"name\":\"B\",\"value\":\"v-{m}\\nX\"}}"),
+        ),
+        (
+            "oauth2 value not JSON",
+            format!("{{\"name\":\"B\",\"kind\":\"oauth2\",\"value\":\"v-{m}\"}}"),
+        ),
         ("duplicate", good.clone()),
     ];
     for (what, bad) in cases {
@@ -126,7 +157,11 @@ fn a_bad_line_names_its_number_and_nothing_is_written() {
         let out = env.run(&["secret", "import"], Some(input.as_bytes()));
         let err = String::from_utf8_lossy(&out.stderr).to_string();
         assert_eq!(out.status.code(), Some(1), "{what}: {err}");
-        assert_eq!(err.trim_end().lines().count(), 1, "{what}: one line: {err:?}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{what}: one line: {err:?}"
+        );
         assert!(err.contains("line 3"), "{what}: names the line: {err}");
         assert!(err.contains("nothing was imported"), "{what}: {err}");
         assert_no_leak(what, &env.everything(&[&out]), format!("v-{m}"));

@@ -167,7 +167,10 @@ fn parse_line(line: &[u8]) -> Result<Change, String> {
         } else {
             "(unprintable)".into()
         };
-        return Err(format!("unknown field {k:?} (fields: {})", FIELDS.join(", ")));
+        return Err(format!(
+            "unknown field {k:?} (fields: {})",
+            FIELDS.join(", ")
+        ));
     }
     let value = match obj.remove("value") {
         Some(Value::String(s)) => Secret::new(s.into_bytes()),
@@ -178,9 +181,10 @@ fn parse_line(line: &[u8]) -> Result<Change, String> {
     let scope = string(&mut obj, "scope")?.unwrap_or_else(|| "platform".into());
     let kind = match string(&mut obj, "kind")? {
         None => None,
-        Some(k) => Some(SecretKind::parse(&k).ok_or(
-            "invalid \"kind\": use api_key, oauth2, hmac or aws".to_string(),
-        )?),
+        Some(k) => Some(
+            SecretKind::parse(&k)
+                .ok_or("invalid \"kind\": use api_key, oauth2, hmac or aws".to_string())?,
+        ),
     };
     let description = string(&mut obj, "description")?;
     let hosts = match obj.remove("hosts") {

@@ -278,8 +278,8 @@ pub(super) fn decode_base(
     let (mac_line, _) = next_line(rest).ok_or_else(truncated)?;
     let signed_len = bytes.len() - rest.len();
     let base_len = signed_len + mac_line.len() + 1;
-    let base: BaseIn = serde_json::from_slice(body)
-        .map_err(|e| ferr(path, format!("corrupt vault body: {e}")))?;
+    let base: BaseIn =
+        serde_json::from_slice(body).map_err(|e| ferr(path, format!("corrupt vault body: {e}")))?;
     let data_key = unlock_data_key(&base.master, &base.data_key, master, path)?;
     let tag = mac_line
         .strip_prefix(MAC_LINE_PREFIX)

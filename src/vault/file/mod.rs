@@ -14,8 +14,8 @@ mod write;
 
 use self::compact::{Compactor, Moved, Pos};
 use self::log::{State, MAX_LOG_FILE_BYTES};
-use self::write::{append, atomic_write, clean_stale_temps, take_lock, Batch};
 pub use self::write::LOCK_TIMEOUT;
+use self::write::{append, atomic_write, clean_stale_temps, take_lock, Batch};
 use super::change::{Applied, Change, Undo};
 use super::crypto::{self, Key};
 use super::error::{ferr, ioerr, VaultError};
@@ -356,7 +356,10 @@ impl Vault {
             }
         }
         match self.load_current()? {
-            None => Err(ferr(&self.path, "the vault file disappeared while reading it")),
+            None => Err(ferr(
+                &self.path,
+                "the vault file disappeared while reading it",
+            )),
             Some((state, at)) => {
                 self.current.store(state.snap.clone());
                 head.state = Some(state);
@@ -414,12 +417,11 @@ impl Vault {
             wrapped: B64.encode(wrapped.encode()),
             counter,
             chain: state.rewrite_chain(counter),
-            snap: Arc::new(state.snap.edited(
-                Vec::new(),
-                &state.data_key,
-                counter,
-                false,
-            )?),
+            snap: Arc::new(
+                state
+                    .snap
+                    .edited(Vec::new(), &state.data_key, counter, false)?,
+            ),
             ..state
         };
         let bytes = log::encode_base(&next)?;
@@ -643,7 +645,10 @@ impl Vault {
     /// One write: under the process mutex and the file lock, brings the state up
     /// to the file, runs `f` on a [`Batch`] over it and appends the result as one
     /// entry (on a format-1/2 file or none: writes a format-3 file).
-    fn write<T>(&self, f: impl FnOnce(&mut Batch) -> Result<T, VaultError>) -> Result<T, VaultError> {
+    fn write<T>(
+        &self,
+        f: impl FnOnce(&mut Batch) -> Result<T, VaultError>,
+    ) -> Result<T, VaultError> {
         let mut head = self.lock_for_write()?;
         let lock = take_lock(&self.lock_path)?;
         clean_stale_temps(&self.path);
@@ -693,8 +698,8 @@ impl Vault {
         len: u64,
         new_base: Option<u64>,
     ) -> Result<(), VaultError> {
-        let md = fs::metadata(&self.path)
-            .map_err(|e| ioerr(&self.path, "cannot stat the vault", e))?;
+        let md =
+            fs::metadata(&self.path).map_err(|e| ioerr(&self.path, "cannot stat the vault", e))?;
         let base_len = match (new_base, head.at) {
             (Some(b), _) => b,
             (None, At::Log(pos)) => pos.base_len,

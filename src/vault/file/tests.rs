@@ -2,13 +2,11 @@
 
 use super::write::STALE_TEMP_AGE;
 use super::*;
-use std::time::Duration;
 use crate::vault::change::SetOptions;
-use crate::vault::format::{
-    FileBody, FILE_FORMAT, FILE_FORMAT_V1, FILE_MAGIC, RECORD_ID_BYTES,
-};
+use crate::vault::format::{FileBody, FILE_FORMAT, FILE_FORMAT_V1, FILE_MAGIC, RECORD_ID_BYTES};
 use crate::vault::kind::SecretKind;
 use crate::vault::snapshot::RecordMeta;
+use std::time::Duration;
 
 /// `SetSecret` through the one entry point.
 fn set_kind(
