@@ -92,6 +92,7 @@ pub fn run(
             set += 1;
         }
     }
+    vault.wait_for_compaction();
     writeln!(
         out,
         "imported {n} secrets ({set} new, {rotated} new versions) in one write"

@@ -24,6 +24,9 @@ pub(super) const COMPACT_LOG_RATIO: f64 = 0.5;
 /// Below this many bytes of entries a log is never compacted (small vaults).
 pub(super) const COMPACT_MIN_LOG_BYTES: u64 = 64 << 10;
 
+/// How often [`Compactor::wait`] looks again.
+const WAIT_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+
 /// Where the log of one file is: the file (as last seen), the end of its last
 /// verified entry and the end of its base.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,6 +99,13 @@ impl Compactor {
             });
         if started.is_err() {
             self.busy.store(false, Ordering::Release);
+        }
+    }
+
+    /// Waits until a background compaction (if any) has finished.
+    pub(super) fn wait(&self) {
+        while self.busy.load(Ordering::Acquire) {
+            std::thread::sleep(WAIT_POLL);
         }
     }
 

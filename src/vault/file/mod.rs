@@ -236,6 +236,13 @@ impl Vault {
         Ok(())
     }
 
+    /// Waits for a background compaction this handle started (a short-lived
+    /// process, such as `secret import`, calls it before exiting so that the
+    /// next open reads one compact base).
+    pub fn wait_for_compaction(&self) {
+        self.compactor.wait();
+    }
+
     /// Bytes of log entries after the base (0 for a whole-file vault).
     #[doc(hidden)]
     pub fn log_bytes(&self) -> u64 {
