@@ -3,9 +3,8 @@
 //!
 //! - `store.rs`    the `Store` trait (snapshot, apply, undo, reload, session key)
 //! - `change.rs`   `Change` (every mutation as one value), `Applied`, `Undo`
-//! - `file/`       the file backend: open, reload, rollback, the format-3 log
-//!                 (`log.rs`), batched appends and atomic writes (`write.rs`),
-//!                 background compaction (`compact.rs`)
+//! - `file/`       the file backend: open, reload, rollback; `file/log.rs` the
+//!   format-3 log, `file/write.rs` batches and appends, `file/compact.rs` compaction
 //! - `format.rs`   records, the header, formats 1/2 (one whole file) and their MAC
 //! - `snapshot.rs` the immutable view readers get, `RecordMeta`
 //! - `master.rs`   master key sources, Argon2id parameters

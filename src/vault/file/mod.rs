@@ -411,9 +411,7 @@ impl Vault {
         let lock = take_lock(&self.lock_path)?;
         clean_stale_temps(&self.path);
         self.catch_up(&mut head)?;
-        let Some(state) = head.state.clone() else {
-            return Err(ferr(&self.path, "the vault is empty; nothing to re-wrap"));
-        };
+        let state = self.state_or_fresh(&head)?;
         let wrapped = crypto::wrap_data_key(&mk, &state.data_key)?;
         let counter = next_counter(state.counter)?;
         let next = State {
@@ -661,15 +659,7 @@ impl Vault {
         clean_stale_temps(&self.path);
         // Always catch up under the lock: another writer may have changed the file.
         self.catch_up(&mut head)?;
-        let state = match &head.state {
-            Some(s) => s.clone(),
-            None => {
-                self.check_missing_allowed()?;
-                let master = self.master.read().clone();
-                let fresh = Draft::fresh(&master, &self.path)?;
-                State::genesis(fresh.body, fresh.data_key, &self.path)
-            }
-        };
+        let state = self.state_or_fresh(&head)?;
         let mut batch = Batch::new(&state, self.seal_limit);
         let out = f(&mut batch)?;
         let entry = batch.finish(next_counter(state.counter)?);
@@ -694,6 +684,17 @@ impl Vault {
             }
         }
         Ok(out)
+    }
+
+    /// The current state, or a fresh empty vault (version 0) if there is no file.
+    fn state_or_fresh(&self, head: &Head) -> Result<State, VaultError> {
+        if let Some(s) = &head.state {
+            return Ok(s.clone());
+        }
+        self.check_missing_allowed()?;
+        let master = self.master.read().clone();
+        let fresh = Draft::fresh(&master, &self.path)?;
+        Ok(State::genesis(fresh.body, fresh.data_key, &self.path))
     }
 
     /// Records a write of ours: the new state, where the file now ends, the
