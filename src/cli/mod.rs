@@ -7,6 +7,7 @@ pub mod agent;
 pub mod audit;
 pub mod check;
 pub mod env;
+pub mod import;
 pub mod init;
 pub mod secret;
 pub mod store;

@@ -82,6 +82,10 @@ pub enum SecretCmd {
         #[arg(long)]
         to_scope: String,
     },
+    /// Store many secrets at once from JSON Lines on stdin, one object per line:
+    /// {"scope"?,"name","value","kind"?,"description"?,"hosts"?,"rotate_every"?}.
+    /// All lines are checked first; then one write stores them all.
+    Import,
     /// Secrets due or overdue for rotation; exit 1 if any is overdue.
     Due {
         #[arg(long)]
@@ -123,6 +127,9 @@ pub fn run_with(
 ) -> Result<u8, CliError> {
     let vault = crate::vault::open_store(cfg).map_err(vault_err)?;
     match cmd {
+        SecretCmd::Import => {
+            return super::import::run(cfg, &*vault, &mut std::io::BufReader::new(input), out)
+        }
         SecretCmd::Set {
             name,
             scope,

@@ -416,3 +416,35 @@ fn store_value(
     d.body.records.push(rec);
     Ok((Applied::Secret(meta), undo))
 }
+
+/// The records and agents one change reads or writes: secrets by (scope, name),
+/// agents by id. A backend that keeps its state in memory gives the change only
+/// these (a write costs what it touches, not the size of the vault).
+pub(super) type Touched = (Vec<(String, String)>, Vec<String>);
+
+impl Change {
+    /// What this change reads or writes.
+    pub(super) fn touches(&self) -> Touched {
+        let key = |s: &str, n: &str| (s.to_string(), n.to_string());
+        match self {
+            Change::SetSecret { scope, name, .. }
+            | Change::RotateSecret { scope, name, .. }
+            | Change::RemoveSecret { scope, name } => (vec![key(scope, name)], vec![]),
+            Change::CloneSecret { name, from, to } => {
+                (vec![key(from, name), key(to, name)], vec![])
+            }
+            Change::AddAgent(a) => (vec![], vec![a.id.clone()]),
+            Change::RemoveAgent { id } => (vec![], vec![id.clone()]),
+        }
+    }
+}
+
+impl Undo {
+    /// What taking the change back reads or writes.
+    pub(super) fn touches(&self) -> Touched {
+        match &self.0 {
+            Target::Secret { scope, name, .. } => (vec![(scope.clone(), name.clone())], vec![]),
+            Target::Agent { id, .. } => (vec![], vec![id.clone()]),
+        }
+    }
+}

@@ -3,8 +3,9 @@
 //!
 //! - `store.rs`    the `Store` trait (snapshot, apply, undo, reload, session key)
 //! - `change.rs`   `Change` (every mutation as one value), `Applied`, `Undo`
-//! - `file.rs`     the file backend: open, reload, lock, atomic write, stale temps
-//! - `format.rs`   the on-disk file: body, records, encode/decode, whole-file MAC
+//! - `file/`       the file backend: open, reload, rollback; `file/log.rs` the
+//!   format-3 log, `file/write.rs` batches and appends, `file/compact.rs` compaction
+//! - `format.rs`   records, the header, formats 1/2 (one whole file) and their MAC
 //! - `snapshot.rs` the immutable view readers get, `RecordMeta`
 //! - `master.rs`   master key sources, Argon2id parameters
 //! - `validate.rs` names, scopes, values, hosts, descriptions, rotation periods

@@ -1,6 +1,11 @@
 //! What readers see: one immutable, verified [`Snapshot`] of the vault (records
 //! still sealed until `get`, the agent table, the generation), and the value-free
 //! [`RecordMeta`] every listing and API response is made of.
+//!
+//! Records live in a persistent map (`imbl::OrdMap` of `Arc`s), so the next
+//! snapshot after a change is a clone (O(1)) plus the changed records (O(log n)
+//! each): a write or a reload of another process's append costs what it changed,
+//! not the size of the vault.
 
 use super::crypto::{Key, Sealed};
 use super::error::{ferr, VaultError};
@@ -84,6 +89,9 @@ impl RecordMeta {
     }
 }
 
+/// The map key: (scope, name).
+type RecordKey = (String, String);
+
 struct SnapRecord {
     stored: StoredRecord,
     sealed: Sealed,
@@ -94,8 +102,8 @@ struct SnapRecord {
 /// One immutable, verified view of the vault. Values stay sealed until `get`.
 pub struct Snapshot {
     path: PathBuf,
-    records: BTreeMap<(String, String), SnapRecord>,
-    agents: Vec<AgentRecord>,
+    records: imbl::OrdMap<RecordKey, Arc<SnapRecord>>,
+    agents: Arc<Vec<AgentRecord>>,
     generation: u64,
     data_key: Option<Arc<Key>>,
 }
@@ -104,8 +112,8 @@ impl Snapshot {
     pub(super) fn empty(path: &Path, generation: u64) -> Snapshot {
         Snapshot {
             path: path.to_path_buf(),
-            records: BTreeMap::new(),
-            agents: Vec::new(),
+            records: imbl::OrdMap::new(),
+            agents: Arc::new(Vec::new()),
             generation,
             data_key: None,
         }
@@ -121,37 +129,13 @@ impl Snapshot {
         if body.records.len() > MAX_RECORDS {
             return Err(ferr(path, format!("more than {MAX_RECORDS} records")));
         }
-        let mut records = BTreeMap::new();
+        let mut records = imbl::OrdMap::new();
         for rec in &body.records {
-            // SECURITY: even an authenticated file must not carry names or scopes the
-            // rest of keyward would interpret differently.
-            if !valid_scope(&rec.scope) || !valid_secret_name(&rec.name) {
-                return Err(ferr(
-                    path,
-                    format!(
-                        "record {:?}/{:?} has an invalid scope or name",
-                        rec.scope, rec.name
-                    ),
-                ));
-            }
-            let sealed = decode_sealed(rec, path)?;
-            if verify {
-                drop(open_record(data_key, rec, &sealed, path)?);
-            }
             let key = (rec.scope.clone(), rec.name.clone());
+            let r = admit(rec.clone(), data_key, path, verify)?;
             // SECURITY: two records for one (scope, name) would make which value is
             // injected depend on map order.
-            if records
-                .insert(
-                    key,
-                    SnapRecord {
-                        stored: rec.clone(),
-                        sealed,
-                        opened: std::sync::OnceLock::new(),
-                    },
-                )
-                .is_some()
-            {
+            if records.insert(key, r).is_some() {
                 return Err(ferr(
                     path,
                     format!("record {}/{} appears twice", rec.scope, rec.name),
@@ -161,10 +145,67 @@ impl Snapshot {
         Ok(Snapshot {
             path: path.to_path_buf(),
             records,
-            agents: body.agents.clone(),
+            agents: Arc::new(body.agents.clone()),
             generation: body.counter,
             data_key: Some(data_key.clone()),
         })
+    }
+
+    /// The next snapshot: this one (shared, O(1)) with `edits` applied in order and
+    /// `generation`. With `verify`, each new record is opened once to prove it
+    /// authentic (a record read from another process's append).
+    pub(super) fn edited(
+        &self,
+        edits: Vec<Edit>,
+        data_key: &Arc<Key>,
+        generation: u64,
+        verify: bool,
+    ) -> Result<Snapshot, VaultError> {
+        let mut records = self.records.clone();
+        let mut agents: Option<Vec<AgentRecord>> = None;
+        for e in edits {
+            match e {
+                Edit::Put(rec) => {
+                    let key = (rec.scope.clone(), rec.name.clone());
+                    let r = admit(rec, data_key, &self.path, verify)?;
+                    records.insert(key, r);
+                }
+                Edit::Remove { scope, name } => {
+                    records.remove(&(scope, name));
+                }
+                Edit::PutAgent(a) => {
+                    let list = agents.get_or_insert_with(|| self.agents.as_ref().clone());
+                    list.retain(|x| x.id != a.id);
+                    list.push(a);
+                }
+                Edit::RemoveAgent { id } => {
+                    let list = agents.get_or_insert_with(|| self.agents.as_ref().clone());
+                    list.retain(|x| x.id != id);
+                }
+            }
+        }
+        if records.len() > MAX_RECORDS {
+            return Err(ferr(&self.path, format!("more than {MAX_RECORDS} records")));
+        }
+        Ok(Snapshot {
+            path: self.path.clone(),
+            records,
+            agents: agents.map_or_else(|| self.agents.clone(), Arc::new),
+            generation,
+            data_key: Some(data_key.clone()),
+        })
+    }
+
+    /// The stored (sealed) record `scope/name`, for a backend building a change.
+    pub(super) fn stored(&self, scope: &str, name: &str) -> Option<&StoredRecord> {
+        self.records
+            .get(&(scope.to_string(), name.to_string()))
+            .map(|r| &r.stored)
+    }
+
+    /// Every stored record, sorted by scope then name (for writing a compacted file).
+    pub(super) fn stored_records(&self) -> impl Iterator<Item = &StoredRecord> + '_ {
+        self.records.values().map(|r| &r.stored)
     }
 
     /// Opens the record `name` in `scope`, if present.
@@ -178,8 +219,8 @@ impl Snapshot {
         // SECURITY: the opened value is cached in this (immutable) snapshot so the
         // request path does not derive a key and run AES-GCM per request. It adds no
         // exposure: the process already holds the data key that opens every record.
-        // It is zeroized when the snapshot is replaced (any vault change) and
-        // dropped by the last request using it.
+        // It is zeroized when the record is replaced or removed and no snapshot
+        // or request uses it any more (snapshots share unchanged records).
         let value = match rec.opened.get() {
             Some(v) => v.clone(),
             None => {
@@ -227,4 +268,43 @@ impl Snapshot {
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }
+}
+
+/// One change to a snapshot's contents (what a log entry records).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub(super) enum Edit {
+    Put(StoredRecord),
+    Remove { scope: String, name: String },
+    PutAgent(AgentRecord),
+    RemoveAgent { id: String },
+}
+
+/// Checks one record for a snapshot (and, with `verify`, opens it once).
+fn admit(
+    rec: StoredRecord,
+    data_key: &Key,
+    path: &Path,
+    verify: bool,
+) -> Result<Arc<SnapRecord>, VaultError> {
+    // SECURITY: even an authenticated file must not carry names or scopes the
+    // rest of keyward would interpret differently.
+    if !valid_scope(&rec.scope) || !valid_secret_name(&rec.name) {
+        return Err(ferr(
+            path,
+            format!(
+                "record {:?}/{:?} has an invalid scope or name",
+                rec.scope, rec.name
+            ),
+        ));
+    }
+    let sealed = decode_sealed(&rec, path)?;
+    if verify {
+        drop(open_record(data_key, &rec, &sealed, path)?);
+    }
+    Ok(Arc::new(SnapRecord {
+        stored: rec,
+        sealed,
+        opened: std::sync::OnceLock::new(),
+    }))
 }

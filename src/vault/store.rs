@@ -19,6 +19,23 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// and returns what changed and how to take it back.
     fn apply(&self, change: Change) -> Result<(Applied, Undo), VaultError>;
 
+    /// Makes several changes. The default applies them one by one (a failure
+    /// leaves the earlier ones made); the file backend writes all or none, as
+    /// one entry with one `fsync`.
+    fn apply_batch(&self, changes: Vec<Change>) -> Result<Vec<(Applied, Undo)>, VaultError> {
+        changes.into_iter().map(|c| self.apply(c)).collect()
+    }
+
+    /// Takes back several changes, newest first. The default undoes them one by
+    /// one; the file backend writes all of it as one entry.
+    fn undo_all(&self, undos: Vec<Undo>) -> Result<(), VaultError> {
+        undos.into_iter().rev().try_for_each(|u| self.undo(u))
+    }
+
+    /// Waits for background work this handle started (the file backend's
+    /// compaction), so a short-lived process leaves the store settled.
+    fn settle(&self) {}
+
     /// Takes back the change `undo` came from, unless what it touched changed again
     /// since (a later change is never lost).
     fn undo(&self, undo: Undo) -> Result<(), VaultError>;

@@ -601,7 +601,12 @@ impl Inner {
     }
 
     async fn import(&self, bytes: Vec<u8>, file: PathBuf) -> Result<(usize, usize), VaultError> {
-        let (draft, _) = super::format::decode(&bytes, &self.master, &file)?;
+        let (body, data_key) = super::file::read_any(&bytes, &self.master, &file)?;
+        let draft = Draft {
+            body,
+            data_key,
+            seal_limit: SEAL_LIMIT_PER_KEY,
+        };
         // Proves every record of the file opens before anything is copied.
         Snapshot::build(&draft.body, &draft.data_key, &file, true)?;
         let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
