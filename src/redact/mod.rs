@@ -75,17 +75,20 @@ mod error;
 mod forms;
 mod head;
 mod matcher;
+mod sets;
 mod stream;
 #[cfg(test)]
 mod test_util;
 
 pub use answer::{read_answer, redact_upstream, Answer, Streamed, WHOLE_BODY_MAX};
-pub use cache::{
-    InScope, PatternCache, ScopeCache, PATTERN_CACHE_BYTES, PATTERN_CACHE_SIZE, SCOPE_CACHE_SIZE,
-};
+pub use cache::{InScope, ScopeCache, SCOPE_CACHE_SIZE};
 pub use decode::{DecodeError, DECODE_OUTPUT_BUDGET};
 pub use error::RedactError;
 pub use forms::{encoded_forms, MIN_ENCODED_PATTERN_LEN};
 pub use head::{prepare_request, redact_headers};
 pub use matcher::{Patterns, REDACTED};
+pub use sets::{
+    value_id, Fingerprint, PatternCache, ValueId, ValueSet, DELTA_MAX_VALUES, MAX_DELTAS,
+    PATTERN_CACHE_BYTES, PATTERN_CACHE_SIZE,
+};
 pub use stream::{OnRedact, Redactor};
