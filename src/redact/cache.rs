@@ -72,6 +72,13 @@ impl InScope {
         self.served.lock().clone().or_else(|| self.prev.lock().clone())
     }
 
+    /// [`Self::lineage`] without waiting (under the cache's write lock, where an
+    /// entry busy building inline must not stall every request).
+    fn lineage_now(&self) -> Option<Served> {
+        let served = self.served.try_lock()?.clone();
+        served.or_else(|| self.prev.try_lock()?.clone())
+    }
+
     /// The patterns for this agent's in-scope values and `request`'s own secrets
     /// (values that exist only for this request, like an OAuth2 access token).
     pub fn patterns(&self, cache: &PatternCache, request: &[Secret]) -> Arc<Patterns> {
@@ -163,7 +170,7 @@ impl ScopeCache {
             if e.is_live() {
                 return true;
             }
-            if let Some(s) = e.lineage() {
+            if let Some(s) = e.lineage_now() {
                 if lineage.len() >= SCOPE_CACHE_SIZE {
                     lineage.clear();
                 }

@@ -503,5 +503,45 @@ mod tests {
         assert_eq!(p.redact_all(text), None);
         assert_eq!(stream(&p, text, &[3, 10, 11, 40]), text.to_vec());
     }
-}
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Several automata searched as one give exactly the output of one
+        /// automaton over the union of their patterns, whole and streamed.
+        #[test]
+        fn layers_search_as_the_union_of_their_patterns(
+            a in proptest::collection::vec("[ab01]{3,10}", 1..6),
+            b in proptest::collection::vec("[ab01]{3,10}", 1..6),
+            doc in "[ab01 x]{0,80}",
+            cut in 0usize..81,
+        ) {
+            let bytes = |v: &[String]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+            let (va, vb) = (bytes(&a), bytes(&b));
+            let refs = |v: &[Vec<u8>]| v.iter().map(Vec::as_slice).collect::<Vec<&[u8]>>();
+            let union: Vec<Vec<u8>> = va.iter().chain(&vb).cloned().collect();
+            let one = Arc::new(Patterns::new(&refs(&union)));
+            let layered = Arc::new(Patterns::layered(&[
+                Arc::new(Patterns::new(&refs(&va))),
+                Arc::new(Patterns::quick(&refs(&vb))),
+            ]));
+            proptest::prop_assert_eq!(layered.layers(), 2);
+            let doc = doc.as_bytes();
+            proptest::prop_assert_eq!(layered.redact_all(doc), one.redact_all(doc));
+            proptest::prop_assert_eq!(layered.contains_secret(doc), one.contains_secret(doc));
+            let cut = cut.min(doc.len());
+            proptest::prop_assert_eq!(stream(&layered, doc, &[cut]), stream(&one, doc, &[cut]));
+        }
+    }
+
+    #[test]
+    fn an_empty_layer_is_dropped_and_a_broken_one_breaks_the_whole() {
+        let p = patterns(SECRET);
+        let empty = Arc::new(Patterns::new(&[]));
+        assert_eq!(Patterns::layered(&[p.clone(), empty.clone()]).layers(), 1);
+        assert!(Patterns::layered(&[empty]).is_empty());
+        let broken = Arc::new(Patterns { matcher: Matcher::Broken });
+        let both = Patterns::layered(&[p, broken]);
+        assert!(matches!(both.matcher, Matcher::Broken));
+        assert!(both.contains_secret(b"anything"));
+    }
+}

@@ -463,7 +463,14 @@ fn build_job(shared: &Shared, job: Job) {
             shared.finished.lock().insert(fp, patterns, &job.set.ids)
         }
     };
-    shared.finished.lock().newest.insert(job.lineage, layer);
+    let mut finished = shared.finished.lock();
+    let newer = finished
+        .newest
+        .get(&job.lineage)
+        .is_none_or(|n| n.seq < layer.seq);
+    if newer {
+        finished.newest.insert(job.lineage, layer);
+    }
 }
 
 #[cfg(test)]
