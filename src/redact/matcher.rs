@@ -517,7 +517,9 @@ mod tests {
         ) {
             let bytes = |v: &[String]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
             let (va, vb) = (bytes(&a), bytes(&b));
-            let refs = |v: &[Vec<u8>]| v.iter().map(Vec::as_slice).collect::<Vec<&[u8]>>();
+            fn refs(v: &[Vec<u8>]) -> Vec<&[u8]> {
+                v.iter().map(Vec::as_slice).collect()
+            }
             let union: Vec<Vec<u8>> = va.iter().chain(&vb).cloned().collect();
             let one = Arc::new(Patterns::new(&refs(&union)));
             let layered = Arc::new(Patterns::layered(&[
