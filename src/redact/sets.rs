@@ -49,6 +49,13 @@ pub const DELTA_MAX_VALUES: usize = 256;
 /// Deltas stacked on one base before they are merged into one.
 pub const MAX_DELTAS: usize = 4;
 
+/// Sets of more values than this are built as several automata ("chunks", by
+/// value id, each of at most about this many values) searched as one: a
+/// rotation then rebuilds only the one or two chunks it touched, and a build's
+/// transient memory is a chunk's, not the whole set's (a 5,000-value automaton
+/// is ~42 MiB, ~200 MiB while it is built).
+pub const CHUNK_VALUES: usize = 1024;
+
 /// Pending background builds kept (oldest lineage dropped first; its requests
 /// keep their interim and queue again on their next change).
 pub const BUILD_QUEUE_MAX: usize = 1024;
@@ -111,11 +118,43 @@ impl ValueSet {
         self.index.contains(&value_id(value))
     }
 
-    fn build(&self) -> Patterns {
-        let refs: Vec<&[u8]> = self.secrets.iter().map(|s| s.expose()).collect();
-        Patterns::new(&refs)
+    /// The full automaton of the set: one, or [`CHUNK_VALUES`]-sized chunks,
+    /// each reused from `chunks` if an earlier set had exactly its values.
+    fn build(&self, chunks: &Chunks, chunk_values: usize) -> Patterns {
+        if self.secrets.len() <= chunk_values {
+            let refs: Vec<&[u8]> = self.secrets.iter().map(|s| s.expose()).collect();
+            return Patterns::new(&refs);
+        }
+        // A power of two, so a value's chunk is the low bits of its id's first
+        // byte and stays put as long as the count of chunks does.
+        let count = self.secrets.len().div_ceil(chunk_values).next_power_of_two().min(256);
+        let mut groups: Vec<Vec<usize>> = vec![Vec::new(); count];
+        for (i, id) in self.ids.iter().enumerate() {
+            groups[usize::from(id[0]) % count].push(i);
+        }
+        let layers: Vec<Arc<Patterns>> = groups
+            .iter()
+            .map(|g| {
+                let mut h = Sha256::new();
+                g.iter().for_each(|&i| h.update(self.ids[i]));
+                let fp: Fingerprint = h.finalize().into();
+                if let Some(p) = chunks.lock().get(&fp).and_then(|w| w.upgrade()) {
+                    return p;
+                }
+                let refs: Vec<&[u8]> = g.iter().map(|&i| self.secrets[i].expose()).collect();
+                let built = Arc::new(Patterns::new(&refs));
+                let mut map = chunks.lock();
+                map.retain(|_, w| w.strong_count() > 0);
+                map.insert(fp, Arc::downgrade(&built));
+                built
+            })
+            .collect();
+        Patterns::layered(&layers)
     }
 }
+
+/// Chunk automata by the fingerprint of their values, while a set uses them.
+type Chunks = parking_lot::Mutex<HashMap<Fingerprint, std::sync::Weak<Patterns>>>;
 
 /// One built automaton and the ids of the values it covers.
 pub(super) struct Layer {
@@ -283,6 +322,9 @@ struct Queue {
 
 struct Shared {
     finished: parking_lot::Mutex<Finished>,
+    chunks: Chunks,
+    /// [`CHUNK_VALUES`] (smaller in tests).
+    chunk_values: usize,
     queue: parking_lot::Mutex<Queue>,
     wake: parking_lot::Condvar,
     /// Full builds run inline and in the background (for tests and metrics).
@@ -301,6 +343,8 @@ impl PatternCache {
         PatternCache {
             shared: Arc::new(Shared {
                 finished: parking_lot::Mutex::new(Finished::default()),
+                chunks: Default::default(),
+                chunk_values: CHUNK_VALUES,
                 queue: parking_lot::Mutex::new(Queue::default()),
                 wake: parking_lot::Condvar::new(),
                 built_inline: Default::default(),
@@ -338,7 +382,7 @@ impl PatternCache {
         if let Some(l) = self.finished(&set.fingerprint) {
             return l;
         }
-        let patterns = set.build();
+        let patterns = set.build(&self.shared.chunks, self.shared.chunk_values);
         self.shared
             .built_inline
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -456,7 +500,7 @@ fn build_job(shared: &Shared, job: Job) {
     let layer = match done {
         Some(l) => l,
         None => {
-            let patterns = job.set.build();
+            let patterns = job.set.build(&shared.chunks, shared.chunk_values);
             shared
                 .built_behind
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -477,8 +521,16 @@ fn build_job(shared: &Shared, job: Job) {
 impl PatternCache {
     /// A cache whose background builds run only when [`Self::run_pending`] says.
     pub(super) fn manual() -> PatternCache {
-        let cache = PatternCache::new();
+        PatternCache::manual_chunked(CHUNK_VALUES)
+    }
+
+    /// [`Self::manual`] building sets of more than `chunk_values` in chunks.
+    pub(super) fn manual_chunked(chunk_values: usize) -> PatternCache {
+        let mut cache = PatternCache::new();
         cache.shared.queue.lock().started = true;
+        if let Some(shared) = Arc::get_mut(&mut cache.shared) {
+            shared.chunk_values = chunk_values;
+        }
         cache
     }
 
@@ -623,6 +675,41 @@ mod tests {
         );
     }
 
+    #[test]
+    fn big_sets_are_built_in_chunks_and_a_rotation_rebuilds_only_what_it_touched() {
+        let cache = PatternCache::manual_chunked(8);
+        let mut values: Vec<String> = (0..40).map(|i| format!("chunked-secret-{i:04}")).collect();
+        let refs = |v: &[String]| set(&v.iter().map(String::as_str).collect::<Vec<_>>());
+        let first = cache.serve("a", &refs(&values), None);
+        assert_eq!(first.patterns.layers(), 8, "40 values / 8 per chunk → 8 chunks (a power of two)");
+        for v in &values {
+            assert!(first.patterns.contains_secret(v.as_bytes()), "{v}");
+        }
+        values[3] = "chunked-secret-rotated".into();
+        let next = refs(&values);
+        let interim = cache.serve("a", &next, Some(&first));
+        assert!(!interim.full);
+        cache.run_pending();
+        let full = cache.refresh("a", &next, &interim).expect("swap");
+        assert!(full.full);
+        assert!(full.patterns.contains_secret(b"chunked-secret-rotated"));
+        assert!(!full.patterns.contains_secret(b"chunked-secret-0003"));
+        // Only the one or two chunks the change touched were built again.
+        let (a, b) = (layer_ptrs(&first.patterns), layer_ptrs(&full.patterns));
+        let reused = b.iter().filter(|p| a.contains(p)).count();
+        assert!(reused >= 6, "reused {reused} of 8");
+    }
+
+    fn layer_ptrs(p: &Patterns) -> Vec<*const Patterns> {
+        match &p.matcher {
+            super::super::matcher::Matcher::Ready(s) => match &**s {
+                super::super::matcher::Search::Layers(l) => l.iter().map(Arc::as_ptr).collect(),
+                _ => Vec::new(),
+            },
+            _ => Vec::new(),
+        }
+    }
+
     #[derive(Debug, Clone)]
     enum Change {
         Add(String),
@@ -667,7 +754,7 @@ mod tests {
             picks in proptest::collection::vec((any::<usize>(), any::<usize>(), "[ab01 ]{0,4}"), 1..16),
             cut in any::<usize>(),
         ) {
-            let cache = PatternCache::manual();
+            let cache = PatternCache::manual_chunked(4);
             let mut values = initial.clone();
             let mut ever: Vec<String> = initial;
             let mut served = cache.serve("a", &Arc::new(ValueSet::new(values.iter().map(|v| Secret::from_str(v)))), None);
@@ -710,6 +797,34 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    fn hwm() -> String {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("VmHWM") || l.starts_with("VmRSS"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    /// Automaton memory and build time by set size (numbers, not assertions).
+    #[test]
+    #[ignore]
+    fn print_automaton_memory_by_set_size() {
+        for n in [1000usize, 5000] {
+            let set = ValueSet::new((0..n).map(|i| {
+                Secret::new(format!("sk-scale-{i:06}-Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4").into_bytes())
+            }));
+            let t = std::time::Instant::now();
+            let p = set.build(&Chunks::default(), CHUNK_VALUES);
+            eprintln!("n={n} build {:?} memory {} KiB; {}", t.elapsed(), p.memory_usage() / 1024, hwm());
         }
     }
 }
