@@ -170,5 +170,5 @@ log "uptime after: $(uptime)"
 
 # ---- 5. report ----------------------------------------------------------------
 python3 "$REPO/bench/scale_report.py" --results "$RESULTS" --commit "$COMMIT" --rate "$RATE" \
-  --seconds "$SECONDS_PER" --uptime "$(uptime)" --prio "$PRIO" \
+  --seconds "$SECONDS_PER" --uptime "$(uptime)" --prio "$PRIO" --notes "$REPO/bench/scale_notes.md" \
   --out-json "$REPO/bench/results/scale-$(date +%Y-%m-%d).json" --out-md "$REPO/docs/benchmarks.md"

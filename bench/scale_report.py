@@ -35,6 +35,7 @@ def main():
     ap.add_argument("--seconds", required=True)
     ap.add_argument("--uptime", default="")
     ap.add_argument("--prio", default="0")
+    ap.add_argument("--notes", help="markdown appended to the section (the analysis)")
     ap.add_argument("--out-json", required=True)
     ap.add_argument("--out-md", required=True)
     a = ap.parse_args()
@@ -80,6 +81,8 @@ def main():
                   f"- RSS ≤ 200 MiB: {r['rss_mib']} MiB, {ok(r['rss_mib'] <= 200)}",
                   f"- admin PUT p50 ≤ 20 ms (during rotation): {r['rotate_put']['p50']:.2f} ms, "
                   f"{ok(r['rotate_put']['p50'] <= 20)}", ""]
+    if a.notes and os.path.exists(a.notes):
+        lines += [open(a.notes).read().rstrip("\n"), ""]
     section = "\n".join(lines)
     text = open(a.out_md).read() if os.path.exists(a.out_md) else ""
     if HEAD in text:
