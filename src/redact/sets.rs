@@ -41,7 +41,7 @@ pub const PATTERN_CACHE_SIZE: usize = 64;
 /// Automaton memory of finished sets [`PatternCache`] keeps (least recently used
 /// evicted first; the newest is always kept). Interim sets in use hold their
 /// base beyond this until their swap.
-pub const PATTERN_CACHE_BYTES: usize = 128 * 1024 * 1024;
+pub const PATTERN_CACHE_BYTES: usize = 64 * 1024 * 1024;
 
 /// Values an inline delta may hold; a bigger change is built whole inline once.
 pub const DELTA_MAX_VALUES: usize = 256;
@@ -305,6 +305,33 @@ impl Finished {
         self.bytes += size;
         layer
     }
+
+    /// `layer` is now `lineage`'s newest set (if newer than the one it had);
+    /// the one it replaces is dropped unless another lineage's newest is it:
+    /// after a rotation the old set is not wanted again, and keeping it would
+    /// hold a whole automaton per change until the byte bound.
+    fn supersede(&mut self, lineage: &str, layer: Arc<Layer>) {
+        let old = match self.newest.get(lineage) {
+            Some(n) if n.seq >= layer.seq => return,
+            Some(n) => Some(n.clone()),
+            None => None,
+        };
+        self.newest.insert(lineage.to_string(), layer.clone());
+        let Some(old) = old else { return };
+        if Arc::ptr_eq(&old, &layer) || self.newest.values().any(|n| Arc::ptr_eq(n, &old)) {
+            return;
+        }
+        let key = self
+            .map
+            .iter()
+            .find(|(_, (l, _))| Arc::ptr_eq(l, &old))
+            .map(|(k, _)| *k);
+        if let Some(k) = key {
+            if let Some((l, _)) = self.map.remove(&k) {
+                self.bytes -= l.patterns.memory_usage();
+            }
+        }
+    }
 }
 
 /// A full build waiting for the builder thread.
@@ -431,8 +458,12 @@ impl PatternCache {
     /// the full build); else, with nothing to start from or a change too big
     /// for a delta, the full build inline.
     pub(super) fn serve(&self, lineage: &str, set: &Arc<ValueSet>, prev: Option<&Served>) -> Served {
-        if let Some(full) = self.finished(&set.fingerprint) {
-            return Served::full(full);
+        {
+            let mut finished = self.shared.finished.lock();
+            if let Some(full) = finished.get(&set.fingerprint) {
+                finished.supersede(lineage, full.clone());
+                return Served::full(full);
+            }
         }
         let newest = self.newest(lineage).map(Served::full);
         let start = match (prev, newest) {
@@ -444,7 +475,9 @@ impl PatternCache {
             self.build_later(lineage, set.clone());
             return interim;
         }
-        Served::full(self.build_now(set))
+        let full = self.build_now(set);
+        self.shared.finished.lock().supersede(lineage, full.clone());
+        Served::full(full)
     }
 
     /// The hot path's check on an interim: the full build if it is done, a
@@ -507,14 +540,7 @@ fn build_job(shared: &Shared, job: Job) {
             shared.finished.lock().insert(fp, patterns, &job.set.ids)
         }
     };
-    let mut finished = shared.finished.lock();
-    let newer = finished
-        .newest
-        .get(&job.lineage)
-        .is_none_or(|n| n.seq < layer.seq);
-    if newer {
-        finished.newest.insert(job.lineage, layer);
-    }
+    shared.finished.lock().supersede(&job.lineage, layer);
 }
 
 #[cfg(test)]
@@ -708,6 +734,24 @@ mod tests {
             },
             _ => Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_superseded_set_is_dropped_unless_another_agent_still_uses_it() {
+        let cache = PatternCache::manual();
+        let s1 = set(&["superseded-secret-1"]);
+        let first = cache.serve("a", &s1, None);
+        cache.serve("b", &s1, None); // b shares s1
+        let s2 = set(&["superseded-secret-2"]);
+        cache.serve("a", &s2, Some(&first));
+        cache.run_pending();
+        assert!(cache.finished(s1.fingerprint()).is_some(), "b's newest stays");
+        let s3 = set(&["superseded-secret-3"]);
+        cache.serve("b", &s3, Some(&first));
+        cache.run_pending();
+        assert!(cache.finished(s1.fingerprint()).is_none(), "nobody's newest: dropped");
+        assert!(cache.finished(s2.fingerprint()).is_some());
+        assert!(cache.finished(s3.fingerprint()).is_some());
     }
 
     #[derive(Debug, Clone)]
