@@ -26,8 +26,9 @@ def summary(lat_ms, extra=None):
         if not lat:
             return None
         return round(lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 3)
-    out = {"count": len(lat), "p50": pct(50), "p99": pct(99),
-           "max": round(lat[-1], 3) if lat else None}
+    out = {"count": len(lat), "p50": pct(50), "p99": pct(99), "p999": pct(99.9),
+           "max": round(lat[-1], 3) if lat else None,
+           "over_ms": {str(t): sum(1 for v in lat if v > t) for t in (5, 20, 50)}}
     out.update(extra or {})
     return out
 

@@ -55,8 +55,8 @@ def main():
              f"random in-scope secret. `unscoped`: no secrets list, every vault secret is in its "
              f"redaction set; `scoped`: 21 names. Latencies in ms; RSS = keyward's peak in the phase; "
              f"fill PUT = p50 of the last 100 PUTs that filled the vault to its size.", "",
-             "| vault | agent | steady p50 / p99 / max | rotating p50 / p99 / max | RSS MiB steady / rotating | PUT p50 fill / rotating |",
-             "|---:|---|---|---|---|---|"]
+             "| vault | agent | steady p50 / p99 / max | rotating p50 / p99 / max | rotating: requests, > 20 ms, > 50 ms | RSS MiB steady / rotating | PUT p50 fill / rotating |",
+             "|---:|---|---|---|---|---|---|"]
     sizes = sorted({r["size"] for r in rows})
     for size in sizes:
         for agent in ("unscoped", "scoped"):
@@ -65,7 +65,9 @@ def main():
                 continue
             sq, rq = s["request"], r["request"]
             lines.append(f"| {size} | {agent} | {ms(sq,'p50')} / {ms(sq,'p99')} / {ms(sq,'max')} | "
-                         f"{ms(rq,'p50')} / {ms(rq,'p99')} / {ms(rq,'max')} | {s['rss_mib']} / {r['rss_mib']} | "
+                         f"{ms(rq,'p50')} / {ms(rq,'p99')} / {ms(rq,'max')} | "
+                         f"{rq['count']}, {rq.get('over_ms', {}).get('20', '–')}, {rq.get('over_ms', {}).get('50', '–')} | "
+                         f"{s['rss_mib']} / {r['rss_mib']} | "
                          f"{ms(r['fill_put'],'p50')} / {ms(r['rotate_put'],'p50')} |")
     lines.append("")
     big = max(sizes) if sizes else None
