@@ -380,11 +380,18 @@ impl PatternCache {
         }
     }
 
-    /// The patterns for exactly these values, built inline on first use (for
-    /// small sets: a request's own secrets).
+    /// The patterns for exactly these values, built inline on first use with
+    /// the cheapest automaton to build (for a request's own secrets, like an
+    /// OAuth2 access token: few, and new whenever the token is).
     pub fn get(&self, secrets: &[Secret]) -> Arc<Patterns> {
         let set = ValueSet::new(secrets.iter().cloned());
-        self.build_now(&set).patterns.clone()
+        if let Some(l) = self.finished(&set.fingerprint) {
+            return l.patterns.clone();
+        }
+        let refs: Vec<&[u8]> = set.secrets.iter().map(|s| s.expose()).collect();
+        let built = Patterns::quick(&refs);
+        let mut finished = self.shared.finished.lock();
+        finished.insert(set.fingerprint, built, &set.ids).patterns.clone()
     }
 
     /// (full builds run on a request's path, full builds run in the background).
