@@ -1,74 +1,16 @@
-//! The two caches that keep automaton building off the hot path: [`PatternCache`]
-//! (one automaton per distinct secret set, keyed by the values) and [`ScopeCache`]
-//! (per agent, the values its responses are redacted of, resolved once per agent
-//! and vault snapshot by a closure the caller passes in).
+//! [`ScopeCache`]: per agent, the values its responses are redacted of, resolved
+//! once per agent and vault snapshot by a closure the caller passes in, and what
+//! they are searched with ([`PatternCache`] in `sets.rs` builds the automata; an
+//! agent's previous set is what a changed one is served with until its own full
+//! build is done).
 
 use super::matcher::Patterns;
+use super::sets::{PatternCache, Served, ValueSet};
 use crate::resolve::{Agent, Chain, Principal};
 use crate::secret::Secret;
 use crate::vault::Snapshot;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-
-/// Recently built [`Patterns`], so a request does not rebuild the automaton for a
-/// secret set it has seen before (building costs far more than a response scan).
-/// Keyed by the secret values themselves, not by name or version: a rotated, re-set
-/// or swapped value can never be searched with a stale automaton. Agents whose
-/// in-scope values are the same share one automaton (it holds only patterns, and
-/// they are identical).
-pub struct PatternCache {
-    entries: parking_lot::Mutex<PatternEntries>,
-}
-
-#[derive(Default)]
-struct PatternEntries {
-    list: Vec<(Vec<Secret>, Arc<Patterns>)>,
-    /// Sum of the automatons' `memory_usage` in `list`.
-    bytes: usize,
-}
-
-/// Distinct secret sets kept by [`PatternCache`] (oldest evicted first).
-pub const PATTERN_CACHE_SIZE: usize = 64;
-
-/// Automaton memory [`PatternCache`] keeps (oldest evicted first; the newest is
-/// always kept). An automaton costs roughly 0.75 MiB per secret in it, so this
-/// bounds memory when agents have many secrets in scope.
-pub const PATTERN_CACHE_BYTES: usize = 256 * 1024 * 1024;
-
-impl PatternCache {
-    pub fn new() -> PatternCache {
-        PatternCache {
-            entries: parking_lot::Mutex::new(PatternEntries::default()),
-        }
-    }
-
-    /// The patterns for exactly these secrets, built on first use.
-    pub fn get(&self, secrets: &[Secret]) -> Arc<Patterns> {
-        if let Some((_, p)) = self.entries.lock().list.iter().find(|(k, _)| k == secrets) {
-            return p.clone();
-        }
-        let refs: Vec<&[u8]> = secrets.iter().map(|s| s.expose()).collect();
-        let built = Arc::new(Patterns::new(&refs));
-        let size = built.memory_usage();
-        let mut entries = self.entries.lock();
-        while !entries.list.is_empty()
-            && (entries.list.len() >= PATTERN_CACHE_SIZE
-                || entries.bytes + size > PATTERN_CACHE_BYTES)
-        {
-            let (_, old) = entries.list.remove(0);
-            entries.bytes -= old.memory_usage();
-        }
-        entries.list.push((secrets.to_vec(), built.clone()));
-        entries.bytes += size;
-        built
-    }
-}
-
-impl Default for PatternCache {
-    fn default() -> Self {
-        PatternCache::new()
-    }
-}
 
 /// What a response to one agent is redacted of: every credential it could be
 /// granted (SPEC §5, §6.6), not only the one its request carries, so a second key
@@ -78,6 +20,10 @@ impl Default for PatternCache {
 /// vault change resolves again; another agent never sees this entry).
 pub struct ScopeCache {
     entries: parking_lot::RwLock<HashMap<String, Arc<InScope>>>,
+    /// Per agent id, what its last entry dropped as stale was served with: the
+    /// start of the next set's interim (so a vault change never finds an agent
+    /// with nothing to serve while its new set builds).
+    lineage: parking_lot::Mutex<HashMap<String, Served>>,
 }
 
 /// Agents whose in-scope values [`ScopeCache`] keeps.
@@ -91,10 +37,11 @@ pub struct InScope {
     agent: Weak<Agent>,
     chain: Option<Weak<Chain>>,
     snapshot: Weak<Snapshot>,
-    secrets: Vec<Secret>,
-    /// The automaton for `secrets` alone, while [`PatternCache`] (or a response
-    /// in flight) keeps it alive.
-    patterns: parking_lot::Mutex<Weak<Patterns>>,
+    set: Arc<ValueSet>,
+    /// What `set` is searched with (none until first used).
+    served: parking_lot::Mutex<Option<Served>>,
+    /// What the agent's previous set was served with, until `served` is set.
+    prev: parking_lot::Mutex<Option<Served>>,
 }
 
 impl InScope {
@@ -114,36 +61,69 @@ impl InScope {
 
     /// How many values responses to this agent are redacted of.
     pub fn len(&self) -> usize {
-        self.secrets.len()
+        self.set.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
+        self.set.is_empty()
+    }
+
+    fn lineage(&self) -> Option<Served> {
+        self.served.lock().clone().or_else(|| self.prev.lock().clone())
+    }
+
+    /// [`Self::lineage`] without waiting (under the cache's write lock, where an
+    /// entry busy building inline must not stall every request).
+    fn lineage_now(&self) -> Option<Served> {
+        let served = self.served.try_lock()?.clone();
+        served.or_else(|| self.prev.try_lock()?.clone())
     }
 
     /// The patterns for this agent's in-scope values and `request`'s own secrets
     /// (values that exist only for this request, like an OAuth2 access token).
     pub fn patterns(&self, cache: &PatternCache, request: &[Secret]) -> Arc<Patterns> {
-        // Hot path: an API key or placeholder is one of the in-scope values
-        // (the same shared buffer, so the comparison is a pointer check).
-        if request.iter().all(|s| self.secrets.contains(s)) {
-            let mut slot = self.patterns.lock();
-            if let Some(p) = slot.upgrade() {
-                return p;
-            }
-            let p = cache.get(&self.secrets);
-            *slot = Arc::downgrade(&p);
-            return p;
+        let current = self.current(cache);
+        // Hot path: an API key or placeholder is one of the in-scope values.
+        if request.iter().all(|s| self.set.contains(s)) {
+            return current;
         }
         // SECURITY: the request's own secrets are always searched too.
-        let mut all = self.secrets.clone();
-        all.extend(
-            request
-                .iter()
-                .filter(|s| !self.secrets.contains(s))
-                .cloned(),
-        );
-        cache.get(&all)
+        let extra: Vec<Secret> = request
+            .iter()
+            .filter(|s| !self.set.contains(s))
+            .cloned()
+            .collect();
+        Arc::new(Patterns::layered(&[current, cache.get(&extra)]))
+    }
+
+    /// What the in-scope set is searched with now (see `sets.rs`): never a
+    /// full build on the request's path unless the agent has no earlier set.
+    fn current(&self, cache: &PatternCache) -> Arc<Patterns> {
+        let mut slot = self.served.lock();
+        if let Some(s) = slot.as_ref() {
+            if s.full {
+                return s.patterns.clone();
+            }
+            // An interim: swap in the full build (or a newer base) once done.
+            if let Some(next) = cache.refresh(&self.agent_id(), &self.set, s) {
+                let p = next.patterns.clone();
+                *slot = Some(next);
+                return p;
+            }
+            return s.patterns.clone();
+        }
+        let prev = self.prev.lock().take();
+        let served = cache.serve(&self.agent_id(), &self.set, prev.as_ref());
+        let p = served.patterns.clone();
+        *slot = Some(served);
+        p
+    }
+
+    fn agent_id(&self) -> String {
+        self.agent
+            .upgrade()
+            .map(|a| a.id.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -151,6 +131,7 @@ impl ScopeCache {
     pub fn new() -> ScopeCache {
         ScopeCache {
             entries: parking_lot::RwLock::new(HashMap::new()),
+            lineage: parking_lot::Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,27 +144,41 @@ impl ScopeCache {
         resolve: impl FnOnce() -> Result<Vec<Secret>, E>,
     ) -> Result<Arc<InScope>, E> {
         let id = principal.agent.id.as_str();
-        if let Some(entry) = self.entries.read().get(id) {
+        let old = self.entries.read().get(id).cloned();
+        if let Some(entry) = &old {
             if entry.is_for(principal, snapshot) {
                 return Ok(entry.clone());
             }
         }
-        let mut secrets: Vec<Secret> = Vec::new();
-        for s in resolve()? {
-            if !s.is_empty() && !secrets.contains(&s) {
-                secrets.push(s);
-            }
-        }
+        let set = Arc::new(ValueSet::new(resolve()?));
+        let prev = old
+            .and_then(|e| e.lineage())
+            .or_else(|| self.lineage.lock().remove(id));
         let entry = Arc::new(InScope {
             agent: Arc::downgrade(&principal.agent),
             chain: principal.chain.as_ref().map(Arc::downgrade),
             snapshot: Arc::downgrade(snapshot),
-            secrets,
-            patterns: parking_lot::Mutex::new(Weak::new()),
+            set,
+            served: parking_lot::Mutex::new(None),
+            prev: parking_lot::Mutex::new(prev),
         });
         let mut entries = self.entries.write();
-        // A miss follows a config or vault change: drop what that made stale.
-        entries.retain(|_, e| e.is_live());
+        // A miss follows a config or vault change: drop what that made stale,
+        // keeping what each agent was served with for its next set.
+        let mut lineage = self.lineage.lock();
+        entries.retain(|agent, e| {
+            if e.is_live() {
+                return true;
+            }
+            if let Some(s) = e.lineage_now() {
+                if lineage.len() >= SCOPE_CACHE_SIZE {
+                    lineage.clear();
+                }
+                lineage.insert(agent.clone(), s);
+            }
+            false
+        });
+        drop(lineage);
         if entries.len() >= SCOPE_CACHE_SIZE && !entries.contains_key(id) {
             if let Some(victim) = entries.keys().next().cloned() {
                 entries.remove(&victim);

@@ -7,7 +7,8 @@ use super::forms::encoded_forms;
 use aho_corasick::automaton::Automaton;
 use aho_corasick::dfa::DFA;
 use aho_corasick::nfa::contiguous::NFA;
-use aho_corasick::{Anchored, Input, MatchKind, StartKind};
+use aho_corasick::{Anchored, Input, Match, MatchKind, StartKind};
+use std::sync::Arc;
 
 /// What every occurrence of a secret, in any form, is replaced by.
 pub const REDACTED: &[u8] = b"[REDACTED]";
@@ -28,6 +29,57 @@ pub(super) enum Matcher {
 
 impl Patterns {
     pub fn new(secrets: &[&[u8]]) -> Patterns {
+        Patterns::build(secrets, Build::Scan)
+    }
+
+    /// Like [`Patterns::new`] but always with the automaton that is cheapest to
+    /// build (the contiguous NFA): for the small delta sets built on a request's
+    /// path while a full rebuild runs in the background (`sets.rs`).
+    pub fn quick(secrets: &[&[u8]]) -> Patterns {
+        Patterns::build(secrets, Build::Quick)
+    }
+
+    /// Several pattern sets searched as one: a match of any layer is redacted,
+    /// leftmost-longest across all of them, so the output is that of one
+    /// automaton over the union of their patterns. An interim set while its
+    /// full rebuild runs (`sets.rs`). Layers that are themselves layered are
+    /// flattened; an empty layer is dropped; a broken one breaks the whole
+    /// (fail closed).
+    pub fn layered(layers: &[Arc<Patterns>]) -> Patterns {
+        let mut flat: Vec<Arc<Patterns>> = Vec::new();
+        for layer in layers {
+            match &layer.matcher {
+                Matcher::Empty => {}
+                Matcher::Broken => {
+                    return Patterns {
+                        matcher: Matcher::Broken,
+                    }
+                }
+                Matcher::Ready(search) => match &**search {
+                    Search::Layers(inner) => flat.extend(inner.iter().cloned()),
+                    _ => flat.push(layer.clone()),
+                },
+            }
+        }
+        let matcher = match flat.len() {
+            0 => Matcher::Empty,
+            _ => Matcher::Ready(Box::new(Search::Layers(flat))),
+        };
+        Patterns { matcher }
+    }
+
+    /// How many automata a search runs (1 for a full build, more for an interim).
+    pub fn layers(&self) -> usize {
+        match &self.matcher {
+            Matcher::Ready(search) => match &**search {
+                Search::Layers(l) => l.len(),
+                _ => 1,
+            },
+            _ => 0,
+        }
+    }
+
+    fn build(secrets: &[&[u8]], how: Build) -> Patterns {
         let mut forms: Vec<Vec<u8>> = Vec::new();
         for secret in secrets.iter().filter(|s| !s.is_empty()) {
             forms.extend(encoded_forms(secret));
@@ -41,7 +93,7 @@ impl Patterns {
                 matcher: Matcher::Empty,
             };
         }
-        let matcher = match Search::build(&forms) {
+        let matcher = match Search::build(&forms, how) {
             Some(search) => Matcher::Ready(Box::new(search)),
             None => Matcher::Broken,
         };
@@ -95,18 +147,29 @@ impl Patterns {
 /// full of near-matches, the same on ordinary text.
 const DFA_MAX_FORMS: usize = 32;
 
-/// The automaton of a pattern set (see [`DFA_MAX_FORMS`]).
+/// Which automaton [`Search::build`] makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Build {
+    /// The fastest to search for its size (see [`DFA_MAX_FORMS`]).
+    Scan,
+    /// The fastest to build (always the NFA).
+    Quick,
+}
+
+/// The automaton of a pattern set (see [`DFA_MAX_FORMS`]), or several searched
+/// as one ([`Patterns::layered`]; each layer is a `Dfa` or an `Nfa`).
 pub(super) enum Search {
     Dfa(DFA),
     Nfa(NFA),
+    Layers(Vec<Arc<Patterns>>),
 }
 
 impl Search {
     /// `None` when the automaton cannot be built.
-    fn build(forms: &[Vec<u8>]) -> Option<Search> {
+    fn build(forms: &[Vec<u8>], how: Build) -> Option<Search> {
         // Leftmost-longest so that a secret and its longer encodings redact whole;
         // anchored starts are needed by `partial_match_start`.
-        if forms.len() <= DFA_MAX_FORMS {
+        if how == Build::Scan && forms.len() <= DFA_MAX_FORMS {
             DFA::builder()
                 .match_kind(MatchKind::LeftmostLongest)
                 .ascii_case_insensitive(true)
@@ -130,6 +193,7 @@ impl Search {
         match self {
             Search::Dfa(a) => a.memory_usage(),
             Search::Nfa(a) => a.memory_usage(),
+            Search::Layers(l) => l.iter().map(|p| p.memory_usage()).sum(),
         }
     }
 
@@ -137,6 +201,44 @@ impl Search {
         match self {
             Search::Dfa(a) => a.max_pattern_len(),
             Search::Nfa(a) => a.max_pattern_len(),
+            Search::Layers(l) => l.iter().map(|p| p.max_pattern_len()).max().unwrap_or(0),
+        }
+    }
+
+    fn min_pattern_len(&self) -> usize {
+        match self {
+            Search::Dfa(a) => a.min_pattern_len(),
+            Search::Nfa(a) => a.min_pattern_len(),
+            Search::Layers(l) => l
+                .iter()
+                .filter_map(|p| p.search())
+                .map(Search::min_pattern_len)
+                .min()
+                .unwrap_or(0),
+        }
+    }
+
+    /// The leftmost-longest match starting at or after `at`; `Err` when the
+    /// search cannot run.
+    fn find_from(&self, buf: &[u8], at: usize) -> Result<Option<Match>, ()> {
+        let input = Input::new(buf).range(at..);
+        match self {
+            Search::Dfa(a) => a.try_find(&input).map_err(drop),
+            Search::Nfa(a) => a.try_find(&input).map_err(drop),
+            Search::Layers(_) => Err(()),
+        }
+    }
+
+    fn partial_match_start(&self, buf: &[u8]) -> usize {
+        match self {
+            Search::Dfa(a) => partial_match_start(a, buf),
+            Search::Nfa(a) => partial_match_start(a, buf),
+            Search::Layers(l) => l
+                .iter()
+                .filter_map(|p| p.search())
+                .map(|s| s.partial_match_start(buf))
+                .min()
+                .unwrap_or(buf.len()),
         }
     }
 
@@ -150,6 +252,7 @@ impl Search {
         match self {
             Search::Dfa(a) => scan(a, buf, at_end, out),
             Search::Nfa(a) => scan(a, buf, at_end, out),
+            Search::Layers(l) => scan_layers(self, l, buf, at_end, out),
         }
     }
 
@@ -162,8 +265,95 @@ impl Search {
         match self {
             Search::Dfa(a) => find(a, data),
             Search::Nfa(a) => find(a, data),
+            // SECURITY: a layer that cannot search counts as a match (fail closed).
+            Search::Layers(l) => l
+                .iter()
+                .any(|p| p.search().is_none_or(|s| s.contains(data))),
         }
     }
+}
+
+impl Patterns {
+    /// The automaton, if the set is ready.
+    fn search(&self) -> Option<&Search> {
+        match &self.matcher {
+            Matcher::Ready(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// [`scan`] over several automata as if they were one over the union of their
+/// patterns: at each step the earliest-starting match of any layer wins, the
+/// longest of those starting there; a possible partial match of any layer is
+/// held back (the earliest such start).
+fn scan_layers(
+    all: &Search,
+    layers: &[Arc<Patterns>],
+    buf: &[u8],
+    at_end: bool,
+    out: &mut Option<Vec<u8>>,
+) -> (usize, usize) {
+    if at_end && buf.len() < all.min_pattern_len() {
+        if let Some(o) = out {
+            o.extend_from_slice(buf);
+        }
+        return (buf.len(), 0);
+    }
+    let tail = if at_end {
+        buf.len()
+    } else {
+        all.partial_match_start(buf)
+    };
+    let searches: Vec<&Search> = layers.iter().filter_map(|p| p.search()).collect();
+    // Per layer, its next match at or after `pos` (None once it has no more).
+    let mut next: Vec<Option<Match>> = vec![None; searches.len()];
+    let mut done = vec![false; searches.len()];
+    let (mut pos, mut count) = (0, 0);
+    loop {
+        let mut best: Option<Match> = None;
+        for (i, search) in searches.iter().enumerate() {
+            if done[i] {
+                continue;
+            }
+            if next[i].is_none_or(|m| m.start() < pos) {
+                match search.find_from(buf, pos) {
+                    Ok(Some(m)) => next[i] = Some(m),
+                    Ok(None) => {
+                        done[i] = true;
+                        continue;
+                    }
+                    Err(()) => {
+                        // SECURITY: cannot search → emit nothing more but the marker.
+                        out.get_or_insert_with(Vec::new).extend_from_slice(REDACTED);
+                        return (buf.len(), count + 1);
+                    }
+                }
+            }
+            if let Some(m) = next[i] {
+                let better = best.is_none_or(|b| {
+                    m.start() < b.start() || (m.start() == b.start() && m.end() > b.end())
+                });
+                if better {
+                    best = Some(m);
+                }
+            }
+        }
+        // SECURITY: as in `scan`, a match at or after `tail` may still grow.
+        let Some(m) = best.filter(|m| m.start() < tail) else {
+            break;
+        };
+        let o = out.get_or_insert_with(|| Vec::with_capacity(buf.len()));
+        o.extend_from_slice(&buf[pos..m.start()]);
+        o.extend_from_slice(REDACTED);
+        pos = m.end();
+        count += 1;
+    }
+    let settled = pos.max(tail);
+    if let Some(o) = out {
+        o.extend_from_slice(&buf[pos..settled]);
+    }
+    (settled, count)
 }
 
 /// Finds the matches in `buf` that are final, appends the redacted output to `out`
@@ -312,5 +502,48 @@ mod tests {
         let text = b"The quick brown fox jumps over the lazy dog. 0123456789 +/=%\\u00";
         assert_eq!(p.redact_all(text), None);
         assert_eq!(stream(&p, text, &[3, 10, 11, 40]), text.to_vec());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+        /// Several automata searched as one give exactly the output of one
+        /// automaton over the union of their patterns, whole and streamed.
+        #[test]
+        fn layers_search_as_the_union_of_their_patterns(
+            a in proptest::collection::vec("[ab01]{3,10}", 1..6),
+            b in proptest::collection::vec("[ab01]{3,10}", 1..6),
+            doc in "[ab01 x]{0,80}",
+            cut in 0usize..81,
+        ) {
+            let bytes = |v: &[String]| v.iter().map(|s| s.as_bytes().to_vec()).collect::<Vec<_>>();
+            let (va, vb) = (bytes(&a), bytes(&b));
+            fn refs(v: &[Vec<u8>]) -> Vec<&[u8]> {
+                v.iter().map(Vec::as_slice).collect()
+            }
+            let union: Vec<Vec<u8>> = va.iter().chain(&vb).cloned().collect();
+            let one = Arc::new(Patterns::new(&refs(&union)));
+            let layered = Arc::new(Patterns::layered(&[
+                Arc::new(Patterns::new(&refs(&va))),
+                Arc::new(Patterns::quick(&refs(&vb))),
+            ]));
+            proptest::prop_assert_eq!(layered.layers(), 2);
+            let doc = doc.as_bytes();
+            proptest::prop_assert_eq!(layered.redact_all(doc), one.redact_all(doc));
+            proptest::prop_assert_eq!(layered.contains_secret(doc), one.contains_secret(doc));
+            let cut = cut.min(doc.len());
+            proptest::prop_assert_eq!(stream(&layered, doc, &[cut]), stream(&one, doc, &[cut]));
+        }
+    }
+
+    #[test]
+    fn an_empty_layer_is_dropped_and_a_broken_one_breaks_the_whole() {
+        let p = patterns(SECRET);
+        let empty = Arc::new(Patterns::new(&[]));
+        assert_eq!(Patterns::layered(&[p.clone(), empty.clone()]).layers(), 1);
+        assert!(Patterns::layered(&[empty]).is_empty());
+        let broken = Arc::new(Patterns { matcher: Matcher::Broken });
+        let both = Patterns::layered(&[p, broken]);
+        assert!(matches!(both.matcher, Matcher::Broken));
+        assert!(both.contains_secret(b"anything"));
     }
 }

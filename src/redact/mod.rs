@@ -61,10 +61,16 @@
 //! kind (an `oauth2` record's client secret and refresh token, an `aws` record's
 //! secret key and session token), plus what exists only for this request (an
 //! OAuth2 access token). [`ScopeCache`] resolves that set once per agent and vault
-//! snapshot; [`PatternCache`] builds one automaton per distinct set.
+//! snapshot; [`PatternCache`] keeps one automaton per distinct set of values
+//! (shared between agents). A vault change never builds a whole automaton on a
+//! request's path: the changed set is searched with the agent's previous one
+//! plus a small automaton of only the new values until the full rebuild, run on
+//! a builder thread, is swapped in (`sets`; a value rotated away stays redacted
+//! until then: over-redaction for a moment, never under).
 //!
 //! **Files.** `forms` (the spellings of a secret), `matcher` (the automaton and
-//! the scan), `cache` ([`PatternCache`], [`ScopeCache`]), `stream` ([`Redactor`]
+//! the scan, also over several automata as one), `sets` ([`PatternCache`], the
+//! interim sets and the builder thread), `cache` ([`ScopeCache`]), `stream` ([`Redactor`]
 //! and the streaming body), `decode` (gzip/deflate/br), `head` (headers, trailers,
 //! reason phrase), `answer` (the entry points), `error` ([`RedactError`]). This
 //! module sits below `proxy`: it knows bodies (`crate::body`), secrets and the
@@ -77,17 +83,20 @@ mod error;
 mod forms;
 mod head;
 mod matcher;
+mod sets;
 mod stream;
 #[cfg(test)]
 mod test_util;
 
 pub use answer::{read_answer, redact_upstream, Answer, Streamed, WHOLE_BODY_MAX};
-pub use cache::{
-    InScope, PatternCache, ScopeCache, PATTERN_CACHE_BYTES, PATTERN_CACHE_SIZE, SCOPE_CACHE_SIZE,
-};
+pub use cache::{InScope, ScopeCache, SCOPE_CACHE_SIZE};
 pub use decode::{DecodeError, DECODE_OUTPUT_BUDGET};
 pub use error::RedactError;
 pub use forms::{encoded_forms, MIN_ENCODED_PATTERN_LEN};
 pub use head::{prepare_request, redact_headers};
 pub use matcher::{Patterns, REDACTED};
+pub use sets::{
+    value_id, Fingerprint, PatternCache, ValueId, ValueSet, DELTA_MAX_VALUES, MAX_DELTAS,
+    PATTERN_CACHE_BYTES, PATTERN_CACHE_SIZE,
+};
 pub use stream::{OnRedact, Redactor};
