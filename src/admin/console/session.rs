@@ -1,0 +1,116 @@
+//! Console sign-in sessions, held in memory by the admin listener: a random id in
+//! the cookie (only its SHA-256 is a key here), the admin token it signed in with
+//! (zeroized), a per-session CSRF token, and an idle clock.
+
+use parking_lot::Mutex;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use zeroize::Zeroizing;
+
+/// Most sessions held at once; past this the least recently used one ends.
+pub const MAX_SESSIONS: usize = 1_024;
+/// Bytes of randomness in a session id and in a CSRF token.
+const ID_BYTES: usize = 32;
+
+/// One signed-in browser.
+struct Entry {
+    /// The admin token it signed in with: every request is re-authorized with it
+    /// against the live config, through the same check as the admin API.
+    token: Zeroizing<String>,
+    csrf: String,
+    last_seen: Instant,
+}
+
+/// What a request learns about its session.
+pub struct Signed {
+    /// The cookie value (to end the session).
+    pub id: String,
+    pub token: Zeroizing<String>,
+    pub csrf: String,
+}
+
+/// The sessions of one admin listener.
+#[derive(Default)]
+pub struct SessionStore {
+    sessions: Mutex<HashMap<[u8; 32], Entry>>,
+}
+
+/// A new random hex string of [`ID_BYTES`] bytes.
+pub fn random_hex() -> String {
+    let mut b = [0u8; ID_BYTES];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut b);
+    hex::encode(b)
+}
+
+fn key(id: &str) -> [u8; 32] {
+    Sha256::digest(id.as_bytes()).into()
+}
+
+impl SessionStore {
+    /// Starts a session for `token`; returns the cookie value.
+    pub fn create(&self, token: Zeroizing<String>, idle: Duration) -> String {
+        let id = random_hex();
+        let mut map = self.sessions.lock();
+        let now = Instant::now();
+        map.retain(|_, e| now.duration_since(e.last_seen) <= idle);
+        if map.len() >= MAX_SESSIONS {
+            if let Some(oldest) = map.iter().min_by_key(|(_, e)| e.last_seen).map(|(k, _)| *k) {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(
+            key(&id),
+            Entry {
+                token,
+                csrf: random_hex(),
+                last_seen: now,
+            },
+        );
+        id
+    }
+
+    /// The live session `id`, its idle clock restarted; `None` when unknown or
+    /// idle for longer than `idle` (then it is gone).
+    pub fn touch(&self, id: &str, idle: Duration) -> Option<Signed> {
+        let k = key(id);
+        let mut map = self.sessions.lock();
+        let now = Instant::now();
+        let entry = map.get_mut(&k)?;
+        // SECURITY: an idle session ends for good; the next request must sign in.
+        if now.duration_since(entry.last_seen) > idle {
+            map.remove(&k);
+            return None;
+        }
+        entry.last_seen = now;
+        Some(Signed {
+            id: id.to_string(),
+            token: entry.token.clone(),
+            csrf: entry.csrf.clone(),
+        })
+    }
+
+    /// Ends session `id` (Sign out, or its token was revoked).
+    pub fn remove(&self, id: &str) {
+        self.sessions.lock().remove(&key(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sessions_expire_when_idle_and_end_on_remove() {
+        let store = SessionStore::default();
+        let long = Duration::from_secs(60);
+        let id = store.create(Zeroizing::new("tok".into()), long);
+        assert_eq!(id.len(), 64);
+        let s = store.touch(&id, long).expect("live");
+        assert_eq!(s.token.as_str(), "tok");
+        assert!(store.touch("nope", long).is_none());
+        assert!(store.touch(&id, Duration::ZERO).is_none() || store.touch(&id, long).is_some());
+        store.remove(&id);
+        assert!(store.touch(&id, long).is_none());
+    }
+}
