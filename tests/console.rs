@@ -143,6 +143,9 @@ impl Browser {
     }
 }
 
+/// A console POST: path, fields, the permission it needs.
+type Post<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+
 fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
@@ -355,7 +358,7 @@ async fn a_read_only_token_sees_no_manage_controls_and_every_post_is_refused() {
     }
 
     let value = canary();
-    let posts: [(&str, Vec<(&str, &str)>, &str); 7] = [
+    let posts: [Post; 7] = [
         (
             "/ui/secrets/new",
             vec![

@@ -110,18 +110,16 @@ fn text<'a>(v: &'a Value, k: &str) -> &'a str {
 /// `GET /ui/access-log?secret=&agent=&chain=&outcome=&since=&until=&page=`.
 pub async fn list(
     state: &Arc<State>,
-    p: Page,
+    p: &Page,
     caller: &Caller,
     q: &[(String, String)],
 ) -> PageResult {
-    if let Err(d) = p.require(state, Permission::AuditRead, caller) {
-        return Err((Some(p), d));
-    }
+    p.require(state, Permission::AuditRead, caller)?;
     let filter = match filter_of(q) {
         Ok(f) => f,
         Err(errors) => {
             let m = filters_markup(q, &errors);
-            let mut resp = html_response(StatusCode::BAD_REQUEST, page(&p, "Access log", m));
+            let mut resp = html_response(StatusCode::BAD_REQUEST, page(p, "Access log", m));
             with_code(&mut resp, Code::BadRequest);
             return Ok(resp);
         }
@@ -131,10 +129,7 @@ pub async fn list(
         run_id: None,
         limit: MAX_AUDIT_LIMIT,
     };
-    let mut lines = match query(state, aq).await {
-        Ok(l) => l,
-        Err(d) => return Err((Some(p), d)),
-    };
+    let mut lines = query(state, aq).await?;
     lines.reverse();
     let total = lines.len();
     let pages = total.div_ceil(PAGE_SIZE).max(1);
@@ -191,20 +186,18 @@ pub async fn list(
             }
         }
     };
-    Ok(html_response(StatusCode::OK, page(&p, "Access log", body)))
+    Ok(html_response(StatusCode::OK, page(p, "Access log", body)))
 }
 
 /// `GET /ui/access-log/export.{jsonl,cef}`: every matching line, as a download.
 pub async fn export(
     state: &Arc<State>,
-    p: Page,
+    p: &Page,
     caller: &Caller,
     q: &[(String, String)],
     cef: bool,
 ) -> PageResult {
-    if let Err(d) = p.require(state, Permission::AuditRead, caller) {
-        return Err((Some(p), d));
-    }
+    p.require(state, Permission::AuditRead, caller)?;
     let filter = match filter_of(q) {
         Ok(f) => f,
         Err(e) => {
@@ -213,17 +206,14 @@ pub async fn export(
                 .first()
                 .map(|(f, m)| format!("{f}: {m}"))
                 .unwrap_or_default();
-            return Err((Some(p), Deny::new(Code::BadRequest, msg)));
+            return Err(Deny::new(Code::BadRequest, msg));
         }
     };
     let path = state.audit.path().to_path_buf();
     if path == Path::new("-") {
-        return Err((
-            Some(p),
-            Deny::new(
-                Code::AuditNotQueryable,
-                "the audit log goes to stdout; query it where it is collected",
-            ),
+        return Err(Deny::new(
+            Code::AuditNotQueryable,
+            "the audit log goes to stdout; query it where it is collected",
         ));
     }
     let format = if cef {
@@ -240,10 +230,7 @@ pub async fn export(
         Ok(out)
     })
     .await;
-    let out = match out {
-        Ok(o) => o,
-        Err(d) => return Err((Some(p), d)),
-    };
+    let out = out?;
     let (ctype, name) = if cef {
         ("text/plain; charset=utf-8", "keyward-audit.cef")
     } else {

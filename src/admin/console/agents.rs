@@ -18,10 +18,8 @@ use maud::{html, Markup};
 use std::sync::Arc;
 
 /// `GET /ui/agents`.
-pub fn list(state: &Arc<State>, p: Page, caller: &Caller, q: &[(String, String)]) -> PageResult {
-    if let Err(d) = p.require(state, Permission::AgentsManage, caller) {
-        return Err((Some(p), d));
-    }
+pub fn list(state: &Arc<State>, p: &Page, caller: &Caller, q: &[(String, String)]) -> PageResult {
+    p.require(state, Permission::AgentsManage, caller)?;
     let rows = api::list(state);
     let notice =
         (param(q, "done") == "removed").then(|| format!("Removed agent {}.", param(q, "id")));
@@ -55,7 +53,7 @@ pub fn list(state: &Arc<State>, p: Page, caller: &Caller, q: &[(String, String)]
             } }
         }
     };
-    Ok(html_response(StatusCode::OK, page(&p, "Agents", body)))
+    Ok(html_response(StatusCode::OK, page(p, "Agents", body)))
 }
 
 fn new_markup(state: &State, p: &Page, id: &str, chain: &str, errors: &Errors) -> Markup {
@@ -89,12 +87,10 @@ fn new_markup(state: &State, p: &Page, id: &str, chain: &str, errors: &Errors) -
 }
 
 /// `GET /ui/agents/new`.
-pub fn new_form(state: &Arc<State>, p: Page, caller: &Caller) -> PageResult {
-    if let Err(d) = p.require(state, Permission::AgentsManage, caller) {
-        return Err((Some(p), d));
-    }
-    let m = new_markup(state, &p, "", "", &Errors::default());
-    Ok(html_response(StatusCode::OK, page(&p, "New agent", m)))
+pub fn new_form(state: &Arc<State>, p: &Page, caller: &Caller) -> PageResult {
+    p.require(state, Permission::AgentsManage, caller)?;
+    let m = new_markup(state, p, "", "", &Errors::default());
+    Ok(html_response(StatusCode::OK, page(p, "New agent", m)))
 }
 
 /// The show-once token block.
@@ -111,7 +107,7 @@ pub fn token_once(label: &str, token: &str) -> Markup {
 
 /// `POST /ui/agents/new`: 201 with the token on this page only (no redirect, so
 /// no URL or later page carries it; `no-store`, so back/reload cannot show it).
-pub async fn create(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> PageResult {
+pub async fn create(state: &Arc<State>, p: &Page, caller: &Caller, form: Form) -> PageResult {
     let id = form.text("id");
     let chain = form.text("chain");
     let mut errors = Errors::default();
@@ -129,8 +125,8 @@ pub async fn create(state: &Arc<State>, p: Page, caller: &Caller, form: Form) ->
         errors.add("chain", format!("No chain named {chain:?}."));
     }
     let refused = |errors: &Errors, code: Code| {
-        let m = new_markup(state, &p, &id, &chain, errors);
-        let mut resp = html_response(code.status(), page(&p, "New agent", m));
+        let m = new_markup(state, p, &id, &chain, errors);
+        let mut resp = html_response(code.status(), page(p, "New agent", m));
         with_code(&mut resp, code);
         resp
     };
@@ -153,25 +149,25 @@ pub async fn create(state: &Arc<State>, p: Page, caller: &Caller, form: Form) ->
             };
             Ok(html_response(
                 StatusCode::CREATED,
-                page(&p, "Agent created", m),
+                page(p, "Agent created", m),
             ))
         }
         Err(d) if matches!(d.code, Code::BadRequest | Code::Conflict) => {
             errors.add("id", d.message.clone());
             Ok(refused(&errors, d.code))
         }
-        Err(d) => Err((Some(p), d)),
+        Err(d) => Err(d),
     }
 }
 
 /// `POST /ui/agents/remove`.
-pub async fn remove(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> PageResult {
+pub async fn remove(state: &Arc<State>, caller: &Caller, form: Form) -> PageResult {
     let id = form.text("id");
     match api::remove(state, caller, &id).await {
         Ok(()) => Ok(redirect(&format!(
             "/ui/agents?done=removed&id={}",
             percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC)
         ))),
-        Err(d) => Err((Some(p), d)),
+        Err(d) => Err(d),
     }
 }

@@ -90,11 +90,6 @@ impl Page {
     pub fn require(&self, state: &State, perm: Permission, caller: &Caller) -> Result<(), Deny> {
         auth::authorize(state, Some(&self.token), perm, caller).map(|_| ())
     }
-
-    fn at(mut self, nav: &'static str) -> Page {
-        self.nav = nav;
-        self
-    }
 }
 
 /// The idle limit from the live config.
@@ -175,11 +170,11 @@ async fn route(state: &Arc<State>, console: &Console, req: Request<Incoming>) ->
             .iter()
             .filter_map(|p| Permission::parse(p))
             .collect(),
-        nav: "",
+        nav: nav_of(&path),
         token: signed.token.clone(),
     };
     let resp = match method {
-        Method::GET => get(state, page, &caller, &path, query.as_deref()).await,
+        Method::GET => get(state, &page, &caller, &path, query.as_deref()).await,
         Method::POST => {
             let form = match Form::read(req).await {
                 Ok(f) => f,
@@ -205,21 +200,35 @@ async fn route(state: &Arc<State>, console: &Console, req: Request<Incoming>) ->
                 console.sessions.remove(&signed.id);
                 return signin::signed_out();
             }
-            post(state, page, &caller, &path, form).await
+            post(state, &page, &caller, &path, form).await
         }
-        _ => Err((
-            Some(page),
-            Deny::new(
-                Code::MethodNotAllowed,
-                format!("{path} accepts GET or POST"),
-            ),
+        _ => Err(Deny::new(
+            Code::MethodNotAllowed,
+            format!("{path} accepts GET or POST"),
         )),
     };
-    resp.unwrap_or_else(|(page, deny)| refusal(page.as_ref(), &deny))
+    resp.unwrap_or_else(|deny| refusal(Some(&page), &deny))
 }
 
-/// A page's failure: the refusal and the page to render it in.
-type PageResult = Result<Response<Body>, (Option<Page>, Deny)>;
+/// A page, or the refusal to render in the console's chrome instead.
+type PageResult = Result<Response<Body>, Deny>;
+
+/// The navigation entry a path belongs to.
+fn nav_of(path: &str) -> &'static str {
+    let section = path
+        .trim_start_matches("/ui/")
+        .split('/')
+        .next()
+        .unwrap_or("");
+    match section {
+        "secrets" => "Secrets",
+        "agents" => "Agents",
+        "sessions" => "Sessions",
+        "access-log" => "Access log",
+        "status" => "Status",
+        _ => "",
+    }
+}
 
 fn not_found(path: &str) -> Deny {
     Deny::new(Code::NotFound, format!("no console page {path}"))
@@ -241,32 +250,32 @@ pub fn param<'a>(params: &'a [(String, String)], key: &str) -> &'a str {
 
 async fn get(
     state: &Arc<State>,
-    page: Page,
+    page: &Page,
     caller: &Caller,
     path: &str,
     query: Option<&str>,
 ) -> PageResult {
     let q = params(query);
     match path {
-        "/ui/secrets" => secrets::list(state, page.at("Secrets"), caller, &q),
-        "/ui/secrets/new" => secrets::new_form(state, page.at("Secrets"), caller),
-        "/ui/secrets/edit" => secrets::edit_form(state, page.at("Secrets"), caller, &q),
-        "/ui/secrets/clone" => secrets::clone_form(state, page.at("Secrets"), caller, &q),
-        "/ui/secrets/delete" => secrets::delete_form(state, page.at("Secrets"), caller, &q),
-        "/ui/agents" => agents::list(state, page.at("Agents"), caller, &q),
-        "/ui/agents/new" => agents::new_form(state, page.at("Agents"), caller),
-        "/ui/sessions" => sessions::form(state, page.at("Sessions"), caller),
-        "/ui/access-log" => access_log::list(state, page.at("Access log"), caller, &q).await,
+        "/ui/secrets" => secrets::list(state, page, caller, &q),
+        "/ui/secrets/new" => secrets::new_form(state, page, caller),
+        "/ui/secrets/edit" => secrets::edit_form(state, page, caller, &q),
+        "/ui/secrets/clone" => secrets::clone_form(state, page, caller, &q),
+        "/ui/secrets/delete" => secrets::delete_form(state, page, caller, &q),
+        "/ui/agents" => agents::list(state, page, caller, &q),
+        "/ui/agents/new" => agents::new_form(state, page, caller),
+        "/ui/sessions" => sessions::form(state, page, caller),
+        "/ui/access-log" => access_log::list(state, page, caller, &q).await,
         "/ui/access-log/export.jsonl" => access_log::export(state, page, caller, &q, false).await,
         "/ui/access-log/export.cef" => access_log::export(state, page, caller, &q, true).await,
-        "/ui/status" => Ok(status::show(state, page.at("Status"))),
-        _ => Err((Some(page), not_found(path))),
+        "/ui/status" => Ok(status::show(state, page)),
+        _ => Err(not_found(path)),
     }
 }
 
 async fn post(
     state: &Arc<State>,
-    page: Page,
+    page: &Page,
     caller: &Caller,
     path: &str,
     form: Form,
@@ -277,21 +286,19 @@ async fn post(
         }
         "/ui/agents/new" | "/ui/agents/remove" => Permission::AgentsManage,
         "/ui/sessions/new" => Permission::SessionsCreate,
-        _ => return Err((Some(page), not_found(path))),
+        _ => return Err(not_found(path)),
     };
     // SECURITY: the token's permissions decide what the server accepts, whatever
     // the page showed: the admin API's own (audited) check.
-    if let Err(d) = page.require(state, need, caller) {
-        return Err((Some(page), d));
-    }
+    page.require(state, need, caller)?;
     match path {
-        "/ui/secrets/new" => secrets::create(state, page.at("Secrets"), caller, form).await,
-        "/ui/secrets/edit" => secrets::edit(state, page.at("Secrets"), caller, form).await,
-        "/ui/secrets/clone" => secrets::clone(state, page.at("Secrets"), caller, form).await,
-        "/ui/secrets/delete" => secrets::delete(state, page.at("Secrets"), caller, form).await,
-        "/ui/agents/new" => agents::create(state, page.at("Agents"), caller, form).await,
-        "/ui/agents/remove" => agents::remove(state, page.at("Agents"), caller, form).await,
-        "/ui/sessions/new" => sessions::create(state, page.at("Sessions"), caller, form),
-        _ => Err((Some(page), not_found(path))),
+        "/ui/secrets/new" => secrets::create(state, page, caller, form).await,
+        "/ui/secrets/edit" => secrets::edit(state, page, caller, form).await,
+        "/ui/secrets/clone" => secrets::clone(state, page, caller, form).await,
+        "/ui/secrets/delete" => secrets::delete(state, page, caller, form).await,
+        "/ui/agents/new" => agents::create(state, page, caller, form).await,
+        "/ui/agents/remove" => agents::remove(state, caller, form).await,
+        "/ui/sessions/new" => sessions::create(state, page, caller, form),
+        _ => Err(not_found(path)),
     }
 }

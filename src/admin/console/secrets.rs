@@ -34,7 +34,7 @@ fn row_link(action: &str, m: &RecordMeta) -> String {
 }
 
 /// `GET /ui/secrets`.
-pub fn list(state: &Arc<State>, p: Page, caller: &Caller, q: &[(String, String)]) -> PageResult {
+pub fn list(state: &Arc<State>, p: &Page, caller: &Caller, q: &[(String, String)]) -> PageResult {
     let manage = p.can(Permission::SecretsManage);
     let notice = match param(q, "done") {
         "saved" => Some(format!(
@@ -55,9 +55,7 @@ pub fn list(state: &Arc<State>, p: Page, caller: &Caller, q: &[(String, String)]
         _ => None,
     };
     let rows = if p.can(Permission::SecretsRead) {
-        if let Err(d) = p.require(state, Permission::SecretsRead, caller) {
-            return Err((Some(p), d));
-        }
+        p.require(state, Permission::SecretsRead, caller)?;
         Some(api::list(state, None))
     } else {
         None
@@ -110,7 +108,7 @@ pub fn list(state: &Arc<State>, p: Page, caller: &Caller, q: &[(String, String)]
             }
         }
     };
-    Ok(html_response(StatusCode::OK, page(&p, "Secrets", body)))
+    Ok(html_response(StatusCode::OK, page(p, "Secrets", body)))
 }
 
 /// `2024-05-01T12:00:00Z` → `2024-05-01 12:00`.
@@ -150,17 +148,15 @@ fn new_markup(p: &Page, v: &NewValues, errors: &Errors) -> Markup {
 }
 
 /// `GET /ui/secrets/new`.
-pub fn new_form(state: &Arc<State>, p: Page, caller: &Caller) -> PageResult {
-    if let Err(d) = p.require(state, Permission::SecretsManage, caller) {
-        return Err((Some(p), d));
-    }
+pub fn new_form(state: &Arc<State>, p: &Page, caller: &Caller) -> PageResult {
+    p.require(state, Permission::SecretsManage, caller)?;
     let v = NewValues {
         scope: "platform".into(),
         ..NewValues::default()
     };
     Ok(html_response(
         StatusCode::OK,
-        page(&p, "New secret", new_markup(&p, &v, &Errors::default())),
+        page(p, "New secret", new_markup(p, &v, &Errors::default())),
     ))
 }
 
@@ -202,7 +198,7 @@ fn place(errors: &mut Errors, d: &Deny) {
 }
 
 /// `POST /ui/secrets/new`: a new secret (an existing name is refused: use Edit).
-pub async fn create(state: &Arc<State>, p: Page, caller: &Caller, mut form: Form) -> PageResult {
+pub async fn create(state: &Arc<State>, p: &Page, caller: &Caller, mut form: Form) -> PageResult {
     let v = NewValues {
         name: form.text("name"),
         scope: form.text("scope"),
@@ -240,8 +236,8 @@ pub async fn create(state: &Arc<State>, p: Page, caller: &Caller, mut form: Form
         );
     }
     let Some(value) = value.filter(|_| errors.is_empty()) else {
-        let m = new_markup(&p, &v, &errors);
-        return refused(&p, "New secret", m, Code::BadRequest);
+        let m = new_markup(p, &v, &errors);
+        return refused(p, "New secret", m, Code::BadRequest);
     };
     let body = PutSecret {
         value: Some(SecretValue(value)),
@@ -258,10 +254,10 @@ pub async fn create(state: &Arc<State>, p: Page, caller: &Caller, mut form: Form
         ))),
         Err(d) if d.code == Code::BadRequest => {
             place(&mut errors, &d);
-            let m = new_markup(&p, &v, &errors);
-            refused(&p, "New secret", m, d.code)
+            let m = new_markup(p, &v, &errors);
+            refused(p, "New secret", m, d.code)
         }
-        Err(d) => Err((Some(p), d)),
+        Err(d) => Err(d),
     }
 }
 
@@ -291,31 +287,23 @@ fn edit_markup(p: &Page, m: &RecordMeta, description: &str, errors: &Errors) -> 
 /// `GET /ui/secrets/edit?scope=&name=`.
 pub fn edit_form(
     state: &Arc<State>,
-    p: Page,
+    p: &Page,
     caller: &Caller,
     q: &[(String, String)],
 ) -> PageResult {
-    if let Err(d) = p.require(state, Permission::SecretsManage, caller) {
-        return Err((Some(p), d));
-    }
-    let m = match target(state, param(q, "scope"), param(q, "name")) {
-        Ok(m) => m,
-        Err(d) => return Err((Some(p), d)),
-    };
+    p.require(state, Permission::SecretsManage, caller)?;
+    let m = target(state, param(q, "scope"), param(q, "name"))?;
     let title = format!("Edit {}", m.name);
     let desc = m.description.clone().unwrap_or_default();
     Ok(html_response(
         StatusCode::OK,
-        page(&p, &title, edit_markup(&p, &m, &desc, &Errors::default())),
+        page(p, &title, edit_markup(p, &m, &desc, &Errors::default())),
     ))
 }
 
 /// `POST /ui/secrets/edit`: a new value (version + 1) and/or description.
-pub async fn edit(state: &Arc<State>, p: Page, caller: &Caller, mut form: Form) -> PageResult {
-    let m = match target(state, &form.text("scope"), &form.text("name")) {
-        Ok(m) => m,
-        Err(d) => return Err((Some(p), d)),
-    };
+pub async fn edit(state: &Arc<State>, p: &Page, caller: &Caller, mut form: Form) -> PageResult {
+    let m = target(state, &form.text("scope"), &form.text("name"))?;
     let description = form.text("description");
     let title = format!("Edit {}", m.name);
     let Some(value) = form.secret("value") else {
@@ -324,8 +312,8 @@ pub async fn edit(state: &Arc<State>, p: Page, caller: &Caller, mut form: Form) 
             "value",
             "Enter the new value (the vault keeps no copy to re-use).",
         );
-        let mk = edit_markup(&p, &m, &description, &errors);
-        return refused(&p, &title, mk, Code::BadRequest);
+        let mk = edit_markup(p, &m, &description, &errors);
+        return refused(p, &title, mk, Code::BadRequest);
     };
     let body = PutSecret {
         value: Some(SecretValue(value)),
@@ -343,10 +331,10 @@ pub async fn edit(state: &Arc<State>, p: Page, caller: &Caller, mut form: Form) 
         Err(d) if d.code == Code::BadRequest => {
             let mut errors = Errors::default();
             place(&mut errors, &d);
-            let mk = edit_markup(&p, &m, &description, &errors);
-            refused(&p, &title, mk, d.code)
+            let mk = edit_markup(p, &m, &description, &errors);
+            refused(p, &title, mk, d.code)
         }
-        Err(d) => Err((Some(p), d)),
+        Err(d) => Err(d),
     }
 }
 
@@ -370,30 +358,22 @@ fn clone_markup(p: &Page, m: &RecordMeta, to: &str, errors: &Errors) -> Markup {
 /// `GET /ui/secrets/clone?scope=&name=`.
 pub fn clone_form(
     state: &Arc<State>,
-    p: Page,
+    p: &Page,
     caller: &Caller,
     q: &[(String, String)],
 ) -> PageResult {
-    if let Err(d) = p.require(state, Permission::SecretsManage, caller) {
-        return Err((Some(p), d));
-    }
-    let m = match target(state, param(q, "scope"), param(q, "name")) {
-        Ok(m) => m,
-        Err(d) => return Err((Some(p), d)),
-    };
+    p.require(state, Permission::SecretsManage, caller)?;
+    let m = target(state, param(q, "scope"), param(q, "name"))?;
     let title = format!("Clone {}", m.name);
     Ok(html_response(
         StatusCode::OK,
-        page(&p, &title, clone_markup(&p, &m, "", &Errors::default())),
+        page(p, &title, clone_markup(p, &m, "", &Errors::default())),
     ))
 }
 
 /// `POST /ui/secrets/clone`.
-pub async fn clone(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> PageResult {
-    let m = match target(state, &form.text("scope"), &form.text("name")) {
-        Ok(m) => m,
-        Err(d) => return Err((Some(p), d)),
-    };
+pub async fn clone(state: &Arc<State>, p: &Page, caller: &Caller, form: Form) -> PageResult {
+    let m = target(state, &form.text("scope"), &form.text("name"))?;
     let to = form.text("target");
     let title = format!("Clone {}", m.name);
     let mut errors = Errors::default();
@@ -406,8 +386,8 @@ pub async fn clone(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> 
         errors.add("target", "Choose a scope other than the secret's own.");
     }
     if !errors.is_empty() {
-        let mk = clone_markup(&p, &m, &to, &errors);
-        return refused(&p, &title, mk, Code::BadRequest);
+        let mk = clone_markup(p, &m, &to, &errors);
+        return refused(p, &title, mk, Code::BadRequest);
     }
     match api::clone_to(state, caller, &m.scope, &m.name, &to).await {
         Ok(meta) => Ok(redirect(&format!(
@@ -417,10 +397,10 @@ pub async fn clone(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> 
         ))),
         Err(d) if matches!(d.code, Code::BadRequest | Code::Conflict) => {
             errors.add("target", d.message.clone());
-            let mk = clone_markup(&p, &m, &to, &errors);
-            refused(&p, &title, mk, d.code)
+            let mk = clone_markup(p, &m, &to, &errors);
+            refused(p, &title, mk, d.code)
         }
-        Err(d) => Err((Some(p), d)),
+        Err(d) => Err(d),
     }
 }
 
@@ -444,36 +424,28 @@ fn delete_markup(p: &Page, m: &RecordMeta, errors: &Errors) -> Markup {
 /// `GET /ui/secrets/delete?scope=&name=`.
 pub fn delete_form(
     state: &Arc<State>,
-    p: Page,
+    p: &Page,
     caller: &Caller,
     q: &[(String, String)],
 ) -> PageResult {
-    if let Err(d) = p.require(state, Permission::SecretsManage, caller) {
-        return Err((Some(p), d));
-    }
-    let m = match target(state, param(q, "scope"), param(q, "name")) {
-        Ok(m) => m,
-        Err(d) => return Err((Some(p), d)),
-    };
+    p.require(state, Permission::SecretsManage, caller)?;
+    let m = target(state, param(q, "scope"), param(q, "name"))?;
     let title = format!("Delete {}", m.name);
     Ok(html_response(
         StatusCode::OK,
-        page(&p, &title, delete_markup(&p, &m, &Errors::default())),
+        page(p, &title, delete_markup(p, &m, &Errors::default())),
     ))
 }
 
 /// `POST /ui/secrets/delete`: only when the typed name matches.
-pub async fn delete(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> PageResult {
-    let m = match target(state, &form.text("scope"), &form.text("name")) {
-        Ok(m) => m,
-        Err(d) => return Err((Some(p), d)),
-    };
+pub async fn delete(state: &Arc<State>, p: &Page, caller: &Caller, form: Form) -> PageResult {
+    let m = target(state, &form.text("scope"), &form.text("name"))?;
     if form.text("confirm") != m.name {
         let mut errors = Errors::default();
         errors.add("confirm", format!("Type {} exactly to delete it.", m.name));
         let title = format!("Delete {}", m.name);
-        let mk = delete_markup(&p, &m, &errors);
-        return refused(&p, &title, mk, Code::BadRequest);
+        let mk = delete_markup(p, &m, &errors);
+        return refused(p, &title, mk, Code::BadRequest);
     }
     match api::delete(state, caller, &m.scope, &m.name).await {
         Ok(meta) => Ok(redirect(&format!(
@@ -481,6 +453,6 @@ pub async fn delete(state: &Arc<State>, p: Page, caller: &Caller, form: Form) ->
             enc(&meta.scope),
             enc(&meta.name)
         ))),
-        Err(d) => Err((Some(p), d)),
+        Err(d) => Err(d),
     }
 }

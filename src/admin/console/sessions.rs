@@ -33,16 +33,14 @@ fn default_ttl() -> String {
 }
 
 /// `GET /ui/sessions`.
-pub fn form(state: &Arc<State>, p: Page, caller: &Caller) -> PageResult {
-    if let Err(d) = p.require(state, Permission::SessionsCreate, caller) {
-        return Err((Some(p), d));
-    }
-    let m = markup(&p, "", "", &default_ttl(), &Errors::default());
-    Ok(html_response(StatusCode::OK, page(&p, "Sessions", m)))
+pub fn form(state: &Arc<State>, p: &Page, caller: &Caller) -> PageResult {
+    p.require(state, Permission::SessionsCreate, caller)?;
+    let m = markup(p, "", "", &default_ttl(), &Errors::default());
+    Ok(html_response(StatusCode::OK, page(p, "Sessions", m)))
 }
 
 /// `POST /ui/sessions/new`: 201 with the token on this page only.
-pub fn create(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> PageResult {
+pub fn create(state: &Arc<State>, p: &Page, caller: &Caller, form: Form) -> PageResult {
     let (agent, run_id, ttl) = (form.text("agent"), form.text("run_id"), form.text("ttl"));
     let mut errors = Errors::default();
     if agent.is_empty() {
@@ -55,8 +53,8 @@ pub fn create(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> PageR
         errors.add("ttl", "Use a duration such as 15m or 1h.");
     }
     let refused = |errors: &Errors, code: Code| {
-        let m = markup(&p, &agent, &run_id, &ttl, errors);
-        let mut resp = html_response(code.status(), page(&p, "Sessions", m));
+        let m = markup(p, &agent, &run_id, &ttl, errors);
+        let mut resp = html_response(code.status(), page(p, "Sessions", m));
         with_code(&mut resp, code);
         Ok(resp)
     };
@@ -83,7 +81,7 @@ pub fn create(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> PageR
             };
             Ok(html_response(
                 StatusCode::CREATED,
-                page(&p, "Session created", m),
+                page(p, "Session created", m),
             ))
         }
         Err(d) if matches!(d.code, Code::BadRequest | Code::NotFound) => {
@@ -97,6 +95,6 @@ pub fn create(state: &Arc<State>, p: Page, caller: &Caller, form: Form) -> PageR
             errors.add(f, d.message.clone());
             refused(&errors, d.code)
         }
-        Err(d) => Err((Some(p), d)),
+        Err(d) => Err(d),
     }
 }

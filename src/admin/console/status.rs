@@ -22,7 +22,7 @@ fn count(state: &State, outcome: &str) -> u64 {
 }
 
 /// `GET /ui/status`.
-pub fn show(state: &Arc<State>, p: Page) -> Response<Body> {
+pub fn show(state: &Arc<State>, p: &Page) -> Response<Body> {
     let checks = readiness(state);
     let ready = checks.iter().all(|(_, r)| r.is_ok());
     let body = html! {
@@ -47,5 +47,5 @@ pub fn show(state: &Arc<State>, p: Page) -> Response<Body> {
         } }
         p.meta { "Counts are since this keyward started; " a href="/metrics" { "/metrics" } " has them per provider and code." }
     };
-    html_response(StatusCode::OK, page(&p, "Status", body))
+    html_response(StatusCode::OK, page(p, "Status", body))
 }
