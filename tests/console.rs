@@ -121,17 +121,28 @@ impl Browser {
         self.send("POST", path, Some(body)).await
     }
 
-    /// POSTs `fields` with the session's CSRF token (read off `/ui/status`).
+    /// POSTs `fields` with the session's CSRF token and, for a show-once form,
+    /// its single-use `once` value, both read off the page the form is on.
     async fn post(&self, path: &str, fields: &[(&str, &str)]) -> Got {
-        let csrf = self.csrf().await;
+        let (csrf, once) = self.form_tokens(path).await;
         let mut all = fields.to_vec();
         all.push(("csrf", &csrf));
+        if let Some(once) = &once {
+            all.push(("once", once));
+        }
         self.post_raw(path, &all).await
     }
 
-    async fn csrf(&self) -> String {
-        let page = self.get("/ui/status").await.text();
-        hidden(&page, "csrf").expect("a CSRF field on a signed-in page")
+    /// The CSRF token, and the `once` value of the form posting to `path`.
+    async fn form_tokens(&self, path: &str) -> (String, Option<String>) {
+        let source = match path {
+            "/ui/agents/new" => "/ui/agents/new",
+            "/ui/sessions/new" => "/ui/sessions",
+            _ => "/ui/status",
+        };
+        let page = self.get(source).await.text();
+        let csrf = hidden(&page, "csrf").expect("a CSRF field on a signed-in page");
+        (csrf, hidden(&page, "once"))
     }
 
     async fn sign_in(&self, token: &str) -> Got {
@@ -696,9 +707,15 @@ async fn agents_and_sessions_show_their_token_once() {
     }
     assert!(kw.running.state.vault.snapshot().agents().is_empty());
 
-    let got = b
-        .post("/ui/agents/new", &[("id", "bot-1"), ("chain", "triage")])
-        .await;
+    let (csrf, once) = b.form_tokens("/ui/agents/new").await;
+    let once = once.expect("a show-once form carries a once value");
+    let form = [
+        ("id", "bot-1"),
+        ("chain", "triage"),
+        ("csrf", &csrf),
+        ("once", &once),
+    ];
+    let got = b.post_raw("/ui/agents/new", &form).await;
     assert_eq!(got.status, 201);
     let page = got.text();
     let token = page
@@ -731,6 +748,12 @@ async fn agents_and_sessions_show_their_token_once() {
     }
     assert_no_leak("later pages", &b.received()[before..], &token);
 
+    // A reload (the same form again) is refused before anything runs.
+    let audit_before = kw.audit_lines().len();
+    let got = b.post_raw("/ui/agents/new", &form).await;
+    assert_eq!(got.status, 409, "resubmitted");
+    assert!(got.text().contains("already submitted"));
+    assert_eq!(kw.audit_lines().len(), audit_before);
     let got = b.post("/ui/agents/new", &[("id", "bot-1")]).await;
     assert_eq!(got.status, 409, "duplicate id");
     assert!(field_error(&got.text(), "id")
@@ -766,12 +789,16 @@ async fn agents_and_sessions_show_their_token_once() {
         .await;
     assert_eq!(got.status, 400);
     assert!(field_error(&got.text(), "ttl").is_some());
-    let got = b
-        .post(
-            "/ui/sessions/new",
-            &[("agent", "bot-1"), ("run_id", "run-7"), ("ttl", "10m")],
-        )
-        .await;
+    let (csrf, once) = b.form_tokens("/ui/sessions/new").await;
+    let once = once.unwrap();
+    let form = [
+        ("agent", "bot-1"),
+        ("run_id", "run-7"),
+        ("ttl", "10m"),
+        ("csrf", &csrf),
+        ("once", &once),
+    ];
+    let got = b.post_raw("/ui/sessions/new", &form).await;
     assert_eq!(got.status, 201);
     let page = got.text();
     let session = page
@@ -784,6 +811,10 @@ async fn agents_and_sessions_show_their_token_once() {
     assert_eq!(line["event"], "session_create");
     assert_eq!(line["run_id"], "run-7");
     assert_eq!(line["reason"], "admin:ops");
+    let audit_before = kw.audit_lines().len();
+    let got = b.post_raw("/ui/sessions/new", &form).await;
+    assert_eq!(got.status, 409, "a reload mints no second session");
+    assert_eq!(kw.audit_lines().len(), audit_before);
     let got = kw
         .client_as("bot-1", &session)
         .get("api.openai.com", "/v1/models", &[])

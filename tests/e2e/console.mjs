@@ -100,6 +100,12 @@ async function shot(name) {
   }
   await page.setViewportSize({ width: 1280, height: 900 });
 }
+/** Waits until a navigation (back, reload) has finished. */
+async function settle() {
+  await page.waitForLoadState("load").catch(() => {});
+  await page.waitForTimeout(200);
+  await page.waitForLoadState("load").catch(() => {});
+}
 const heading = (text) => page.getByRole("heading", { level: 1, name: text });
 
 async function signIn(token) {
@@ -202,6 +208,7 @@ try {
   } catch {
     // A no-store POST result is not restored: chromium shows its own error page.
   }
+  await settle();
   check(!(await page.content()).includes(agentToken), "token not shown again after back");
   await page.goto(new URL("agents", UI).href);
   check(!(await page.content()).includes(agentToken), "token not on the agents page");
@@ -218,6 +225,14 @@ try {
   const sessionToken = await page.getByLabel("Session token").inputValue();
   await shot("session-created");
   await step(`session ${sessionToken}`);
+  // A reload re-sends the form: refused, no second token, this one not shown again.
+  try {
+    await page.reload();
+  } catch {
+    // chromium may refuse to re-send a no-store POST on its own.
+  }
+  await settle();
+  check(!(await page.content()).includes(sessionToken), "session token shown again after reload");
 
   // Access log: the injections, filtered; the exports.
   await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Access log" }).click();

@@ -4,7 +4,8 @@
 
 use super::forms::Form;
 use super::layout::{
-    csrf_field, field, form_error, html_response, page, redirect, with_code, Errors, Kind,
+    csrf_field, field, form_error, html_response, once_field, page, redirect, with_code, Errors,
+    Kind,
 };
 use super::{param, Page, PageResult};
 use crate::admin::agents::{self as api, NewAgent};
@@ -69,6 +70,7 @@ fn new_markup(state: &State, p: &Page, id: &str, chain: &str, errors: &Errors) -
         (form_error(errors))
         form method="post" action="/ui/agents/new" {
             (csrf_field(&p.csrf))
+            (once_field())
             (field("Agent id", "id", id, Kind::Text, Some("Letters, digits, '-', '_', '.'."), errors))
             div.field {
                 label for="f-chain" { "Chain" }

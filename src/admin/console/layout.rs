@@ -93,6 +93,11 @@ pub fn csrf_field(token: &str) -> Markup {
     html! { input type="hidden" name=(csrf::FIELD) value=(token); }
 }
 
+/// The hidden single-use field of a show-once form.
+pub fn once_field() -> Markup {
+    html! { input type="hidden" name=(super::ONCE_FIELD) value=(super::session::random_hex()); }
+}
+
 /// A page with the console's chrome: header, navigation, Sign out.
 pub fn page(p: &Page, title: &str, body: Markup) -> Markup {
     html! {

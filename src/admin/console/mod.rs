@@ -48,6 +48,11 @@ use zeroize::Zeroizing;
 pub const DEFAULT_CONSOLE_IDLE: Duration = Duration::from_secs(30 * 60);
 /// The session cookie's name.
 pub const COOKIE: &str = "kw_console";
+/// Forms whose answer shows a token once; each carries a [`ONCE_FIELD`] value
+/// that is accepted a single time.
+const SHOW_ONCE: [&str; 2] = ["/ui/agents/new", "/ui/sessions/new"];
+/// The hidden field of a show-once form.
+pub const ONCE_FIELD: &str = "once";
 /// Every console path starts with this.
 pub const PREFIX: &str = "/ui";
 
@@ -200,7 +205,9 @@ async fn route(state: &Arc<State>, console: &Console, req: Request<Incoming>) ->
                 console.sessions.remove(&signed.id);
                 return signin::signed_out();
             }
-            post(state, &page, &caller, &path, form).await
+            let fresh = SHOW_ONCE.contains(&path.as_str())
+                && console.sessions.spend(&signed.id, form.raw(ONCE_FIELD));
+            post(state, &page, &caller, &path, form, fresh).await
         }
         _ => Err(Deny::new(
             Code::MethodNotAllowed,
@@ -279,6 +286,7 @@ async fn post(
     caller: &Caller,
     path: &str,
     form: Form,
+    fresh: bool,
 ) -> PageResult {
     let need = match path {
         "/ui/secrets/new" | "/ui/secrets/edit" | "/ui/secrets/clone" | "/ui/secrets/delete" => {
@@ -291,6 +299,14 @@ async fn post(
     // SECURITY: the token's permissions decide what the server accepts, whatever
     // the page showed: the admin API's own (audited) check.
     page.require(state, need, caller)?;
+    // SECURITY: a reload or back-and-resubmit of a show-once form must not mint a
+    // second token and put it on the page.
+    if SHOW_ONCE.contains(&path) && !fresh {
+        return Err(Deny::new(
+            Code::Conflict,
+            "this form was already submitted; open it again to create another",
+        ));
+    }
     match path {
         "/ui/secrets/new" => secrets::create(state, page, caller, form).await,
         "/ui/secrets/edit" => secrets::edit(state, page, caller, form).await,

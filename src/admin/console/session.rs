@@ -4,7 +4,7 @@
 
 use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 use zeroize::Zeroizing;
 
@@ -12,6 +12,8 @@ use zeroize::Zeroizing;
 pub const MAX_SESSIONS: usize = 1_024;
 /// Bytes of randomness in a session id and in a CSRF token.
 const ID_BYTES: usize = 32;
+/// Show-once forms a session remembers having accepted (their `once` field).
+const MAX_SPENT: usize = 64;
 
 /// One signed-in browser.
 struct Entry {
@@ -20,6 +22,8 @@ struct Entry {
     token: Zeroizing<String>,
     csrf: String,
     last_seen: Instant,
+    /// `once` values of show-once forms already accepted, newest last.
+    spent: VecDeque<String>,
 }
 
 /// What a request learns about its session.
@@ -65,6 +69,7 @@ impl SessionStore {
                 token,
                 csrf: random_hex(),
                 last_seen: now,
+                spent: VecDeque::new(),
             },
         );
         id
@@ -90,6 +95,26 @@ impl SessionStore {
         })
     }
 
+    /// Accepts a show-once form's `once` value the first time only, so a reload or
+    /// a resubmission of "New agent"/"New session" cannot mint (and show) a token.
+    pub fn spend(&self, id: &str, once: Option<&str>) -> bool {
+        let Some(once) = once.filter(|o| o.len() == 2 * ID_BYTES) else {
+            return false;
+        };
+        let mut map = self.sessions.lock();
+        let Some(entry) = map.get_mut(&key(id)) else {
+            return false;
+        };
+        if entry.spent.iter().any(|s| s == once) {
+            return false;
+        }
+        if entry.spent.len() == MAX_SPENT {
+            entry.spent.pop_front();
+        }
+        entry.spent.push_back(once.to_string());
+        true
+    }
+
     /// Ends session `id` (Sign out, or its token was revoked).
     pub fn remove(&self, id: &str) {
         self.sessions.lock().remove(&key(id));
@@ -110,6 +135,10 @@ mod tests {
         assert_eq!(s.token.as_str(), "tok");
         assert!(store.touch("nope", long).is_none());
         assert!(store.touch(&id, Duration::ZERO).is_none() || store.touch(&id, long).is_some());
+        let once = random_hex();
+        assert!(store.spend(&id, Some(&once)));
+        assert!(!store.spend(&id, Some(&once)), "a form is accepted once");
+        assert!(!store.spend(&id, None) && !store.spend(&id, Some("short")));
         store.remove(&id);
         assert!(store.touch(&id, long).is_none());
     }

@@ -3,7 +3,9 @@
 
 use super::agents::token_once;
 use super::forms::Form;
-use super::layout::{csrf_field, field, form_error, html_response, page, with_code, Errors, Kind};
+use super::layout::{
+    csrf_field, field, form_error, html_response, once_field, page, with_code, Errors, Kind,
+};
 use super::{Page, PageResult};
 use crate::admin::caller::Caller;
 use crate::admin::sessions::{self as api, NewSession, Ttl};
@@ -20,6 +22,7 @@ fn markup(p: &Page, agent: &str, run_id: &str, ttl: &str, errors: &Errors) -> Ma
         (form_error(errors))
         form method="post" action="/ui/sessions/new" {
             (csrf_field(&p.csrf))
+            (once_field())
             (field("Agent", "agent", agent, Kind::Text, None, errors))
             (field("Run id", "run_id", run_id, Kind::Text, Some("Letters, digits, '-', '_', '.', ':'."), errors))
             (field("TTL", "ttl", ttl, Kind::Text, Some("e.g. 15m or 1h."), errors))
