@@ -134,12 +134,16 @@ mod tests {
         let s = store.touch(&id, long).expect("live");
         assert_eq!(s.token.as_str(), "tok");
         assert!(store.touch("nope", long).is_none());
-        assert!(store.touch(&id, Duration::ZERO).is_none() || store.touch(&id, long).is_some());
         let once = random_hex();
         assert!(store.spend(&id, Some(&once)));
         assert!(!store.spend(&id, Some(&once)), "a form is accepted once");
         assert!(!store.spend(&id, None) && !store.spend(&id, Some("short")));
         store.remove(&id);
         assert!(store.touch(&id, long).is_none());
+
+        let id = store.create(Zeroizing::new("tok".into()), long);
+        std::thread::sleep(Duration::from_millis(2));
+        assert!(store.touch(&id, Duration::from_millis(1)).is_none(), "idle: gone");
+        assert!(store.touch(&id, long).is_none(), "and gone for good");
     }
 }
