@@ -58,6 +58,16 @@ impl Browser {
     }
 
     async fn send(&self, method: &str, path: &str, form: Option<String>) -> Got {
+        self.send_with(method, path, form, &[]).await
+    }
+
+    async fn send_with(
+        &self,
+        method: &str,
+        path: &str,
+        form: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Got {
         let stream = TcpStream::connect(self.addr).await.unwrap();
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -72,6 +82,9 @@ impl Browser {
         }
         if form.is_some() {
             b = b.header("content-type", "application/x-www-form-urlencoded");
+        }
+        for (k, v) in headers {
+            b = b.header(*k, *v);
         }
         let req = b
             .body(Full::new(Bytes::from(form.unwrap_or_default())))
@@ -249,6 +262,44 @@ async fn sign_in_ok_and_bad_is_audited_and_sign_out_ends_the_session() {
     assert_eq!(line["reason"], "unknown admin token");
     assert_no_leak("audit log", &std::fs::read(kw.audit_path()).unwrap(), wrong);
     assert_no_leak("console responses", &b.received(), wrong);
+
+    // A sign-in posted from another site is refused before the token is looked at.
+    let body = format!("token={}", enc(&tok(OPS)));
+    let got = b
+        .send_with(
+            "POST",
+            "/ui/signin",
+            Some(body.clone()),
+            &[("origin", "http://evil.test")],
+        )
+        .await;
+    assert_eq!(got.status, 403);
+    assert_eq!(code(&got).as_deref(), Some("csrf_invalid"));
+    assert!(got.headers.get("set-cookie").is_none());
+    assert_eq!(kw.last_audit()["reason"], "cross-site console POST");
+    let got = b
+        .send_with(
+            "POST",
+            "/ui/signin",
+            Some(body.clone()),
+            &[("sec-fetch-site", "cross-site")],
+        )
+        .await;
+    assert_eq!(got.status, 403);
+    assert_eq!(code(&got).as_deref(), Some("csrf_invalid"));
+    let same = format!("http://{}", b.addr);
+    let got = b
+        .send_with(
+            "POST",
+            "/ui/signin",
+            Some("token=x".into()),
+            &[("origin", &same)],
+        )
+        .await;
+    assert_eq!(
+        got.status, 401,
+        "same-origin POSTs go on to the token check"
+    );
 
     let got = b.sign_in("").await;
     assert_eq!(got.status, 401);

@@ -121,6 +121,29 @@ fn cookie(headers: &HeaderMap) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
+/// Whether a POST comes from the console's own pages: `Sec-Fetch-Site` (sent by
+/// current browsers) is `same-origin` or `none`, and `Origin`, when it names a
+/// site, names this listener. (`Referrer-Policy: no-referrer` makes browsers send
+/// `Origin: null` for our own forms, so `null` alone decides nothing.) Clients
+/// without either header (scripts, tests) are left to the CSRF token.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |h| {
+        headers
+            .get(h)
+            .and_then(|v: &http::HeaderValue| v.to_str().ok())
+    };
+    if let Some(site) = text("sec-fetch-site") {
+        if !matches!(site, "same-origin" | "none") {
+            return false;
+        }
+    }
+    match (text(header::ORIGIN.as_str()), text(header::HOST.as_str())) {
+        (None | Some("null"), _) => true,
+        (Some(o), Some(h)) => o == format!("http://{h}") || o == format!("https://{h}"),
+        (Some(_), None) => false,
+    }
+}
+
 /// One console request, start to end; every answer carries the console's
 /// security headers.
 pub async fn handle(
@@ -137,6 +160,20 @@ async fn route(state: &Arc<State>, console: &Console, req: Request<Incoming>) ->
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
+    // SECURITY: browsers send `Origin` with every POST; a form posted from another
+    // site (login CSRF, or a forged change) is refused before anything runs. The
+    // session's CSRF token is checked on top of this.
+    if method == Method::POST && !same_origin(req.headers()) {
+        let deny = Deny::new(Code::CsrfInvalid, "this form was posted from another site");
+        let mut ev = Caller::anonymous("POST", path.clone()).event(
+            EventKind::AdminForbidden,
+            Outcome::Denied,
+            StatusCode::FORBIDDEN,
+        );
+        ev.reason = Some("cross-site console POST".into());
+        refuse::record(state, &deny, ev);
+        return refusal(None, &deny);
+    }
     match (&method, path.as_str()) {
         (&Method::GET, "/ui" | "/ui/") => return redirect("/ui/secrets"),
         (&Method::GET, "/ui/assets/console.css") => return assets::css(),

@@ -143,7 +143,10 @@ mod tests {
 
         let id = store.create(Zeroizing::new("tok".into()), long);
         std::thread::sleep(Duration::from_millis(2));
-        assert!(store.touch(&id, Duration::from_millis(1)).is_none(), "idle: gone");
+        assert!(
+            store.touch(&id, Duration::from_millis(1)).is_none(),
+            "idle: gone"
+        );
         assert!(store.touch(&id, long).is_none(), "and gone for good");
     }
 }
