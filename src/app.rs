@@ -47,7 +47,9 @@ pub async fn start(
     let listen = config.proxy.listen;
     let admin_listen = config.admin.listen;
     let state = State::new(config, resolver.unwrap_or_else(|| Arc::new(SystemResolver)))?;
-    let listener = TcpListener::bind(listen).await?;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| StartError::listen("proxy.listen", listen, e))?;
     let addr = listener.local_addr()?;
     *state.dialer.own_addr.write() = Some(addr);
     let workers = match state.limits.workers {
@@ -70,7 +72,9 @@ pub async fn start(
     );
     let admin_addr = match admin_listen {
         Some(a) => {
-            let bound = crate::admin::start(state.clone(), a, tx.subscribe()).await?;
+            let bound = crate::admin::start(state.clone(), a, tx.subscribe())
+                .await
+                .map_err(|e| StartError::listen("admin.listen", a, e))?;
             state.dialer.other_own_addrs.write().push(bound);
             Some(bound)
         }

@@ -59,7 +59,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Cli::parse();
+    let args = match Cli::try_parse() {
+        Ok(args) => args,
+        Err(e) => return usage(e),
+    };
     // A CLI piped into `head` should end quietly, not panic on EPIPE. Not for
     // `serve`: there a client that hangs up mid-response would kill the proxy
     // (SIGPIPE on the socket write) instead of failing that one write.
@@ -76,6 +79,18 @@ fn main() -> ExitCode {
             eprintln!("keyward: {e}");
             ExitCode::from(e.exit_code() as u8)
         }
+    }
+}
+
+/// `--help` and `--version` exit 0; every other parse failure is a user error,
+/// exit 1 (SPEC §2), not clap's default 2 (which means "internal" here).
+fn usage(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    // Nothing more can be said if the terminal is gone.
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
     }
 }
 

@@ -61,10 +61,13 @@ pub enum Route {
 #[derive(Debug)]
 pub struct Policy {
     providers: Vec<Arc<Provider>>,
+    by_name: HashMap<String, Arc<Provider>>,
     exact: HashMap<String, Arc<Provider>>,
-    suffix: Vec<(String, Arc<Provider>)>,
+    /// `*.example.com` stored as `example.com`; looked up label by label, so a
+    /// route costs the host's label count, not the number of wildcard hosts.
+    suffix: HashMap<String, Arc<Provider>>,
     allow_exact: HashSet<String>,
-    allow_suffix: Vec<String>,
+    allow_suffix: HashSet<String>,
     ports: Vec<u16>,
     pub allow_private: Vec<IpNet>,
     pub resolve: BTreeMap<String, SocketAddr>,
@@ -76,24 +79,27 @@ impl Policy {
             .iter()
             .map(|p| Arc::new(compile(p)))
             .collect();
+        let mut by_name = HashMap::new();
         let mut exact = HashMap::new();
-        let mut suffix = Vec::new();
+        let mut suffix = HashMap::new();
         for p in &providers {
+            by_name.entry(p.name.clone()).or_insert_with(|| p.clone());
             for h in &p.hosts {
+                // The first provider listing a host keeps it, as a linear scan would.
                 match h.strip_prefix("*.") {
-                    Some(s) => suffix.push((format!(".{s}"), p.clone())),
-                    None => {
-                        exact.insert(h.clone(), p.clone());
-                    }
-                }
+                    Some(s) => suffix.entry(s.to_string()).or_insert_with(|| p.clone()),
+                    None => exact.entry(h.clone()).or_insert_with(|| p.clone()),
+                };
             }
         }
         let mut allow_exact = HashSet::new();
-        let mut allow_suffix = Vec::new();
+        let mut allow_suffix = HashSet::new();
         for a in &cfg.egress.allow {
             let a = a.trim_end_matches('.').to_ascii_lowercase();
             match a.strip_prefix("*.") {
-                Some(s) => allow_suffix.push(format!(".{s}")),
+                Some(s) => {
+                    allow_suffix.insert(s.to_string());
+                }
                 None => {
                     allow_exact.insert(a);
                 }
@@ -107,6 +113,7 @@ impl Policy {
             .collect();
         Policy {
             providers,
+            by_name,
             exact,
             suffix,
             allow_exact,
@@ -122,22 +129,19 @@ impl Policy {
     }
 
     pub fn provider_named(&self, name: &str) -> Option<&Arc<Provider>> {
-        self.providers.iter().find(|p| p.name == name)
+        self.by_name.get(name)
     }
 
     /// The provider whose hosts include `host` (canonical), if any.
     pub fn provider_for(&self, host: &str) -> Option<&Arc<Provider>> {
-        self.exact.get(host).or_else(|| {
-            self.suffix
-                .iter()
-                .find(|(s, _)| host.ends_with(s.as_str()))
-                .map(|(_, p)| p)
-        })
+        self.exact
+            .get(host)
+            .or_else(|| parent_domains(host).find_map(|s| self.suffix.get(s)))
     }
 
     fn allowlisted(&self, host: &str) -> bool {
         self.allow_exact.contains(host)
-            || self.allow_suffix.iter().any(|s| host.ends_with(s.as_str()))
+            || parent_domains(host).any(|s| self.allow_suffix.contains(s))
     }
 
     /// The decision for a CONNECT to `host:port` (`host` canonical).
@@ -167,6 +171,16 @@ impl Policy {
         let via_provider = self.provider_for(host).is_some_and(|p| p.secret == name);
         via_provider || extra_hosts.iter().any(|h| host_matches(h, host))
     }
+}
+
+/// The domains `*.d` would have to name to match `host`, most specific first:
+/// `a.b.example.com` → `b.example.com`, `example.com`, `com`. A suffix always has a
+/// non-empty label before it, as a `*.` glob requires.
+fn parent_domains(host: &str) -> impl Iterator<Item = &str> {
+    host.match_indices('.')
+        .filter(|(i, _)| *i > 0)
+        .map(move |(i, _)| &host[i + 1..])
+        .filter(|s| !s.is_empty())
 }
 
 /// `pattern` is an exact host or `*.suffix`; `host` is canonical.
@@ -328,6 +342,36 @@ ports = [443, 8443]
         assert!(host_matches("*.github.com", "api.github.com"));
         assert!(!host_matches("*.github.com", "github.com"));
         assert!(!host_matches("*.github.com", "evilgithub.com"));
+    }
+
+    #[test]
+    fn wildcard_lookup_agrees_with_the_glob_rule() {
+        let mut toml = String::from("[egress]\nallow = [\"*.b.example\", \"x.example\"]\n");
+        for i in 0..1000 {
+            toml.push_str(&format!(
+                "[[providers]]\nname = \"p{i}\"\nhosts = [\"*.w{i}.test\"]\nsecret = \"S{i}\"\ninject = {{ header = \"x-k\", value = \"{{secret}}\" }}\n"
+            ));
+        }
+        toml.push_str("[[providers]]\nname = \"deep\"\nhosts = [\"*.in.w7.test\"]\nsecret = \"D\"\ninject = { header = \"x-k\", value = \"{secret}\" }\n");
+        let p = policy(&toml);
+        let name = |h: &str| p.provider_for(h).map(|p| p.name.clone());
+        assert_eq!(name("api.w999.test").as_deref(), Some("p999"));
+        assert_eq!(name("a.b.w3.test").as_deref(), Some("p3"));
+        assert_eq!(name("w3.test"), None, "a glob needs a label before it");
+        assert_eq!(name("evilw3.test"), None);
+        assert_eq!(
+            name("x.in.w7.test").as_deref(),
+            Some("deep"),
+            "most specific wins"
+        );
+        assert_eq!(
+            p.provider_named("p500").map(|p| p.secret.as_str()),
+            Some("S500")
+        );
+        assert!(p.allowlisted("c.b.example"));
+        assert!(!p.allowlisted("b.example"));
+        assert!(p.allowlisted("x.example"));
+        assert!(!p.allowlisted("y.x.example"));
     }
 
     #[test]

@@ -122,7 +122,7 @@ fn env_refuses_a_wrong_token_and_prints_each_shell_format() {
         assert!(text.contains("NODE_USE_ENV_PROXY"));
         assert!(text.contains("SSL_CERT_FILE"));
     }
-    let bundle = std::fs::read_to_string(dir.path().join("certs/ca-bundle.pem")).unwrap();
+    let bundle = std::fs::read_to_string(dir.path().join("data/ca-bundle.pem")).unwrap();
     let ca = std::fs::read_to_string(dir.path().join("certs/ca.pem")).unwrap();
     assert!(bundle.ends_with(&ca), "bundle = system roots + keyward CA");
 }

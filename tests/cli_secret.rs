@@ -134,11 +134,16 @@ fn secret_lifecycle_through_the_cli_never_shows_the_value() {
             .len(),
         1
     );
-    outputs.push(env.ok(&["secret", "rm", "OPENAI_API_KEY"], None));
-    let err = env.user_error(&["secret", "show", "OPENAI_API_KEY"], None);
+    // In two scopes now: a bare name is ambiguous, `--scope` picks one.
+    outputs.push(env.user_error(&["secret", "rm", "OPENAI_API_KEY"], None));
+    let platform = ["--scope", "platform"];
+    let rm = ["secret", "rm", "OPENAI_API_KEY"];
+    outputs.push(env.ok(&[&rm[..], &platform].concat(), None));
+    let show = ["secret", "show", "OPENAI_API_KEY"];
+    let err = env.user_error(&[&show[..], &platform].concat(), None);
     assert!(err.contains("not found"), "{err}");
     outputs.push(err);
-    outputs.push(env.user_error(&["secret", "rm", "OPENAI_API_KEY"], None));
+    outputs.push(env.user_error(&[&rm[..], &platform].concat(), None));
 
     let events: Vec<(String, String, String, u64)> = env
         .audit()
@@ -462,4 +467,105 @@ fn passphrase_from_the_environment_seals_and_opens() {
     let out = Env::run_cmd(c, None);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong master key"));
+}
+
+/// Without `--scope`, `show`, `rotate` and `rm` act on the one scope holding the
+/// name, whichever it is (not only `platform`).
+#[test]
+fn show_rotate_rm_without_scope_find_the_one_scope_holding_the_name() {
+    let env = Env::new();
+    env.ok(
+        &["secret", "set", "ACME_KEY", "--scope", "owner:acme"],
+        Some(b"sk-acme-0123456789abcdef"),
+    );
+    let show = env.ok(&["secret", "show", "ACME_KEY"], None);
+    assert!(show.contains("owner:acme"), "{show}");
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["secret", "show", "ACME_KEY", "--json"], None)).unwrap();
+    assert_eq!(json["scope"], "owner:acme");
+    let out = env.ok(
+        &["secret", "rotate", "ACME_KEY"],
+        Some(b"sk-acme-rotated-0123456789"),
+    );
+    assert!(out.starts_with("rotated owner:acme/ACME_KEY v2"), "{out}");
+    let out = env.ok(&["secret", "rm", "ACME_KEY"], None);
+    assert!(out.starts_with("removed owner:acme/ACME_KEY"), "{out}");
+    let scopes: Vec<_> = env
+        .audit()
+        .iter()
+        .map(|e| (e["event"].clone(), e["scope"].clone()))
+        .collect();
+    assert_eq!(
+        scopes,
+        [
+            ("secret_set".into(), "owner:acme".into()),
+            ("secret_rotate".into(), "owner:acme".into()),
+            ("secret_rm".into(), "owner:acme".into()),
+        ]
+    );
+}
+
+/// A name in two scopes: each of the three exits 1 listing the scopes and
+/// asking for `--scope`, and changes nothing (no audit line, versions kept).
+#[test]
+fn show_rotate_rm_without_scope_refuse_a_name_in_several_scopes() {
+    let env = Env::new();
+    for scope in ["platform", "builder:botco"] {
+        env.ok(
+            &["secret", "set", "SHARED_KEY", "--scope", scope],
+            Some(b"sk-shared-0123456789abcdef"),
+        );
+    }
+    for (args, stdin) in [
+        (&["secret", "show", "SHARED_KEY"][..], None),
+        (
+            &["secret", "rotate", "SHARED_KEY"][..],
+            Some(&b"sk-new-0123456789"[..]),
+        ),
+        (&["secret", "rm", "SHARED_KEY"][..], None),
+    ] {
+        let err = env.user_error(args, stdin);
+        assert!(
+            err.contains("SHARED_KEY")
+                && err.contains("builder:botco, platform")
+                && err.contains("--scope"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(env.audit().len(), 2);
+    let list: Vec<serde_json::Value> =
+        serde_json::from_str(&env.ok(&["secret", "list", "--json"], None)).unwrap();
+    assert_eq!(list.len(), 2);
+    assert!(list.iter().all(|m| m["version"] == 1), "{list:?}");
+    // `--scope` still picks one.
+    let show = env.ok(
+        &["secret", "show", "SHARED_KEY", "--scope", "builder:botco"],
+        None,
+    );
+    assert!(show.contains("builder:botco"), "{show}");
+}
+
+/// A name in no scope: exit 1 naming it, for each of the three.
+#[test]
+fn show_rotate_rm_without_scope_name_a_missing_secret() {
+    let env = Env::new();
+    env.ok(
+        &["secret", "set", "OTHER"],
+        Some(b"sk-other-0123456789abcdef"),
+    );
+    for (args, stdin) in [
+        (&["secret", "show", "NOPE_KEY"][..], None),
+        (
+            &["secret", "rotate", "NOPE_KEY"][..],
+            Some(&b"sk-new-0123456789"[..]),
+        ),
+        (&["secret", "rm", "NOPE_KEY"][..], None),
+    ] {
+        let err = env.user_error(args, stdin);
+        assert!(
+            err.contains("NOPE_KEY") && err.contains("not found in any scope"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(env.audit().len(), 1);
 }

@@ -44,7 +44,8 @@ pub fn run(path: Option<&Path>) -> Result<u8, CliError> {
 
     let has_key = std::env::var_os("KEYWARD_MASTER_KEY").is_some()
         || std::env::var_os("KEYWARD_MASTER_PASSPHRASE").is_some()
-        || cfg.vault.master_key_file.exists();
+        // An unreadable key file is there: opening the vault says why it fails.
+        || cfg.vault.master_key_file.try_exists().unwrap_or(true);
     if cfg.vault.path.exists() && has_key {
         match Vault::open(&cfg.vault) {
             Ok(v) => {

@@ -1,13 +1,17 @@
-//! `keyward env`: the environment a sandbox needs, as shell `export` lines.
+//! `keyward env`: the environment a sandbox needs. `environment` writes the CA
+//! bundle (and a wgetrc beside it) where a sandbox user can read them and returns
+//! the (name, value) pairs; `run` prints them for a shell. Other commands that
+//! start a client themselves (`keyward run`) call `environment` directly.
 
 use super::CliError;
-use crate::config::Config;
+use crate::config::{Config, SignConfig};
 use crate::policy::Policy;
 use crate::resolve::Directory;
 use crate::tls::ca::CertAuthority;
 use crate::vault::{Store, Vault};
 use clap::ValueEnum;
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 
 /// The dummy value SDK key variables get; keyward replaces it on the wire.
 pub const DUMMY_KEY: &str = "keyward-placeholder";
@@ -17,6 +21,34 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/pki/tls/certs/ca-bundle.crt",
     "/etc/ssl/cert.pem",
 ];
+/// The bundle's file name when `--bundle` is not given (beside the vault).
+pub const BUNDLE_FILE: &str = "ca-bundle.pem";
+/// The bundle and the wgetrc hold no secret: a sandbox user must read them.
+const PUBLIC_MODE: u32 = 0o644;
+/// Hosts no client should send through the proxy.
+const NO_PROXY: &str = "localhost,127.0.0.1,::1";
+/// Names every client family reads the proxy URL from: curl/Python/Go (upper),
+/// wget/git/older tools (lower only), Node's global-agent.
+const PROXY_VARS: &[&str] = &[
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "GLOBAL_AGENT_HTTPS_PROXY",
+    "GLOBAL_AGENT_HTTP_PROXY",
+];
+const NO_PROXY_VARS: &[&str] = &["NO_PROXY", "no_proxy", "GLOBAL_AGENT_NO_PROXY"];
+/// Names clients read a CA bundle path from.
+const BUNDLE_VARS: &[&str] = &[
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+    "CURL_CA_BUNDLE",
+    "NODE_EXTRA_CA_CERTS",
+    "GIT_SSL_CAINFO",
+    "AWS_CA_BUNDLE",
+];
+/// The dummy credentials AWS SDKs and the CLI read; keyward re-signs with the real key.
+const AWS_KEY_VARS: &[&str] = &["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"];
 
 #[derive(Clone, Copy, ValueEnum)]
 pub enum Shell {
@@ -36,16 +68,32 @@ pub struct EnvArgs {
     pub proxy: Option<String>,
     #[arg(long, value_enum, default_value = "sh")]
     pub shell: Shell,
-    /// Where to write the CA bundle (default: beside the CA certificate).
+    /// Where to write the CA bundle, readable by all (default: ca-bundle.pem beside
+    /// the vault). A wgetrc naming it is written beside it.
     #[arg(long)]
     pub bundle: Option<PathBuf>,
 }
 
 pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
+    for (k, v) in environment(&args, cfg)? {
+        match args.shell {
+            Shell::Sh => println!("export {k}={}", sh_quote(&v)),
+            Shell::Fish => println!("set -gx {k} {}", sh_quote(&v)),
+            Shell::Dotenv => println!("{k}={v}"),
+        }
+    }
+    Ok(0)
+}
+
+/// Authenticates the agent, writes the CA bundle and its wgetrc (0644), and
+/// returns the variables a sandboxed client needs, in a stable order.
+pub fn environment(args: &EnvArgs, cfg: &Config) -> Result<Vec<(String, String)>, CliError> {
     let user = |e: &dyn std::fmt::Display| CliError::User(e.to_string());
     let vault = Vault::open(&cfg.vault).map_err(|e| user(&e))?;
     let snapshot = vault.snapshot();
     let directory = Directory::build(cfg, snapshot.agents(), Some(vault.session_key()));
+    // SECURITY: only a token that authenticates the agent gets an environment
+    // (and its proxy URL); a wrong one changes nothing on disk.
     let principal = directory
         .authenticate(&args.agent, &args.token, crate::clock::unix_now())
         .ok_or_else(|| {
@@ -55,14 +103,24 @@ pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
             ))
         })?;
 
+    // Every argument is checked before anything is written.
+    let proxy_base = args.proxy.clone().unwrap_or_else(|| {
+        let mut listen = cfg.proxy.listen;
+        if listen.ip().is_unspecified() {
+            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        format!("http://{listen}")
+    });
+    let proxy_url = with_userinfo(&proxy_base, &args.agent, &args.token)?;
+
     let ca = CertAuthority::load_or_create(&cfg.tls.ca_cert, &cfg.tls.ca_key, 1)
         .map_err(|e| user(&e))?;
     let bundle_path = args.bundle.clone().unwrap_or_else(|| {
-        cfg.tls
-            .ca_cert
+        cfg.vault
+            .path
             .parent()
-            .map(|d| d.join("ca-bundle.pem"))
-            .unwrap_or_else(|| PathBuf::from("ca-bundle.pem"))
+            .map(|d| d.join(BUNDLE_FILE))
+            .unwrap_or_else(|| PathBuf::from(BUNDLE_FILE))
     });
     let mut bundle = String::new();
     if let Some(system) = SYSTEM_BUNDLES
@@ -75,62 +133,79 @@ pub fn run(args: EnvArgs, cfg: &Config) -> Result<u8, CliError> {
         }
     }
     bundle.push_str(ca.ca_pem());
-    std::fs::write(&bundle_path, bundle)
-        .map_err(|e| user(&format!("{}: {e}", bundle_path.display())))?;
+    write_public(&bundle_path, bundle.as_bytes())?;
     let bundle_abs = std::fs::canonicalize(&bundle_path).unwrap_or(bundle_path);
-
-    let proxy_base = args.proxy.clone().unwrap_or_else(|| {
-        let mut listen = cfg.proxy.listen;
-        if listen.ip().is_unspecified() {
-            listen.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-        }
-        format!("http://{listen}")
-    });
-    let proxy_url = with_userinfo(&proxy_base, &args.agent, &args.token)?;
+    let bundle_str = bundle_abs.display().to_string();
+    let wgetrc = wgetrc_path(&bundle_abs);
+    write_public(
+        &wgetrc,
+        format!("ca_certificate = {bundle_str}\n").as_bytes(),
+    )?;
 
     let mut vars: Vec<(String, String)> = Vec::new();
-    for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
-        vars.push((name.into(), proxy_url.clone()));
+    for name in PROXY_VARS {
+        vars.push((name.to_string(), proxy_url.clone()));
     }
-    for name in ["NO_PROXY", "no_proxy"] {
-        vars.push((name.into(), "localhost,127.0.0.1,::1".into()));
+    for name in NO_PROXY_VARS {
+        vars.push((name.to_string(), NO_PROXY.into()));
     }
-    let bundle_str = bundle_abs.display().to_string();
-    for name in [
-        "SSL_CERT_FILE",
-        "REQUESTS_CA_BUNDLE",
-        "CURL_CA_BUNDLE",
-        "NODE_EXTRA_CA_CERTS",
-        "GIT_SSL_CAINFO",
-    ] {
-        vars.push((name.into(), bundle_str.clone()));
+    for name in BUNDLE_VARS {
+        vars.push((name.to_string(), bundle_str.clone()));
     }
+    vars.push(("WGETRC".into(), wgetrc.display().to_string()));
     vars.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
+    // git probes each command without proxy credentials first unless told the
+    // method: one 407 and one auth_fail audit line per command otherwise.
+    vars.push(("GIT_HTTP_PROXY_AUTHMETHOD".into(), "basic".into()));
     let policy = Policy::from_config(cfg);
     for p in policy.providers() {
-        if principal.in_scope(&p.secret) {
-            // A provider without `env` (one from the config file, usually) gets
-            // its secret's name, the variable its SDK most likely reads.
-            let names = if p.env.is_empty() && is_env_name(&p.secret) {
-                std::slice::from_ref(&p.secret)
-            } else {
-                &p.env[..]
-            };
-            for var in names {
-                if !vars.iter().any(|(k, _)| k == var) {
-                    vars.push((var.clone(), DUMMY_KEY.into()));
-                }
+        if !principal.in_scope(&p.secret) {
+            continue;
+        }
+        let sigv4 = matches!(p.sign, Some(SignConfig::AwsSigv4 { .. }));
+        // A SigV4 provider's secret (an access key pair) is read by SDKs as
+        // two variables; any other provider without `env` (one from the config
+        // file, usually) gets its secret's name, the variable its SDK most
+        // likely reads.
+        let fallback: &[&str] = if sigv4 { AWS_KEY_VARS } else { &[] };
+        let own = if p.env.is_empty() && !sigv4 && is_env_name(&p.secret) {
+            std::slice::from_ref(&p.secret)
+        } else {
+            &p.env[..]
+        };
+        let names = fallback
+            .iter()
+            .copied()
+            .chain(own.iter().map(String::as_str));
+        for var in names {
+            if !vars.iter().any(|(k, _)| k == var) {
+                vars.push((var.to_string(), DUMMY_KEY.into()));
             }
         }
     }
-    for (k, v) in vars {
-        match args.shell {
-            Shell::Sh => println!("export {k}={}", sh_quote(&v)),
-            Shell::Fish => println!("set -gx {k} {}", sh_quote(&v)),
-            Shell::Dotenv => println!("{k}={v}"),
-        }
-    }
-    Ok(0)
+    Ok(vars)
+}
+
+/// `data/ca-bundle.pem` → `data/ca-bundle.wgetrc`.
+fn wgetrc_path(bundle: &Path) -> PathBuf {
+    let stem = bundle
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "ca-bundle".into());
+    bundle.with_file_name(format!("{stem}.wgetrc"))
+}
+
+/// Writes a file every user may read (whatever the umask), naming the path and
+/// the option to change on failure.
+fn write_public(path: &Path, bytes: &[u8]) -> Result<(), CliError> {
+    let fail = |e: std::io::Error| {
+        CliError::User(format!(
+            "cannot write {}: {e} (choose another place with --bundle PATH)",
+            path.display()
+        ))
+    };
+    std::fs::write(path, bytes).map_err(fail)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(PUBLIC_MODE)).map_err(fail)
 }
 
 /// Percent-encoded in the proxy URL's userinfo: everything but RFC 3986's
@@ -178,5 +253,17 @@ mod tests {
         assert_eq!(url, "http://dev-1:kwa_a.b~c@127.0.0.1:3128");
         let url = with_userinfo("http://k:3128", "a:b", "t@/ %").unwrap();
         assert_eq!(url, "http://a%3Ab:t%40%2F%20%25@k:3128");
+    }
+
+    #[test]
+    fn the_wgetrc_is_named_after_the_bundle_beside_it() {
+        assert_eq!(
+            wgetrc_path(Path::new("/srv/kw/data/ca-bundle.pem")),
+            Path::new("/srv/kw/data/ca-bundle.wgetrc")
+        );
+        assert_eq!(
+            wgetrc_path(Path::new("/x/roots")),
+            Path::new("/x/roots.wgetrc")
+        );
     }
 }

@@ -54,22 +54,25 @@ pub enum SecretCmd {
     /// Show one secret's metadata and hint (never the value).
     Show {
         name: String,
-        #[arg(long, default_value = "platform")]
-        scope: String,
+        /// The scope holding NAME; without it, the one scope that does.
+        #[arg(long)]
+        scope: Option<String>,
         #[arg(long)]
         json: bool,
     },
     /// Replace a secret's value (read from stdin); its version goes up by one.
     Rotate {
         name: String,
-        #[arg(long, default_value = "platform")]
-        scope: String,
+        /// The scope holding NAME; without it, the one scope that does.
+        #[arg(long)]
+        scope: Option<String>,
     },
     /// Delete a secret.
     Rm {
         name: String,
-        #[arg(long, default_value = "platform")]
-        scope: String,
+        /// The scope holding NAME; without it, the one scope that does.
+        #[arg(long)]
+        scope: Option<String>,
     },
     /// Copy a secret into another scope.
     Clone {
@@ -173,6 +176,7 @@ pub fn run_with(
             )?;
         }
         SecretCmd::Rotate { name, scope } => {
+            let scope = scope_of(&vault, scope, &name)?;
             let value = read_value(input)?;
             let audit = open_audit(cfg)?;
             let (meta, undo) = apply(&vault, Change::RotateSecret { scope, name, value })?;
@@ -186,6 +190,7 @@ pub fn run_with(
             )?;
         }
         SecretCmd::Rm { name, scope } => {
+            let scope = scope_of(&vault, scope, &name)?;
             let audit = open_audit(cfg)?;
             let (meta, undo) = apply(&vault, Change::RemoveSecret { scope, name })?;
             audit_or_undo(&vault, &audit, EventKind::SecretRm, &meta, None, undo)?;
@@ -269,6 +274,7 @@ pub fn run_with(
             }
         }
         SecretCmd::Show { name, scope, json } => {
+            let scope = scope_of(&vault, scope, &name)?;
             let meta = vault.snapshot().meta(&scope, &name).ok_or_else(|| {
                 vault_err(VaultError::NotFound {
                     scope: scope.clone(),
@@ -476,6 +482,30 @@ pub fn read_value(input: &mut dyn Read) -> Result<Secret, CliError> {
         ));
     }
     Ok(Secret::new(std::mem::take(&mut *buf)))
+}
+
+/// The scope a `show`/`rotate`/`rm` acts on: `--scope` if given, else the one
+/// scope that holds `name`; none or several is a user error naming them.
+fn scope_of(vault: &Vault, scope: Option<String>, name: &str) -> Result<String, CliError> {
+    if let Some(scope) = scope {
+        return Ok(scope);
+    }
+    let mut scopes: Vec<String> = vault
+        .list(None)
+        .into_iter()
+        .filter(|m| m.name == name)
+        .map(|m| m.scope)
+        .collect();
+    match scopes.len() {
+        0 => Err(CliError::User(format!(
+            "secret {name} not found in any scope (`keyward secret list` shows what is stored)"
+        ))),
+        1 => Ok(scopes.remove(0)),
+        n => Err(CliError::User(format!(
+            "secret {name} is in {n} scopes ({}): name one with --scope",
+            scopes.join(", ")
+        ))),
+    }
 }
 
 fn parse_period(s: &str) -> Result<std::time::Duration, CliError> {

@@ -55,12 +55,23 @@ impl Config {
 
     /// Parses and validates TOML text; `file` names it in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| {
+        let de = toml::Deserializer::new(text);
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            // The key the bad value sits under (`proxy.listen`), as the
+            // validation messages below name theirs.
+            let key = e.path().to_string();
+            let e = e.into_inner();
             let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+            let message = readable(e.message().trim_end());
+            let message = if key == "." || key.contains('?') {
+                message.to_string()
+            } else {
+                format!("{key}: {message}")
+            };
             ConfigError::Invalid {
                 file: file.to_string(),
                 line,
-                message: e.message().to_string(),
+                message,
             }
         })?;
         cfg.validate(text, file)?;
@@ -225,10 +236,21 @@ impl Config {
                 }
             };
             if template == "missing" || (!template.is_empty() && !template.contains("{secret}")) {
+                // On the template's own line (a `{secrt}` typo), when it has one.
+                let (needle, shown) = match inject {
+                    InjectConfig::Header { value, .. } => (value.as_str(), format!(" {value:?}")),
+                    InjectConfig::PathPrefix { path_prefix } => {
+                        (path_prefix.as_str(), format!(" {path_prefix:?}"))
+                    }
+                    InjectConfig::Basic { basic } if !basic.user.is_empty() => {
+                        (basic.user.as_str(), String::new())
+                    }
+                    _ => (p.name.as_str(), String::new()),
+                };
                 return Err(fail(
-                    &p.name,
+                    needle,
                     format!(
-                        "providers.{}.inject: the template must contain {{secret}}",
+                        "providers.{}.inject: the template{shown} must contain {{secret}}",
                         p.name
                     ),
                 ));
@@ -352,6 +374,23 @@ impl Config {
     }
 }
 
+/// serde's message for a table that fits no form of an untagged enum names a
+/// Rust type; say instead which forms the key takes (SPEC §3).
+fn readable(message: &str) -> &str {
+    match message {
+        "data did not match any variant of untagged enum InjectConfig" => {
+            "not an inject form: use { header = \"…\", value = \"…{secret}…\" }, \
+             { basic = { user = \"{secret}\" } }, { query = \"key\" } or \
+             { path_prefix = \"/bot{secret}\" }"
+        }
+        "data did not match any variant of untagged enum SignConfig" => {
+            "not a sign form: use { hmac = \"sha256\", header = \"…\" } or \
+             { aws_sigv4 = { service = \"…\", region = \"…\" } }"
+        }
+        other => other,
+    }
+}
+
 /// Agent ids appear in URLs (`http://ID:TOKEN@…`) and audit lines: keep them plain.
 pub fn valid_agent_id(id: &str) -> bool {
     !id.is_empty()
@@ -441,6 +480,78 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.starts_with("k.toml:3:"), "{msg}");
         assert!(msg.contains("bogus"), "{msg}");
+    }
+
+    #[test]
+    fn type_error_names_the_key_path() {
+        let err = Config::parse("[proxy]\n\nlisten = 3128\n", "k.toml").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with("k.toml:3: proxy.listen: "), "{msg}");
+        let err = Config::parse("[egress]\nports = [443, \"x\"]\n", "k.toml").unwrap_err();
+        assert!(
+            err.to_string().starts_with("k.toml:2: egress.ports[1]: "),
+            "{err}"
+        );
+        let err = Config::parse("[proxy]\nbogus = 1\n", "k.toml").unwrap_err();
+        assert!(err.to_string().starts_with("k.toml:2: "), "{err}");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn template_typo_is_reported_on_the_template_line() {
+        let text = "[[providers]]\nname = \"x\"\nhosts = [\"x.example\"]\nsecret = \"X\"\n\
+                    inject = { header = \"authorization\", value = \"Bearer {secrt}\" }\n";
+        let err = Config::parse(text, "k.toml").unwrap_err().to_string();
+        assert!(err.starts_with("k.toml:5: providers.x.inject: "), "{err}");
+        assert!(
+            err.contains("\"Bearer {secrt}\" must contain {secret}"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn allow_private_takes_a_bare_address_as_its_own_network() {
+        let c = Config::parse(
+            "[egress]\nallow_private = [\"127.0.0.1\", \"::1\", \"10.0.0.0/8\"]\n",
+            "k.toml",
+        )
+        .unwrap();
+        let nets: Vec<String> = c
+            .egress
+            .allow_private
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.1/32", "::1/128", "10.0.0.0/8"]);
+        let err = Config::parse("[egress]\nallow_private = [\"localhost\"]\n", "k.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("k.toml:2: egress.allow_private: \"localhost\" is not"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_misspelt_inject_or_sign_table_lists_the_forms() {
+        let head = "[[providers]]\nname = \"x\"\nhosts = [\"x.example\"]\nsecret = \"X\"\n";
+        let err = Config::parse(
+            &format!("{head}inject = {{ heder = \"x\", value = \"{{secret}}\" }}\n"),
+            "k.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with("k.toml:5: providers[0].inject: not an inject form: use { header"),
+            "{err}"
+        );
+        let err = Config::parse(&format!("{head}sign = {{ hmak = \"sha256\" }}\n"), "k.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("k.toml:5: providers[0].sign: not a sign form"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -169,6 +169,8 @@ impl Default for AuditConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EgressConfig {
     pub allow: Vec<String>,
+    /// CIDR networks; a bare address means itself (/32, or /128 for IPv6).
+    #[serde(deserialize_with = "private_nets")]
     pub allow_private: Vec<ipnet::IpNet>,
     pub ports: Vec<u16>,
     pub resolve: BTreeMap<String, SocketAddr>,
@@ -376,3 +378,29 @@ pub const ADMIN_PERMISSIONS: &[&str] = &[
 
 /// Tier names accepted in an agent's `use` pins.
 pub const TIERS: &[&str] = &["agent", "chain", "owner", "builder", "platform"];
+
+/// `egress.allow_private`: each entry a CIDR network or a bare address (its /32
+/// or /128), so `["127.0.0.1"]` means what it says.
+fn private_nets<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|text| {
+            parse_net(text).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not an address or a CIDR network \
+                     (write e.g. \"10.0.0.0/8\" or \"127.0.0.1\")"
+                ))
+            })
+        })
+        .collect()
+}
+
+/// A CIDR network, or a bare IPv4/IPv6 address as the network of just itself.
+pub fn parse_net(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>().ok().or_else(|| {
+        text.parse::<std::net::IpAddr>()
+            .ok()
+            .map(ipnet::IpNet::from)
+    })
+}

@@ -41,7 +41,11 @@ pub async fn handle(
     };
     Ok(match result {
         Ok(resp) => resp,
-        Err(deny) => refuse(&state, &deny, ev),
+        Err(deny) => {
+            let mut resp = refuse(&state, &deny, ev);
+            deny.add_proxy_status(&mut resp);
+            resp
+        }
     })
 }
 
@@ -65,10 +69,14 @@ fn proxy_credentials(req: &Request<Incoming>) -> Option<(String, String)> {
 }
 
 fn authenticate(state: &State, req: &Request<Incoming>, ev: &mut Event) -> Result<Principal, Deny> {
+    // One message for a missing and a wrong token alike: which one it was (or
+    // whether the id exists) is not the caller's to learn.
     let denied = || {
         Deny::new(
             Code::ProxyAuthRequired,
-            "send Proxy-Authorization: Basic base64(agent_id:token)",
+            "send Proxy-Authorization: Basic base64(agent_id:token) \
+             (HTTPS_PROXY=http://AGENT_ID:TOKEN@host:port, from `keyward env`); \
+             the agent id or its token was missing or wrong",
         )
     };
     let (id, token) = proxy_credentials(req).ok_or_else(denied)?;

@@ -147,6 +147,44 @@ impl Code {
         )
     }
 
+    /// The RFC 9209 error type of a refusal, for `Proxy-Status` (SPEC §5.4).
+    pub fn proxy_status_type(self) -> &'static str {
+        match self {
+            Code::PrivateAddress => "destination_ip_prohibited",
+            Code::SelfLoop => "proxy_loop_detected",
+            Code::BadRequest | Code::PayloadTooLarge => "http_request_error",
+            Code::RateLimited | Code::TooManyConnections => "connection_limit_reached",
+            Code::AuditUnavailable
+            | Code::VaultUnavailable
+            | Code::RedactionUnavailable
+            | Code::OauthRefreshFailed
+            | Code::Internal => "proxy_internal_error",
+            Code::UpstreamTls => "tls_protocol_error",
+            Code::UpstreamUnreachable => "destination_unavailable",
+            Code::UpstreamTimeout => "connection_timeout",
+            Code::UpstreamProtocol => "http_protocol_error",
+            Code::UpstreamEncodingUnsupported => "http_response_content_coding",
+            Code::Unauthorized
+            | Code::Forbidden
+            | Code::NotFound
+            | Code::MethodNotAllowed
+            | Code::Conflict
+            | Code::AuditNotQueryable
+            | Code::CsrfInvalid => "proxy_internal_response",
+            Code::ProxyAuthRequired
+            | Code::AgentRevoked
+            | Code::HostNotAllowed
+            | Code::PortNotAllowed
+            | Code::SecretNotInScope
+            | Code::SecretNotFound
+            | Code::SecretHostNotBound
+            | Code::PlaceholderNotAllowed
+            | Code::RequestNotAllowed
+            | Code::HostMismatch
+            | Code::CleartextRefused => "http_request_denied",
+        }
+    }
+
     pub fn status(self) -> StatusCode {
         match self {
             Code::ProxyAuthRequired => StatusCode::PROXY_AUTHENTICATION_REQUIRED,
@@ -248,6 +286,29 @@ impl Deny {
     }
 }
 
+/// The `Proxy-Status` header name (RFC 9209).
+pub const PROXY_STATUS: &str = "proxy-status";
+
+impl Deny {
+    /// `Proxy-Status: keyward; error=<RFC 9209 type>; details="<code>"`: what a
+    /// client that shows only a CONNECT's status line (git, Go, curl) can still
+    /// report (SPEC §5.4).
+    pub fn proxy_status(&self) -> HeaderValue {
+        HeaderValue::from_str(&format!(
+            "keyward; error={}; details=\"{}\"",
+            self.code.proxy_status_type(),
+            self.code.as_str()
+        ))
+        .unwrap_or_else(|_| HeaderValue::from_static("keyward; error=proxy_internal_error"))
+    }
+
+    /// [`Deny::response`] for a refusal of the proxy request itself (a CONNECT,
+    /// or a request in absolute form): with its `Proxy-Status`.
+    pub fn add_proxy_status(&self, resp: &mut Response<Body>) {
+        resp.headers_mut().insert(PROXY_STATUS, self.proxy_status());
+    }
+}
+
 impl From<policy::Refusal> for Deny {
     fn from(r: policy::Refusal) -> Deny {
         let code = match r {
@@ -318,6 +379,24 @@ mod tests {
         assert_eq!(d.code, Code::PayloadTooLarge);
         assert_eq!(d.message, "request body is larger than 1000 bytes");
         assert_eq!(d.response(None, None).status(), 413);
+    }
+
+    #[test]
+    fn proxy_status_names_the_rfc9209_type_and_the_code() {
+        let d = Deny::new(Code::HostNotAllowed, "x");
+        assert_eq!(
+            d.proxy_status(),
+            "keyward; error=http_request_denied; details=\"host_not_allowed\""
+        );
+        for c in Code::ALL {
+            let v = Deny::new(c, "x").proxy_status();
+            let want = format!(
+                "error={}; details=\"{}\"",
+                c.proxy_status_type(),
+                c.as_str()
+            );
+            assert!(v.to_str().unwrap().ends_with(&want), "{v:?}");
+        }
     }
 
     #[test]

@@ -111,7 +111,9 @@ fn busy_deny() -> Deny {
 }
 
 async fn busy_response() -> Vec<u8> {
-    let resp = busy_deny().response(None, None);
+    let deny = busy_deny();
+    let mut resp = deny.response(None, None);
+    deny.add_proxy_status(&mut resp);
     let (parts, body) = resp.into_parts();
     let body = match body.collect().await {
         Ok(b) => b.to_bytes(),

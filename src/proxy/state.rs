@@ -29,6 +29,37 @@ pub enum StartError {
     Audit(#[from] AuditError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    /// A listener could not bind: `key` is the config key that names `addr`.
+    #[error("{}", listen_message(key, addr, source))]
+    Listen {
+        key: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+impl StartError {
+    pub fn listen(key: &'static str, addr: std::net::SocketAddr, source: std::io::Error) -> Self {
+        StartError::Listen { key, addr, source }
+    }
+}
+
+/// What a failed bind means for the one who set `key = addr`, and what to change.
+fn listen_message(key: &str, addr: &std::net::SocketAddr, e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::AddrInUse => format!(
+            "{key} {addr} is in use — is another keyward running? (stop it, or set {key} to a free port)"
+        ),
+        ErrorKind::PermissionDenied => format!(
+            "{key} {addr}: permission denied (ports below 1024 need privileges); set {key} to a port above 1023"
+        ),
+        ErrorKind::AddrNotAvailable => format!(
+            "{key} {addr}: not an address of this machine; set {key} to one (e.g. 127.0.0.1:{})",
+            addr.port()
+        ),
+        _ => format!("{key} {addr}: cannot listen: {e}"),
+    }
 }
 
 pub struct State {

@@ -18,10 +18,12 @@ use std::sync::Arc;
 
 /// Whether a response can be redacted at all, decided before any of it is sent:
 /// `Ok` with the decoder its `content-encoding` needs, or why the caller must
-/// refuse (and audit) instead of answering with it.
+/// refuse (and audit) instead of answering with it. A bodiless answer
+/// (`bodiless`: see [`read_answer`]) has only headers to redact: no decoder.
 fn check_redactable(
     resp: &Response<Body>,
     patterns: &Patterns,
+    bodiless: bool,
 ) -> Result<Option<Decoder>, RedactError> {
     match patterns.matcher {
         // Hot path: nothing in scope, nothing to decode.
@@ -30,7 +32,7 @@ fn check_redactable(
         Matcher::Broken => return Err(RedactError::Unavailable),
         Matcher::Ready(_) => {}
     }
-    if !has_body(resp.status()) {
+    if bodiless {
         return Ok(None);
     }
     // SECURITY: bytes we cannot decode cannot be inspected; never pass them on.
@@ -58,6 +60,10 @@ pub enum Answer {
 pub struct Streamed {
     resp: Response<Body>,
     decoder: Option<Decoder>,
+    /// No body follows the head (HEAD request, 1xx/204/304): its framing
+    /// headers (`content-length`, `content-encoding`) describe the
+    /// representation and are passed on untouched.
+    bodiless: bool,
 }
 
 /// Reads a small body of declared length (no content-encoding, at most
@@ -77,16 +83,20 @@ pub async fn read_answer(
     head: bool,
     deadline: std::time::Duration,
 ) -> Result<Answer, RedactError> {
-    let decoder = check_redactable(&resp, patterns)?;
-    let small = !head
+    let bodiless = head || !has_body(resp.status());
+    let decoder = check_redactable(&resp, patterns, bodiless)?;
+    let small = !bodiless
         && matches!(patterns.matcher, Matcher::Ready(_))
-        && has_body(resp.status())
         && resp.headers().get(CONTENT_ENCODING).is_none()
         && declared_length(resp.headers()).is_some_and(|n| n <= WHOLE_BODY_MAX);
     if !small {
         // A streamed body is bounded per silence, not as a whole (SSE may run long).
         let resp = resp.map(|b| StallLimit::new(b, deadline).boxed());
-        return Ok(Answer::Streaming(Streamed { resp, decoder }));
+        return Ok(Answer::Streaming(Streamed {
+            resp,
+            decoder,
+            bodiless,
+        }));
     }
     let (parts, body) = resp.into_parts();
     let collected = match tokio::time::timeout(deadline, body.collect()).await {
@@ -111,9 +121,11 @@ pub fn redact_upstream(
     on_redact: Option<OnRedact>,
 ) -> Response<Body> {
     let (mut parts, data, mut trailers) = match answer {
-        Answer::Streaming(Streamed { resp, decoder }) => {
-            return stream::wrap(resp, decoder, patterns, on_redact)
-        }
+        Answer::Streaming(Streamed {
+            resp,
+            decoder,
+            bodiless,
+        }) => return stream::wrap(resp, decoder, bodiless, patterns, on_redact),
         Answer::Whole {
             parts,
             data,

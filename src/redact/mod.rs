@@ -21,7 +21,9 @@
 //!   seen that is still a prefix of some pattern (at most the longest pattern − 1
 //!   bytes); everything before it is emitted at once, so SSE and chunked responses
 //!   stay unbuffered. Held bytes are flushed at the end of the body. Trailers are
-//!   redacted like headers.
+//!   redacted like headers. A bodiless answer (the request was HEAD, or status
+//!   1xx/204/304) has only its headers redacted: its framing (`content-length`,
+//!   `content-encoding`) describes the representation and is passed on as is.
 //! * **Compression.** A `content-encoding` of `gzip`, `deflate` or `br` is decoded
 //!   as it streams, redacted, and forwarded **decoded**, with `content-encoding` and
 //!   `content-length` removed. Re-compressing would cost CPU on the hot path and add

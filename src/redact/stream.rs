@@ -110,10 +110,13 @@ impl Redactor {
 
 /// Redacts the head now and the body (and trailers) as it streams, decoding with
 /// `decoder` first. The caller has checked the response can be redacted
-/// (`answer::check_redactable`).
+/// (`answer::check_redactable`). A `bodiless` answer (HEAD request, 1xx/204/304)
+/// has its headers redacted and its framing kept: its `content-length` is the
+/// representation's (a HEAD client such as boto3 reads it), not a body's.
 pub(super) fn wrap(
     resp: Response<Body>,
     decoder: Option<Decoder>,
+    bodiless: bool,
     patterns: Arc<Patterns>,
     on_redact: Option<OnRedact>,
 ) -> Response<Body> {
@@ -127,8 +130,11 @@ pub(super) fn wrap(
         notify.fire();
     }
     // Headers were all there was to redact.
-    if !has_body(parts.status) {
-        return Response::from_parts(parts, body);
+    if bodiless || !has_body(parts.status) {
+        // SECURITY: a bodiless answer is not scanned, so no byte of one passes
+        // (hyper yields none; this keeps it so whatever the upstream sent).
+        drop(body);
+        return Response::from_parts(parts, crate::body::empty());
     }
     if decoder.is_some() {
         parts.headers.remove(CONTENT_ENCODING);

@@ -47,6 +47,24 @@ impl MasterSource {
     }
 }
 
+/// Why the master key file at `path` could not be opened: a permission problem
+/// says so and names who keyward runs as and what to change; other errors as is.
+fn unreadable(path: &Path, e: io::Error) -> VaultError {
+    if e.kind() != io::ErrorKind::PermissionDenied {
+        return ioerr(path, "cannot read the master key file", e);
+    }
+    // SAFETY: geteuid only reads the process's credentials.
+    let euid = unsafe { libc::geteuid() };
+    ferr(
+        path,
+        format!(
+            "permission denied: keyward (uid {euid}) cannot read the master key file; make it \
+             and its directories readable by that user (chown, chmod 600 the file) or set \
+             ${ENV_MASTER_KEY} / ${ENV_MASTER_PASSPHRASE}"
+        ),
+    )
+}
+
 /// Argon2id parameters and salt, stored in the vault header when the master key is
 /// derived from a passphrase.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,9 +171,15 @@ impl MasterKey {
             let pass = Zeroizing::new(v.into_vec());
             return MasterKey::from_passphrase(&pass, MasterSource::EnvPassphrase);
         }
+        // A file this user may not even look at is a permission problem, not a
+        // missing file (`exists()` says false for both).
+        let exists = cfg
+            .master_key_file
+            .try_exists()
+            .map_err(|e| unreadable(&cfg.master_key_file, e))?;
         // SECURITY: a vault without its key file must not get a fresh random key: the
         // vault would look "wrong key" forever and the new key invite a silent reset.
-        if !cfg.master_key_file.exists() && cfg.path.exists() {
+        if !exists && cfg.path.exists() {
             return Err(ferr(
                 &cfg.master_key_file,
                 format!(
@@ -180,8 +204,7 @@ impl MasterKey {
     }
 
     pub fn load_file(path: &Path) -> Result<MasterKey, VaultError> {
-        let file =
-            File::open(path).map_err(|e| ioerr(path, "cannot read the master key file", e))?;
+        let file = File::open(path).map_err(|e| unreadable(path, e))?;
         let md = file
             .metadata()
             .map_err(|e| ioerr(path, "cannot read the master key file", e))?;

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cli;
+pub mod clients;
 pub mod config;
 pub mod kw;
 pub mod leaks;
@@ -51,6 +52,10 @@ pub const UPSTREAM_HOSTS: &[&str] = &[
     "q.example.test",
     "pypi.example.test",
     "evil.example.test",
+    // Servers of a client's own protocol (tests/common/clients.rs).
+    "git.test",
+    "s3.test",
+    "files.test",
 ];
 
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -131,6 +136,10 @@ pub struct Seen {
 /// `content-encoding: <coding>`; `/echo-value?v=<percent-encoded>` echoes that
 /// value (a key the upstream knows) in the body and `x-echo`. With `stream` in
 /// the query the last two answer chunked, in two frames.
+/// `/sized?len=N&status=S` answers status `S` (default 200) with the request's
+/// `authorization` in `x-echo` and a body of exactly `N` bytes (`you sent: <it>`,
+/// padded with `.`) and its `content-length` (HEAD: the length, no body; 304:
+/// the length as a header, no body, which hyper drops over h1; 204: neither).
 pub struct EchoUpstream {
     pub addr: SocketAddr,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -262,6 +271,9 @@ async fn echo(
             .insert("content-encoding", coding.parse().unwrap());
         return Ok(resp);
     }
+    if path == "/sized" {
+        return Ok(sized(&parts));
+    }
     if path == "/echo-value" {
         let value = parts
             .uri
@@ -311,6 +323,43 @@ fn event_stream(pause: Duration, second: Option<&'static str>) -> http::Response
     let mut resp = http::Response::new(BodyExt::boxed(StreamBody::new(tokio_stream_from(rx))));
     resp.headers_mut()
         .insert("content-type", "text/event-stream".parse().unwrap());
+    resp
+}
+
+/// The `/sized` answer (see [`EchoUpstream`]).
+fn sized(parts: &http::request::Parts) -> http::Response<BoxBody> {
+    let query: HashMap<&str, &str> = parts
+        .uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    let len: usize = query.get("len").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let status: u16 = query
+        .get("status")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let cred = parts
+        .headers
+        .get("authorization")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_string())
+        .unwrap_or_default();
+    let mut body = format!("you sent: {cred}").into_bytes();
+    body.resize(len.max(body.len()), b'.');
+    if status == 204 || status == 304 {
+        body.clear();
+    }
+    let mut resp = http::Response::new(Full::new(Bytes::from(body)).boxed());
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+    if status == 304 {
+        // A 304's length describes the representation, not this message.
+        resp.headers_mut()
+            .insert("content-length", http::HeaderValue::from(len));
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&cred) {
+        resp.headers_mut().insert("x-echo", v);
+    }
     resp
 }
 
