@@ -125,6 +125,89 @@ pub async fn create(state: &Arc<State>, caller: &Caller, body: NewAgent) -> Resu
     Ok(Created { id: body.id, token })
 }
 
+/// One row of the agent list: from the config file or registered in the vault.
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub id: String,
+    pub chain: Option<String>,
+    pub owner: Option<String>,
+    pub builder: Option<String>,
+    /// `config` (only the file can change it) or `vault` (removable here).
+    pub source: &'static str,
+    pub created: Option<String>,
+}
+
+/// Every agent keyward knows: config-file agents first, then registered ones.
+pub fn list(state: &State) -> Vec<AgentRow> {
+    let runtime = state.runtime();
+    let mut rows: Vec<AgentRow> = runtime
+        .config
+        .agents
+        .iter()
+        .map(|a| AgentRow {
+            id: a.id.clone(),
+            chain: a.chain.clone(),
+            owner: a.owner.clone(),
+            builder: a.builder.clone(),
+            source: "config",
+            created: None,
+        })
+        .collect();
+    rows.extend(state.vault.snapshot().agents().iter().map(|a| AgentRow {
+        id: a.id.clone(),
+        chain: a.chain.clone(),
+        owner: a.owner.clone(),
+        builder: a.builder.clone(),
+        source: "vault",
+        created: Some(a.created.clone()),
+    }));
+    rows
+}
+
+/// Removes a registered agent (its token stops working at once), audited as
+/// `agent_rm`; a removal that cannot be audited is taken back.
+pub async fn remove(state: &Arc<State>, caller: &Caller, id: &str) -> Result<(), Deny> {
+    let runtime = state.runtime();
+    if runtime.config.agents.iter().any(|a| a.id == id) {
+        return Err(Deny::new(
+            Code::Conflict,
+            format!("agent {id} is defined in the config file; remove it there"),
+        ));
+    }
+    let Some(record) = state
+        .vault
+        .snapshot()
+        .agents()
+        .iter()
+        .find(|a| a.id == id)
+        .cloned()
+    else {
+        return Err(Deny::new(Code::NotFound, format!("no agent {id:?}")));
+    };
+    let (st, rid) = (state.clone(), id.to_string());
+    let (applied, undo) =
+        blocking(move || Ok(st.vault.apply(Change::RemoveAgent { id: rid })?)).await?;
+    if !matches!(applied, crate::vault::Applied::Agent(Some(_))) {
+        return Err(Deny::new(Code::NotFound, format!("no agent {id:?}")));
+    }
+    let mut ev = caller.event(EventKind::AgentRm, Outcome::Allowed, StatusCode::OK);
+    ev.agent = Some(record.id.clone());
+    ev.chain = record.chain.clone();
+    ev.owner = record.owner.clone();
+    ev.builder = record.builder.clone();
+    if let Err(e) = record_change(state, ev) {
+        // SECURITY: fail closed: a removal that is not on record is taken back, so the
+        // trail never misses who could act when.
+        let st = state.clone();
+        let _ = blocking(move || Ok(st.vault.undo(undo)?)).await;
+        refresh(state);
+        return Err(e);
+    }
+    refresh(state);
+    tracing::info!(agent = %id, actor = ?caller.actor, "agent_rm via admin console");
+    Ok(())
+}
+
 /// `POST /v1/agents`: 201 `{id, token}`.
 pub async fn http_create(
     state: &Arc<State>,

@@ -74,15 +74,14 @@ pub fn find_token<'a>(tokens: &'a [AdminToken], presented: &str) -> Option<&'a A
     found
 }
 
-/// Returns the name of the admin token `presented`, if it holds `perm`. A refusal
-/// (401 `unauthorized`, 403 `forbidden`) is already audited and counted through
-/// the one refusal path; the caller only renders it.
-pub fn authorize(
+/// The configured admin token `presented` is, or the audited 401 `unauthorized`
+/// (recorded through the one refusal path; the caller only renders it). The
+/// console's sign-in uses this too, so a failed sign-in is audited as an admin 401.
+pub fn authenticate(
     state: &State,
     presented: Option<&str>,
-    perm: Permission,
     caller: &Caller,
-) -> Result<String, Deny> {
+) -> Result<AdminToken, Deny> {
     // SECURITY: tokens are read from the live config on every request, so removing
     // one from the config (and reloading) revokes it at once.
     let runtime = state.runtime();
@@ -108,6 +107,19 @@ pub fn authorize(
         refuse::record(state, &deny, ev);
         return Err(deny);
     };
+    Ok(token.clone())
+}
+
+/// Returns the name of the admin token `presented`, if it holds `perm`. A refusal
+/// (401 `unauthorized`, 403 `forbidden`) is already audited and counted through
+/// the one refusal path; the caller only renders it.
+pub fn authorize(
+    state: &State,
+    presented: Option<&str>,
+    perm: Permission,
+    caller: &Caller,
+) -> Result<String, Deny> {
+    let token = authenticate(state, presented, caller)?;
     // SECURITY: permissions are exact strings from the config; a token without the
     // route's permission is refused before any handler (or the vault) runs.
     if !token.permissions.iter().any(|p| p == perm.as_str()) {
@@ -124,7 +136,7 @@ pub fn authorize(
         refuse::record(state, &deny, ev);
         return Err(deny);
     }
-    Ok(token.name.clone())
+    Ok(token.name)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The admin API's own HTTP/1 accept loop (bounded connections, slow-head cutoff),
 //! feeding every request to [`routes::handle`](super::routes::handle).
 
+use super::console::{self, Console};
 use super::routes::handle;
 use crate::proxy::state::State;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,6 +28,8 @@ pub async fn run_admin_accept_loop(
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    // The console's sign-in sessions live as long as this listener.
+    let console = Arc::new(Console::new());
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -43,19 +46,27 @@ pub async fn run_admin_accept_loop(
             },
             _ = stop.changed() => return,
         };
-        let state = state.clone();
+        let (state, console) = (state.clone(), console.clone());
         tokio::spawn(async move {
-            serve_connection(state, stream).await;
+            serve_connection(state, console, stream).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(state: Arc<State>, stream: TcpStream) {
+async fn serve_connection(state: Arc<State>, console: Arc<Console>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
-        async move { Ok::<_, Infallible>(handle(state, req).await) }
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let (state, console) = (state.clone(), console.clone());
+        async move {
+            // `/ui/…` is the operator console; everything else the JSON API.
+            let resp = if console::is_console(req.uri().path()) {
+                console::handle(state, &console, req).await
+            } else {
+                handle(state, req).await
+            };
+            Ok::<_, Infallible>(resp)
+        }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -25,6 +25,7 @@ pub mod agents;
 pub mod audit;
 pub mod auth;
 pub mod caller;
+pub mod console;
 pub mod json;
 pub mod listener;
 pub mod routes;
@@ -62,6 +63,7 @@ pub const ERROR_CODES: &[Code] = &[
     Code::AuditUnavailable,
     Code::VaultUnavailable,
     Code::Internal,
+    Code::CsrfInvalid,
 ];
 
 /// Binds `listen` and serves the admin API until `stop` flips; returns the bound address.

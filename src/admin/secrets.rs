@@ -194,6 +194,57 @@ pub async fn delete(
     Ok(meta)
 }
 
+/// Copies `name` from scope `from` into scope `to` (which must not have it),
+/// audited as `secret_clone`; a clone that cannot be audited is undone.
+pub async fn clone_to(
+    state: &Arc<State>,
+    caller: &Caller,
+    from: &str,
+    name: &str,
+    to: &str,
+) -> Result<RecordMeta, Deny> {
+    get(state, from, name)?;
+    if !crate::vault::valid_scope(to) {
+        return Err(bad(format!(
+            "invalid scope {to:?}: use platform, owner:NAME, builder:NAME, chain:NAME or agent:NAME"
+        )));
+    }
+    if get(state, to, name).is_ok() {
+        return Err(Deny::new(
+            Code::Conflict,
+            format!("scope {to} already has a secret {name}"),
+        ));
+    }
+    let (st, nm, fr, t) = (
+        state.clone(),
+        name.to_string(),
+        from.to_string(),
+        to.to_string(),
+    );
+    let (meta, undo) = blocking(move || {
+        let change = Change::CloneSecret {
+            name: nm,
+            from: fr,
+            to: t,
+        };
+        let (applied, undo) = st.vault.apply(change)?;
+        Ok((applied.into_meta()?, undo))
+    })
+    .await?;
+    let mut ev = caller.event(
+        EventKind::SecretClone,
+        Outcome::Allowed,
+        StatusCode::CREATED,
+    );
+    ev.secret = Some(meta.name.clone());
+    ev.scope = Some(meta.scope.clone());
+    ev.version = Some(meta.version);
+    audit_or_undo(state, ev, undo).await?;
+    refresh(state);
+    tracing::info!(from = %from, to = %meta.scope, name = %meta.name, actor = ?caller.actor, "secret_clone via admin console");
+    Ok(meta)
+}
+
 /// Records the audit line for a secret change, or takes the change back.
 async fn audit_or_undo(state: &Arc<State>, ev: Event, undo: Undo) -> Result<(), Deny> {
     let Err(e) = record_change(state, ev) else {

@@ -104,6 +104,8 @@ impl Default for ProxyConfig {
 pub struct AdminConfig {
     pub listen: Option<SocketAddr>,
     pub tokens: Vec<AdminToken>,
+    /// A console session ends after this long without a request (default 30 min).
+    pub console_idle: Option<Dur>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -48,10 +48,12 @@ pub enum Code {
     Conflict,
     /// Admin API: the audit log goes to stdout and cannot be queried here.
     AuditNotQueryable,
+    /// Console: a form without its session's CSRF token, or with a wrong one.
+    CsrfInvalid,
 }
 
 impl Code {
-    pub const ALL: [Code; 33] = [
+    pub const ALL: [Code; 34] = [
         Code::ProxyAuthRequired,
         Code::AgentRevoked,
         Code::HostNotAllowed,
@@ -85,6 +87,7 @@ impl Code {
         Code::MethodNotAllowed,
         Code::Conflict,
         Code::AuditNotQueryable,
+        Code::CsrfInvalid,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -122,6 +125,7 @@ impl Code {
             Code::MethodNotAllowed => "method_not_allowed",
             Code::Conflict => "conflict",
             Code::AuditNotQueryable => "audit_not_queryable",
+            Code::CsrfInvalid => "csrf_invalid",
         }
     }
 
@@ -165,7 +169,8 @@ impl Code {
             | Code::NotFound
             | Code::MethodNotAllowed
             | Code::Conflict
-            | Code::AuditNotQueryable => "proxy_internal_response",
+            | Code::AuditNotQueryable
+            | Code::CsrfInvalid => "proxy_internal_response",
             Code::ProxyAuthRequired
             | Code::AgentRevoked
             | Code::HostNotAllowed

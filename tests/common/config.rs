@@ -290,6 +290,9 @@ impl KwBuilder {
                     self.admin_tokens.iter().map(AdminToken::value).collect();
                 kv(&mut out, "tokens", tokens);
             }
+            for (key, value) in &self.admin_settings {
+                kv(&mut out, key, value.clone());
+            }
         }
         Provider::new("query-provider", "q.example.test", "Q_KEY")
             .inject(r#"{ query = "key" }"#)

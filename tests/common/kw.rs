@@ -47,6 +47,7 @@ pub struct KwBuilder {
     pub(crate) resolve: Vec<(String, SocketAddr)>,
     pub(crate) admin: bool,
     pub(crate) admin_tokens: Vec<AdminToken>,
+    pub(crate) admin_settings: Vec<(String, toml::Value)>,
     pub(crate) providers: Vec<Provider>,
     pub(crate) chains: Vec<Chain>,
     pub(crate) agents: Vec<Agent>,
@@ -68,6 +69,7 @@ impl Kw {
             resolve: Vec::new(),
             admin: false,
             admin_tokens: Vec::new(),
+            admin_settings: Vec::new(),
             providers: Vec::new(),
             chains: Vec::new(),
             agents: vec![Agent::agent_1()],
@@ -181,6 +183,13 @@ impl KwBuilder {
         self.admin = true;
         self.admin_tokens
             .push(AdminToken::new(name, token, permissions));
+        self
+    }
+
+    /// Sets an `[admin]` key (`.admin_setting("console_idle", "1s")`).
+    pub fn admin_setting(mut self, key: &str, value: impl Into<toml::Value>) -> Self {
+        self.admin = true;
+        self.admin_settings.push((key.into(), value.into()));
         self
     }
 
