@@ -15,6 +15,7 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod ids;
+pub mod jail;
 pub mod metrics;
 pub mod netaddr;
 pub mod policy;

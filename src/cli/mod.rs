@@ -8,6 +8,7 @@ pub mod audit;
 pub mod check;
 pub mod env;
 pub mod init;
+pub mod run;
 pub mod secret;
 
 #[derive(Debug, thiserror::Error)]
