@@ -15,6 +15,7 @@ use common::tools;
 use common::*;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, UdpSocket};
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -62,6 +63,8 @@ fn setup() -> Setup {
     let kw = rt.block_on(Kw::builder().start());
     kw.set_secret("platform", "Q_KEY", Q_SECRET);
     let private = tempfile::tempdir().unwrap();
+    // As an operator keeps it: the jailed user must not be able to read it.
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     std::fs::write(private.path().join("token"), format!("{TOKEN}\n")).unwrap();
     Setup {
         _rt: rt,

@@ -20,9 +20,14 @@ const BACKLOG: i32 = 1024;
 /// The DNS port the stub answers on.
 pub const DNS_PORT: u16 = 53;
 /// The commands that make every address local inside the jail (run by `ip`,
-/// which inherits the namespace). The IPv6 one may fail where IPv6 is off.
+/// which inherits the namespace). The IPv6 ones may fail where IPv6 is off.
+/// The two addresses on `lo` (outside what the DNS stub hands out) are there
+/// for `AI_ADDRCONFIG`: glibc answers no A (AAAA) at all while the only IPv4
+/// (IPv6) address is the loopback one.
 const SETUP: &[(&[&str], bool)] = &[
     (&["link", "set", "lo", "up"], true),
+    (&["addr", "add", "198.19.255.254/32", "dev", "lo"], true),
+    (&["-6", "addr", "add", "fd6b:7761:7264:1::1/128", "dev", "lo"], false),
     (&["route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "local"], true),
     (&["-6", "route", "add", "local", "::/0", "dev", "lo", "table", "local"], false),
 ];
