@@ -436,6 +436,7 @@ fn nothing_is_left_after_exit_or_kill_9() {
         .unwrap();
     let ns = line.trim().to_string();
     assert!(namespace_in_use(&ns));
+    let killed = child.id();
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     // The jailed sleep dies with keyward run (PR_SET_PDEATHSIG); wait for it.
@@ -445,6 +446,23 @@ fn nothing_is_left_after_exit_or_kill_9() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(host_state(), before);
+    // Its CA-bundle directory is the one left-over; the next run removes it.
+    let stale = "/tmp/keyward-run-";
+    let dirs = |pid: u32| -> Vec<PathBuf> {
+        std::fs::read_dir("/tmp")
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.display().to_string().starts_with(stale))
+            .filter(|p| {
+                std::fs::read_to_string(p.join("keyward-run.pid"))
+                    .is_ok_and(|s| s.trim() == pid.to_string())
+            })
+            .collect()
+    };
+    assert_eq!(dirs(killed).len(), 1);
+    assert!(s.run("true").status.success());
+    assert!(dirs(killed).is_empty(), "left-over of the kill -9'd run");
 }
 
 #[test]

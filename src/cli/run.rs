@@ -31,6 +31,11 @@ const SYSTEM_BUNDLES: &[&str] = &[
     "/etc/ssl/cert.pem",
 ];
 
+/// The temporary directory of a run (the CA bundle CMD reads) and the file in
+/// it naming the run's pid.
+const DIR_PREFIX: &str = "keyward-run-";
+const PID_FILE: &str = "keyward-run.pid";
+
 #[derive(clap::Args)]
 pub struct RunArgs {
     #[arg(long)]
@@ -61,10 +66,14 @@ pub fn run(args: RunArgs, cfg: &Config) -> Result<u8, CliError> {
     let run_as = run_as(args.user.as_deref())?;
     let policy = Policy::from_config(cfg);
     let dummy_vars = dummy_vars(cfg, &policy, &args.agent, &token)?;
-    // The bundle must be readable by CMD's user: a directory of our own.
+    // The bundle must be readable by CMD's user: a directory of our own,
+    // marked with our pid so the next run removes it if we are kill -9'd.
+    remove_stale_dirs(&std::env::temp_dir());
     let bundle_dir = tempfile::Builder::new()
-        .prefix("keyward-run-")
+        .prefix(DIR_PREFIX)
         .tempdir()
+        .map_err(|e| CliError::Internal(format!("temporary directory: {e}")))?;
+    std::fs::write(bundle_dir.path().join(PID_FILE), std::process::id().to_string())
         .map_err(|e| CliError::Internal(format!("temporary directory: {e}")))?;
     let bundle = write_bundle(cfg, bundle_dir.path())?;
     let env = environment(args.jail_proxy_port, &bundle, dummy_vars);
@@ -193,6 +202,31 @@ fn dummy_vars(
         }
     }
     Ok(vars)
+}
+
+/// Removes the directories of runs that are gone (kill -9 skips the clean-up).
+/// A directory without a pid file yet (a run starting now) is left alone.
+fn remove_stale_dirs(tmp: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if !entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+            continue;
+        }
+        let pid = std::fs::read_to_string(entry.path().join(PID_FILE))
+            .ok()
+            .and_then(|p| p.trim().parse::<libc::pid_t>().ok());
+        let Some(pid) = pid.filter(|p| *p > 0) else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// System roots plus keyward's CA, world-readable, in `dir`.
