@@ -47,8 +47,7 @@ fn jail_possible(test: &str) -> bool {
         .args(["-n", "true"])
         .status()
         .is_ok_and(|s| s.success());
-    ok || tools::skip_or_fail::<()>("cannot create a network namespace (not root?)", test)
-        .is_some()
+    ok || tools::skip_or_fail::<()>("cannot create a network namespace (not root?)", test).is_some()
 }
 
 struct Setup {
@@ -249,7 +248,9 @@ fn node_plain_https_get_is_injected() {
     let js = "require('https').get('https://q.example.test/v1/node?key=dummy', r => { \
               console.log(r.statusCode); r.resume(); r.on('end', () => process.exit(r.statusCode == 200 ? 0 : 1)); }) \
               .on('error', e => { console.error(String(e)); process.exit(1); })";
-    let out = s.run(&format!("unset HTTPS_PROXY https_proxy NODE_USE_ENV_PROXY; node -e \"{js}\""));
+    let out = s.run(&format!(
+        "unset HTTPS_PROXY https_proxy NODE_USE_ENV_PROXY; node -e \"{js}\""
+    ));
     assert_injected(&s.kw, "/v1/node", &out);
 }
 
@@ -263,7 +264,10 @@ fn the_hosts_loopback_and_other_ports_are_unreachable() {
     tcp.set_nonblocking(true).unwrap();
     let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
     udp.set_nonblocking(true).unwrap();
-    let (tp, up) = (tcp.local_addr().unwrap().port(), udp.local_addr().unwrap().port());
+    let (tp, up) = (
+        tcp.local_addr().unwrap().port(),
+        udp.local_addr().unwrap().port(),
+    );
     let script = format!(
         "r=0\n\
          timeout 5 bash -c 'echo hi > /dev/tcp/127.0.0.1/{tp}' 2>/dev/null && {{ echo tcp-loopback-open; r=1; }}\n\
@@ -307,12 +311,11 @@ fn a_host_keyward_would_refuse_is_refused() {
     let out = s.run(script);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(s.kw.upstream.connection_count(), 0, "{}", text(&out));
-    let denies: Vec<_> = s
-        .kw
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l["host"] == "evil.example.test")
-        .collect();
+    let denies: Vec<_> =
+        s.kw.audit_lines()
+            .into_iter()
+            .filter(|l| l["host"] == "evil.example.test")
+            .collect();
     assert!(denies.len() >= 2, "{denies:?}");
     for d in &denies {
         assert_eq!(d["agent"], AGENT);
@@ -370,13 +373,21 @@ fn no_secret_or_way_back_inside_the_jail() {
     let mut cmd = s.command(&script);
     // The token also given through the environment: it must not reach CMD.
     cmd.env("KEYWARD_TOKEN", TOKEN);
-    let out = wait_output(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap());
+    let out = wait_output(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
     assert!(stdout.contains("CapBnd:\t0000000000000000"), "{stdout}");
     assert!(stdout.contains("uid=65534"), "{stdout}");
-    assert!(stdout.contains("HTTPS_PROXY=http://127.0.0.1:3128\n"), "{stdout}");
+    assert!(
+        stdout.contains("HTTPS_PROXY=http://127.0.0.1:3128\n"),
+        "{stdout}"
+    );
     assert!(stdout.contains("Q_KEY=keyward-placeholder"), "{stdout}");
     assert_no_leak("the jail's view", &out.stdout, Q_SECRET);
     assert_no_leak("the jail's view", &out.stdout, TOKEN);
@@ -471,7 +482,15 @@ fn bad_input_is_one_line_and_exit_1() {
     let out = Command::new(BIN)
         .arg("--config")
         .arg(&s.kw.config_path)
-        .args(["run", "--agent", AGENT, "--token-file", "/nonexistent/token", "--", "true"])
+        .args([
+            "run",
+            "--agent",
+            AGENT,
+            "--token-file",
+            "/nonexistent/token",
+            "--",
+            "true",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

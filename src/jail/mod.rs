@@ -66,8 +66,7 @@ pub fn run(opts: Options) -> Result<u8, JailError> {
         )));
     }
     let resolv = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
-    let (ns, sockets) =
-        netns::create(&opts.ports, opts.proxy_port, &netns::nameservers(&resolv))?;
+    let (ns, sockets) = netns::create(&opts.ports, opts.proxy_port, &netns::nameservers(&resolv))?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RELAY_THREADS)
         .enable_all()
@@ -141,7 +140,9 @@ async fn serve_dns(
             continue;
         };
         if let dns::Verdict::Refused(name) = &verdict {
-            up.block(&format!("DNS lookup of {name:?} (not a host keyward reaches)"));
+            up.block(&format!(
+                "DNS lookup of {name:?} (not a host keyward reaches)"
+            ));
         }
         let _ = s.send_to(&answer, from).await;
     }

@@ -27,9 +27,29 @@ pub const DNS_PORT: u16 = 53;
 const SETUP: &[(&[&str], bool)] = &[
     (&["link", "set", "lo", "up"], true),
     (&["addr", "add", "198.19.255.254/32", "dev", "lo"], true),
-    (&["-6", "addr", "add", "fd6b:7761:7264:1::1/128", "dev", "lo"], false),
-    (&["route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "local"], true),
-    (&["-6", "route", "add", "local", "::/0", "dev", "lo", "table", "local"], false),
+    (
+        &["-6", "addr", "add", "fd6b:7761:7264:1::1/128", "dev", "lo"],
+        false,
+    ),
+    (
+        &[
+            "route",
+            "add",
+            "local",
+            "0.0.0.0/0",
+            "dev",
+            "lo",
+            "table",
+            "local",
+        ],
+        true,
+    ),
+    (
+        &[
+            "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "local",
+        ],
+        false,
+    ),
 ];
 
 /// The sockets bound inside the jail, handed to the relay.

@@ -43,7 +43,7 @@ impl Upstream {
     /// hundred after the first few).
     pub fn block(&self, what: &str) {
         let n = self.blocked.fetch_add(1, Ordering::Relaxed) + 1;
-        if n <= BLOCK_LOG_BURST || n % BLOCK_LOG_EVERY == 0 {
+        if n <= BLOCK_LOG_BURST || n.is_multiple_of(BLOCK_LOG_EVERY) {
             tracing::warn!(blocked = n, "jail_block: {what}");
         }
     }
@@ -146,8 +146,8 @@ fn headers_with_auth<'a>(lines: impl Iterator<Item = &'a str>, up: &Upstream) ->
 
 /// CONNECT host:port, then `first` and the rest of the client's bytes.
 async fn tunnel(up: &Upstream, mut client: TcpStream, host: &str, port: u16, first: &[u8]) {
-    let mut head = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n")
-        .into_bytes();
+    let mut head =
+        format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n").into_bytes();
     head.extend_from_slice(&headers_with_auth(std::iter::empty(), up));
     let Some((mut proxy, status, leftover)) = open(up, &head, host, port).await else {
         return;
@@ -167,7 +167,10 @@ async fn forward(up: &Upstream, mut client: TcpStream, bytes: &[u8], what: &str)
     let Ok(Ok(mut proxy)) =
         tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(up.proxy)).await
     else {
-        up.block(&format!("keyward at {} is unreachable for {what}", up.proxy));
+        up.block(&format!(
+            "keyward at {} is unreachable for {what}",
+            up.proxy
+        ));
         return;
     };
     if proxy.write_all(bytes).await.is_err() {
@@ -209,7 +212,10 @@ async fn open(
             }
         }
     };
-    let got = tokio::time::timeout(CONNECT_TIMEOUT, attempt).await.ok().flatten();
+    let got = tokio::time::timeout(CONNECT_TIMEOUT, attempt)
+        .await
+        .ok()
+        .flatten();
     if got.is_none() {
         up.block(&format!(
             "no answer from keyward at {} for {host}:{port}",

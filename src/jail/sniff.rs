@@ -27,7 +27,14 @@ const CLIENT_HELLO: u8 = 0x01;
 const EXT_SERVER_NAME: u16 = 0;
 /// Methods a cleartext request head may start with.
 const METHODS: &[&[u8]] = &[
-    b"GET ", b"POST ", b"PUT ", b"HEAD ", b"DELETE ", b"PATCH ", b"OPTIONS ", b"CONNECT ",
+    b"GET ",
+    b"POST ",
+    b"PUT ",
+    b"HEAD ",
+    b"DELETE ",
+    b"PATCH ",
+    b"OPTIONS ",
+    b"CONNECT ",
     b"TRACE ",
 ];
 
@@ -50,9 +57,7 @@ pub fn sniff(buf: &[u8]) -> Sniffed {
             host: http_host(&buf[..end]),
             head_len: end + 4,
         },
-        None if buf.len() < 8 || METHODS.iter().any(|m| buf.starts_with(m)) => {
-            Sniffed::Incomplete
-        }
+        None if buf.len() < 8 || METHODS.iter().any(|m| buf.starts_with(m)) => Sniffed::Incomplete,
         None => Sniffed::Other,
     }
 }

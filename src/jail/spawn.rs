@@ -66,9 +66,8 @@ pub fn spawn(
         cmd.pre_exec(move || harden(jail_fd, parent, run_as));
     }
     cmd.kill_on_drop(true);
-    cmd.spawn().map_err(|e| {
-        JailError::User(format!("cannot start {}: {e}", program.to_string_lossy()))
-    })
+    cmd.spawn()
+        .map_err(|e| JailError::User(format!("cannot start {}: {e}", program.to_string_lossy())))
 }
 
 fn check(rc: libc::c_int) -> std::io::Result<()> {
