@@ -22,6 +22,8 @@ use std::sync::Arc;
 const RESOLV_CONF: &str = "/etc/resolv.conf";
 /// Worker threads of the relay's runtime.
 const RELAY_THREADS: usize = 2;
+/// Pause after a failed accept (out of file descriptors), so it does not spin.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JailError {
@@ -112,6 +114,7 @@ async fn supervise(
 async fn accept(l: tokio::net::TcpListener, up: Arc<relay::Upstream>, proxy_aware: bool) {
     loop {
         let Ok((stream, _)) = l.accept().await else {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
             continue;
         };
         let up = up.clone();
