@@ -97,6 +97,8 @@ mod linux {
         let opts = jail::Options {
             argv: args.command,
             env,
+            // SECURITY: the token stays outside the jail; CMD gets a proxy URL
+            // without userinfo and the relay adds the credentials.
             remove: vec![TOKEN_VAR],
             proxy,
             authorization: Secret::from_str(&format!("Basic {basic}")),

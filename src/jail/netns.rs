@@ -96,8 +96,9 @@ pub fn create(
     let inside = configure(ports, proxy_port, nameservers);
     // SAFETY: `host` is an open namespace fd; setns has no memory preconditions.
     let back = unsafe { libc::setns(host.as_raw_fd(), libc::CLONE_NEWNET) };
+    // SECURITY: never go on half-way: a relay left in the jail's namespace
+    // could reach nothing, and a host-side setup error must not start CMD.
     if back != 0 {
-        // The process would go on in the jail: never, it could not reach keyward.
         return Err(JailError::Setup(format!(
             "cannot return to the host network namespace: {}",
             std::io::Error::last_os_error()
