@@ -100,10 +100,13 @@ async fn supervise(
         let s = tokio::net::UdpSocket::from_std(s).map_err(adopt)?;
         tokio::spawn(serve_dns(s, up.clone(), policy.clone()));
     }
+    // Handlers first: a signal that arrives while CMD starts is CMD's, not a
+    // kill of `keyward run` (which would take CMD down with it).
+    let signals = Signals::new()?;
     // Spawned from this (the main) thread, which outlives the child.
     let mut child = spawn::spawn(&ns, &opts.argv, &opts.env, &opts.remove, opts.run_as)?;
     drop(ns);
-    let status = forward_signals(&mut child).await?;
+    let status = signals.forward(&mut child).await?;
     let blocked = up.blocked.load(std::sync::atomic::Ordering::Relaxed);
     if blocked > 0 {
         tracing::warn!("jail_block: {blocked} connection(s) or lookup(s) refused in total");
@@ -151,29 +154,44 @@ async fn serve_dns(
     }
 }
 
-/// Waits for CMD, passing on SIGINT, SIGTERM and SIGHUP.
-async fn forward_signals(
-    child: &mut tokio::process::Child,
-) -> Result<std::process::ExitStatus, JailError> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let setup = |e: std::io::Error| JailError::Setup(format!("signal handler: {e}"));
-    let mut int = signal(SignalKind::interrupt()).map_err(setup)?;
-    let mut term = signal(SignalKind::terminate()).map_err(setup)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(setup)?;
-    let pid = child.id().map(|p| p as libc::pid_t);
-    loop {
-        let sig = tokio::select! {
-            status = child.wait() => {
-                return status.map_err(|e| JailError::Setup(format!("wait: {e}")));
-            }
-            _ = int.recv() => libc::SIGINT,
-            _ = term.recv() => libc::SIGTERM,
-            _ = hup.recv() => libc::SIGHUP,
-        };
-        if let Some(pid) = pid {
-            // SAFETY: kill has no memory preconditions; pid is our child's.
-            unsafe {
-                libc::kill(pid, sig);
+/// SIGINT, SIGTERM and SIGHUP, caught for CMD.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, JailError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let setup = |e: std::io::Error| JailError::Setup(format!("signal handler: {e}"));
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(setup)?,
+            term: signal(SignalKind::terminate()).map_err(setup)?,
+            hup: signal(SignalKind::hangup()).map_err(setup)?,
+        })
+    }
+
+    /// Waits for CMD, passing the signals on.
+    async fn forward(
+        mut self,
+        child: &mut tokio::process::Child,
+    ) -> Result<std::process::ExitStatus, JailError> {
+        let pid = child.id().map(|p| p as libc::pid_t);
+        loop {
+            let sig = tokio::select! {
+                status = child.wait() => {
+                    return status.map_err(|e| JailError::Setup(format!("wait: {e}")));
+                }
+                _ = self.int.recv() => libc::SIGINT,
+                _ = self.term.recv() => libc::SIGTERM,
+                _ = self.hup.recv() => libc::SIGHUP,
+            };
+            if let Some(pid) = pid {
+                // SAFETY: kill has no memory preconditions; pid is our child's.
+                unsafe {
+                    libc::kill(pid, sig);
+                }
             }
         }
     }
