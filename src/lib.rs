@@ -15,6 +15,8 @@ pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod ids;
+#[cfg(target_os = "linux")]
+pub mod jail;
 pub mod metrics;
 pub mod netaddr;
 pub mod policy;

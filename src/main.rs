@@ -61,6 +61,8 @@ enum Command {
         #[command(subcommand)]
         cmd: cli::store::StoreCmd,
     },
+    /// Run a command in a jail whose only way out is keyward (Linux).
+    Run(cli::run::RunArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,19 +117,27 @@ fn run(args: Cli) -> Result<u8, CliError> {
         Command::Audit { cmd } => cli::audit::run(cmd, &config),
         Command::Env(env) => cli::env::run(env, &config),
         Command::Store { cmd } => cli::store::run(cmd, &config),
+        Command::Run(run) => {
+            init_log("warn");
+            cli::run::run(run, &config)
+        }
         Command::Init { .. } | Command::Check => unreachable!("handled above"),
     }
 }
 
-fn serve(config: Config) -> Result<u8, CliError> {
+fn init_log(default: &str) {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KEYWARD_LOG")
-                .unwrap_or_else(|_| "info".into()),
+                .unwrap_or_else(|_| default.into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+fn serve(config: Config) -> Result<u8, CliError> {
+    init_log("info");
     // This thread accepts and runs the admin API and the watchers; requests are
     // served by `proxy.workers` threads of their own (proxy::workers).
     let rt = tokio::runtime::Builder::new_current_thread()

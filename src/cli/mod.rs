@@ -9,6 +9,7 @@ pub mod check;
 pub mod env;
 pub mod import;
 pub mod init;
+pub mod run;
 pub mod secret;
 pub mod store;
 

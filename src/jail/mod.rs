@@ -1,0 +1,198 @@
+//! `keyward run` (SPEC §12): CMD in a network namespace whose only way out is
+//! keyward. `netns` makes the namespace and binds its sockets (before any
+//! thread exists), `spawn` starts CMD in it without the capabilities to leave,
+//! `relay` turns every caught connection into an authenticated CONNECT to
+//! `keyward serve`, `dns` is the stub that names keyward's hosts, `sniff` reads
+//! SNI and `Host`. See docs/jail.md.
+
+pub mod dns;
+pub mod netns;
+pub mod relay;
+pub mod sniff;
+pub mod spawn;
+
+use crate::policy::Policy;
+use crate::secret::Secret;
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+/// Where resolv.conf is (its nameserver addresses get a stub socket each).
+const RESOLV_CONF: &str = "/etc/resolv.conf";
+/// Worker threads of the relay's runtime.
+const RELAY_THREADS: usize = 2;
+/// Pause after a failed accept (out of file descriptors), so it does not spin.
+const ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    /// Bad input: exit 1.
+    #[error("{0}")]
+    User(String),
+    /// No way to make a namespace here: exit 1.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The jail could not be set up: exit 2.
+    #[error("cannot set up the jail: {0}")]
+    Setup(String),
+}
+
+/// Everything `run` needs, decided by the CLI.
+pub struct Options {
+    pub argv: Vec<OsString>,
+    /// Variables CMD gets (the `keyward env` environment, without credentials).
+    pub env: Vec<(String, String)>,
+    /// Variables taken out of CMD's environment (the token's).
+    pub remove: Vec<&'static str>,
+    /// keyward's proxy, as reached from the host.
+    pub proxy: SocketAddr,
+    /// `Basic base64(agent:token)`.
+    pub authorization: Secret,
+    /// `egress.ports`: caught transparently.
+    pub ports: Vec<u16>,
+    /// The jail's own proxy port on its 127.0.0.1 (what `HTTPS_PROXY` names).
+    pub proxy_port: u16,
+    /// Names the DNS stub answers: the ones this policy would route.
+    pub policy: Policy,
+    pub run_as: spawn::RunAs,
+}
+
+/// Runs CMD in the jail; its exit code. Call on the main thread, before any
+/// other thread is started.
+pub fn run(opts: Options) -> Result<u8, JailError> {
+    if opts.ports.contains(&opts.proxy_port) {
+        return Err(JailError::User(format!(
+            "the jail's proxy port {} is also in egress.ports; pick another with --jail-proxy-port",
+            opts.proxy_port
+        )));
+    }
+    let resolv = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+    let (ns, sockets) = netns::create(&opts.ports, opts.proxy_port, &netns::nameservers(&resolv))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(RELAY_THREADS)
+        .enable_all()
+        .build()
+        .map_err(|e| JailError::Setup(format!("cannot start the runtime: {e}")))?;
+    rt.block_on(supervise(opts, ns, sockets))
+}
+
+async fn supervise(
+    opts: Options,
+    ns: netns::Namespace,
+    sockets: netns::Sockets,
+) -> Result<u8, JailError> {
+    let up = Arc::new(relay::Upstream {
+        proxy: opts.proxy,
+        authorization: opts.authorization,
+        names: Arc::new(dns::Names::default()),
+        blocked: AtomicU64::new(0),
+    });
+    let adopt = |e: std::io::Error| JailError::Setup(format!("socket: {e}"));
+    for l in sockets.transparent {
+        let l = tokio::net::TcpListener::from_std(l).map_err(adopt)?;
+        tokio::spawn(accept(l, up.clone(), false));
+    }
+    let l = tokio::net::TcpListener::from_std(sockets.proxy).map_err(adopt)?;
+    tokio::spawn(accept(l, up.clone(), true));
+    let policy = Arc::new((opts.policy, opts.ports.clone()));
+    for s in sockets.dns {
+        let s = tokio::net::UdpSocket::from_std(s).map_err(adopt)?;
+        tokio::spawn(serve_dns(s, up.clone(), policy.clone()));
+    }
+    // Handlers first: a signal that arrives while CMD starts is CMD's, not a
+    // kill of `keyward run` (which would take CMD down with it).
+    let signals = Signals::new()?;
+    // Spawned from this (the main) thread, which outlives the child.
+    let mut child = spawn::spawn(&ns, &opts.argv, &opts.env, &opts.remove, opts.run_as)?;
+    drop(ns);
+    let status = signals.forward(&mut child).await?;
+    let blocked = up.blocked.load(std::sync::atomic::Ordering::Relaxed);
+    if blocked > 0 {
+        tracing::warn!("jail_block: {blocked} connection(s) or lookup(s) refused in total");
+    }
+    Ok(spawn::exit_code(status))
+}
+
+async fn accept(l: tokio::net::TcpListener, up: Arc<relay::Upstream>, proxy_aware: bool) {
+    loop {
+        let Ok((stream, _)) = l.accept().await else {
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            continue;
+        };
+        let up = up.clone();
+        if proxy_aware {
+            tokio::spawn(relay::proxy_aware(up, stream));
+        } else {
+            tokio::spawn(relay::transparent(up, stream));
+        }
+    }
+}
+
+async fn serve_dns(
+    s: tokio::net::UdpSocket,
+    up: Arc<relay::Upstream>,
+    policy: Arc<(Policy, Vec<u16>)>,
+) {
+    let mut buf = [0u8; dns::MAX_MESSAGE * 8];
+    loop {
+        let Ok((n, from)) = s.recv_from(&mut buf).await else {
+            continue;
+        };
+        // A name is reachable when keyward would route it on some allowed port.
+        let (policy, ports) = &*policy;
+        let reachable = |name: &str| ports.iter().any(|p| policy.route(name, *p).is_ok());
+        let Some((answer, verdict)) = dns::answer(&buf[..n], &up.names, reachable) else {
+            continue;
+        };
+        if let dns::Verdict::Refused(name) = &verdict {
+            up.block(&format!(
+                "DNS lookup of {name:?} (not a host keyward reaches)"
+            ));
+        }
+        let _ = s.send_to(&answer, from).await;
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP, caught for CMD.
+struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Signals, JailError> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let setup = |e: std::io::Error| JailError::Setup(format!("signal handler: {e}"));
+        Ok(Signals {
+            int: signal(SignalKind::interrupt()).map_err(setup)?,
+            term: signal(SignalKind::terminate()).map_err(setup)?,
+            hup: signal(SignalKind::hangup()).map_err(setup)?,
+        })
+    }
+
+    /// Waits for CMD, passing the signals on.
+    async fn forward(
+        mut self,
+        child: &mut tokio::process::Child,
+    ) -> Result<std::process::ExitStatus, JailError> {
+        let pid = child.id().map(|p| p as libc::pid_t);
+        loop {
+            let sig = tokio::select! {
+                status = child.wait() => {
+                    return status.map_err(|e| JailError::Setup(format!("wait: {e}")));
+                }
+                _ = self.int.recv() => libc::SIGINT,
+                _ = self.term.recv() => libc::SIGTERM,
+                _ = self.hup.recv() => libc::SIGHUP,
+            };
+            if let Some(pid) = pid {
+                // SAFETY: kill has no memory preconditions; pid is our child's.
+                unsafe {
+                    libc::kill(pid, sig);
+                }
+            }
+        }
+    }
+}
