@@ -121,46 +121,70 @@ pub fn environment(args: &EnvArgs, cfg: &Config) -> Result<Vec<(String, String)>
             .map(|d| d.join(BUNDLE_FILE))
             .unwrap_or_else(|| PathBuf::from(BUNDLE_FILE))
     });
-    let mut bundle = String::new();
-    if let Some(system) = SYSTEM_BUNDLES
+    write_public(&bundle_path, bundle_text(ca.ca_pem()).as_bytes())?;
+    let bundle_abs = std::fs::canonicalize(&bundle_path).unwrap_or(bundle_path);
+    let wgetrc = write_wgetrc(&bundle_abs)?;
+
+    let policy = Policy::from_config(cfg);
+    let in_scope = policy
+        .providers()
+        .iter()
+        .filter(|p| principal.in_scope(&p.secret));
+    let mut vars = client_vars(&proxy_url, &bundle_abs, &wgetrc);
+    add_dummy_keys(&mut vars, in_scope.map(|p| &**p));
+    Ok(vars)
+}
+
+/// The system's roots followed by keyward's CA: what clients in the sandbox trust.
+pub fn bundle_text(ca_pem: &str) -> String {
+    let mut bundle = SYSTEM_BUNDLES
         .iter()
         .find_map(|p| std::fs::read_to_string(p).ok())
-    {
-        bundle.push_str(&system);
-        if !bundle.ends_with('\n') {
-            bundle.push('\n');
-        }
+        .unwrap_or_default();
+    if !bundle.is_empty() && !bundle.ends_with('\n') {
+        bundle.push('\n');
     }
-    bundle.push_str(ca.ca_pem());
-    write_public(&bundle_path, bundle.as_bytes())?;
-    let bundle_abs = std::fs::canonicalize(&bundle_path).unwrap_or(bundle_path);
-    let bundle_str = bundle_abs.display().to_string();
-    let wgetrc = wgetrc_path(&bundle_abs);
-    write_public(
-        &wgetrc,
-        format!("ca_certificate = {bundle_str}\n").as_bytes(),
-    )?;
+    bundle.push_str(ca_pem);
+    bundle
+}
 
+/// Writes `<stem>.wgetrc` naming `bundle` beside it (0644): wget ignores
+/// `SSL_CERT_FILE`.
+pub fn write_wgetrc(bundle: &Path) -> Result<PathBuf, CliError> {
+    let wgetrc = wgetrc_path(bundle);
+    let line = format!("ca_certificate = {}\n", bundle.display());
+    write_public(&wgetrc, line.as_bytes())?;
+    Ok(wgetrc)
+}
+
+/// The variables every client family reads, for one proxy URL and CA bundle, in
+/// a stable order (`keyward env` and `keyward run` both start from these).
+pub fn client_vars(proxy_url: &str, bundle: &Path, wgetrc: &Path) -> Vec<(String, String)> {
+    let bundle = bundle.display().to_string();
     let mut vars: Vec<(String, String)> = Vec::new();
     for name in PROXY_VARS {
-        vars.push((name.to_string(), proxy_url.clone()));
+        vars.push((name.to_string(), proxy_url.to_string()));
     }
     for name in NO_PROXY_VARS {
         vars.push((name.to_string(), NO_PROXY.into()));
     }
     for name in BUNDLE_VARS {
-        vars.push((name.to_string(), bundle_str.clone()));
+        vars.push((name.to_string(), bundle.clone()));
     }
     vars.push(("WGETRC".into(), wgetrc.display().to_string()));
     vars.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
     // git probes each command without proxy credentials first unless told the
     // method: one 407 and one auth_fail audit line per command otherwise.
     vars.push(("GIT_HTTP_PROXY_AUTHMETHOD".into(), "basic".into()));
-    let policy = Policy::from_config(cfg);
-    for p in policy.providers() {
-        if !principal.in_scope(&p.secret) {
-            continue;
-        }
+    vars
+}
+
+/// Adds the dummy key variables SDKs read for these providers (not already set).
+pub fn add_dummy_keys<'a>(
+    vars: &mut Vec<(String, String)>,
+    providers: impl Iterator<Item = &'a crate::policy::Provider>,
+) {
+    for p in providers {
         let sigv4 = matches!(p.sign, Some(SignConfig::AwsSigv4 { .. }));
         // A SigV4 provider's secret (an access key pair) is read by SDKs as
         // two variables; any other provider without `env` (one from the config
@@ -182,7 +206,6 @@ pub fn environment(args: &EnvArgs, cfg: &Config) -> Result<Vec<(String, String)>
             }
         }
     }
-    Ok(vars)
 }
 
 /// `data/ca-bundle.pem` → `data/ca-bundle.wgetrc`.

@@ -47,37 +47,29 @@ pub use linux::run;
 #[cfg(target_os = "linux")]
 mod linux {
     use super::{CliError, RunArgs, DIR_PREFIX, PID_FILE};
+    use crate::cli::env;
     use crate::config::Config;
     use crate::jail::{self, spawn::RunAs, JailError};
-    use crate::policy::Policy;
+    use crate::policy::{Policy, Provider};
     use crate::resolve::Directory;
     use crate::secret::Secret;
-    use crate::vault::{Store, Vault};
     use base64::Engine;
     use std::net::{SocketAddr, ToSocketAddrs};
     use std::os::unix::fs::PermissionsExt;
     use std::path::PathBuf;
+    use std::sync::Arc;
 
-    /// The dummy value SDK key variables get (as `keyward env`).
-    const DUMMY_KEY: &str = crate::cli::env::DUMMY_KEY;
     /// The variable the token may come in; never passed to CMD.
     const TOKEN_VAR: &str = "KEYWARD_TOKEN";
     /// Who CMD runs as when `keyward run` is root and no `--user`/`SUDO_UID` says
     /// otherwise: `nobody`, which cannot read root's vault, master key or config.
     const NOBODY: u32 = 65_534;
-    /// Where the system's CA bundle usually is (as `keyward env`).
-    const SYSTEM_BUNDLES: &[&str] = &[
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/cert.pem",
-    ];
-
     pub fn run(args: RunArgs, cfg: &Config) -> Result<u8, CliError> {
         let token = token(&args)?;
         let proxy = proxy_addr(args.proxy.as_deref(), cfg)?;
         let run_as = run_as(args.user.as_deref())?;
         let policy = Policy::from_config(cfg);
-        let dummy_vars = dummy_vars(cfg, &policy, &args.agent, &token)?;
+        let providers = providers_in_scope(cfg, &policy, &args.agent, &token)?;
         // The bundle must be readable by CMD's user: a directory of our own,
         // marked with our pid so the next run removes it if we are kill -9'd.
         remove_stale_dirs(&std::env::temp_dir());
@@ -91,7 +83,8 @@ mod linux {
         )
         .map_err(|e| CliError::Internal(format!("temporary directory: {e}")))?;
         let bundle = write_bundle(cfg, bundle_dir.path())?;
-        let env = environment(args.jail_proxy_port, &bundle, dummy_vars);
+        let wgetrc = env::write_wgetrc(&bundle)?;
+        let env = environment(args.jail_proxy_port, &bundle, &wgetrc, &providers);
         let basic =
             base64::engine::general_purpose::STANDARD.encode(format!("{}:{token}", args.agent));
         let opts = jail::Options {
@@ -179,16 +172,16 @@ mod linux {
         })
     }
 
-    /// The dummy key variables of the providers in the agent's scope. Where the
-    /// vault is not readable here (keyward serve on another host), every
-    /// configured provider's: keyward authenticates each connection anyway.
-    fn dummy_vars(
+    /// The providers in the agent's scope, whose dummy key variables CMD gets.
+    /// Where the vault is not readable here (keyward serve on another host),
+    /// every configured provider: keyward authenticates each connection anyway.
+    fn providers_in_scope(
         cfg: &Config,
         policy: &Policy,
         agent: &str,
         token: &str,
-    ) -> Result<Vec<String>, CliError> {
-        let principal = match Vault::open(&cfg.vault) {
+    ) -> Result<Vec<Arc<Provider>>, CliError> {
+        let principal = match crate::vault::open_store(cfg) {
             Ok(vault) => {
                 let snapshot = vault.snapshot();
                 let directory = Directory::build(cfg, snapshot.agents(), Some(vault.session_key()));
@@ -201,24 +194,12 @@ mod linux {
             }
             Err(_) => None,
         };
-        let mut vars = Vec::new();
-        for p in policy.providers() {
-            if principal.as_ref().is_some_and(|pr| !pr.in_scope(&p.secret)) {
-                continue;
-            }
-            let names = if p.env.is_empty() {
-                std::slice::from_ref(&p.secret)
-            } else {
-                &p.env[..]
-            };
-            for var in names {
-                let portable = var.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-                if portable && !vars.contains(var) {
-                    vars.push(var.clone());
-                }
-            }
-        }
-        Ok(vars)
+        Ok(policy
+            .providers()
+            .iter()
+            .filter(|p| principal.as_ref().is_none_or(|pr| pr.in_scope(&p.secret)))
+            .cloned()
+            .collect())
     }
 
     /// Removes the directories of runs that are gone (kill -9 skips the clean-up).
@@ -254,14 +235,7 @@ mod linux {
             cfg.tls.ca_cert.display()
         ))
     })?;
-        let mut bundle = SYSTEM_BUNDLES
-            .iter()
-            .find_map(|p| std::fs::read_to_string(p).ok())
-            .unwrap_or_default();
-        if !bundle.is_empty() && !bundle.ends_with('\n') {
-            bundle.push('\n');
-        }
-        bundle.push_str(&ca);
+        let bundle = env::bundle_text(&ca);
         let path = dir.join("ca-bundle.pem");
         let io = |e: std::io::Error| CliError::Internal(format!("{}: {e}", path.display()));
         std::fs::write(&path, bundle).map_err(io)?;
@@ -270,38 +244,17 @@ mod linux {
         Ok(path)
     }
 
-    /// The `keyward env` environment for the jail. A local stand-in until
-    /// `cli::env` exposes its own (issue 15b); the proxy URL has no userinfo: the
-    /// jail's proxy port adds the credentials outside the jail.
+    /// The `keyward env` environment for the jail; the proxy URL has no
+    /// userinfo: the jail's proxy port adds the credentials outside the jail.
     fn environment(
         proxy_port: u16,
         bundle: &std::path::Path,
-        dummy_vars: Vec<String>,
+        wgetrc: &std::path::Path,
+        providers: &[Arc<Provider>],
     ) -> Vec<(String, String)> {
         let proxy = format!("http://127.0.0.1:{proxy_port}");
-        let mut vars: Vec<(String, String)> = Vec::new();
-        for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
-            vars.push((name.into(), proxy.clone()));
-        }
-        for name in ["NO_PROXY", "no_proxy"] {
-            vars.push((name.into(), "localhost,127.0.0.1,::1".into()));
-        }
-        let bundle = bundle.display().to_string();
-        for name in [
-            "SSL_CERT_FILE",
-            "REQUESTS_CA_BUNDLE",
-            "CURL_CA_BUNDLE",
-            "NODE_EXTRA_CA_CERTS",
-            "GIT_SSL_CAINFO",
-        ] {
-            vars.push((name.into(), bundle.clone()));
-        }
-        vars.push(("NODE_USE_ENV_PROXY".into(), "1".into()));
-        for var in dummy_vars {
-            if !vars.iter().any(|(k, _)| *k == var) {
-                vars.push((var, DUMMY_KEY.into()));
-            }
-        }
+        let mut vars = env::client_vars(&proxy, bundle, wgetrc);
+        env::add_dummy_keys(&mut vars, providers.iter().map(|p| &**p));
         vars
     }
 }

@@ -69,7 +69,10 @@ impl InScope {
     }
 
     fn lineage(&self) -> Option<Served> {
-        self.served.lock().clone().or_else(|| self.prev.lock().clone())
+        self.served
+            .lock()
+            .clone()
+            .or_else(|| self.prev.lock().clone())
     }
 
     /// [`Self::lineage`] without waiting (under the cache's write lock, where an
