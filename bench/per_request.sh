@@ -62,10 +62,12 @@ if [[ $TOOL == callgrind ]]; then
   echo "top inclusive: $OUT/$tag.top.txt"
 else
   "${OHA[@]}" -n "$N" -c "$C" --output-format json "$URL" >"$OUT/$tag.oha.json"
-  kill -INT "$PID"; wait "$PID" 2>/dev/null || true
+  # Stop the traced proxy (strace's child, by PID); strace then writes its summary.
+  kill "$(pgrep -P "$PID" | head -n 1)" 2>/dev/null || true
+  wait "$PID" 2>/dev/null || true
   trap - EXIT
   ok="$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['statusCodeDistribution'].get('200',0))" "$OUT/$tag.oha.json")"
   # Includes the warm-up's requests: per request over N + 200.
-  awk -v n="$((ok + 200))" 'NR>2 && $NF !~ /^-/ && NF>=5 {printf "%-16s %8.2f per request\n", $NF, $4/n}' \
+  awk -v n="$((ok + 200))" 'NR>2 && $NF !~ /^-/ && $NF != "total" && NF>=5 {printf "%-16s %8.2f per request\n", $NF, $4/n}' \
     "$OUT/$tag.strace" | sort -k2 -nr | head -n 15
 fi
