@@ -5,12 +5,12 @@
 #   bench/ab.sh A_BIN B_BIN [rounds=3] [secs=6] [c=16]
 #   MODE=syscalls bench/ab.sh BIN        # syscalls and context switches per request (perf)
 #
-# Needs the state bench/run.sh leaves in $BENCH_DIR/keyward-state (config, vault, token)
+# Needs the state bench/run.sh leaves in $KW_STATE (default $BENCH_DIR/keyward-state: config, vault, token)
 # and the kit's nginx upstream on :8443 (../shared/bench/start.sh upstream).
 # Loopback only. CPU = utime+stime of the keyward process per 1k requests.
 set -euo pipefail
 BENCH_DIR="${BENCH_DIR:-/tmp/kwbench}"
-S="$BENCH_DIR/keyward-state"
+S="${KW_STATE:-$BENCH_DIR/keyward-state}"
 KW_PORT="${KW_PORT:-3138}"
 export PATH="$BENCH_DIR/tools/bin:$PATH"
 [[ -s "$S/keyward.toml" ]] || { echo "no $S: run bench/run.sh once" >&2; exit 1; }

@@ -7,6 +7,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::Arc;
 
 /// Upstream latency buckets: 1 ms … ~33 s.
 const LATENCY_START: f64 = 0.001;
@@ -39,6 +41,20 @@ pub struct Metrics {
     pub cert_cache_hits: Counter,
     pub cert_cache_misses: Counter,
     pub vault_reloads: Counter,
+    /// `requests{outcome="allowed"}` and `{outcome="denied"}`, resolved once: a
+    /// family lookup allocates its label and hashes it on every request.
+    allowed: Counter,
+    denied: Counter,
+    /// Per-provider series, resolved at a provider's first request and then found
+    /// by name without allocating (bounded by the configured providers).
+    by_provider: parking_lot::RwLock<HashMap<Arc<str>, ProviderSeries>>,
+}
+
+/// One provider's injection counter and latency histogram (shared handles).
+#[derive(Clone)]
+struct ProviderSeries {
+    injections: Counter,
+    latency: Histogram,
 }
 
 impl Default for Metrics {
@@ -106,8 +122,17 @@ impl Metrics {
             "Vault reloads after a change on disk",
             vault_reloads.clone(),
         );
+        let outcome = |o: &str| {
+            requests
+                .get_or_create(&OutcomeLabel { outcome: o.into() })
+                .clone()
+        };
+        let (allowed, denied) = (outcome("allowed"), outcome("denied"));
         Metrics {
             registry,
+            allowed,
+            denied,
+            by_provider: parking_lot::RwLock::default(),
             requests,
             injections,
             denials,
@@ -121,29 +146,33 @@ impl Metrics {
     }
 
     pub fn deny(&self, code: &str) {
-        self.requests
-            .get_or_create(&OutcomeLabel {
-                outcome: "denied".into(),
-            })
-            .inc();
+        self.denied.inc();
         self.denials
             .get_or_create(&CodeLabel { code: code.into() })
             .inc();
     }
 
     pub fn inject(&self, provider: &str, latency_secs: f64) {
-        self.requests
-            .get_or_create(&OutcomeLabel {
-                outcome: "allowed".into(),
-            })
-            .inc();
+        self.allowed.inc();
+        let series = self.by_provider.read().get(provider).cloned();
+        let series = series.unwrap_or_else(|| self.provider_series(provider));
+        series.injections.inc();
+        series.latency.observe(latency_secs);
+    }
+
+    /// Resolves (once per provider) the family members `inject` counts into.
+    fn provider_series(&self, provider: &str) -> ProviderSeries {
         let label = ProviderLabel {
             provider: provider.into(),
         };
-        self.injections.get_or_create(&label).inc();
-        self.upstream_latency
-            .get_or_create(&label)
-            .observe(latency_secs);
+        let series = ProviderSeries {
+            injections: self.injections.get_or_create(&label).clone(),
+            latency: self.upstream_latency.get_or_create(&label).clone(),
+        };
+        self.by_provider
+            .write()
+            .insert(Arc::from(provider), series.clone());
+        series
     }
 
     /// Prometheus text exposition format.

@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 
 /// Room reserved per line of a batch: a typical request line is 300–400 bytes.
 const LINE_BYTES_HINT: usize = 512;
+/// The batch buffer is kept for the next batch up to this capacity.
+const KEPT_BUFFER_BYTES: usize = 256 * 1024;
 /// Audit files are created private to the proxy's user.
 #[cfg(unix)]
 const FILE_MODE: u32 = 0o600;
@@ -41,6 +43,8 @@ struct Inner {
     /// `PATH.lock`: held exclusively around read-last-hash + append (+ rotate).
     lock: Option<File>,
     prev_hash: String,
+    /// The batch buffer, kept between batches (cleared, its capacity reused).
+    buf: Vec<u8>,
 }
 
 /// The append-only writer. `record` returns only once the line is handed to the
@@ -128,6 +132,7 @@ impl AuditLog {
                     sink: Sink::Stdout,
                     lock: None,
                     prev_hash: GENESIS_HASH.to_string(),
+                    buf: Vec::new(),
                 }),
                 lanes: lanes(),
             });
@@ -155,6 +160,7 @@ impl AuditLog {
                 sink: Sink::File(sink),
                 lock: Some(lock),
                 prev_hash,
+                buf: Vec::new(),
             }),
             lanes: lanes(),
         })
@@ -251,6 +257,23 @@ impl AuditLog {
     /// Chains and writes `events` in order (one lock, one catch-up and, unless a
     /// rotation falls inside the batch, one `write`); returns their hashes.
     fn append(&self, inner: &mut Inner, events: &mut [Event]) -> Result<Vec<String>, AuditError> {
+        let mut buf = std::mem::take(&mut inner.buf);
+        buf.clear();
+        buf.reserve(events.len() * LINE_BYTES_HINT);
+        let written = self.append_into(inner, events, &mut buf);
+        // Kept for the next batch unless one unusually large batch grew it.
+        if buf.capacity() <= KEPT_BUFFER_BYTES {
+            inner.buf = buf;
+        }
+        written
+    }
+
+    fn append_into(
+        &self,
+        inner: &mut Inner,
+        events: &mut [Event],
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<String>, AuditError> {
         let ts = now_rfc3339();
         for ev in events.iter_mut().filter(|ev| ev.ts.is_empty()) {
             ev.ts.clone_from(&ts);
@@ -258,16 +281,15 @@ impl AuditLog {
         let mut hashes: Vec<String> = Vec::with_capacity(events.len());
         // The whole batch is rendered into this one buffer; each line chains off
         // the hash of the line before it in the batch (or the chain head).
-        let mut buf = Vec::with_capacity(events.len() * LINE_BYTES_HINT);
         match &mut inner.sink {
             Sink::Stdout => {
                 for ev in events.iter_mut() {
                     let prev = hashes.last().unwrap_or(&inner.prev_hash);
-                    let hash = render(ev, prev, &mut buf);
+                    let hash = render(ev, prev, buf);
                     hashes.push(hash);
                 }
                 let mut out = std::io::stdout().lock();
-                out.write_all(&buf)
+                out.write_all(buf)
                     .and_then(|_| out.flush())
                     .map_err(io_err(&self.path))?;
                 if let Some(head) = hashes.last() {
@@ -288,7 +310,7 @@ impl AuditLog {
                 for ev in events.iter_mut() {
                     let prev = hashes.last().unwrap_or(&inner.prev_hash);
                     let start = buf.len();
-                    let hash = render(ev, prev, &mut buf);
+                    let hash = render(ev, prev, buf);
                     let line_len = (buf.len() - start) as u64;
                     let len = sink.len + start as u64;
                     if self.rotate_bytes > 0 && len > 0 && len + line_len > self.rotate_bytes {
@@ -303,7 +325,7 @@ impl AuditLog {
                     }
                     hashes.push(hash);
                 }
-                self.write_out(sink, &buf)?;
+                self.write_out(sink, buf)?;
                 if let Some(head) = hashes.last() {
                     inner.prev_hash.clone_from(head);
                 }

@@ -30,6 +30,10 @@ impl Notify {
     }
 }
 
+/// A chunk longer than this many times the longest pattern, arriving while bytes
+/// are held, is searched in two pieces (see [`Redactor::push_split`]).
+const SEAM_SPLIT_FACTOR: usize = 4;
+
 /// Streaming redactor: feed body bytes in any chunking, get redacted bytes out.
 pub struct Redactor {
     patterns: Arc<Patterns>,
@@ -60,29 +64,93 @@ impl Redactor {
 
     /// Feeds one chunk; returns what can be emitted now (possibly empty).
     pub fn push(&mut self, chunk: Bytes) -> Bytes {
-        let nfa = match &self.patterns.matcher {
-            Matcher::Empty => return chunk,
+        let (first, rest) = self.push_split(chunk);
+        if first.is_empty() {
+            return rest;
+        }
+        if rest.is_empty() {
+            return first;
+        }
+        let mut out = Vec::with_capacity(first.len() + rest.len());
+        out.extend_from_slice(&first);
+        out.extend_from_slice(&rest);
+        Bytes::from(out)
+    }
+
+    /// Like [`Redactor::push`], the output in two pieces (emit `first`, then
+    /// `rest`), so that a large chunk arriving while a possible partial match is
+    /// held is not copied: only the seam (held bytes and the chunk's first
+    /// `max_pattern_len` bytes) is, and the rest of the chunk is searched, and
+    /// when nothing in it matches emitted, as a slice of the chunk itself.
+    ///
+    /// Same output as one search over held ‖ chunk: it is the search of the chunk
+    /// arriving in two pieces (any chunking gives the same output), and the held
+    /// bytes after the seam piece are the chunk's own bytes just before the rest.
+    pub fn push_split(&mut self, chunk: Bytes) -> (Bytes, Bytes) {
+        let search = match &self.patterns.matcher {
+            Matcher::Empty => return (Bytes::new(), chunk),
             Matcher::Ready(search) => search,
             // SECURITY: no automaton, no way to tell; emit nothing (callers refuse
             // such responses up front, this is belt and braces).
-            Matcher::Broken => return Bytes::new(),
+            Matcher::Broken => return (Bytes::new(), Bytes::new()),
         };
-        let mut out = None;
         if self.held.is_empty() {
-            // Fast path: no carry-over, so the chunk itself is the buffer and an
-            // unmatched prefix is emitted as a zero-copy slice.
-            let (settled, n) = nfa.scan(&chunk, false, &mut out);
-            self.redactions += n as u64;
-            self.held.extend_from_slice(&chunk[settled..]);
-            return match out {
-                Some(v) => Bytes::from(v),
-                None => chunk.slice(..settled),
-            };
+            return (Bytes::new(), self.scan_unheld(chunk));
         }
+        let seam_len = self.patterns.max_pattern_len();
+        let h = self.held.len();
+        if chunk.len() <= SEAM_SPLIT_FACTOR * seam_len {
+            return (self.scan_held(&chunk), Bytes::new());
+        }
+        let mut out = None;
         self.scratch.clear();
         self.scratch.extend_from_slice(&self.held);
-        self.scratch.extend_from_slice(&chunk);
-        let (settled, n) = nfa.scan(&self.scratch, false, &mut out);
+        self.scratch.extend_from_slice(&chunk[..seam_len]);
+        let (settled, n) = search.scan(&self.scratch, false, &mut out);
+        if settled < h {
+            // Cannot happen (the seam's last `max_pattern_len - 1` bytes are the
+            // most it holds back, so it settles past the held bytes); keep the
+            // one-search path rather than rely on it.
+            return (self.scan_held(&chunk), Bytes::new());
+        }
+        self.redactions += n as u64;
+        self.held.clear();
+        let first = match out {
+            Some(v) => Bytes::from(v),
+            None => Bytes::copy_from_slice(&self.scratch[..settled]),
+        };
+        // What is held after the seam is chunk[settled - h..seam_len]: search it
+        // with the rest of the chunk, in place.
+        let rest = self.scan_unheld(chunk.slice(settled - h..));
+        (first, rest)
+    }
+
+    /// The search with nothing held: the chunk itself is the buffer, and an
+    /// unmatched prefix is emitted as a zero-copy slice.
+    fn scan_unheld(&mut self, chunk: Bytes) -> Bytes {
+        let Matcher::Ready(search) = &self.patterns.matcher else {
+            return Bytes::new();
+        };
+        let mut out = None;
+        let (settled, n) = search.scan(&chunk, false, &mut out);
+        self.redactions += n as u64;
+        self.held.extend_from_slice(&chunk[settled..]);
+        match out {
+            Some(v) => Bytes::from(v),
+            None => chunk.slice(..settled),
+        }
+    }
+
+    /// The search over held ‖ chunk, copied into one buffer (small chunks).
+    fn scan_held(&mut self, chunk: &[u8]) -> Bytes {
+        let Matcher::Ready(search) = &self.patterns.matcher else {
+            return Bytes::new();
+        };
+        let mut out = None;
+        self.scratch.clear();
+        self.scratch.extend_from_slice(&self.held);
+        self.scratch.extend_from_slice(chunk);
+        let (settled, n) = search.scan(&self.scratch, false, &mut out);
         self.redactions += n as u64;
         self.held.clear();
         self.held.extend_from_slice(&self.scratch[settled..]);
@@ -150,6 +218,7 @@ pub(super) fn wrap(
         compressed_seen: false,
         trailers: None,
         phase: Phase::Streaming,
+        queued: Bytes::new(),
     };
     Response::from_parts(parts, body.boxed())
 }
@@ -174,6 +243,9 @@ struct RedactBody {
     compressed_seen: bool,
     trailers: Option<HeaderMap>,
     phase: Phase,
+    /// Redacted bytes to send before anything else (the second piece of a
+    /// [`Redactor::push_split`]).
+    queued: Bytes,
 }
 
 impl RedactBody {
@@ -183,12 +255,17 @@ impl RedactBody {
         }
     }
 
-    /// Redacts a piece of (decoded) body.
+    /// Redacts a piece of (decoded) body: returns what to send now; a second
+    /// piece, if any, is queued to go out next (before anything else).
     fn redact(&mut self, data: Bytes) -> Bytes {
         let before = self.redactor.redactions();
-        let out = self.redactor.push(data);
+        let (first, rest) = self.redactor.push_split(data);
         self.note_redactions(before);
-        out
+        if first.is_empty() {
+            return rest;
+        }
+        self.queued = rest;
+        first
     }
 
     /// Decodes and redacts one bounded step of `pending_in`.
@@ -213,8 +290,9 @@ impl RedactBody {
         if let Some(decoder) = self.decoder.as_mut().filter(|_| self.compressed_seen) {
             decoder.finish(&mut tail)?;
         }
-        let mut out = self.redact(Bytes::from(tail)).to_vec();
+        // One piece (`push`, not `redact`): nothing may be queued behind the end.
         let before = self.redactor.redactions();
+        let mut out = self.redactor.push(Bytes::from(tail)).to_vec();
         out.extend_from_slice(&self.redactor.finish());
         self.note_redactions(before);
         Ok(Bytes::from(out))
@@ -223,6 +301,7 @@ impl RedactBody {
     fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         self.phase = Phase::Done;
         self.pending_in = Bytes::new();
+        self.queued = Bytes::new();
         Poll::Ready(Some(Err(e)))
     }
 }
@@ -237,6 +316,9 @@ impl HttpBody for RedactBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
+            if !this.queued.is_empty() {
+                return Poll::Ready(Some(Ok(Frame::data(std::mem::take(&mut this.queued)))));
+            }
             match this.phase {
                 Phase::Done => return Poll::Ready(None),
                 Phase::Ended => {
@@ -367,6 +449,51 @@ mod tests {
         );
         assert_eq!(r.held_len(), 0);
         assert_eq!(&r.finish()[..], b"");
+    }
+
+    /// A document long enough that a chunk arriving while a partial match is
+    /// held takes the two-piece path: secrets and near-misses on every side of
+    /// every seam; any two cuts give the one-search output.
+    #[test]
+    fn large_chunks_after_a_held_prefix_redact_as_one_search() {
+        use super::super::forms::encoded_forms;
+        for p in [patterns(SECRET), super::super::test_util::large_set()] {
+            let forms = encoded_forms(SECRET);
+            let mut doc = Vec::new();
+            for (i, form) in forms.iter().enumerate() {
+                doc.extend_from_slice(b"filler text, ");
+                doc.extend_from_slice(&SECRET[..(i % SECRET.len()) + 1]);
+                doc.extend_from_slice(b" then ");
+                doc.extend_from_slice(form);
+                doc.extend_from_slice(&form[..form.len() / 2]);
+            }
+            doc.extend_from_slice(SECRET);
+            doc.extend_from_slice(&SECRET[..5]);
+            let want = p.redact_all(&doc).expect("the document holds secrets");
+            let max = p.max_pattern_len();
+            for a in 0..doc.len() {
+                for b in [a + 1, a + max, a + 4 * max + 1, a + 5 * max + 3] {
+                    assert_eq!(stream(&p, &doc, &[a, b]), want, "cuts {a}, {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_rest_of_a_large_chunk_after_a_held_prefix_is_not_copied() {
+        let p = patterns(SECRET);
+        let mut r = Redactor::new(p.clone());
+        assert_eq!(&r.push(Bytes::from_static(b"x sk-pr"))[..], b"x ");
+        assert!(r.held_len() > 0);
+        let chunk = Bytes::from(
+            [b"oj".as_slice(), &[b'.'; 4096]].concat(),
+        );
+        let (first, rest) = r.push_split(chunk.clone());
+        assert!(first.starts_with(b"sk-proj"));
+        let rest_at = rest.as_ptr() as usize - chunk.as_ptr() as usize;
+        assert!(rest_at < chunk.len(), "rest is a slice of the chunk");
+        assert_eq!([&first[..], &rest[..]].concat(), [b"sk-pr".as_slice(), &chunk[..]].concat());
+        assert_eq!(r.held_len(), 0);
     }
 
     #[test]
