@@ -8,7 +8,7 @@
 pub mod dns;
 pub mod netns;
 pub mod relay;
-pub mod sniff;
+pub use crate::sniff;
 pub mod spawn;
 
 use crate::policy::Policy;

@@ -7,7 +7,7 @@
 //! with the agent's credentials added here: the token never enters the jail.
 
 use super::dns::Names;
-use super::sniff::{sniff, Sniffed};
+use crate::sniff::{sniff, Sniffed};
 use crate::secret::Secret;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};

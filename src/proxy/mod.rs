@@ -12,6 +12,7 @@ pub mod relay;
 pub mod request;
 pub mod runtime;
 pub mod state;
+pub mod transparent;
 pub mod tunnel;
 pub mod upgrade;
 pub mod upstream;
