@@ -39,6 +39,9 @@ pub struct Metrics {
     pub cert_cache_hits: Counter,
     pub cert_cache_misses: Counter,
     pub vault_reloads: Counter,
+    /// Connections and lookups a jail refused (reported by `keyward run`, and
+    /// every refusal on `proxy.transparent_listen`).
+    pub jail_blocks: Counter,
 }
 
 impl Default for Metrics {
@@ -65,6 +68,7 @@ impl Metrics {
         let cert_cache_hits = Counter::default();
         let cert_cache_misses = Counter::default();
         let vault_reloads = Counter::default();
+        let jail_blocks = Counter::default();
         registry.register("requests", "Requests decided, by outcome", requests.clone());
         registry.register(
             "injections",
@@ -106,6 +110,11 @@ impl Metrics {
             "Vault reloads after a change on disk",
             vault_reloads.clone(),
         );
+        registry.register(
+            "jail_blocks",
+            "Connections and lookups a jail refused (keyward run reports, transparent_listen refusals)",
+            jail_blocks.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -117,6 +126,7 @@ impl Metrics {
             cert_cache_hits,
             cert_cache_misses,
             vault_reloads,
+            jail_blocks,
         }
     }
 

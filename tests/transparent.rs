@@ -153,3 +153,46 @@ async fn transparent_listen_needs_a_known_agent() {
         .expect("refused");
     assert!(err.contains("proxy.transparent_agent") && err.contains("nobody"), "{err}");
 }
+
+/// `keyward run`'s relay reports what the jail refused as an authenticated
+/// CONNECT to `jail-report.keyward.invalid`; serve audits and counts it.
+async fn report(kw: &Kw, auth: Option<String>, count: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(kw.addr()).await.unwrap();
+    let mut req = format!(
+        "CONNECT jail-report.keyward.invalid:9 HTTP/1.1\r\nHost: jail-report.keyward.invalid:9\r\n\
+         x-keyward-jail-blocks: {count}\r\nx-keyward-jail-what: DNS lookup of \"x.test\"\r\n"
+    );
+    if let Some(b) = auth {
+        req.push_str(&format!("Proxy-Authorization: Basic {b}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let (status, head, _) = read_head(&mut s).await;
+    (status, head)
+}
+
+#[tokio::test]
+async fn jail_reports_are_audited_as_jail_block_and_counted() {
+    let kw = start().await;
+    let (status, head) = report(&kw, kw.client().basic(), "3").await;
+    assert_eq!(status, 204, "{head}");
+    let line = kw.last_audit();
+    assert_eq!(line["event"], "jail_block");
+    assert_eq!(line["agent"], AGENT);
+    assert!(
+        line["reason"].as_str().unwrap().starts_with("3 refused; latest: DNS lookup"),
+        "{line}"
+    );
+    // A refusal on the transparent path is a jail block too.
+    let _ = tls(&kw, Some("evil.example.test")).await;
+    let metrics = kw.running.state.metrics.render();
+    assert!(metrics.contains("keyward_jail_blocks_total 4"), "{metrics}");
+    // Unauthenticated or malformed reports are refused and count nothing.
+    let (status, _) = report(&kw, None, "5").await;
+    assert_eq!(status, 407);
+    let (status, _) = report(&kw, kw.client().basic(), "lots").await;
+    assert_eq!(status, 400);
+    let metrics = kw.running.state.metrics.render();
+    assert!(metrics.contains("keyward_jail_blocks_total 4"), "{metrics}");
+    assert!(kw.upstream.requests().is_empty());
+}

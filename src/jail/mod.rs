@@ -87,6 +87,7 @@ async fn supervise(
         authorization: opts.authorization,
         names: Arc::new(dns::Names::default()),
         blocked: AtomicU64::new(0),
+        reported: AtomicU64::new(0),
     });
     let adopt = |e: std::io::Error| JailError::Setup(format!("socket: {e}"));
     for l in sockets.transparent {
@@ -110,6 +111,10 @@ async fn supervise(
     let blocked = up.blocked.load(std::sync::atomic::Ordering::Relaxed);
     if blocked > 0 {
         tracing::warn!("jail_block: {blocked} connection(s) or lookup(s) refused in total");
+        // The ones not reported yet (between two rate-limited reports).
+        if let Some(report) = up.report("at exit") {
+            report.await;
+        }
     }
     Ok(spawn::exit_code(status))
 }

@@ -4,6 +4,7 @@ pub mod connect;
 pub mod error;
 pub mod inject;
 pub mod intercept;
+pub mod jail_report;
 pub mod limits;
 pub mod listener;
 pub mod pipeline;

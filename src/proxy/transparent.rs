@@ -13,7 +13,7 @@ use super::connect::ConnSlot;
 use super::error::{Code, Deny};
 use super::intercept::intercept;
 use super::limits::TunnelSlot;
-use super::refuse::{record, refuse};
+use super::refuse::refuse;
 use super::relay::relay;
 use super::state::State;
 use super::tunnel::{upstream_authority, TunnelCx};
@@ -287,6 +287,7 @@ async fn cleartext(state: Arc<State>, io: Prefixed<TcpStream>, host: Option<Stri
                 "plain http is not proxied; use https://",
             )
         };
+        state.metrics.jail_blocks.inc();
         let resp = refuse(&state, &deny, ev);
         async move { Ok::<_, std::convert::Infallible>(resp) }
     });
@@ -298,6 +299,13 @@ async fn cleartext(state: Arc<State>, io: Prefixed<TcpStream>, host: Option<Stri
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "transparent cleartext connection ended with an error");
     }
+}
+
+/// A refusal on the transparent path: a `deny` line like a CONNECT's, and
+/// counted in `keyward_jail_blocks_total` (the pod is the jail).
+fn record(state: &State, deny: &Deny, ev: Event) {
+    state.metrics.jail_blocks.inc();
+    super::refuse::record(state, deny, ev);
 }
 
 /// Where a redirected connection was headed (`SO_ORIGINAL_DST`, set by
