@@ -3,10 +3,10 @@
 //! [`serve`]; tests call [`start`] on `127.0.0.1:0`.
 
 use crate::config::Config;
-use crate::proxy::{listener, transparent};
 use crate::proxy::state::{StartError, State};
 use crate::proxy::upstream::{Resolver, SystemResolver};
 use crate::proxy::workers::{self, Workers};
+use crate::proxy::{listener, transparent};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;

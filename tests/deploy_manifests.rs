@@ -946,13 +946,23 @@ fn pod_sidecar_example_sends_all_tcp_but_keywards_own_to_transparent_listen() {
         .expect("keyward-sidecar-config has keyward.toml");
     let cfg = Config::parse(text, "pod-sidecar/configmap.yaml")
         .unwrap_or_else(|e| panic!("sidecar keyward.toml: {e}"));
-    let listen = cfg.proxy.transparent_listen.expect("transparent_listen is set");
-    let agent = cfg.proxy.transparent_agent.clone().expect("transparent_agent is set");
+    let listen = cfg
+        .proxy
+        .transparent_listen
+        .expect("transparent_listen is set");
+    let agent = cfg
+        .proxy
+        .transparent_agent
+        .clone()
+        .expect("transparent_agent is set");
     assert!(
         cfg.agents.iter().any(|a| a.id == agent),
         "transparent_agent {agent:?} is not an [[agents]] entry"
     );
-    assert!(listen.ip().is_loopback(), "transparent_listen stays inside the pod");
+    assert!(
+        listen.ip().is_loopback(),
+        "transparent_listen stays inside the pod"
+    );
 
     let pod = &find(&docs, "Pod", "agent-sidecar-example").value;
     let spec = &pod["spec"];
@@ -1014,6 +1024,9 @@ fn pod_sidecar_example_sends_all_tcp_but_keywards_own_to_transparent_listen() {
     for e in seq(&agent_c["env"]) {
         let name = e["name"].as_str().unwrap_or("").to_ascii_lowercase();
         assert!(!name.ends_with("_proxy"), "the agent needs no {name}");
-        assert!(e["valueFrom"].is_null(), "the agent reads no Secret ({name})");
+        assert!(
+            e["valueFrom"].is_null(),
+            "the agent reads no Secret ({name})"
+        );
     }
 }

@@ -28,7 +28,9 @@ async fn start() -> Kw {
 }
 
 fn transparent(kw: &Kw) -> SocketAddr {
-    kw.running.transparent_addr.expect("transparent_listen is bound")
+    kw.running
+        .transparent_addr
+        .expect("transparent_listen is bound")
 }
 
 /// TLS to the transparent listener with `sni` (none when `None`).
@@ -56,7 +58,9 @@ fn audit_for(kw: &Kw, host: &str) -> Vec<serde_json::Value> {
 #[tokio::test]
 async fn sni_of_a_provider_host_is_injected_as_the_transparent_agent() {
     let kw = start().await;
-    let stream = tls(&kw, Some("files.test")).await.expect("TLS through keyward");
+    let stream = tls(&kw, Some("files.test"))
+        .await
+        .expect("TLS through keyward");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .unwrap();
@@ -95,7 +99,10 @@ async fn a_host_outside_the_policy_is_refused_and_audited() {
     let kw = start().await;
     let got = tls(&kw, Some("evil.example.test")).await;
     assert!(got.is_err(), "keyward closes instead of serving TLS");
-    assert!(kw.upstream.requests().is_empty(), "the upstream saw nothing");
+    assert!(
+        kw.upstream.requests().is_empty(),
+        "the upstream saw nothing"
+    );
     assert_eq!(kw.upstream.connection_count(), 0);
     let lines = audit_for(&kw, "evil.example.test");
     assert_eq!(lines.len(), 1, "{lines:?}");
@@ -120,9 +127,11 @@ async fn a_client_hello_without_sni_is_refused() {
 async fn cleartext_toward_a_provider_is_refused() {
     let kw = start().await;
     let mut s = TcpStream::connect(transparent(&kw)).await.unwrap();
-    s.write_all(b"GET /v1/data HTTP/1.1\r\nHost: files.test\r\nAuthorization: Bearer dummy\r\n\r\n")
-        .await
-        .unwrap();
+    s.write_all(
+        b"GET /v1/data HTTP/1.1\r\nHost: files.test\r\nAuthorization: Bearer dummy\r\n\r\n",
+    )
+    .await
+    .unwrap();
     let (status, head, _body) = read_head(&mut s).await;
     assert_eq!(status, 403, "{head}");
     assert_eq!(head_error_code(&head).as_deref(), Some("cleartext_refused"));
@@ -151,7 +160,10 @@ async fn transparent_listen_needs_a_known_agent() {
         .await
         .err()
         .expect("refused");
-    assert!(err.contains("proxy.transparent_agent") && err.contains("nobody"), "{err}");
+    assert!(
+        err.contains("proxy.transparent_agent") && err.contains("nobody"),
+        "{err}"
+    );
 }
 
 /// `keyward run`'s relay reports what the jail refused as an authenticated
@@ -180,7 +192,10 @@ async fn jail_reports_are_audited_as_jail_block_and_counted() {
     assert_eq!(line["event"], "jail_block");
     assert_eq!(line["agent"], AGENT);
     assert!(
-        line["reason"].as_str().unwrap().starts_with("3 refused; latest: DNS lookup"),
+        line["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("3 refused; latest: DNS lookup"),
         "{line}"
     );
     // A refusal on the transparent path is a jail block too.

@@ -7,8 +7,8 @@
 //! with the agent's credentials added here: the token never enters the jail.
 
 use super::dns::Names;
-use crate::sniff::{sniff, Sniffed};
 use crate::secret::Secret;
+use crate::sniff::{sniff, Sniffed};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -89,7 +89,12 @@ impl Upstream {
                 let n = s.read(&mut answer).await.ok()?;
                 (answer[..n].starts_with(b"HTTP/1.1 204")).then_some(())
             };
-            if tokio::time::timeout(CONNECT_TIMEOUT, send).await.ok().flatten().is_none() {
+            if tokio::time::timeout(CONNECT_TIMEOUT, send)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+            {
                 tracing::warn!("could not report {count} jail_block(s) to keyward at {proxy}");
             }
         })

@@ -54,7 +54,13 @@ pub fn spawn(
     stop: watch::Receiver<bool>,
     agent: String,
 ) -> JoinHandle<()> {
-    tokio::spawn(accept_loop(listener, state, workers, stop, Arc::from(agent)))
+    tokio::spawn(accept_loop(
+        listener,
+        state,
+        workers,
+        stop,
+        Arc::from(agent),
+    ))
 }
 
 async fn accept_loop(
@@ -262,7 +268,12 @@ async fn decide(
 
 /// Plain HTTP on the transparent path: every request is refused (§6: never a
 /// credential over cleartext), one audit line each, then the connection closes.
-async fn cleartext(state: Arc<State>, io: Prefixed<TcpStream>, host: Option<String>, agent: Arc<str>) {
+async fn cleartext(
+    state: Arc<State>,
+    io: Prefixed<TcpStream>,
+    host: Option<String>,
+    agent: Arc<str>,
+) {
     let header_timeout = state.limits.header_read_timeout.0;
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let mut ev = Event::new(EventKind::Deny, Outcome::Denied);
@@ -335,7 +346,8 @@ fn original_destination(stream: &TcpStream) -> Option<SocketAddr> {
         }
         match libc::c_int::from(addr.sin6_family) {
             libc::AF_INET => {
-                let v4: libc::sockaddr_in = std::ptr::read((&addr as *const libc::sockaddr_in6).cast());
+                let v4: libc::sockaddr_in =
+                    std::ptr::read((&addr as *const libc::sockaddr_in6).cast());
                 Some(SocketAddr::from((
                     u32::from_be(v4.sin_addr.s_addr).to_be_bytes(),
                     u16::from_be(v4.sin_port),
@@ -418,7 +430,9 @@ mod tests {
     #[tokio::test]
     async fn the_sniffed_bytes_are_replayed_first() {
         let (a, mut b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut b, b" world").await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut b, b" world")
+            .await
+            .unwrap();
         drop(b);
         let mut p = Prefixed::new(b"hello".to_vec(), a);
         let mut out = String::new();
