@@ -39,6 +39,8 @@ pub struct Upstream {
     pub blocked: AtomicU64,
     /// `blocked` as of the last report to keyward.
     pub reported: AtomicU64,
+    /// Reports on their way, awaited at exit so none is lost.
+    pub sending: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Upstream {
@@ -52,7 +54,9 @@ impl Upstream {
             // the `jail_block` audit line and counts keyward_jail_blocks_total.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 if let Some(report) = self.report(what) {
-                    rt.spawn(report);
+                    let mut sending = self.sending.lock();
+                    sending.retain(|t| !t.is_finished());
+                    sending.push(rt.spawn(report));
                 }
             }
         }
@@ -89,7 +93,7 @@ impl Upstream {
                 let n = s.read(&mut answer).await.ok()?;
                 (answer[..n].starts_with(b"HTTP/1.1 204")).then_some(())
             };
-            if tokio::time::timeout(CONNECT_TIMEOUT, send)
+            if tokio::time::timeout(REPORT_TIMEOUT, send)
                 .await
                 .ok()
                 .flatten()
@@ -104,6 +108,8 @@ impl Upstream {
 /// The CONNECT host of a report (`proxy::jail_report::REPORT_HOST`; the jail
 /// does not import `proxy`).
 const REPORT_HOST: &str = "jail-report.keyward.invalid";
+/// How long one report to keyward may take (CMD's exit waits for the last ones).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest description sent in a report.
 const MAX_WHAT: usize = 200;
 
@@ -335,6 +341,7 @@ mod tests {
             names: Arc::new(Names::default()),
             blocked: AtomicU64::new(0),
             reported: AtomicU64::new(0),
+            sending: parking_lot::Mutex::new(Vec::new()),
         }
     }
 
