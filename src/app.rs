@@ -3,10 +3,10 @@
 //! [`serve`]; tests call [`start`] on `127.0.0.1:0`.
 
 use crate::config::Config;
-use crate::proxy::listener;
 use crate::proxy::state::{StartError, State};
 use crate::proxy::upstream::{Resolver, SystemResolver};
 use crate::proxy::workers::{self, Workers};
+use crate::proxy::{listener, transparent};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,9 +24,12 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin API's bound address, when `[admin].listen` is set.
     pub admin_addr: Option<SocketAddr>,
+    /// `[proxy].transparent_listen`'s bound address, when set.
+    pub transparent_addr: Option<SocketAddr>,
     pub state: Arc<State>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<()>,
+    transparent_task: Option<JoinHandle<()>>,
     /// Held so the serving threads live as long as this handle.
     _workers: Arc<Workers>,
 }
@@ -36,6 +39,9 @@ impl Running {
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        if let Some(t) = self.transparent_task {
+            let _ = t.await;
+        }
     }
 }
 
@@ -46,6 +52,10 @@ pub async fn start(
 ) -> Result<Running, StartError> {
     let listen = config.proxy.listen;
     let admin_listen = config.admin.listen;
+    let transparent = config
+        .proxy
+        .transparent_listen
+        .zip(config.proxy.transparent_agent.clone());
     let state = State::new(config, resolver.unwrap_or_else(|| Arc::new(SystemResolver)))?;
     let listener = TcpListener::bind(listen)
         .await
@@ -59,6 +69,25 @@ pub async fn start(
     let workers = Arc::new(Workers::start(workers, || state.new_client())?);
     let (tx, rx) = watch::channel(false);
     let task = listener::spawn(listener, state.clone(), workers.clone(), rx);
+    let (transparent_addr, transparent_task) = match transparent {
+        Some((at, agent)) => {
+            // The agent may live in the config or the vault: checked here, once
+            // both are loaded.
+            if !state.runtime().directory.knows(&agent) {
+                return Err(StartError::Io(std::io::Error::other(format!(
+                    "proxy.transparent_agent: no agent {agent:?} (add it to [[agents]] or `keyward agent add`)"
+                ))));
+            }
+            let l = TcpListener::bind(at)
+                .await
+                .map_err(|e| StartError::listen("proxy.transparent_listen", at, e))?;
+            let bound = l.local_addr()?;
+            state.dialer.other_own_addrs.write().push(bound);
+            let t = transparent::spawn(l, state.clone(), workers.clone(), tx.subscribe(), agent);
+            (Some(bound), Some(t))
+        }
+        None => (None, None),
+    };
     spawn_vault_watcher(state.clone(), tx.subscribe());
     // The handler is installed here, before `start` returns, and whether or not
     // there is a config file: SIGHUP's default action is to end the process, and
@@ -84,9 +113,11 @@ pub async fn start(
     Ok(Running {
         addr,
         admin_addr,
+        transparent_addr,
         state,
         shutdown: tx,
         task,
+        transparent_task,
         _workers: workers,
     })
 }

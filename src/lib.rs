@@ -24,6 +24,7 @@ pub mod proxy;
 pub mod redact;
 pub mod resolve;
 pub mod secret;
+pub mod sniff;
 pub mod tls;
 pub mod vault;
 

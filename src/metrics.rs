@@ -41,6 +41,9 @@ pub struct Metrics {
     pub cert_cache_hits: Counter,
     pub cert_cache_misses: Counter,
     pub vault_reloads: Counter,
+    /// Connections and lookups a jail refused (reported by `keyward run`, and
+    /// every refusal on `proxy.transparent_listen`).
+    pub jail_blocks: Counter,
     /// `requests{outcome="allowed"}` and `{outcome="denied"}`, resolved once: a
     /// family lookup allocates its label and hashes it on every request.
     allowed: Counter,
@@ -81,6 +84,7 @@ impl Metrics {
         let cert_cache_hits = Counter::default();
         let cert_cache_misses = Counter::default();
         let vault_reloads = Counter::default();
+        let jail_blocks = Counter::default();
         registry.register("requests", "Requests decided, by outcome", requests.clone());
         registry.register(
             "injections",
@@ -128,6 +132,11 @@ impl Metrics {
                 .clone()
         };
         let (allowed, denied) = (outcome("allowed"), outcome("denied"));
+        registry.register(
+            "jail_blocks",
+            "Connections and lookups a jail refused (keyward run reports, transparent_listen refusals)",
+            jail_blocks.clone(),
+        );
         Metrics {
             registry,
             allowed,
@@ -142,6 +151,7 @@ impl Metrics {
             cert_cache_hits,
             cert_cache_misses,
             vault_reloads,
+            jail_blocks,
         }
     }
 

@@ -927,3 +927,106 @@ fn dockerfile_builds_locked_release_and_runs_non_root() {
         "keep target/ and keys out of the context"
     );
 }
+
+// ---- Pod-level jail: deploy/kubernetes/pod-sidecar (SPEC §12) ------------------
+
+fn container<'a>(list: &'a Value, name: &str) -> &'a Value {
+    seq(list)
+        .iter()
+        .find(|c| c["name"].as_str() == Some(name))
+        .unwrap_or_else(|| panic!("no container {name:?}"))
+}
+
+#[test]
+fn pod_sidecar_example_sends_all_tcp_but_keywards_own_to_transparent_listen() {
+    let docs = docs();
+    let cm = find(&docs, "ConfigMap", "keyward-sidecar-config");
+    let text = cm.value["data"]["keyward.toml"]
+        .as_str()
+        .expect("keyward-sidecar-config has keyward.toml");
+    let cfg = Config::parse(text, "pod-sidecar/configmap.yaml")
+        .unwrap_or_else(|e| panic!("sidecar keyward.toml: {e}"));
+    let listen = cfg
+        .proxy
+        .transparent_listen
+        .expect("transparent_listen is set");
+    let agent = cfg
+        .proxy
+        .transparent_agent
+        .clone()
+        .expect("transparent_agent is set");
+    assert!(
+        cfg.agents.iter().any(|a| a.id == agent),
+        "transparent_agent {agent:?} is not an [[agents]] entry"
+    );
+    assert!(
+        listen.ip().is_loopback(),
+        "transparent_listen stays inside the pod"
+    );
+
+    let pod = &find(&docs, "Pod", "agent-sidecar-example").value;
+    let spec = &pod["spec"];
+    assert_eq!(spec["shareProcessNamespace"].as_bool(), Some(false));
+    let keyward = container(&spec["containers"], "keyward");
+    let uid = keyward["securityContext"]["runAsUser"]
+        .as_i64()
+        .expect("the sidecar's uid is fixed");
+    let init = container(&spec["initContainers"], "keyward-redirect");
+    let script = seq(&init["args"])
+        .first()
+        .and_then(|v| v.as_str())
+        .expect("the init container's script");
+    assert!(script.contains(&format!("KEYWARD_UID={uid}")), "{script}");
+    assert!(
+        script.contains(&format!("TRANSPARENT_PORT={}", listen.port())),
+        "{script}"
+    );
+    let lines: Vec<&str> = script.lines().map(str::trim).collect();
+    let pos = |needle: &str| {
+        lines
+            .iter()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("the script lacks {needle:?}:\n{script}"))
+    };
+    // keyward's own connections are exempt before anything is redirected.
+    let exempt = pos("-t nat -A KEYWARD_OUTPUT -m owner --uid-owner \"$KEYWARD_UID\" -j RETURN");
+    let redirect = pos("-j REDIRECT --to-ports \"$TRANSPARENT_PORT\"");
+    assert!(exempt < redirect);
+    assert!(lines[redirect].contains("-p tcp"), "all TCP is redirected");
+    // Anything not redirected is refused, v4 and v6.
+    pos("iptables -A OUTPUT -j REJECT");
+    pos("ip6tables -A OUTPUT -j REJECT");
+    let init_caps: Vec<&str> = seq(&init["securityContext"]["capabilities"]["add"])
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(init_caps.contains(&"NET_ADMIN"), "{init_caps:?}");
+
+    // The agent cannot undo the rules, is not keyward's uid, and holds no
+    // keyward secret or proxy setting.
+    let agent_c = container(&spec["containers"], "agent");
+    let sc = &agent_c["securityContext"];
+    assert_ne!(sc["runAsUser"].as_i64(), Some(uid));
+    assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false));
+    let dropped: Vec<&str> = seq(&sc["capabilities"]["drop"])
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert_eq!(dropped, vec!["ALL"]);
+    assert!(seq(&sc["capabilities"]["add"]).is_empty());
+    for m in seq(&agent_c["volumeMounts"]) {
+        let name = m["name"].as_str().unwrap_or("");
+        assert!(
+            !["ca", "vault", "master-key", "config"].contains(&name),
+            "the agent mounts keyward's {name}"
+        );
+    }
+    for e in seq(&agent_c["env"]) {
+        let name = e["name"].as_str().unwrap_or("").to_ascii_lowercase();
+        assert!(!name.ends_with("_proxy"), "the agent needs no {name}");
+        assert!(
+            e["valueFrom"].is_null(),
+            "the agent reads no Secret ({name})"
+        );
+    }
+}

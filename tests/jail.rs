@@ -323,6 +323,19 @@ fn a_host_keyward_would_refuse_is_refused() {
     }
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("jail_block"), "{stderr}");
+    // The relay reported what it refused to keyward serve: audited and counted there.
+    let reports: Vec<_> =
+        s.kw.audit_lines()
+            .into_iter()
+            .filter(|l| l["event"] == "jail_block")
+            .collect();
+    assert!(!reports.is_empty(), "{stderr}");
+    assert!(reports.iter().all(|l| l["agent"] == AGENT), "{reports:?}");
+    let metrics = s.kw.running.state.metrics.render();
+    assert!(
+        !metrics.contains("keyward_jail_blocks_total 0"),
+        "{metrics}"
+    );
 }
 
 #[test]

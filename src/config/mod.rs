@@ -121,6 +121,24 @@ impl Config {
                 format!("proxy.workers: at most {MAX_WORKERS} (0 = one per core)"),
             ));
         }
+        match (&self.proxy.transparent_listen, &self.proxy.transparent_agent) {
+            (Some(_), None) => {
+                return Err(fail(
+                    "transparent_listen",
+                    "proxy.transparent_listen: set proxy.transparent_agent to the agent \
+                     its connections act as"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(fail(
+                    "transparent_agent",
+                    "proxy.transparent_agent: only used with proxy.transparent_listen; set it or remove this"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
         for (i, host) in self.egress.allow.iter().enumerate() {
             let bare = host.strip_prefix("*.").unwrap_or(host);
             if bare.is_empty() || bare.contains('*') || bare.contains('/') || bare.contains(':') {

@@ -76,6 +76,12 @@ pub struct ProxyConfig {
     pub pool_idle_per_host: usize,
     /// Serving threads (each a single-threaded runtime); 0 = one per core.
     pub workers: usize,
+    /// A second listener for redirected connections (a pod's TCP sent here by
+    /// iptables REDIRECT): the host comes from SNI, the identity is
+    /// `transparent_agent` (SPEC §12).
+    pub transparent_listen: Option<SocketAddr>,
+    /// The agent every connection on `transparent_listen` acts as.
+    pub transparent_agent: Option<String>,
 }
 
 impl Default for ProxyConfig {
@@ -95,6 +101,8 @@ impl Default for ProxyConfig {
             cert_cache_size: 1_000,
             pool_idle_per_host: 64,
             workers: 0,
+            transparent_listen: None,
+            transparent_agent: None,
         }
     }
 }

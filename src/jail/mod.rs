@@ -8,7 +8,7 @@
 pub mod dns;
 pub mod netns;
 pub mod relay;
-pub mod sniff;
+pub use crate::sniff;
 pub mod spawn;
 
 use crate::policy::Policy;
@@ -87,6 +87,8 @@ async fn supervise(
         authorization: opts.authorization,
         names: Arc::new(dns::Names::default()),
         blocked: AtomicU64::new(0),
+        reported: AtomicU64::new(0),
+        sending: parking_lot::Mutex::new(Vec::new()),
     });
     let adopt = |e: std::io::Error| JailError::Setup(format!("socket: {e}"));
     for l in sockets.transparent {
@@ -110,6 +112,15 @@ async fn supervise(
     let blocked = up.blocked.load(std::sync::atomic::Ordering::Relaxed);
     if blocked > 0 {
         tracing::warn!("jail_block: {blocked} connection(s) or lookup(s) refused in total");
+        // Reports still on their way, then the refusals not reported yet
+        // (between two rate-limited reports).
+        let sending = std::mem::take(&mut *up.sending.lock());
+        for t in sending {
+            let _ = t.await;
+        }
+        if let Some(report) = up.report("at exit") {
+            report.await;
+        }
     }
     Ok(spawn::exit_code(status))
 }

@@ -7,8 +7,8 @@
 //! with the agent's credentials added here: the token never enters the jail.
 
 use super::dns::Names;
-use super::sniff::{sniff, Sniffed};
 use crate::secret::Secret;
+use crate::sniff::{sniff, Sniffed};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -37,6 +37,10 @@ pub struct Upstream {
     pub authorization: Secret,
     pub names: Arc<Names>,
     pub blocked: AtomicU64,
+    /// `blocked` as of the last report to keyward.
+    pub reported: AtomicU64,
+    /// Reports on their way, awaited at exit so none is lost.
+    pub sending: parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Upstream {
@@ -46,9 +50,68 @@ impl Upstream {
         let n = self.blocked.fetch_add(1, Ordering::Relaxed) + 1;
         if n <= BLOCK_LOG_BURST || n.is_multiple_of(BLOCK_LOG_EVERY) {
             tracing::warn!(blocked = n, "jail_block: {what}");
+            // Reported at the same (rate-limited) moments: keyward serve writes
+            // the `jail_block` audit line and counts keyward_jail_blocks_total.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                if let Some(report) = self.report(what) {
+                    let mut sending = self.sending.lock();
+                    sending.retain(|t| !t.is_finished());
+                    sending.push(rt.spawn(report));
+                }
+            }
         }
     }
+
+    /// The report of the refusals since the last one, to send to keyward
+    /// (`None` when there are none).
+    pub fn report(&self, what: &str) -> Option<impl std::future::Future<Output = ()> + Send> {
+        let now = self.blocked.load(Ordering::Relaxed);
+        let before = self.reported.swap(now, Ordering::Relaxed);
+        let count = now.saturating_sub(before);
+        if count == 0 {
+            return None;
+        }
+        let what: String = what
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .take(MAX_WHAT)
+            .collect();
+        let mut head = Zeroizing::new(
+            format!(
+                "CONNECT {REPORT_HOST}:9 HTTP/1.1\r\nHost: {REPORT_HOST}:9\r\n\
+                 x-keyward-jail-blocks: {count}\r\nx-keyward-jail-what: {what}\r\n"
+            )
+            .into_bytes(),
+        );
+        head.extend_from_slice(&headers_with_auth(std::iter::empty(), self));
+        let proxy = self.proxy;
+        Some(async move {
+            let send = async {
+                let mut s = TcpStream::connect(proxy).await.ok()?;
+                s.write_all(&head).await.ok()?;
+                let mut answer = [0u8; 64];
+                let n = s.read(&mut answer).await.ok()?;
+                (answer[..n].starts_with(b"HTTP/1.1 204")).then_some(())
+            };
+            if tokio::time::timeout(REPORT_TIMEOUT, send)
+                .await
+                .ok()
+                .flatten()
+                .is_none()
+            {
+                tracing::warn!("could not report {count} jail_block(s) to keyward at {proxy}");
+            }
+        })
+    }
 }
+
+/// The CONNECT host of a report (`proxy::jail_report::REPORT_HOST`; the jail
+/// does not import `proxy`).
+const REPORT_HOST: &str = "jail-report.keyward.invalid";
+/// How long one report to keyward may take (CMD's exit waits for the last ones).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest description sent in a report.
+const MAX_WHAT: usize = 200;
 
 /// The address a caught connection was headed for (AnyIP: its local address).
 fn original_destination(stream: &TcpStream) -> std::io::Result<SocketAddr> {
@@ -277,6 +340,8 @@ mod tests {
             authorization: Secret::from_str("Basic YTpi"),
             names: Arc::new(Names::default()),
             blocked: AtomicU64::new(0),
+            reported: AtomicU64::new(0),
+            sending: parking_lot::Mutex::new(Vec::new()),
         }
     }
 

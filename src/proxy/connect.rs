@@ -120,6 +120,9 @@ async fn connect(
         .ok_or_else(|| Deny::new(Code::BadRequest, "CONNECT needs host:port"))?;
     ev.host = Some(host.clone());
     let principal = authenticate(state, &req, ev)?;
+    if host == super::jail_report::REPORT_HOST {
+        return super::jail_report::record(state, &req, ev);
+    }
     let route = state.runtime().policy.route(&host, port)?;
     let slot = state
         .limiter

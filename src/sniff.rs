@@ -1,4 +1,5 @@
-//! What a caught connection's first bytes say about where it was going: the SNI
+//! What a connection's first bytes say about where it was going (leaf; the jail
+//! relay and the proxy's transparent listener both use it): the SNI
 //! of a TLS ClientHello, or the `Host` of a cleartext HTTP request. Pure parsing
 //! of untrusted bytes: every length is checked, nothing panics.
 
