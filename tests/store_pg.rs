@@ -28,13 +28,18 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 const ADMIN_TOKEN: &str = "kwadm-all-0123456789abcdef";
 
 fn replica(pg: &Pg, schema: &str) -> KwBuilder {
+    replica_toml(&pg.store_toml(schema))
+}
+
+/// A replica whose `[store]` section is `toml` (the cluster's, plus extra keys).
+fn replica_toml(toml: &str) -> KwBuilder {
     let perms: Vec<&str> = keyward::admin::Permission::ALL
         .iter()
         .map(|p| p.as_str())
         .collect();
     Kw::builder()
         .admin_token("all", ADMIN_TOKEN, &perms)
-        .config_toml(&pg.store_toml(schema))
+        .config_toml(toml)
         .before_start(|dir| std::fs::write(dir.join("master.key"), format!("{MASTER}\n")).unwrap())
 }
 
@@ -909,4 +914,113 @@ fn after_store_init_by_the_owner_a_replica_runs_as_a_role_without_create() {
     let err = open_store(&app).err().unwrap().to_string();
     assert!(err.contains("permission denied"), "{err}");
     assert!(!err.contains("kwapp-pass"), "{err}");
+}
+
+/// `GET /readyz`: status and body.
+async fn readyz(kw: &Kw) -> (u16, serde_json::Value) {
+    let addr = kw.running.admin_addr.expect("admin API listening");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/readyz")
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// `[store] stale_after` of the staleness test: long enough that a request made
+/// right after the outage is noticed is served well inside it.
+const STALE_AFTER_SECS: u64 = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_stale_after_without_the_database_credentials_fail_closed_until_it_is_back() {
+    let Some(pg) = Pg::start("store_pg::stale_after") else {
+        return;
+    };
+    let toml = format!(
+        "{}stale_after = \"{STALE_AFTER_SECS}s\"\n",
+        pg.store_toml("keyward")
+    );
+    let a = replica_toml(&toml).admin().start().await;
+    let key = "sk-stale-window-0123456789";
+    let put = Some(serde_json::json!({ "value": key }));
+    assert_eq!(
+        admin(&a, "PUT", "/v1/secrets/platform/OPENAI_API_KEY", put).await,
+        201
+    );
+    let auth = format!("Bearer {key}");
+    let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(a.upstream.last().headers["authorization"], auth.as_str());
+    let (status, body) = readyz(&a).await;
+    assert_eq!((status, &body["store"]["state"]), (200, &"ok".into()), "{body}");
+
+    pg.stop_server();
+    // Noticed by the next resync: still ready, still injecting from the snapshot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = readyz(&a).await;
+        if body["store"]["state"] == "unreachable" {
+            assert_eq!(status, 200, "{body}");
+            assert!(body["store"]["age_secs"].as_u64().unwrap() < STALE_AFTER_SECS);
+            break;
+        }
+        assert!(Instant::now() < deadline, "outage not reported: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 200, "inside stale_after: {}", got.text());
+    assert_eq!(a.upstream.last().headers["authorization"], auth.as_str());
+
+    // Past stale_after: 503 store_stale, audited, the upstream sees nothing.
+    let seen = a.upstream.requests().len();
+    let deadline = Instant::now() + Duration::from_secs(STALE_AFTER_SECS * 4);
+    let got = loop {
+        let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+        if got.status != 200 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "never failed closed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(got.status, 503, "{}", got.text());
+    assert_eq!(got.headers["x-keyward-error"], "store_stale");
+    assert_no_leak("store_stale response", &got.body, key);
+    let line = a.last_audit();
+    assert_eq!(line["event"], "deny", "{line}");
+    assert_eq!(line["reason"], "store_stale", "{line}");
+    assert_eq!(line["outcome"], "error", "{line}");
+    let passed = a.upstream.requests().len();
+    let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(a.upstream.requests().len(), passed, "the upstream saw a stale request");
+    assert!(passed >= seen);
+    let (status, body) = readyz(&a).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["store"]["state"], "stale", "{body}");
+    assert!(body["store"]["age_secs"].as_u64().unwrap() >= STALE_AFTER_SECS);
+    assert_eq!(body["checks"]["store"], "store stale (unreachable past stale_after)");
+
+    // Back: the next resync succeeds and injection resumes.
+    pg.start_server();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+        if got.status == 200 {
+            break;
+        }
+        assert_eq!(got.headers["x-keyward-error"], "store_stale");
+        assert!(Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.upstream.last().headers["authorization"], auth.as_str());
+    let (status, body) = readyz(&a).await;
+    assert_eq!((status, &body["store"]["state"]), (200, &"ok".into()), "{body}");
 }

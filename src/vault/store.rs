@@ -9,6 +9,20 @@ use super::snapshot::{RecordMeta, Snapshot};
 use crate::secret::Secret;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How current a replica's snapshot is (SPEC §10 `[store] stale_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// The last refresh succeeded (the file backend is always current).
+    Current,
+    /// The store has not been readable for `age`, still within `stale_after`:
+    /// requests go on from the last snapshot.
+    Unreachable { age: Duration },
+    /// Unreadable for longer than `stale_after`: requests needing a credential
+    /// fail closed (`store_stale`).
+    Stale { age: Duration },
+}
 
 /// `Debug` must never show a value (the file backend shows its path only).
 pub trait Store: Send + Sync + fmt::Debug {
@@ -47,6 +61,11 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// A 32-byte key derived from the master key for signing session tokens;
     /// identical on every replica that shares the master key.
     fn session_key(&self) -> Secret;
+
+    /// Whether the snapshot is still backed by a reachable store.
+    fn freshness(&self) -> Freshness {
+        Freshness::Current
+    }
 
     /// Monotonic version of the current snapshot.
     fn generation(&self) -> u64 {

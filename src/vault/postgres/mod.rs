@@ -16,7 +16,7 @@ use super::error::VaultError;
 use super::format::{AgentRecord, Draft, FileBody, StoredRecord, SEAL_LIMIT_PER_KEY};
 use super::master::MasterKey;
 use super::snapshot::Snapshot;
-use super::store::Store;
+use super::store::{Freshness, Store};
 use crate::config::StoreConfig;
 use crate::secret::Secret;
 use arc_swap::ArcSwap;
@@ -28,7 +28,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The NOTIFY channel; the payload is the schema name.
 pub const CHANNEL: &str = "keyward_changes";
@@ -57,6 +57,10 @@ struct Inner {
     failure: Mutex<Option<String>>,
     /// One full load at a time.
     loading: tokio::sync::Mutex<()>,
+    /// `[store] stale_after`: how long the last snapshot may be served unrefreshed.
+    stale_after: Duration,
+    /// When a refresh last succeeded (the snapshot was confirmed current).
+    last_ok: Mutex<Instant>,
 }
 
 pub struct PgStore {
@@ -170,6 +174,8 @@ impl PgStore {
             reported: AtomicU64::new(0),
             failure: Mutex::new(None),
             loading: tokio::sync::Mutex::new(()),
+            stale_after: cfg.stale_after,
+            last_ok: Mutex::new(Instant::now()),
         });
         let i = inner.clone();
         let opened = run_on(rt.handle(), async move {
@@ -258,6 +264,18 @@ impl Store for PgStore {
 
     fn session_key(&self) -> Secret {
         Secret::new(self.inner.session.read().expose().to_vec())
+    }
+
+    fn freshness(&self) -> Freshness {
+        if self.inner.failure.lock().is_none() {
+            return Freshness::Current;
+        }
+        let age = self.inner.last_ok.lock().elapsed();
+        if age > self.inner.stale_after {
+            Freshness::Stale { age }
+        } else {
+            Freshness::Unreachable { age }
+        }
     }
 }
 
@@ -407,7 +425,10 @@ impl Inner {
         let _one = self.loading.lock().await;
         let res = self.load(force).await;
         match &res {
-            Ok(_) => *self.failure.lock() = None,
+            Ok(_) => {
+                *self.last_ok.lock() = Instant::now();
+                *self.failure.lock() = None;
+            }
             Err(VaultError::File { message, .. }) => *self.failure.lock() = Some(message.clone()),
             Err(e) => *self.failure.lock() = Some(e.to_string()),
         }
