@@ -960,7 +960,11 @@ async fn past_stale_after_without_the_database_credentials_fail_closed_until_it_
     assert_eq!(got.status, 200);
     assert_eq!(a.upstream.last().headers["authorization"], auth.as_str());
     let (status, body) = readyz(&a).await;
-    assert_eq!((status, &body["store"]["state"]), (200, &"ok".into()), "{body}");
+    assert_eq!(
+        (status, &body["store"]["state"]),
+        (200, &"ok".into()),
+        "{body}"
+    );
 
     pg.stop_server();
     // Noticed by the next resync: still ready, still injecting from the snapshot.
@@ -1000,13 +1004,20 @@ async fn past_stale_after_without_the_database_credentials_fail_closed_until_it_
     let passed = a.upstream.requests().len();
     let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
     assert_eq!(got.status, 503);
-    assert_eq!(a.upstream.requests().len(), passed, "the upstream saw a stale request");
+    assert_eq!(
+        a.upstream.requests().len(),
+        passed,
+        "the upstream saw a stale request"
+    );
     assert!(passed >= seen);
     let (status, body) = readyz(&a).await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["store"]["state"], "stale", "{body}");
     assert!(body["store"]["age_secs"].as_u64().unwrap() >= STALE_AFTER_SECS);
-    assert_eq!(body["checks"]["store"], "store stale (unreachable past stale_after)");
+    assert_eq!(
+        body["checks"]["store"],
+        "store stale (unreachable past stale_after)"
+    );
 
     // Back: the next resync succeeds and injection resumes.
     pg.start_server();
@@ -1022,5 +1033,79 @@ async fn past_stale_after_without_the_database_credentials_fail_closed_until_it_
     }
     assert_eq!(a.upstream.last().headers["authorization"], auth.as_str());
     let (status, body) = readyz(&a).await;
-    assert_eq!((status, &body["store"]["state"]), (200, &"ok".into()), "{body}");
+    assert_eq!(
+        (status, &body["store"]["state"]),
+        (200, &"ok".into()),
+        "{body}"
+    );
+}
+
+fn set_change(name: &str, value: &str) -> Change {
+    Change::SetSecret {
+        scope: "platform".into(),
+        name: name.into(),
+        value: Secret::from_str(value),
+        kind: None,
+        options: SetOptions::default(),
+    }
+}
+
+#[test]
+fn a_batch_is_one_transaction_all_or_nothing_and_undone_as_one() {
+    let Some(pg) = Pg::start("store_pg::batch") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&pg, "keyward", dir.path());
+    let a = open_store(&cfg).unwrap();
+    let b = open_store(&cfg).unwrap();
+    let gen = || pg.sql("SELECT generation FROM keyward.meta");
+    let before = gen();
+    // The fourth change fails (create-only agent): nothing of the first three stays.
+    let err = a
+        .apply_batch(vec![
+            set_change("A", "batch-value-a-0123456789"),
+            set_change("B", "batch-value-b-0123456789"),
+            Change::AddAgent(agent("batcher")),
+            Change::AddAgent(agent("batcher")),
+        ])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("change 4:"), "{err}");
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.records"), "0");
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.agents"), "0");
+    assert_eq!(gen(), before, "a failed batch moved the generation");
+    assert!(value_of(&*a, "platform", "A").is_none());
+
+    // A good batch: every change, one generation, seen by the other replica whole.
+    let applied = a
+        .apply_batch(vec![
+            set_change("A", "batch-value-a-0123456789"),
+            set_change("B", "batch-value-b-0123456789"),
+            set_change("A", "batch-value-a2-0123456789"),
+            Change::AddAgent(agent("batcher")),
+        ])
+        .unwrap();
+    assert_eq!(applied.len(), 4);
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.records"), "2");
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.agents"), "1");
+    let after: u64 = gen().parse().unwrap();
+    assert_eq!(after, before.parse::<u64>().unwrap() + 1, "one transaction");
+    assert_eq!(a.snapshot().meta("platform", "A").unwrap().version, 2);
+    let since = Instant::now();
+    while value_of(&*b, "platform", "B").is_none() {
+        assert!(since.elapsed() < PROPAGATION, "batch not propagated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        value_of(&*b, "platform", "A").as_deref(),
+        Some("batch-value-a2-0123456789")
+    );
+
+    // Undone as one (the audit of an import failed): back to empty, one generation.
+    let undos = applied.into_iter().map(|(_, u)| u).collect();
+    a.undo_all(undos).unwrap();
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.records"), "0");
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.agents"), "0");
+    assert_eq!(gen().parse::<u64>().unwrap(), after + 1);
 }

@@ -33,7 +33,12 @@ pub fn readiness(state: &State) -> [Check; 4] {
         Freshness::Stale { .. } => Err("store stale (unreachable past stale_after)"),
         Freshness::Current | Freshness::Unreachable { .. } => Ok(()),
     };
-    [("vault", vault), ("ca", ca), ("audit", audit), ("store", store)]
+    [
+        ("vault", vault),
+        ("ca", ca),
+        ("audit", audit),
+        ("store", store),
+    ]
 }
 
 /// The store's state for `/readyz`: `ok`, or `unreachable`/`stale` with the

@@ -6,11 +6,12 @@
 //! runs on a small runtime of its own and callers wait on a channel, never a
 //! proxy worker (the request path only loads the snapshot). docs/store.md.
 
+mod batch;
 pub mod connect;
 mod rows;
 pub mod schema;
 
-use super::change::{Applied, Change, Undo};
+use super::change::{Applied, Change, Touched, Undo};
 use super::crypto::{self, Key};
 use super::error::VaultError;
 use super::format::{AgentRecord, Draft, FileBody, StoredRecord, SEAL_LIMIT_PER_KEY};
@@ -246,6 +247,20 @@ impl Store for PgStore {
     fn undo(&self, undo: Undo) -> Result<(), VaultError> {
         let i = self.inner.clone();
         self.run(async move { i.undo(undo).await })
+    }
+
+    /// All or nothing: one transaction (`secret import` is atomic).
+    fn apply_batch(&self, mut changes: Vec<Change>) -> Result<Vec<(Applied, Undo)>, VaultError> {
+        for (n, c) in changes.iter_mut().enumerate() {
+            c.check().map_err(|e| batch::in_batch(n, e))?;
+        }
+        let i = self.inner.clone();
+        self.run(async move { i.apply_batch(changes).await })
+    }
+
+    fn undo_all(&self, undos: Vec<Undo>) -> Result<(), VaultError> {
+        let i = self.inner.clone();
+        self.run(async move { i.undo_all(undos).await })
     }
 
     /// Never touches the database (the watcher calls it on the serving runtime):
@@ -490,7 +505,7 @@ impl Inner {
         let db = self.db();
         let mut c = self.client().await?;
         let tx = raw(&mut c).transaction().await.map_err(err)?;
-        let (mut draft, before_r, before_a) = self.draft(&db, &tx, Some(&change)).await?;
+        let (mut draft, before_r, before_a) = self.draft(&db, &tx, Some(change.touches())).await?;
         let (applied, undo) = change.apply_to(&mut draft, &self.path)?;
         if undo.is_noop() {
             tx.rollback().await.map_err(err)?;
@@ -528,24 +543,24 @@ impl Inner {
         &self,
         db: &Db<'_>,
         tx: &tokio_postgres::Transaction<'_>,
-        change: Option<&Change>,
+        touched: Option<Touched>,
     ) -> Result<(Draft, Rows, Agents), VaultError> {
         let meta = db
             .meta(tx, true)
             .await?
             .ok_or_else(|| dberr(self.path_str(), "no meta row: run `keyward store init`"))?;
         let data_key = Arc::new(rows::unwrap(&self.master, &meta, &self.path)?);
-        let (records, agents) = match change {
+        let (records, agents) = match touched {
             None => (db.records(tx).await?, db.agents(tx, &data_key).await?),
-            Some(ch) => {
+            Some((keys, ids)) => {
                 let mut records = Vec::new();
-                for (scope, name) in touched(ch) {
+                for (scope, name) in keys {
                     if let Some(r) = db.record(tx, &scope, &name).await? {
                         records.push(r);
                     }
                 }
                 let mut agents = Vec::new();
-                if let Some(id) = agent_of(ch) {
+                for id in ids {
                     agents.extend(db.agent(tx, &id, &data_key).await?);
                 }
                 (records, agents)
@@ -733,27 +748,6 @@ fn body_of(meta: Meta, records: Vec<StoredRecord>, agents: Vec<AgentRecord>) -> 
         seal: meta.seal,
         records,
         agents,
-    }
-}
-
-/// The (scope, name) keys a change reads or writes.
-fn touched(change: &Change) -> Vec<(String, String)> {
-    match change {
-        Change::SetSecret { scope, name, .. }
-        | Change::RotateSecret { scope, name, .. }
-        | Change::RemoveSecret { scope, name } => vec![(scope.clone(), name.clone())],
-        Change::CloneSecret { name, from, to } => {
-            vec![(from.clone(), name.clone()), (to.clone(), name.clone())]
-        }
-        Change::AddAgent(_) | Change::RemoveAgent { .. } => Vec::new(),
-    }
-}
-
-fn agent_of(change: &Change) -> Option<String> {
-    match change {
-        Change::AddAgent(a) => Some(a.id.clone()),
-        Change::RemoveAgent { id } => Some(id.clone()),
-        _ => None,
     }
 }
 
