@@ -308,7 +308,7 @@ fn replicas_starting_together_share_one_schema_and_one_data_key() {
         .map(|h| h.join().unwrap().unwrap())
         .collect();
     assert_eq!(pg.sql("SELECT count(*) FROM fresh.meta"), "1");
-    assert_eq!(pg.sql("SELECT max(version) FROM fresh.schema_version"), "1");
+    assert_eq!(pg.sql("SELECT max(version) FROM fresh.schema_version"), "2");
     set(&*stores[0], "platform", "K", "written-by-the-first-0123").unwrap();
     for s in &stores[1..] {
         // A write reloads the writer; the others read it on their next load.
@@ -473,7 +473,7 @@ fn import_and_export_round_trip_through_the_cli() {
     )
     .unwrap();
     let out = store.ok(&["store", "init"], None);
-    assert!(out.contains("schema version 1"), "{out}");
+    assert!(out.contains("schema version 2"), "{out}");
     assert!(!out.contains(&pg.password), "{out}");
     let vault = file.path("data/vault.kw");
     let out = store.ok(
@@ -1108,4 +1108,123 @@ fn a_batch_is_one_transaction_all_or_nothing_and_undone_as_one() {
     assert_eq!(pg.sql("SELECT count(*) FROM keyward.records"), "0");
     assert_eq!(pg.sql("SELECT count(*) FROM keyward.agents"), "0");
     assert_eq!(gen().parse::<u64>().unwrap(), after + 1);
+}
+
+const OAUTH_TOKEN_HOST: &str = "pypi.example.test";
+
+/// Token calls seen by every replica's token server (one per replica: each has
+/// its own upstream PKI), answered slowly so that refreshes overlap.
+struct TokenCalls(std::sync::atomic::AtomicUsize);
+
+async fn token_server(pki: &common::UpstreamPki, calls: Arc<TokenCalls>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = (*pki.server_config()).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, calls) = (acceptor.clone(), calls.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    let calls = calls.clone();
+                    async move {
+                        let n = calls.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let body = serde_json::json!({
+                            "access_token": format!("at-shared-{n}-0123456789"),
+                            "token_type": "Bearer",
+                            "expires_in": 3600,
+                        });
+                        Ok::<_, hyper::Error>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body.to_string())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn oauth_replica(pg: &Pg, calls: Arc<TokenCalls>) -> Kw {
+    let pki = common::UpstreamPki::new();
+    let addr = token_server(&pki, calls).await;
+    replica(pg, "keyward")
+        .provider(common::Provider::bearer(
+            "github",
+            "api.github.com",
+            "GH_OAUTH",
+        ))
+        .resolve(OAUTH_TOKEN_HOST, addr)
+        .upstream_pki(pki)
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_on_two_replicas_make_one_token_call_and_share_the_token() {
+    let Some(pg) = Pg::start("store_pg::oauth_lock") else {
+        return;
+    };
+    let calls = Arc::new(TokenCalls(std::sync::atomic::AtomicUsize::new(0)));
+    let a = oauth_replica(&pg, calls.clone()).await;
+    let b = oauth_replica(&pg, calls.clone()).await;
+    let value = serde_json::json!({
+        "client_id": "cid-1",
+        "client_secret": "oauth-client-secret-0123456789",
+        "token_url": format!("https://{OAUTH_TOKEN_HOST}/oauth/token"),
+    });
+    a.set_secret_of_kind(
+        "platform",
+        "GH_OAUTH",
+        keyward::vault::SecretKind::Oauth2,
+        &value.to_string(),
+    );
+    within_contract(Instant::now(), "oauth2 secret on B", || async {
+        b.running
+            .state
+            .vault
+            .snapshot()
+            .meta("platform", "GH_OAUTH")
+            .is_some()
+    })
+    .await;
+    b.running.state.refresh_vault().unwrap();
+    let mut reqs = Vec::new();
+    for kw in [&a, &b, &a, &b, &a, &b] {
+        reqs.push(async move { kw.client().get("api.github.com", "/user", &[]).await });
+    }
+    for got in futures_util::future::join_all(reqs).await {
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    assert_eq!(
+        calls.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the token endpoint saw more than one refresh"
+    );
+    for kw in [&a, &b] {
+        for seen in kw.upstream.requests() {
+            assert_eq!(
+                seen.headers["authorization"],
+                "Bearer at-shared-1-0123456789"
+            );
+        }
+    }
+    // Stored sealed: the token is not in the database in any encoding.
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.oauth_tokens"), "1");
+    assert_no_leak(
+        "pg_dump with a shared token",
+        &pg.dump(),
+        "at-shared-1-0123456789",
+    );
 }

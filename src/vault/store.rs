@@ -24,6 +24,43 @@ pub enum Freshness {
     Stale { age: Duration },
 }
 
+/// An OAuth2 access token shared between replicas (PostgreSQL store), sealed in
+/// the database under a key derived from the master key.
+pub struct SharedToken {
+    pub token: Secret,
+    /// Unix seconds when the provider said it expires.
+    pub expires: u64,
+    /// The record versions it was obtained for: the one read, and the one a
+    /// rotated refresh token written back created.
+    pub versions: (u32, Option<u32>),
+}
+
+/// Held while this replica refreshes one secret's token: the other replicas wait
+/// (`pg_advisory_xact_lock`) and then find the token stored here.
+pub struct TokenLease {
+    /// What a replica stored before (maybe still valid).
+    pub current: Option<SharedToken>,
+    finish: tokio::sync::oneshot::Sender<Option<SharedToken>>,
+}
+
+impl TokenLease {
+    pub fn new(
+        current: Option<SharedToken>,
+        finish: tokio::sync::oneshot::Sender<Option<SharedToken>>,
+    ) -> TokenLease {
+        TokenLease { current, finish }
+    }
+
+    /// Stores `token` (sealed) and releases the lock; `None` (or dropping the
+    /// lease) releases it without a change.
+    pub fn finish(self, token: Option<SharedToken>) {
+        let _ = self.finish.send(token);
+    }
+}
+
+/// A lease being acquired (resolves once the lock is held).
+pub type LeaseWait = tokio::sync::oneshot::Receiver<Result<TokenLease, VaultError>>;
+
 /// `Debug` must never show a value (the file backend shows its path only).
 pub trait Store: Send + Sync + fmt::Debug {
     /// The current contents; cheap (an `ArcSwap` load), called per request.
@@ -61,6 +98,12 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// A 32-byte key derived from the master key for signing session tokens;
     /// identical on every replica that shares the master key.
     fn session_key(&self) -> Secret;
+
+    /// Takes the cross-replica lock on `scope`/`name`'s OAuth2 token; `None` when
+    /// the backend has no replicas to share with (the file vault).
+    fn lease_token(&self, _scope: &str, _name: &str) -> Option<LeaseWait> {
+        None
+    }
 
     /// Whether the snapshot is still backed by a reachable store.
     fn freshness(&self) -> Freshness {

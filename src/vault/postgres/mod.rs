@@ -10,6 +10,7 @@ mod batch;
 pub mod connect;
 mod rows;
 pub mod schema;
+mod tokens;
 
 use super::change::{Applied, Change, Touched, Undo};
 use super::crypto::{self, Key};
@@ -279,6 +280,14 @@ impl Store for PgStore {
 
     fn session_key(&self) -> Secret {
         Secret::new(self.inner.session.read().expose().to_vec())
+    }
+
+    fn lease_token(&self, scope: &str, name: &str) -> Option<super::store::LeaseWait> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let i = self.inner.clone();
+        let (scope, name) = (scope.to_string(), name.to_string());
+        self.rt.handle().spawn(i.hold_token_lock(scope, name, tx));
+        Some(rx)
     }
 
     fn freshness(&self) -> Freshness {
