@@ -1027,6 +1027,132 @@ fn pod_sidecar_example_sends_all_tcp_but_keywards_own_to_transparent_listen() {
         assert!(
             e["valueFrom"].is_null(),
             "the agent reads no Secret ({name})"
+
+fn overlay_dir() -> PathBuf {
+    deploy_dir().join("overlays").join("postgres")
+}
+
+/// The one YAML document of an overlay file.
+fn overlay_doc(file: &str) -> Value {
+    let path = overlay_dir().join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+}
+
+#[test]
+fn postgres_overlay_runs_three_replicas_with_the_database_url_from_a_secret() {
+    let k = overlay_doc("kustomization.yaml");
+    assert_eq!(k["kind"], "Kustomization");
+    let resources: Vec<&str> = seq(&k["resources"])
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    assert!(
+        resources.contains(&"../../kubernetes"),
+        "the overlay builds on the base"
+    );
+    assert!(k8s_dir().join("kustomization.yaml").is_file());
+    let patches: Vec<&str> = seq(&k["patches"])
+        .iter()
+        .filter_map(|p| p["path"].as_str())
+        .collect();
+    for f in resources.iter().skip(1).chain(patches.iter()) {
+        assert!(
+            overlay_dir().join(f).is_file(),
+            "overlay lists missing file {f}"
+        );
+        assert!(
+            !f.starts_with("secret-"),
+            "{f}: would overwrite the real Secret"
+        );
+    }
+    assert!(
+        patches.contains(&"deployment-patch.yaml") && patches.contains(&"configmap-patch.yaml")
+    );
+
+    let d = overlay_doc("deployment-patch.yaml");
+    assert_eq!(
+        (d["kind"].as_str(), d["metadata"]["name"].as_str()),
+        (Some("Deployment"), Some("keyward"))
+    );
+    assert_eq!(d["metadata"]["namespace"], "keyward");
+    assert_eq!(d["spec"]["replicas"].as_i64(), Some(3));
+    let spec = &d["spec"]["template"]["spec"];
+    let c = seq(&spec["containers"])
+        .iter()
+        .find(|c| c["name"] == "keyward")
+        .expect("the patch names the keyward container");
+    let url = seq(&c["env"])
+        .iter()
+        .find(|e| e["name"] == "KEYWARD_DATABASE_URL")
+        .expect("KEYWARD_DATABASE_URL is set");
+    assert!(
+        url["value"].is_null(),
+        "the URL (with its password) must not be inline"
+    );
+    let r = &url["valueFrom"]["secretKeyRef"];
+    assert_eq!(
+        (r["name"].as_str(), r["key"].as_str()),
+        (Some("keyward-database"), Some("url"))
+    );
+    // The vault-file Secret is gone; the spool directory is writable.
+    for list in [&c["volumeMounts"], &spec["volumes"]] {
+        let vault = seq(list)
+            .iter()
+            .find(|v| v["name"] == "vault")
+            .expect("vault removed");
+        assert_eq!(vault["$patch"], "delete");
+    }
+    let spool = seq(&spec["volumes"])
+        .iter()
+        .find(|v| v["name"] == "spool")
+        .unwrap();
+    assert!(spool["emptyDir"].is_mapping());
+
+    let s = overlay_doc("secret-database.yaml");
+    assert_eq!(
+        (s["kind"].as_str(), s["metadata"]["name"].as_str()),
+        (Some("Secret"), Some("keyward-database"))
+    );
+    for (k, v) in s["stringData"].as_mapping().expect("stringData") {
+        assert!(
+            v.as_str().unwrap_or("").starts_with("REPLACE-ME"),
+            "{k:?} is not a placeholder"
+        );
+    }
+    let n = overlay_doc("networkpolicy-database.yaml");
+    assert_eq!(n["kind"], "NetworkPolicy");
+    let ports = rule_ports(&seq(&n["spec"]["egress"])[0], "database egress");
+    assert_eq!(ports, vec![("TCP".to_string(), 5432)]);
+}
+
+#[test]
+fn postgres_overlay_config_is_accepted_and_takes_the_url_from_the_environment() {
+    let cm = overlay_doc("configmap-patch.yaml");
+    assert_eq!(cm["metadata"]["name"], "keyward-config");
+    let text = cm["data"]["keyward.toml"]
+        .as_str()
+        .expect("data.keyward.toml");
+    let cfg = Config::parse(text, "configmap-patch.yaml").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.store.backend, keyward::config::Backend::Postgres);
+    assert!(
+        cfg.store.url.is_none(),
+        "the URL comes from $KEYWARD_DATABASE_URL only"
+    );
+    assert!(!text.contains("postgres://"), "no URL in the ConfigMap");
+    assert_eq!(cfg.store.tls, keyward::config::DbTls::VerifyFull);
+    // Every file it names is on a mount of the patched Deployment.
+    let d = overlay_doc("deployment-patch.yaml");
+    let c = &seq(&d["spec"]["template"]["spec"]["containers"])[0];
+    let mounts: Vec<&str> = seq(&c["volumeMounts"])
+        .iter()
+        .filter_map(|m| m["mountPath"].as_str())
+        .collect();
+    for p in [cfg.store.ca.clone().unwrap(), cfg.store.spool.clone()] {
+        assert!(
+            mounts.iter().any(|m| p.starts_with(m)),
+            "{} is on no mount of the overlay",
+            p.display()
         );
     }
 }

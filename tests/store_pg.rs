@@ -28,13 +28,18 @@ const PROPAGATION: Duration = Duration::from_secs(1);
 const ADMIN_TOKEN: &str = "kwadm-all-0123456789abcdef";
 
 fn replica(pg: &Pg, schema: &str) -> KwBuilder {
+    replica_toml(&pg.store_toml(schema))
+}
+
+/// A replica whose `[store]` section is `toml` (the cluster's, plus extra keys).
+fn replica_toml(toml: &str) -> KwBuilder {
     let perms: Vec<&str> = keyward::admin::Permission::ALL
         .iter()
         .map(|p| p.as_str())
         .collect();
     Kw::builder()
         .admin_token("all", ADMIN_TOKEN, &perms)
-        .config_toml(&pg.store_toml(schema))
+        .config_toml(toml)
         .before_start(|dir| std::fs::write(dir.join("master.key"), format!("{MASTER}\n")).unwrap())
 }
 
@@ -303,7 +308,7 @@ fn replicas_starting_together_share_one_schema_and_one_data_key() {
         .map(|h| h.join().unwrap().unwrap())
         .collect();
     assert_eq!(pg.sql("SELECT count(*) FROM fresh.meta"), "1");
-    assert_eq!(pg.sql("SELECT max(version) FROM fresh.schema_version"), "1");
+    assert_eq!(pg.sql("SELECT max(version) FROM fresh.schema_version"), "2");
     set(&*stores[0], "platform", "K", "written-by-the-first-0123").unwrap();
     for s in &stores[1..] {
         // A write reloads the writer; the others read it on their next load.
@@ -468,7 +473,7 @@ fn import_and_export_round_trip_through_the_cli() {
     )
     .unwrap();
     let out = store.ok(&["store", "init"], None);
-    assert!(out.contains("schema version 1"), "{out}");
+    assert!(out.contains("schema version 2"), "{out}");
     assert!(!out.contains(&pg.password), "{out}");
     let vault = file.path("data/vault.kw");
     let out = store.ok(
@@ -909,4 +914,317 @@ fn after_store_init_by_the_owner_a_replica_runs_as_a_role_without_create() {
     let err = open_store(&app).err().unwrap().to_string();
     assert!(err.contains("permission denied"), "{err}");
     assert!(!err.contains("kwapp-pass"), "{err}");
+}
+
+/// `GET /readyz`: status and body.
+async fn readyz(kw: &Kw) -> (u16, serde_json::Value) {
+    let addr = kw.running.admin_addr.expect("admin API listening");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/readyz")
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+/// `[store] stale_after` of the staleness test: long enough that a request made
+/// right after the outage is noticed is served well inside it.
+const STALE_AFTER_SECS: u64 = 5;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_stale_after_without_the_database_credentials_fail_closed_until_it_is_back() {
+    let Some(pg) = Pg::start("store_pg::stale_after") else {
+        return;
+    };
+    let toml = format!(
+        "{}stale_after = \"{STALE_AFTER_SECS}s\"\n",
+        pg.store_toml("keyward")
+    );
+    let a = replica_toml(&toml).admin().start().await;
+    let key = "sk-stale-window-0123456789";
+    let put = Some(serde_json::json!({ "value": key }));
+    assert_eq!(
+        admin(&a, "PUT", "/v1/secrets/platform/OPENAI_API_KEY", put).await,
+        201
+    );
+    let auth = format!("Bearer {key}");
+    let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(a.upstream.last().headers["authorization"], auth.as_str());
+    let (status, body) = readyz(&a).await;
+    assert_eq!(
+        (status, &body["store"]["state"]),
+        (200, &"ok".into()),
+        "{body}"
+    );
+
+    pg.stop_server();
+    // Noticed by the next resync: still ready, still injecting from the snapshot.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, body) = readyz(&a).await;
+        if body["store"]["state"] == "unreachable" {
+            assert_eq!(status, 200, "{body}");
+            assert!(body["store"]["age_secs"].as_u64().unwrap() < STALE_AFTER_SECS);
+            break;
+        }
+        assert!(Instant::now() < deadline, "outage not reported: {body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 200, "inside stale_after: {}", got.text());
+    assert_eq!(a.upstream.last().headers["authorization"], auth.as_str());
+
+    // Past stale_after: 503 store_stale, audited, the upstream sees nothing.
+    let seen = a.upstream.requests().len();
+    let deadline = Instant::now() + Duration::from_secs(STALE_AFTER_SECS * 4);
+    let got = loop {
+        let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+        if got.status != 200 {
+            break got;
+        }
+        assert!(Instant::now() < deadline, "never failed closed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(got.status, 503, "{}", got.text());
+    assert_eq!(got.headers["x-keyward-error"], "store_stale");
+    assert_no_leak("store_stale response", &got.body, key);
+    let line = a.last_audit();
+    assert_eq!(line["event"], "deny", "{line}");
+    assert_eq!(line["reason"], "store_stale", "{line}");
+    assert_eq!(line["outcome"], "error", "{line}");
+    let passed = a.upstream.requests().len();
+    let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 503);
+    assert_eq!(
+        a.upstream.requests().len(),
+        passed,
+        "the upstream saw a stale request"
+    );
+    assert!(passed >= seen);
+    let (status, body) = readyz(&a).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["store"]["state"], "stale", "{body}");
+    assert!(body["store"]["age_secs"].as_u64().unwrap() >= STALE_AFTER_SECS);
+    assert_eq!(
+        body["checks"]["store"],
+        "store stale (unreachable past stale_after)"
+    );
+
+    // Back: the next resync succeeds and injection resumes.
+    pg.start_server();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = a.client().get("api.openai.com", "/v1/models", &[]).await;
+        if got.status == 200 {
+            break;
+        }
+        assert_eq!(got.headers["x-keyward-error"], "store_stale");
+        assert!(Instant::now() < deadline, "did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(a.upstream.last().headers["authorization"], auth.as_str());
+    let (status, body) = readyz(&a).await;
+    assert_eq!(
+        (status, &body["store"]["state"]),
+        (200, &"ok".into()),
+        "{body}"
+    );
+}
+
+fn set_change(name: &str, value: &str) -> Change {
+    Change::SetSecret {
+        scope: "platform".into(),
+        name: name.into(),
+        value: Secret::from_str(value),
+        kind: None,
+        options: SetOptions::default(),
+    }
+}
+
+#[test]
+fn a_batch_is_one_transaction_all_or_nothing_and_undone_as_one() {
+    let Some(pg) = Pg::start("store_pg::batch") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&pg, "keyward", dir.path());
+    let a = open_store(&cfg).unwrap();
+    let b = open_store(&cfg).unwrap();
+    let gen = || pg.sql("SELECT generation FROM keyward.meta");
+    let before = gen();
+    // The fourth change fails (create-only agent): nothing of the first three stays.
+    let err = a
+        .apply_batch(vec![
+            set_change("A", "batch-value-a-0123456789"),
+            set_change("B", "batch-value-b-0123456789"),
+            Change::AddAgent(agent("batcher")),
+            Change::AddAgent(agent("batcher")),
+        ])
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("change 4:"), "{err}");
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.records"), "0");
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.agents"), "0");
+    assert_eq!(gen(), before, "a failed batch moved the generation");
+    assert!(value_of(&*a, "platform", "A").is_none());
+
+    // A good batch: every change, one generation, seen by the other replica whole.
+    let applied = a
+        .apply_batch(vec![
+            set_change("A", "batch-value-a-0123456789"),
+            set_change("B", "batch-value-b-0123456789"),
+            set_change("A", "batch-value-a2-0123456789"),
+            Change::AddAgent(agent("batcher")),
+        ])
+        .unwrap();
+    assert_eq!(applied.len(), 4);
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.records"), "2");
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.agents"), "1");
+    let after: u64 = gen().parse().unwrap();
+    assert_eq!(after, before.parse::<u64>().unwrap() + 1, "one transaction");
+    assert_eq!(a.snapshot().meta("platform", "A").unwrap().version, 2);
+    let since = Instant::now();
+    while value_of(&*b, "platform", "B").is_none() {
+        assert!(since.elapsed() < PROPAGATION, "batch not propagated");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        value_of(&*b, "platform", "A").as_deref(),
+        Some("batch-value-a2-0123456789")
+    );
+
+    // Undone as one (the audit of an import failed): back to empty, one generation.
+    let undos = applied.into_iter().map(|(_, u)| u).collect();
+    a.undo_all(undos).unwrap();
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.records"), "0");
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.agents"), "0");
+    assert_eq!(gen().parse::<u64>().unwrap(), after + 1);
+}
+
+const OAUTH_TOKEN_HOST: &str = "pypi.example.test";
+
+/// Token calls seen by every replica's token server (one per replica: each has
+/// its own upstream PKI), answered slowly so that refreshes overlap.
+struct TokenCalls(std::sync::atomic::AtomicUsize);
+
+async fn token_server(pki: &common::UpstreamPki, calls: Arc<TokenCalls>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut cfg = (*pki.server_config()).clone();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, calls) = (acceptor.clone(), calls.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let svc = hyper::service::service_fn(move |_req| {
+                    let calls = calls.clone();
+                    async move {
+                        let n = calls.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                        let body = serde_json::json!({
+                            "access_token": format!("at-shared-{n}-0123456789"),
+                            "token_type": "Bearer",
+                            "expires_in": 3600,
+                        });
+                        Ok::<_, hyper::Error>(
+                            http::Response::builder()
+                                .header("content-type", "application/json")
+                                .body(Full::new(Bytes::from(body.to_string())))
+                                .unwrap(),
+                        )
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn oauth_replica(pg: &Pg, calls: Arc<TokenCalls>) -> Kw {
+    let pki = common::UpstreamPki::new();
+    let addr = token_server(&pki, calls).await;
+    replica(pg, "keyward")
+        .provider(common::Provider::bearer(
+            "github",
+            "api.github.com",
+            "GH_OAUTH",
+        ))
+        .resolve(OAUTH_TOKEN_HOST, addr)
+        .upstream_pki(pki)
+        .start()
+        .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_on_two_replicas_make_one_token_call_and_share_the_token() {
+    let Some(pg) = Pg::start("store_pg::oauth_lock") else {
+        return;
+    };
+    let calls = Arc::new(TokenCalls(std::sync::atomic::AtomicUsize::new(0)));
+    let a = oauth_replica(&pg, calls.clone()).await;
+    let b = oauth_replica(&pg, calls.clone()).await;
+    let value = serde_json::json!({
+        "client_id": "cid-1",
+        "client_secret": "oauth-client-secret-0123456789",
+        "token_url": format!("https://{OAUTH_TOKEN_HOST}/oauth/token"),
+    });
+    a.set_secret_of_kind(
+        "platform",
+        "GH_OAUTH",
+        keyward::vault::SecretKind::Oauth2,
+        &value.to_string(),
+    );
+    within_contract(Instant::now(), "oauth2 secret on B", || async {
+        b.running
+            .state
+            .vault
+            .snapshot()
+            .meta("platform", "GH_OAUTH")
+            .is_some()
+    })
+    .await;
+    b.running.state.refresh_vault().unwrap();
+    let mut reqs = Vec::new();
+    for kw in [&a, &b, &a, &b, &a, &b] {
+        reqs.push(async move { kw.client().get("api.github.com", "/user", &[]).await });
+    }
+    for got in futures_util::future::join_all(reqs).await {
+        assert_eq!(got.status, 200, "{}", got.text());
+    }
+    assert_eq!(
+        calls.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "the token endpoint saw more than one refresh"
+    );
+    for kw in [&a, &b] {
+        for seen in kw.upstream.requests() {
+            assert_eq!(
+                seen.headers["authorization"],
+                "Bearer at-shared-1-0123456789"
+            );
+        }
+    }
+    // Stored sealed: the token is not in the database in any encoding.
+    assert_eq!(pg.sql("SELECT count(*) FROM keyward.oauth_tokens"), "1");
+    assert_no_leak(
+        "pg_dump with a shared token",
+        &pg.dump(),
+        "at-shared-1-0123456789",
+    );
 }

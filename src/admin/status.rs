@@ -4,6 +4,7 @@
 use super::json::json_response;
 use crate::body::{full, Body};
 use crate::proxy::state::State;
+use crate::vault::Freshness;
 use http::{header, HeaderValue, Response, StatusCode};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -15,8 +16,8 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 pub type Check = (&'static str, Result<(), &'static str>);
 
 /// Whether keyward can serve: the vault is loaded, the CA is loaded, the audit
-/// log can be appended to.
-pub fn readiness(state: &State) -> [Check; 3] {
+/// log can be appended to, the store is not past `stale_after`.
+pub fn readiness(state: &State) -> [Check; 4] {
     let vault = {
         // Loaded at start; a snapshot is always there once `State` exists.
         let _ = state.vault.snapshot().generation();
@@ -28,7 +29,28 @@ pub fn readiness(state: &State) -> [Check; 3] {
         Ok(())
     };
     let audit = audit_writable(state.audit.path());
-    [("vault", vault), ("ca", ca), ("audit", audit)]
+    let store = match state.vault.freshness() {
+        Freshness::Stale { .. } => Err("store stale (unreachable past stale_after)"),
+        Freshness::Current | Freshness::Unreachable { .. } => Ok(()),
+    };
+    [
+        ("vault", vault),
+        ("ca", ca),
+        ("audit", audit),
+        ("store", store),
+    ]
+}
+
+/// The store's state for `/readyz`: `ok`, or `unreachable`/`stale` with the
+/// seconds since it was last read.
+fn store_detail(state: &State) -> Value {
+    match state.vault.freshness() {
+        Freshness::Current => json!({"state": "ok"}),
+        Freshness::Unreachable { age } => {
+            json!({"state": "unreachable", "age_secs": age.as_secs()})
+        }
+        Freshness::Stale { age } => json!({"state": "stale", "age_secs": age.as_secs()}),
+    }
 }
 
 /// Cheap check: the audit file can still be opened for appending.
@@ -67,7 +89,10 @@ pub fn readyz(state: &State) -> Response<Body> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
     };
-    json_response(status, json!({"status": word, "checks": body}))
+    json_response(
+        status,
+        json!({"status": word, "checks": body, "store": store_detail(state)}),
+    )
 }
 
 /// `GET /metrics`.

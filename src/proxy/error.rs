@@ -50,10 +50,12 @@ pub enum Code {
     AuditNotQueryable,
     /// Console: a form without its session's CSRF token, or with a wrong one.
     CsrfInvalid,
+    /// The PostgreSQL store has been unreachable longer than `[store] stale_after`.
+    StoreStale,
 }
 
 impl Code {
-    pub const ALL: [Code; 34] = [
+    pub const ALL: [Code; 35] = [
         Code::ProxyAuthRequired,
         Code::AgentRevoked,
         Code::HostNotAllowed,
@@ -88,6 +90,7 @@ impl Code {
         Code::Conflict,
         Code::AuditNotQueryable,
         Code::CsrfInvalid,
+        Code::StoreStale,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -126,6 +129,7 @@ impl Code {
             Code::Conflict => "conflict",
             Code::AuditNotQueryable => "audit_not_queryable",
             Code::CsrfInvalid => "csrf_invalid",
+            Code::StoreStale => "store_stale",
         }
     }
 
@@ -136,6 +140,7 @@ impl Code {
             self,
             Code::AuditUnavailable
                 | Code::VaultUnavailable
+                | Code::StoreStale
                 | Code::UpstreamTls
                 | Code::UpstreamUnreachable
                 | Code::UpstreamTimeout
@@ -156,6 +161,7 @@ impl Code {
             Code::RateLimited | Code::TooManyConnections => "connection_limit_reached",
             Code::AuditUnavailable
             | Code::VaultUnavailable
+            | Code::StoreStale
             | Code::RedactionUnavailable
             | Code::OauthRefreshFailed
             | Code::Internal => "proxy_internal_error",
@@ -192,7 +198,10 @@ impl Code {
             Code::BadRequest => StatusCode::BAD_REQUEST,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Code::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            Code::TooManyConnections | Code::AuditUnavailable | Code::VaultUnavailable => {
+            Code::TooManyConnections
+            | Code::AuditUnavailable
+            | Code::VaultUnavailable
+            | Code::StoreStale => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Code::UpstreamTls

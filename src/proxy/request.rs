@@ -14,7 +14,7 @@ use crate::policy::{self, Provider};
 use crate::redact;
 use crate::resolve::{self, Grant, Principal};
 use crate::secret::Secret;
-use crate::vault::Snapshot;
+use crate::vault::{Freshness, Snapshot};
 use http::header::{self, HeaderName};
 use http::{HeaderMap, Uri, Version};
 use http_body_util::{BodyExt, Limited};
@@ -56,6 +56,17 @@ impl<'a> Call<'a> {
         let rt = cx.state.runtime();
         let principal = current_principal(cx, &rt, ev)?;
         let provider = provider_for(cx, &rt, &principal, parts, ev)?;
+        // SECURITY: past `[store] stale_after` without reaching the store, the last
+        // snapshot may still hold a revoked secret or agent: no credential from it.
+        if let Freshness::Stale { age } = cx.state.vault.freshness() {
+            return Err(Deny::new(
+                Code::StoreStale,
+                format!(
+                    "the store has been unreachable for {}s; retry later",
+                    age.as_secs()
+                ),
+            ));
+        }
         let snapshot = cx.state.vault.snapshot();
         let grant = credential_for(cx, &principal, &provider, &*snapshot, ev)?;
         Ok(Call {

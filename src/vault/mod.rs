@@ -38,6 +38,6 @@ pub use kind::SecretKind;
 pub use master::{KdfParams, MasterKey, MasterSource, ENV_MASTER_KEY, ENV_MASTER_PASSPHRASE};
 pub use open::open_store;
 pub use snapshot::{Opened, RecordMeta, Snapshot};
-pub use store::Store;
+pub use store::{Freshness, LeaseWait, SharedToken, Store, TokenLease};
 pub use validate::{check_value, format_period, normalize_hosts, valid_scope, MAX_VALUE_BYTES};
 pub use watch::watch;

@@ -9,6 +9,57 @@ use super::snapshot::{RecordMeta, Snapshot};
 use crate::secret::Secret;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How current a replica's snapshot is (SPEC §10 `[store] stale_after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// The last refresh succeeded (the file backend is always current).
+    Current,
+    /// The store has not been readable for `age`, still within `stale_after`:
+    /// requests go on from the last snapshot.
+    Unreachable { age: Duration },
+    /// Unreadable for longer than `stale_after`: requests needing a credential
+    /// fail closed (`store_stale`).
+    Stale { age: Duration },
+}
+
+/// An OAuth2 access token shared between replicas (PostgreSQL store), sealed in
+/// the database under a key derived from the master key.
+pub struct SharedToken {
+    pub token: Secret,
+    /// Unix seconds when the provider said it expires.
+    pub expires: u64,
+    /// The record versions it was obtained for: the one read, and the one a
+    /// rotated refresh token written back created.
+    pub versions: (u32, Option<u32>),
+}
+
+/// Held while this replica refreshes one secret's token: the other replicas wait
+/// (`pg_advisory_xact_lock`) and then find the token stored here.
+pub struct TokenLease {
+    /// What a replica stored before (maybe still valid).
+    pub current: Option<SharedToken>,
+    finish: tokio::sync::oneshot::Sender<Option<SharedToken>>,
+}
+
+impl TokenLease {
+    pub fn new(
+        current: Option<SharedToken>,
+        finish: tokio::sync::oneshot::Sender<Option<SharedToken>>,
+    ) -> TokenLease {
+        TokenLease { current, finish }
+    }
+
+    /// Stores `token` (sealed) and releases the lock; `None` (or dropping the
+    /// lease) releases it without a change.
+    pub fn finish(self, token: Option<SharedToken>) {
+        let _ = self.finish.send(token);
+    }
+}
+
+/// A lease being acquired (resolves once the lock is held).
+pub type LeaseWait = tokio::sync::oneshot::Receiver<Result<TokenLease, VaultError>>;
 
 /// `Debug` must never show a value (the file backend shows its path only).
 pub trait Store: Send + Sync + fmt::Debug {
@@ -47,6 +98,17 @@ pub trait Store: Send + Sync + fmt::Debug {
     /// A 32-byte key derived from the master key for signing session tokens;
     /// identical on every replica that shares the master key.
     fn session_key(&self) -> Secret;
+
+    /// Takes the cross-replica lock on `scope`/`name`'s OAuth2 token; `None` when
+    /// the backend has no replicas to share with (the file vault).
+    fn lease_token(&self, _scope: &str, _name: &str) -> Option<LeaseWait> {
+        None
+    }
+
+    /// Whether the snapshot is still backed by a reachable store.
+    fn freshness(&self) -> Freshness {
+        Freshness::Current
+    }
 
     /// Monotonic version of the current snapshot.
     fn generation(&self) -> u64 {

@@ -90,6 +90,10 @@ impl oauth2::RefreshStore for State {
             }
         })
     }
+
+    fn lease(&self, key: &TokenKey) -> Option<crate::vault::LeaseWait> {
+        self.vault.lease_token(&key.scope, &key.name)
+    }
 }
 
 /// The values of a grant that must never come back to the agent: an API key or

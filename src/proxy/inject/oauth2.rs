@@ -6,10 +6,12 @@
 
 use super::scheme::sensitive_value;
 use crate::body::full;
+use crate::clock::unix_now;
 use crate::proxy::error::{Code, Deny};
 use crate::proxy::upstream::{self, UpstreamClient};
 use crate::secret::Secret;
 use crate::vault::kind::OAuth2Value;
+use crate::vault::{LeaseWait, SharedToken, TokenLease};
 use base64::Engine;
 use http::{header, Request};
 use http_body_util::{BodyExt, Limited};
@@ -56,6 +58,12 @@ pub trait RefreshStore: Send + Sync {
     /// Stores `value` (the whole OAuth2 record, new refresh token inside) as a new
     /// version of `key`'s record; returns that version.
     fn store(self: Arc<Self>, key: TokenKey, value: Secret) -> StoreTask;
+
+    /// The cross-replica refresh lock of `key` (PostgreSQL store); `None` when
+    /// this keyward shares its vault with no other replica.
+    fn lease(&self, _key: &TokenKey) -> Option<LeaseWait> {
+        None
+    }
 }
 
 /// Which stored secret a token belongs to.
@@ -163,6 +171,22 @@ impl TokenCache {
             .filter(|c| c.versions.1 == Some(version) || c.versions.0 == version)
             .and_then(|c| c.refresh.clone())
             .or_else(|| value.refresh_token.clone());
+        // One refresh at a time across replicas: wait for the lock, then use what
+        // another replica stored meanwhile if it is still good.
+        let lease = take_lease(env, key).await;
+        if let Some(shared) = lease.as_ref().and_then(|l| usable(l, version)) {
+            involved.extend(refresh.clone());
+            guard.cached = Some(Cached {
+                token: shared.token.clone(),
+                refresh: refresh.clone(),
+                valid_until: Instant::now() + shared.left,
+                versions: shared.versions,
+            });
+            return Ok(Issued {
+                access_token: shared.token,
+                involved,
+            });
+        }
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fetched = fetch(env, value, refresh.as_ref()).await.and_then(|resp| {
@@ -199,6 +223,13 @@ impl TokenCache {
             involved.push(new_refresh.clone());
             written = write_back(env.store.clone(), key, value, new_refresh).await;
         }
+        if let Some(lease) = lease {
+            lease.finish(Some(SharedToken {
+                token: token.clone(),
+                expires: unix_now().saturating_add(lifetime.as_secs()),
+                versions: (version, written),
+            }));
+        }
         guard.cached = Some(Cached {
             token: token.clone(),
             refresh: rotated.or(refresh),
@@ -210,6 +241,42 @@ impl TokenCache {
             involved,
         })
     }
+}
+
+/// The lease of `key` if the store shares tokens; a store that cannot be reached
+/// does not stop the refresh (this replica then refreshes on its own).
+async fn take_lease(env: &TokenEnv<'_>, key: &TokenKey) -> Option<TokenLease> {
+    match env.store.lease(key)?.await {
+        Ok(Ok(lease)) => Some(lease),
+        Ok(Err(e)) => {
+            tracing::warn!(secret = %key.name, error = %e, "OAuth2 refresh without the replica lock");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// A token another replica stored, for this record version, not about to expire.
+struct Usable {
+    token: Secret,
+    left: Duration,
+    versions: (u32, Option<u32>),
+}
+
+fn usable(lease: &TokenLease, version: u32) -> Option<Usable> {
+    let t = lease.current.as_ref()?;
+    if t.versions.0 != version && t.versions.1 != Some(version) {
+        return None;
+    }
+    let left = t
+        .expires
+        .checked_sub(unix_now())?
+        .checked_sub(EXPIRY_MARGIN.as_secs())?;
+    (left > 0).then(|| Usable {
+        token: t.token.clone(),
+        left: Duration::from_secs(left),
+        versions: t.versions,
+    })
 }
 
 /// Stores a rotated refresh token; returns the new version.

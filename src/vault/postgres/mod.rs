@@ -6,17 +6,19 @@
 //! runs on a small runtime of its own and callers wait on a channel, never a
 //! proxy worker (the request path only loads the snapshot). docs/store.md.
 
+mod batch;
 pub mod connect;
 mod rows;
 pub mod schema;
+mod tokens;
 
-use super::change::{Applied, Change, Undo};
+use super::change::{Applied, Change, Touched, Undo};
 use super::crypto::{self, Key};
 use super::error::VaultError;
 use super::format::{AgentRecord, Draft, FileBody, StoredRecord, SEAL_LIMIT_PER_KEY};
 use super::master::MasterKey;
 use super::snapshot::Snapshot;
-use super::store::Store;
+use super::store::{Freshness, Store};
 use crate::config::StoreConfig;
 use crate::secret::Secret;
 use arc_swap::ArcSwap;
@@ -28,7 +30,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The NOTIFY channel; the payload is the schema name.
 pub const CHANNEL: &str = "keyward_changes";
@@ -57,6 +59,10 @@ struct Inner {
     failure: Mutex<Option<String>>,
     /// One full load at a time.
     loading: tokio::sync::Mutex<()>,
+    /// `[store] stale_after`: how long the last snapshot may be served unrefreshed.
+    stale_after: Duration,
+    /// When a refresh last succeeded (the snapshot was confirmed current).
+    last_ok: Mutex<Instant>,
 }
 
 pub struct PgStore {
@@ -170,6 +176,8 @@ impl PgStore {
             reported: AtomicU64::new(0),
             failure: Mutex::new(None),
             loading: tokio::sync::Mutex::new(()),
+            stale_after: cfg.stale_after,
+            last_ok: Mutex::new(Instant::now()),
         });
         let i = inner.clone();
         let opened = run_on(rt.handle(), async move {
@@ -242,6 +250,20 @@ impl Store for PgStore {
         self.run(async move { i.undo(undo).await })
     }
 
+    /// All or nothing: one transaction (`secret import` is atomic).
+    fn apply_batch(&self, mut changes: Vec<Change>) -> Result<Vec<(Applied, Undo)>, VaultError> {
+        for (n, c) in changes.iter_mut().enumerate() {
+            c.check().map_err(|e| batch::in_batch(n, e))?;
+        }
+        let i = self.inner.clone();
+        self.run(async move { i.apply_batch(changes).await })
+    }
+
+    fn undo_all(&self, undos: Vec<Undo>) -> Result<(), VaultError> {
+        let i = self.inner.clone();
+        self.run(async move { i.undo_all(undos).await })
+    }
+
     /// Never touches the database (the watcher calls it on the serving runtime):
     /// reports whether the background refresh loaded something new.
     fn reload(&self) -> Result<bool, VaultError> {
@@ -258,6 +280,26 @@ impl Store for PgStore {
 
     fn session_key(&self) -> Secret {
         Secret::new(self.inner.session.read().expose().to_vec())
+    }
+
+    fn lease_token(&self, scope: &str, name: &str) -> Option<super::store::LeaseWait> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let i = self.inner.clone();
+        let (scope, name) = (scope.to_string(), name.to_string());
+        self.rt.handle().spawn(i.hold_token_lock(scope, name, tx));
+        Some(rx)
+    }
+
+    fn freshness(&self) -> Freshness {
+        if self.inner.failure.lock().is_none() {
+            return Freshness::Current;
+        }
+        let age = self.inner.last_ok.lock().elapsed();
+        if age > self.inner.stale_after {
+            Freshness::Stale { age }
+        } else {
+            Freshness::Unreachable { age }
+        }
     }
 }
 
@@ -407,7 +449,10 @@ impl Inner {
         let _one = self.loading.lock().await;
         let res = self.load(force).await;
         match &res {
-            Ok(_) => *self.failure.lock() = None,
+            Ok(_) => {
+                *self.last_ok.lock() = Instant::now();
+                *self.failure.lock() = None;
+            }
             Err(VaultError::File { message, .. }) => *self.failure.lock() = Some(message.clone()),
             Err(e) => *self.failure.lock() = Some(e.to_string()),
         }
@@ -469,7 +514,7 @@ impl Inner {
         let db = self.db();
         let mut c = self.client().await?;
         let tx = raw(&mut c).transaction().await.map_err(err)?;
-        let (mut draft, before_r, before_a) = self.draft(&db, &tx, Some(&change)).await?;
+        let (mut draft, before_r, before_a) = self.draft(&db, &tx, Some(change.touches())).await?;
         let (applied, undo) = change.apply_to(&mut draft, &self.path)?;
         if undo.is_noop() {
             tx.rollback().await.map_err(err)?;
@@ -507,24 +552,24 @@ impl Inner {
         &self,
         db: &Db<'_>,
         tx: &tokio_postgres::Transaction<'_>,
-        change: Option<&Change>,
+        touched: Option<Touched>,
     ) -> Result<(Draft, Rows, Agents), VaultError> {
         let meta = db
             .meta(tx, true)
             .await?
             .ok_or_else(|| dberr(self.path_str(), "no meta row: run `keyward store init`"))?;
         let data_key = Arc::new(rows::unwrap(&self.master, &meta, &self.path)?);
-        let (records, agents) = match change {
+        let (records, agents) = match touched {
             None => (db.records(tx).await?, db.agents(tx, &data_key).await?),
-            Some(ch) => {
+            Some((keys, ids)) => {
                 let mut records = Vec::new();
-                for (scope, name) in touched(ch) {
+                for (scope, name) in keys {
                     if let Some(r) = db.record(tx, &scope, &name).await? {
                         records.push(r);
                     }
                 }
                 let mut agents = Vec::new();
-                if let Some(id) = agent_of(ch) {
+                for id in ids {
                     agents.extend(db.agent(tx, &id, &data_key).await?);
                 }
                 (records, agents)
@@ -712,27 +757,6 @@ fn body_of(meta: Meta, records: Vec<StoredRecord>, agents: Vec<AgentRecord>) -> 
         seal: meta.seal,
         records,
         agents,
-    }
-}
-
-/// The (scope, name) keys a change reads or writes.
-fn touched(change: &Change) -> Vec<(String, String)> {
-    match change {
-        Change::SetSecret { scope, name, .. }
-        | Change::RotateSecret { scope, name, .. }
-        | Change::RemoveSecret { scope, name } => vec![(scope.clone(), name.clone())],
-        Change::CloneSecret { name, from, to } => {
-            vec![(from.clone(), name.clone()), (to.clone(), name.clone())]
-        }
-        Change::AddAgent(_) | Change::RemoveAgent { .. } => Vec::new(),
-    }
-}
-
-fn agent_of(change: &Change) -> Option<String> {
-    match change {
-        Change::AddAgent(a) => Some(a.id.clone()),
-        Change::RemoveAgent { id } => Some(id.clone()),
-        _ => None,
     }
 }
 

@@ -45,6 +45,19 @@ CREATE TABLE {s}.agents (
     generation  bigint NOT NULL
 );
 "#,
+    // 2: OAuth2 access tokens shared between replicas (sealed; one refresh at a
+    // time under pg_advisory_xact_lock keyed by the secret).
+    r#"
+CREATE TABLE {s}.oauth_tokens (
+    scope    text   NOT NULL,
+    name     text   NOT NULL,
+    version  bigint NOT NULL,
+    written  bigint,
+    expires  bigint NOT NULL,
+    sealed   text   NOT NULL,
+    PRIMARY KEY (scope, name)
+);
+"#,
 ];
 
 /// The schema version this keyward writes.
