@@ -181,3 +181,82 @@ fn tampered_rows_name_the_replica_and_seq() {
     assert_eq!(seq, 8, "{why}");
     assert!(why.contains("registered head"), "{why}");
 }
+
+/// A replica serving on the cluster, its spool in its own dir.
+fn replica(pg: &Pg) -> common::KwBuilder {
+    let store = format!("{}spool = \"SPOOL\"\n", pg.store_toml(SCHEMA));
+    common::Kw::builder()
+        .config_toml(&store)
+        .before_start(|dir| {
+            std::fs::write(dir.join("master.key"), format!("{MASTER}\n")).unwrap();
+            let cfg = dir.join("keyward.toml");
+            if let Ok(text) = std::fs::read_to_string(&cfg) {
+                let spool = dir.join("audit-spool.jsonl");
+                std::fs::write(&cfg, text.replace("SPOOL", spool.to_str().unwrap())).unwrap();
+            }
+        })
+}
+
+fn db_pool(pg: &Pg) -> (tokio::runtime::Runtime, deadpool_postgres::Pool) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(pg, dir.path());
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let p = {
+        let _g = rt.enter();
+        pool(&cfg)
+    };
+    (rt, p)
+}
+
+/// Verifies in a thread of its own (the test's runtime must not block).
+fn verify_now(pg: &Pg) -> (Vec<ChainReport>, Vec<(String, i64, String)>) {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let (rt, p) = db_pool(pg);
+            (
+                rt.block_on(verify_pg(&p, SCHEMA)).unwrap(),
+                rt.block_on(lines_pg(&p, SCHEMA)).unwrap(),
+            )
+        })
+        .join()
+        .unwrap()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_through_two_replicas_lands_in_two_verified_chains() {
+    let Some(pg) = Pg::start("traffic_through_two_replicas_lands_in_two_verified_chains") else {
+        return;
+    };
+    let a = replica(&pg).start().await;
+    let b = replica(&pg).start().await;
+    for i in 0..5 {
+        a.client()
+            .get("api.openai.com", &format!("/a/{i}"), &[])
+            .await;
+        b.client()
+            .get("api.openai.com", &format!("/b/{i}"), &[])
+            .await;
+    }
+    let (reports, lines) = verify_now(&pg);
+    assert_eq!(reports.len(), 2, "{reports:?}");
+    assert!(
+        reports.iter().all(|r| r.problem.is_none() && r.lines >= 5),
+        "{reports:?}"
+    );
+    for i in 0..5 {
+        for side in ["a", "b"] {
+            let path = format!("\"/{side}/{i}\"");
+            assert_eq!(
+                lines.iter().filter(|l| l.2.contains(&path)).count(),
+                1,
+                "{path}"
+            );
+        }
+    }
+    // The file mirror still has each replica's own lines.
+    assert!(a.audit_lines().iter().any(|l| l["path"] == "/a/0"));
+}

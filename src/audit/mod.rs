@@ -50,7 +50,7 @@ pub use error::AuditError;
 pub use event::{Event, EventKind, Outcome};
 pub use export::{cef_escape_header, cef_escape_value, export, export_set, to_cef, ExportFormat};
 pub use files::{lock_path, rotated_files, rotated_path};
-pub use pg::{lines_pg, verify_pg, ChainReport, PgAudit};
+pub use pg::{lines_pg, verify_pg, ChainReport, PgAudit, PgSink, DB_APPEND_TIMEOUT};
 pub use query::{parse_time, query, query_iter, query_set, Filter, Record};
 pub use read::{tail, tail_and_follow, Follower, LogSet, RawLine, RawLines};
 pub use verify::{verify, verify_from, verify_set, Tamper, VerifyReport};

@@ -249,3 +249,170 @@ pub async fn lines_pg(pool: &Pool, schema: &str) -> Result<Vec<(String, i64, Str
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
 }
+
+/// How long the sink waits for its database round trip before the batch is spooled.
+pub const DB_APPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`PgAudit`] for the synchronous writer ([`super::AuditLog`]): its own small
+/// runtime, a blocking `append`, and the spool. When the database cannot take a
+/// batch, the events are appended (fsync'd) to the spool file and the caller goes
+/// on; the next batch first drains the spool, in order, into the same chain. Only
+/// when the spool cannot be written either does the batch fail (fail closed).
+pub struct PgSink {
+    rt: Option<tokio::runtime::Runtime>,
+    audit: std::sync::Arc<PgAudit>,
+    spool: std::path::PathBuf,
+    /// Events in the spool not yet drained (known without reading the file).
+    spooled: parking_lot::Mutex<bool>,
+}
+
+impl Drop for PgSink {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl PgSink {
+    /// Starts the sink's runtime, builds the pool there (`make_pool`) and
+    /// registers `replica`; `spool` is drained on the first write.
+    pub fn start(
+        make_pool: impl FnOnce() -> Result<Pool, String>,
+        schema: &str,
+        replica: &str,
+        spool: &std::path::Path,
+    ) -> Result<PgSink, AuditError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("keyward-audit-db")
+            .enable_all()
+            .build()
+            .map_err(|e| db(replica, "runtime", e))?;
+        let pool = {
+            let _g = rt.handle().enter();
+            make_pool().map_err(|e| db(replica, "pool", e))?
+        };
+        let (schema_s, replica_s) = (schema.to_string(), replica.to_string());
+        let audit = run_on(rt.handle(), async move {
+            PgAudit::register(pool, &schema_s, &replica_s).await
+        })
+        .ok_or_else(|| db(replica, "register", "the audit runtime stopped"))??;
+        let spooled = std::fs::metadata(spool)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+        Ok(PgSink {
+            rt: Some(rt),
+            audit: std::sync::Arc::new(audit),
+            spool: spool.to_path_buf(),
+            spooled: parking_lot::Mutex::new(spooled),
+        })
+    }
+
+    /// Stores `events` (drained spool first); on a database failure spools them.
+    pub fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        let mut spooled = self.spooled.lock();
+        let mut batch: Vec<Event> = Vec::new();
+        if *spooled {
+            batch = read_spool(&self.spool)?;
+        }
+        let from_spool = batch.len();
+        batch.extend(events.iter().cloned());
+        match self.try_db(batch) {
+            Ok(()) => {
+                if from_spool > 0 || *spooled {
+                    clear_spool(&self.spool)?;
+                    *spooled = false;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, spool = %self.spool.display(), "audit database unavailable: spooling");
+                // SECURITY: a line that reaches neither the database nor the
+                // fsync'd spool fails the request closed (the caller's error).
+                write_spool(&self.spool, events)?;
+                *spooled = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn try_db(&self, mut batch: Vec<Event>) -> Result<(), AuditError> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| db(&self.audit.replica, "append", "no runtime"))?;
+        let audit = self.audit.clone();
+        let replica = audit.replica.clone();
+        run_on(rt.handle(), async move {
+            match tokio::time::timeout(DB_APPEND_TIMEOUT, audit.append(&mut batch)).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(db(&audit.replica, "append", "timed out")),
+            }
+        })
+        .unwrap_or_else(|| Err(db(&replica, "append", "the audit runtime stopped")))
+    }
+}
+
+/// Runs `fut` on `rt` and waits from a thread that is not one of `rt`'s
+/// (`None`: the runtime stopped).
+fn run_on<T: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().ok()
+}
+
+fn spool_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
+    super::error::io_err(path)
+}
+
+fn write_spool(path: &std::path::Path, events: &[Event]) -> Result<(), AuditError> {
+    use std::io::Write;
+    let err = spool_err(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(&err)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(&err)?;
+    let mut buf = Vec::new();
+    for ev in events {
+        serde_json::to_writer(&mut buf, ev)
+            .map_err(|e| super::error::corrupt(path, e.to_string()))?;
+        buf.push(b'\n');
+    }
+    f.write_all(&buf).map_err(&err)?;
+    f.sync_all().map_err(&err)
+}
+
+fn read_spool(path: &std::path::Path) -> Result<Vec<Event>, AuditError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(spool_err(path)(e)),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| super::error::corrupt(path, format!("spool: {e}")))
+        })
+        .collect()
+}
+
+fn clear_spool(path: &std::path::Path) -> Result<(), AuditError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(spool_err(path)(e)),
+    }
+}
