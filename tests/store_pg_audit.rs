@@ -260,3 +260,60 @@ async fn traffic_through_two_replicas_lands_in_two_verified_chains() {
     // The file mirror still has each replica's own lines.
     assert!(a.audit_lines().iter().any(|l| l["path"] == "/a/0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_down_under_traffic_spools_then_drains_in_order() {
+    let Some(pg) = Pg::start("database_down_under_traffic_spools_then_drains_in_order") else {
+        return;
+    };
+    let a = replica(&pg).start().await;
+    let spool = a.audit_path().parent().unwrap().join("audit-spool.jsonl");
+    let status_up = a
+        .client()
+        .get("api.openai.com", "/before", &[])
+        .await
+        .status;
+    pg.stop_server();
+    // Requests go on while their lines are spooled (same answer as with the DB up).
+    for i in 0..3 {
+        let got = a
+            .client()
+            .get("api.openai.com", &format!("/during/{i}"), &[])
+            .await;
+        assert_eq!(got.status, status_up, "{:?}", got.error_code());
+        assert_ne!(got.error_code().as_deref(), Some("audit_unavailable"));
+    }
+    let spooled = std::fs::read_to_string(&spool).unwrap();
+    assert_eq!(
+        spooled.lines().filter(|l| l.contains("/during/")).count(),
+        3
+    );
+    pg.start_server();
+    // The next line drains the spool first (a few tries while the pool reconnects).
+    for i in 0..50 {
+        a.client()
+            .get("api.openai.com", &format!("/after/{i}"), &[])
+            .await;
+        if !spool.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(!spool.exists(), "the spool was not drained");
+    let (reports, lines) = verify_now(&pg);
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert!(reports[0].problem.is_none(), "{reports:?}");
+    let paths: Vec<String> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<serde_json::Value>(&l.2).unwrap()["path"].to_string())
+        .collect();
+    let at = |p: &str| {
+        paths
+            .iter()
+            .position(|x| x == &format!("\"{p}\""))
+            .unwrap_or_else(|| panic!("{p} lost: {paths:?}"))
+    };
+    assert!(at("/before") < at("/during/0"));
+    assert!(at("/during/0") < at("/during/1") && at("/during/1") < at("/during/2"));
+    assert!(at("/during/2") < at("/after/0"));
+}
