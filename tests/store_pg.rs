@@ -303,7 +303,7 @@ fn replicas_starting_together_share_one_schema_and_one_data_key() {
         .map(|h| h.join().unwrap().unwrap())
         .collect();
     assert_eq!(pg.sql("SELECT count(*) FROM fresh.meta"), "1");
-    assert_eq!(pg.sql("SELECT max(version) FROM fresh.schema_version"), "1");
+    assert_eq!(pg.sql("SELECT max(version) FROM fresh.schema_version"), "2");
     set(&*stores[0], "platform", "K", "written-by-the-first-0123").unwrap();
     for s in &stores[1..] {
         // A write reloads the writer; the others read it on their next load.
@@ -468,7 +468,7 @@ fn import_and_export_round_trip_through_the_cli() {
     )
     .unwrap();
     let out = store.ok(&["store", "init"], None);
-    assert!(out.contains("schema version 1"), "{out}");
+    assert!(out.contains("schema version 2"), "{out}");
     assert!(!out.contains(&pg.password), "{out}");
     let vault = file.path("data/vault.kw");
     let out = store.ok(
