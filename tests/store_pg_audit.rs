@@ -129,6 +129,12 @@ fn tampered_rows_name_the_replica_and_seq() {
         return;
     };
     let p = two_replicas(&rt, &cfg, 8);
+    let cli = cli_on(&pg);
+    let out = cli.ok(&["audit", "verify"], None);
+    assert!(
+        out.contains("ok: replica r1: 8 lines") && out.contains("ok: replica r2: 8 lines"),
+        "{out}"
+    );
     let check = |replica: &str| -> (i64, String) {
         let reports = rt.block_on(verify_pg(&p, SCHEMA)).unwrap();
         let other = if replica == "r1" { "r2" } else { "r1" };
@@ -147,6 +153,14 @@ fn tampered_rows_name_the_replica_and_seq() {
     let (seq, why) = check("r1");
     assert_eq!(seq, 4, "{why}");
     assert!(why.contains("edited"), "{why}");
+    let got = cli.run(&["audit", "verify"], None);
+    let text = String::from_utf8_lossy(&got.stdout);
+    assert_eq!(got.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("tampered: replica r1 seq 4: the hash does not match"),
+        "{text}"
+    );
+    assert!(!text.contains(&pg.password), "{text}");
     pg.sql(&format!(
         "UPDATE {t} SET line = replace(line, '/v1/X', '/v1/3') WHERE replica = 'r1' AND seq = 4"
     ));
@@ -180,6 +194,17 @@ fn tampered_rows_name_the_replica_and_seq() {
         .expect("tail cut detected");
     assert_eq!(seq, 8, "{why}");
     assert!(why.contains("registered head"), "{why}");
+}
+
+/// The CLI with `[store]` on the cluster (schema `SCHEMA`) and the shared master key.
+fn cli_on(pg: &Pg) -> common::cli::CliEnv {
+    let env = common::cli::CliEnv::new();
+    let mut text = std::fs::read_to_string(&env.config).unwrap();
+    text.push_str(&pg.store_toml(SCHEMA));
+    std::fs::write(&env.config, text).unwrap();
+    std::fs::create_dir_all(env.path("certs")).unwrap();
+    std::fs::write(env.path("certs/master.key"), format!("{MASTER}\n")).unwrap();
+    env
 }
 
 /// A replica serving on the cluster, its spool in its own dir.
