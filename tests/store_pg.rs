@@ -473,7 +473,7 @@ fn import_and_export_round_trip_through_the_cli() {
     )
     .unwrap();
     let out = store.ok(&["store", "init"], None);
-    assert!(out.contains("schema version 2"), "{out}");
+    assert!(out.contains("schema version 3"), "{out}");
     assert!(!out.contains(&pg.password), "{out}");
     let vault = file.path("data/vault.kw");
     let out = store.ok(

@@ -18,6 +18,9 @@ pub enum AuditError {
     /// Reading commands need a file; `path = "-"` streams to stdout.
     #[error("the audit log goes to stdout (path = \"-\"); point at a collected file instead")]
     Stdout,
+    /// The PostgreSQL audit store (`pg.rs`).
+    #[error("audit store {what}: {message}")]
+    Db { what: String, message: String },
 }
 
 impl AuditError {
@@ -34,6 +37,10 @@ impl AuditError {
             },
             AuditError::Filter(f) => AuditError::Filter(f.clone()),
             AuditError::Stdout => AuditError::Stdout,
+            AuditError::Db { what, message } => AuditError::Db {
+                what: what.clone(),
+                message: message.clone(),
+            },
         }
     }
 }

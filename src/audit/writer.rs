@@ -58,6 +58,9 @@ pub struct AuditLog {
     /// lane: requests on one serving thread share a lane, so a leader only ever
     /// completes lines of its own thread and never has to wake another one.
     lanes: Vec<Mutex<Queue>>,
+    /// With `[store] backend = "postgres"`: every batch also goes to the
+    /// database (`pg.rs`); the file is then the mirror.
+    db: Option<super::pg::PgSink>,
 }
 
 /// Group-commit queues: threads are spread over this many (by thread id).
@@ -135,6 +138,7 @@ impl AuditLog {
                     buf: Vec::new(),
                 }),
                 lanes: lanes(),
+                db: None,
             });
         }
         let io = io_err(path);
@@ -163,7 +167,14 @@ impl AuditLog {
                 buf: Vec::new(),
             }),
             lanes: lanes(),
+            db: None,
         })
+    }
+
+    /// Also writes every batch to the database through `sink` (after the file).
+    pub fn with_db(mut self, sink: super::pg::PgSink) -> AuditLog {
+        self.db = Some(sink);
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -257,6 +268,20 @@ impl AuditLog {
     /// Chains and writes `events` in order (one lock, one catch-up and, unless a
     /// rotation falls inside the batch, one `write`); returns their hashes.
     fn append(&self, inner: &mut Inner, events: &mut [Event]) -> Result<Vec<String>, AuditError> {
+        let hashes = self.append_file(inner, events)?;
+        if let Some(db) = &self.db {
+            // SECURITY: the batch's requests wait for the database (or the
+            // fsync'd spool); an error here fails them closed.
+            db.append(events)?;
+        }
+        Ok(hashes)
+    }
+
+    fn append_file(
+        &self,
+        inner: &mut Inner,
+        events: &mut [Event],
+    ) -> Result<Vec<String>, AuditError> {
         let mut buf = std::mem::take(&mut inner.buf);
         buf.clear();
         buf.reserve(events.len() * LINE_BYTES_HINT);

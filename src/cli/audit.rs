@@ -152,6 +152,13 @@ pub fn run(cmd: AuditCmd, cfg: &Config) -> Result<u8, CliError> {
             let filter = filter.to_filter()?;
             open(&src).and_then(|log| emit(log, &filter, format, &mut out))
         }
+        AuditCmd::Verify { anchor, src }
+            if src.file.is_none()
+                && anchor.is_none()
+                && cfg.store.backend == crate::config::store::Backend::Postgres =>
+        {
+            verify_db(cfg, &mut out)
+        }
         AuditCmd::Verify { anchor, src } => {
             open(&src).and_then(|log| verify(log, anchor.as_deref(), &mut out))
         }
@@ -245,6 +252,44 @@ fn verify(log: LogSet, anchor: Option<&str>, out: &mut dyn Write) -> Result<u8, 
             Ok(1)
         }
     }
+}
+
+/// `audit verify` with `[store] backend = "postgres"`: every replica's chain in
+/// the database (docs/store.md "Audit"); exit 1 when any is broken.
+fn verify_db(cfg: &Config, out: &mut dyn Write) -> Result<u8, Fail> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Fail::Cli(CliError::Internal(format!("cannot start a runtime: {e}"))))?;
+    let pool = {
+        let _g = rt.enter();
+        crate::vault::postgres::connect::Target::from_config(&cfg.store)
+            .and_then(|t| t.pool())
+            .map_err(|e| Fail::Cli(CliError::User(e.to_string())))?
+    };
+    let reports = rt.block_on(audit::verify_pg(&pool, &cfg.store.schema))?;
+    let mut bad = 0;
+    for r in &reports {
+        match &r.problem {
+            None => writeln!(
+                out,
+                "ok: replica {}: {} lines, head {}",
+                r.replica, r.lines, r.head
+            )?,
+            Some((seq, why)) => {
+                bad += 1;
+                writeln!(
+                    out,
+                    "tampered: replica {} seq {seq}: {why} ({} lines before it verified)",
+                    r.replica, r.lines
+                )?;
+            }
+        }
+    }
+    if reports.is_empty() {
+        writeln!(out, "ok: no audit chains in the database yet")?;
+    }
+    Ok(u8::from(bad > 0))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

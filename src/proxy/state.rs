@@ -97,7 +97,10 @@ impl State {
             metrics.cert_cache_misses.clone(),
         );
         let vault: Arc<dyn Store> = open_store(&config)?;
-        let audit = AuditLog::open(&config.audit)?;
+        let mut audit = AuditLog::open(&config.audit)?;
+        if config.store.backend == crate::config::store::Backend::Postgres {
+            audit = audit.with_db(open_audit_db(&config.store)?);
+        }
         let roots = tls::upstream_roots(&config.tls.upstream_roots)?;
         let client_tls = tls::client_config(roots.clone(), &UPSTREAM_ALPN)?;
         let upgrade_tls =
@@ -176,4 +179,29 @@ impl State {
         self.runtime
             .store(Arc::new(Runtime::build(Arc::new(config), &*self.vault)));
     }
+}
+
+/// Names this process's audit chain in the database (docs/store.md "Audit").
+pub const ENV_REPLICA_ID: &str = "KEYWARD_REPLICA_ID";
+
+/// The PostgreSQL audit sink for `[store] backend = "postgres"`; the chain is
+/// `$KEYWARD_REPLICA_ID`, else `HOSTNAME-PID-RANDOM` (a new chain per start).
+fn open_audit_db(
+    store: &crate::config::store::StoreConfig,
+) -> Result<crate::audit::PgSink, AuditError> {
+    let replica = std::env::var(ENV_REPLICA_ID)
+        .ok()
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "keyward".into());
+            format!("{host}-{}-{}", std::process::id(), crate::ids::request_id())
+        });
+    let make_pool = || {
+        crate::vault::postgres::connect::Target::from_config(store)
+            .and_then(|t| t.pool())
+            .map_err(|e| e.to_string())
+    };
+    crate::audit::PgSink::start(make_pool, &store.schema, &replica, &store.spool)
 }

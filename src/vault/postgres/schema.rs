@@ -58,6 +58,26 @@ CREATE TABLE {s}.oauth_tokens (
     PRIMARY KEY (scope, name)
 );
 "#,
+    // 3: the audit log (docs/store.md "Audit"): one hash chain per replica; the
+    // registered head moves in the same transaction as the rows it covers.
+    r#"
+CREATE TABLE {s}.audit_replicas (
+    replica     text        PRIMARY KEY,
+    head_seq    bigint      NOT NULL CHECK (head_seq >= 0),
+    head_hash   text        NOT NULL,
+    registered  timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE {s}.audit (
+    replica    text   NOT NULL REFERENCES {s}.audit_replicas (replica),
+    seq        bigint NOT NULL CHECK (seq >= 1),
+    ts         text   NOT NULL,
+    line       text   NOT NULL,
+    prev_hash  text   NOT NULL,
+    hash       text   NOT NULL,
+    PRIMARY KEY (replica, seq)
+);
+CREATE INDEX audit_ts ON {s}.audit (ts);
+"#,
 ];
 
 /// The schema version this keyward writes.

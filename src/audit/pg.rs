@@ -1,0 +1,418 @@
+//! The audit log in PostgreSQL (issue 17, docs/store.md "Audit"): each replica
+//! keeps its own hash chain in `audit(replica, seq, …)`, registered with its
+//! head in `audit_replicas`. A batch is one transaction: lock this replica's
+//! head row (never another replica's), render the lines off that head, insert
+//! them with one multi-row statement, move the head. [`verify_pg`] proves each
+//! chain complete (seq contiguous from 1, hashes chain, the registered head is
+//! the last row) and names the replica and seq that break it; [`lines_pg`]
+//! merges the chains by time for query/export.
+//!
+//! The pool is handed in (built by whoever owns `[store]`): audit imports no
+//! other keyward module but leaves.
+
+use super::encode::{chain_hash, render, split_hash, GENESIS_HASH};
+use super::error::AuditError;
+use super::event::Event;
+use crate::clock::now_rfc3339;
+use deadpool_postgres::Pool;
+
+/// A handle on one replica's chain.
+pub struct PgAudit {
+    pool: Pool,
+    schema: String,
+    replica: String,
+}
+
+/// The error of a database step, naming the replica (never a credential: the
+/// driver does not echo the password).
+fn db(replica: &str, step: &str, e: impl std::fmt::Display) -> AuditError {
+    AuditError::Db {
+        what: format!("replica {replica}"),
+        message: format!("{step}: {e}"),
+    }
+}
+
+fn describe(e: &tokio_postgres::Error) -> String {
+    if let Some(d) = e.as_db_error() {
+        return format!("{} ({})", d.message(), d.code().code());
+    }
+    let mut text = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    text
+}
+
+impl PgAudit {
+    /// Registers `replica` (once; a restart continues its chain) in an already
+    /// migrated `schema`.
+    pub async fn register(pool: Pool, schema: &str, replica: &str) -> Result<PgAudit, AuditError> {
+        let c = pool.get().await.map_err(|e| db(replica, "connect", e))?;
+        c.execute(
+            &format!(
+                "INSERT INTO {schema}.audit_replicas (replica, head_seq, head_hash) \
+                 VALUES ($1, 0, $2) ON CONFLICT (replica) DO NOTHING"
+            ),
+            &[&replica, &GENESIS_HASH],
+        )
+        .await
+        .map_err(|e| db(replica, "register", describe(&e)))?;
+        Ok(PgAudit {
+            pool,
+            schema: schema.to_string(),
+            replica: replica.to_string(),
+        })
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    /// Chains and stores one event; returns its hash.
+    pub async fn record(&self, ev: Event) -> Result<String, AuditError> {
+        let mut evs = [ev];
+        let mut hashes = self.append(&mut evs).await?;
+        hashes
+            .pop()
+            .ok_or_else(|| db(&self.replica, "append", "no line was written"))
+    }
+
+    /// Chains `events` off this replica's head and stores them in one
+    /// transaction; returns their hashes. On error nothing was stored.
+    pub async fn append(&self, events: &mut [Event]) -> Result<Vec<String>, AuditError> {
+        let r = &self.replica;
+        let s = &self.schema;
+        let ts = now_rfc3339();
+        for ev in events.iter_mut().filter(|ev| ev.ts.is_empty()) {
+            ev.ts.clone_from(&ts);
+        }
+        let mut c = self.pool.get().await.map_err(|e| db(r, "connect", e))?;
+        let err = |e: tokio_postgres::Error| db(r, "append", describe(&e));
+        let tx = c.transaction().await.map_err(err)?;
+        // SECURITY: the head row is locked for the whole batch, so two writers
+        // with the same replica id cannot fork its chain; other replicas' rows
+        // are never touched (no cross-replica lock on the hot path).
+        let row = tx
+            .query_opt(
+                &format!(
+                    "SELECT head_seq, head_hash FROM {s}.audit_replicas \
+                     WHERE replica = $1 FOR UPDATE"
+                ),
+                &[r],
+            )
+            .await
+            .map_err(err)?
+            .ok_or_else(|| db(r, "append", "the replica is not registered"))?;
+        let mut seq: i64 = row.get(0);
+        let mut prev: String = row.get(1);
+        let (mut seqs, mut tss, mut lines, mut prevs, mut hashes) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        let mut buf = Vec::new();
+        for ev in events.iter_mut() {
+            buf.clear();
+            let hash = render(ev, &prev, &mut buf);
+            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+            seq += 1;
+            seqs.push(seq);
+            tss.push(ev.ts.clone());
+            lines.push(line);
+            prevs.push(std::mem::replace(&mut prev, hash.clone()));
+            hashes.push(hash);
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO {s}.audit (replica, seq, ts, line, prev_hash, hash) \
+                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[])"
+            ),
+            &[r, &seqs, &tss, &lines, &prevs, &hashes],
+        )
+        .await
+        .map_err(err)?;
+        tx.execute(
+            &format!(
+                "UPDATE {s}.audit_replicas SET head_seq = $2, head_hash = $3 WHERE replica = $1"
+            ),
+            &[r, &seq, &prev],
+        )
+        .await
+        .map_err(err)?;
+        tx.commit().await.map_err(err)?;
+        Ok(hashes)
+    }
+}
+
+/// One replica's chain, checked.
+#[derive(Debug, Clone)]
+pub struct ChainReport {
+    pub replica: String,
+    /// Rows that verified before the first problem.
+    pub lines: u64,
+    pub head: String,
+    /// The seq where the chain breaks, and why.
+    pub problem: Option<(i64, String)>,
+}
+
+/// Checks every registered chain (see the module doc).
+pub async fn verify_pg(pool: &Pool, schema: &str) -> Result<Vec<ChainReport>, AuditError> {
+    let c = pool.get().await.map_err(|e| db("*", "connect", e))?;
+    let err = |e: tokio_postgres::Error| db("*", "verify", describe(&e));
+    let heads = c
+        .query(
+            &format!(
+                "SELECT replica, head_seq, head_hash FROM {schema}.audit_replicas ORDER BY replica"
+            ),
+            &[],
+        )
+        .await
+        .map_err(err)?;
+    let mut out = Vec::new();
+    for h in heads {
+        let replica: String = h.get(0);
+        let (head_seq, head_hash): (i64, String) = (h.get(1), h.get(2));
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT seq, line, prev_hash, hash FROM {schema}.audit \
+                     WHERE replica = $1 ORDER BY seq"
+                ),
+                &[&replica],
+            )
+            .await
+            .map_err(err)?;
+        let mut expected = GENESIS_HASH.to_string();
+        let mut next: i64 = 1;
+        let mut problem = None;
+        for row in rows {
+            let (seq, line, prev, hash): (i64, String, String, String) =
+                (row.get(0), row.get(1), row.get(2), row.get(3));
+            if let Err(why) = check_row(seq, next, &expected, &line, &prev, &hash) {
+                problem = Some((next, why));
+                break;
+            }
+            expected = hash;
+            next += 1;
+        }
+        let last = next - 1;
+        if problem.is_none() && (last != head_seq || expected != head_hash) {
+            problem = Some((
+                last + 1,
+                format!("the chain ends at seq {last} but the registered head is seq {head_seq}"),
+            ));
+        }
+        out.push(ChainReport {
+            replica,
+            lines: last.max(0) as u64,
+            head: expected,
+            problem,
+        });
+    }
+    Ok(out)
+}
+
+fn check_row(
+    seq: i64,
+    next: i64,
+    expected: &str,
+    line: &str,
+    prev: &str,
+    hash: &str,
+) -> Result<(), String> {
+    if seq != next {
+        return Err(format!("seq {next} is missing (the next row is seq {seq})"));
+    }
+    if prev != expected {
+        return Err("prev_hash does not follow the row before (deleted or reordered)".into());
+    }
+    let (body, line_hash) = split_hash(line).ok_or("the line has no hash field")?;
+    if line_hash != hash || chain_hash(expected, body) != hash {
+        return Err("the hash does not match the line (edited)".into());
+    }
+    Ok(())
+}
+
+/// Every stored line, the chains merged by time (then replica, seq).
+pub async fn lines_pg(pool: &Pool, schema: &str) -> Result<Vec<(String, i64, String)>, AuditError> {
+    let c = pool.get().await.map_err(|e| db("*", "connect", e))?;
+    let rows = c
+        .query(
+            &format!("SELECT replica, seq, line FROM {schema}.audit ORDER BY ts, replica, seq"),
+            &[],
+        )
+        .await
+        .map_err(|e| db("*", "read", describe(&e)))?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// How long the sink waits for its database round trip before the batch is spooled.
+pub const DB_APPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// [`PgAudit`] for the synchronous writer ([`super::AuditLog`]): its own small
+/// runtime, a blocking `append`, and the spool. When the database cannot take a
+/// batch, the events are appended (fsync'd) to the spool file and the caller goes
+/// on; the next batch first drains the spool, in order, into the same chain. Only
+/// when the spool cannot be written either does the batch fail (fail closed).
+pub struct PgSink {
+    rt: Option<tokio::runtime::Runtime>,
+    audit: std::sync::Arc<PgAudit>,
+    spool: std::path::PathBuf,
+    /// Events in the spool not yet drained (known without reading the file).
+    spooled: parking_lot::Mutex<bool>,
+}
+
+impl Drop for PgSink {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl PgSink {
+    /// Starts the sink's runtime, builds the pool there (`make_pool`) and
+    /// registers `replica`; `spool` is drained on the first write.
+    pub fn start(
+        make_pool: impl FnOnce() -> Result<Pool, String>,
+        schema: &str,
+        replica: &str,
+        spool: &std::path::Path,
+    ) -> Result<PgSink, AuditError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("keyward-audit-db")
+            .enable_all()
+            .build()
+            .map_err(|e| db(replica, "runtime", e))?;
+        let pool = {
+            let _g = rt.handle().enter();
+            make_pool().map_err(|e| db(replica, "pool", e))?
+        };
+        let (schema_s, replica_s) = (schema.to_string(), replica.to_string());
+        let audit = run_on(rt.handle(), async move {
+            PgAudit::register(pool, &schema_s, &replica_s).await
+        })
+        .ok_or_else(|| db(replica, "register", "the audit runtime stopped"))??;
+        let spooled = std::fs::metadata(spool)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false);
+        Ok(PgSink {
+            rt: Some(rt),
+            audit: std::sync::Arc::new(audit),
+            spool: spool.to_path_buf(),
+            spooled: parking_lot::Mutex::new(spooled),
+        })
+    }
+
+    /// Stores `events` (drained spool first); on a database failure spools them.
+    pub fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        let mut spooled = self.spooled.lock();
+        let mut batch: Vec<Event> = Vec::new();
+        if *spooled {
+            batch = read_spool(&self.spool)?;
+        }
+        let from_spool = batch.len();
+        batch.extend(events.iter().cloned());
+        match self.try_db(batch) {
+            Ok(()) => {
+                if from_spool > 0 || *spooled {
+                    clear_spool(&self.spool)?;
+                    *spooled = false;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, spool = %self.spool.display(), "audit database unavailable: spooling");
+                // SECURITY: a line that reaches neither the database nor the
+                // fsync'd spool fails the request closed (the caller's error).
+                write_spool(&self.spool, events)?;
+                *spooled = true;
+                Ok(())
+            }
+        }
+    }
+
+    fn try_db(&self, mut batch: Vec<Event>) -> Result<(), AuditError> {
+        let rt = self
+            .rt
+            .as_ref()
+            .ok_or_else(|| db(&self.audit.replica, "append", "no runtime"))?;
+        let audit = self.audit.clone();
+        let replica = audit.replica.clone();
+        run_on(rt.handle(), async move {
+            match tokio::time::timeout(DB_APPEND_TIMEOUT, audit.append(&mut batch)).await {
+                Ok(r) => r.map(|_| ()),
+                Err(_) => Err(db(&audit.replica, "append", "timed out")),
+            }
+        })
+        .unwrap_or_else(|| Err(db(&replica, "append", "the audit runtime stopped")))
+    }
+}
+
+/// Runs `fut` on `rt` and waits from a thread that is not one of `rt`'s
+/// (`None`: the runtime stopped).
+fn run_on<T: Send + 'static>(
+    rt: &tokio::runtime::Handle,
+    fut: impl std::future::Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().ok()
+}
+
+fn spool_err(path: &std::path::Path) -> impl Fn(std::io::Error) -> AuditError + '_ {
+    super::error::io_err(path)
+}
+
+fn write_spool(path: &std::path::Path, events: &[Event]) -> Result<(), AuditError> {
+    use std::io::Write;
+    let err = spool_err(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(&err)?;
+    }
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).append(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(&err)?;
+    let mut buf = Vec::new();
+    for ev in events {
+        serde_json::to_writer(&mut buf, ev)
+            .map_err(|e| super::error::corrupt(path, e.to_string()))?;
+        buf.push(b'\n');
+    }
+    f.write_all(&buf).map_err(&err)?;
+    f.sync_all().map_err(&err)
+}
+
+fn read_spool(path: &std::path::Path) -> Result<Vec<Event>, AuditError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(spool_err(path)(e)),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| super::error::corrupt(path, format!("spool: {e}")))
+        })
+        .collect()
+}
+
+fn clear_spool(path: &std::path::Path) -> Result<(), AuditError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(spool_err(path)(e)),
+    }
+}
