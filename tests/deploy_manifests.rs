@@ -1027,6 +1027,9 @@ fn pod_sidecar_example_sends_all_tcp_but_keywards_own_to_transparent_listen() {
         assert!(
             e["valueFrom"].is_null(),
             "the agent reads no Secret ({name})"
+        );
+    }
+}
 
 fn overlay_dir() -> PathBuf {
     deploy_dir().join("overlays").join("postgres")

@@ -13,6 +13,9 @@ pub const USER: &str = "keyward";
 /// The database keyward uses.
 pub const DB: &str = "keyward";
 
+/// Numbers the spool files of one test process.
+static SPOOLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 pub struct Pg {
     dir: tempfile::TempDir,
     pub port: u16,
@@ -177,11 +180,18 @@ impl Pg {
         format!("postgres://{USER}@127.0.0.1:{}/{DB}", self.port)
     }
 
-    /// The `[store]` section for this cluster.
+    /// The `[store]` section for this cluster. Each section gets its own audit
+    /// spool (the default, `data/audit-spool.jsonl`, is relative to the working
+    /// directory, which concurrent tests share).
     pub fn store_toml(&self, schema: &str) -> String {
+        let spool = self.dir.path().join(format!(
+            "spool-{schema}-{}.jsonl",
+            SPOOLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
         format!(
-            "\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\ntls = \"disable\"\n",
-            self.url()
+            "\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\ntls = \"disable\"\nspool = \"{}\"\n",
+            self.url(),
+            spool.display()
         )
     }
 
