@@ -720,7 +720,8 @@ fn touched(change: &Change) -> Vec<(String, String)> {
     match change {
         Change::SetSecret { scope, name, .. }
         | Change::RotateSecret { scope, name, .. }
-        | Change::RemoveSecret { scope, name } => vec![(scope.clone(), name.clone())],
+        | Change::RemoveSecret { scope, name }
+        | Change::DescribeSecret { scope, name, .. } => vec![(scope.clone(), name.clone())],
         Change::CloneSecret { name, from, to } => {
             vec![(from.clone(), name.clone()), (to.clone(), name.clone())]
         }
