@@ -86,13 +86,7 @@ pub fn list(state: &Arc<State>, p: &Page, caller: &Caller, q: &[(String, String)
                                     td data-label="Description" { (m.description.as_deref().unwrap_or("")) }
                                     td data-label="Version" { (m.version) }
                                     td data-label="Updated" { time datetime=(m.updated) { (short_time(&m.updated)) } }
-                                    td data-label="Rotation" {
-                                        @if m.due_at().is_some_and(|d| d <= now) {
-                                            span.badge.due { "Due for rotation" }
-                                        } @else if let Some(d) = &m.rotation_due {
-                                            "due " (short_time(d))
-                                        } @else { "—" }
-                                    }
+                                    td data-label="Rotation" { (rotation_cell(m, now)) }
                                     @if manage {
                                         td.row-actions {
                                             a href=(row_link("edit", m)) aria-label=(format!("Edit {} in {}", m.name, m.scope)) { "Edit" }
@@ -109,6 +103,18 @@ pub fn list(state: &Arc<State>, p: &Page, caller: &Caller, q: &[(String, String)
         }
     };
     Ok(html_response(StatusCode::OK, page(p, "Secrets", body)))
+}
+
+/// The Rotation column at `now`: the `Due for rotation` badge once the rotation
+/// period has passed, the due date before that, `—` without a period.
+pub fn rotation_cell(m: &RecordMeta, now: OffsetDateTime) -> Markup {
+    html! {
+        @if m.due_at().is_some_and(|d| d <= now) {
+            span.badge.due { "Due for rotation" }
+        } @else if let Some(d) = &m.rotation_due {
+            "due " (short_time(d))
+        } @else { "—" }
+    }
 }
 
 /// `2024-05-01T12:00:00Z` → `2024-05-01 12:00`.
@@ -306,7 +312,12 @@ pub fn edit_form(
 /// version): the console never reads a value back to re-store it.
 pub async fn edit(state: &Arc<State>, p: &Page, caller: &Caller, mut form: Form) -> PageResult {
     let m = target(state, &form.text("scope"), &form.text("name"))?;
-    let description = form.text("description");
+    // An absent field (not sent at all) leaves the description as it is; an
+    // empty one clears it.
+    let description = match form.raw("description") {
+        Some(_) => form.text("description"),
+        None => m.description.clone().unwrap_or_default(),
+    };
     let title = format!("Edit {}", m.name);
     let refuse = |d: &Deny, description: &str| {
         let mut errors = Errors::default();
