@@ -869,9 +869,9 @@ async fn unknown_routes_and_methods() {
     let got = admin.as_all("POST", "/v1/secrets", None).await;
     assert_eq!(got.status, 405);
     assert_eq!(got.headers["allow"], "GET");
-    let got = admin.as_all("PATCH", "/v1/secrets/platform/X", None).await;
+    let got = admin.as_all("POST", "/v1/secrets/platform/X", None).await;
     assert_eq!(got.status, 405);
-    assert_eq!(got.headers["allow"], "GET, PUT, DELETE");
+    assert_eq!(got.headers["allow"], "GET, PUT, DELETE, PATCH");
 }
 
 /// Every error the admin API answers with is a documented `Code`, in the proxy's
