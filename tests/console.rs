@@ -412,6 +412,7 @@ async fn a_read_only_token_sees_no_manage_controls_and_every_post_is_refused() {
         "/ui/secrets/new",
         "/ui/secrets/edit?scope=platform&name=OPENAI_API_KEY",
         "/ui/agents",
+        "/ui/agents/remove?id=agent-1",
         "/ui/sessions",
     ] {
         let got = b.get(path).await;
