@@ -165,6 +165,7 @@ fn sample(route: &Route, n: usize) -> (String, Option<Value>) {
         .replace("{name}", "MATRIX_KEY");
     let body = match (route.method, route.path) {
         ("PUT", _) => Some(json!({"value": "matrix-value-0123456789"})),
+        ("PATCH", _) => Some(json!({"description": "matrix"})),
         ("POST", "/v1/agents") => Some(json!({"id": format!("matrix-agent-{n}")})),
         ("POST", "/v1/sessions") => Some(json!({"agent": AGENT, "run_id": "matrix", "ttl": 60})),
         _ => None,
@@ -549,6 +550,18 @@ async fn secret_changes_with_an_unwritable_audit_log_are_undone() {
     assert_eq!(stored(&kw, "ANTHROPIC_API_KEY"), None);
 
     let got = admin
+        .as_all(
+            "PATCH",
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            Some(json!({"description": "unaudited"})),
+        )
+        .await;
+    refused(&got, "describe");
+    let meta =
+        keyward::admin::secrets::get(&kw.running.state, "platform", "OPENAI_API_KEY").unwrap();
+    assert_eq!(meta.description, None, "the description change was undone");
+
+    let got = admin
         .as_all("DELETE", "/v1/secrets/platform/OPENAI_API_KEY", None)
         .await;
     refused(&got, "delete");
@@ -856,9 +869,9 @@ async fn unknown_routes_and_methods() {
     let got = admin.as_all("POST", "/v1/secrets", None).await;
     assert_eq!(got.status, 405);
     assert_eq!(got.headers["allow"], "GET");
-    let got = admin.as_all("PATCH", "/v1/secrets/platform/X", None).await;
+    let got = admin.as_all("POST", "/v1/secrets/platform/X", None).await;
     assert_eq!(got.status, 405);
-    assert_eq!(got.headers["allow"], "GET, PUT, DELETE");
+    assert_eq!(got.headers["allow"], "GET, PUT, DELETE, PATCH");
 }
 
 /// Every error the admin API answers with is a documented `Code`, in the proxy's
@@ -1034,4 +1047,109 @@ async fn concurrent_creations_of_one_agent_id_give_one_token() {
         .filter(|a| a.id == "racer")
         .count();
     assert_eq!(records, 1);
+}
+
+#[tokio::test]
+async fn patch_secret_changes_only_the_description() {
+    let (kw, admin) = start().await;
+    let value = "sk-described-value-0123456789";
+    let got = admin
+        .as_all(
+            "PUT",
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            Some(json!({"value": value, "description": "old", "rotate_every": "90d"})),
+        )
+        .await;
+    assert_eq!(got.status, 201);
+    let before = got.json();
+
+    let got = admin
+        .as_all(
+            "PATCH",
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            Some(json!({"description": "prod key for triage"})),
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    let after = got.json();
+    assert_eq!(after["description"], "prod key for triage");
+    for same in [
+        "version",
+        "hint",
+        "created",
+        "rotation_due",
+        "last_rotated",
+        "rotate_every",
+    ] {
+        assert_eq!(after[same], before[same], "{same} unchanged");
+    }
+    let line = last_event(&kw, "secret_describe");
+    assert_eq!(line["scope"], "platform");
+    assert_eq!(line["secret"], "OPENAI_API_KEY");
+    assert_eq!(line["version"], 1);
+    assert_eq!(line["outcome"], "allowed");
+    assert_eq!(line["reason"], format!("admin:{ALL}"));
+    assert_eq!(stored(&kw, "OPENAI_API_KEY"), Some((value.to_string(), 1)));
+    kw.client()
+        .get(
+            "api.openai.com",
+            "/v1/models",
+            &[("authorization", "Bearer keyward")],
+        )
+        .await;
+    assert_eq!(
+        kw.upstream.last().headers["authorization"],
+        format!("Bearer {value}").as_str()
+    );
+
+    // null clears it.
+    let got = admin
+        .as_all(
+            "PATCH",
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            Some(json!({"description": null})),
+        )
+        .await;
+    assert_eq!(got.status, 200, "{}", got.text());
+    assert!(got.json()["description"].is_null());
+
+    // Refused, nothing changed, nothing audited: no description, a value (use
+    // PUT), a bad description, a missing secret.
+    let lines = kw.audit_lines().len();
+    for (path, body, status) in [
+        ("/v1/secrets/platform/OPENAI_API_KEY", json!({}), 400),
+        (
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            json!({"description": "x", "value": "sk-not-through-patch-0123"}),
+            400,
+        ),
+        (
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            json!({"description": "a\u{7}bell"}),
+            400,
+        ),
+        (
+            "/v1/secrets/platform/OPENAI_API_KEY",
+            json!({"description": "d".repeat(2000)}),
+            400,
+        ),
+        (
+            "/v1/secrets/platform/NO_SUCH_KEY",
+            json!({"description": "x"}),
+            404,
+        ),
+    ] {
+        let got = admin.as_all("PATCH", path, Some(body.clone())).await;
+        assert_eq!(got.status, status, "{body}: {}", got.text());
+    }
+    assert_eq!(kw.audit_lines().len(), lines);
+    let meta =
+        keyward::admin::secrets::get(&kw.running.state, "platform", "OPENAI_API_KEY").unwrap();
+    assert_eq!(meta.description, None);
+    assert_no_leak("admin responses", &admin.received(), value);
+    assert_no_leak(
+        "admin responses",
+        &admin.received(),
+        "sk-not-through-patch-0123",
+    );
 }

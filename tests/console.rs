@@ -412,6 +412,7 @@ async fn a_read_only_token_sees_no_manage_controls_and_every_post_is_refused() {
         "/ui/secrets/new",
         "/ui/secrets/edit?scope=platform&name=OPENAI_API_KEY",
         "/ui/agents",
+        "/ui/agents/remove?id=agent-1",
         "/ui/sessions",
     ] {
         let got = b.get(path).await;
@@ -644,6 +645,81 @@ async fn a_secret_created_in_the_console_is_injected_rotated_cloned_deleted_and_
         kw.upstream.last().headers["authorization"],
         format!("Bearer {v2}")
     );
+
+    // Edit without a value: the description alone changes (same version, same
+    // value injected), audited as `secret_describe`.
+    let page = b
+        .get("/ui/secrets/edit?scope=platform&name=OPENAI_API_KEY")
+        .await
+        .text();
+    assert!(page.contains("Leave it empty to change only the description"));
+    let audit_before = kw.audit_lines().len();
+    let got = b
+        .post(
+            "/ui/secrets/edit",
+            &[
+                ("scope", "platform"),
+                ("name", "OPENAI_API_KEY"),
+                ("value", ""),
+                ("description", "rotated"),
+            ],
+        )
+        .await;
+    assert_eq!(got.status, 400, "nothing to change");
+    assert!(field_error(&got.text(), "value").is_some());
+    assert_eq!(kw.audit_lines().len(), audit_before);
+    let got = b
+        .post(
+            "/ui/secrets/edit",
+            &[
+                ("scope", "platform"),
+                ("name", "OPENAI_API_KEY"),
+                ("value", ""),
+                ("description", "prod key, rotated by ops"),
+            ],
+        )
+        .await;
+    assert_eq!(got.status, 303);
+    assert!(location(&got).starts_with("/ui/secrets?done=saved"));
+    let line = kw.last_audit();
+    assert_eq!(line["event"], "secret_describe");
+    assert_eq!(line["version"], 2);
+    assert_eq!(line["reason"], "admin:ops");
+    assert_eq!(line["path"], "/ui/secrets/edit");
+    let meta = kw.running.state.vault.list(Some("platform")).remove(0);
+    assert_eq!(meta.version, 2);
+    assert_eq!(
+        meta.description.as_deref(),
+        Some("prod key, rotated by ops")
+    );
+    assert!(b
+        .get("/ui/secrets")
+        .await
+        .text()
+        .contains("prod key, rotated by ops"));
+    kw.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(
+        kw.upstream.last().headers["authorization"],
+        format!("Bearer {v2}"),
+        "the value is untouched"
+    );
+    // A bad description is refused next to its field; nothing changes.
+    let audit_before = kw.audit_lines().len();
+    let long = "d".repeat(2000);
+    let got = b
+        .post(
+            "/ui/secrets/edit",
+            &[
+                ("scope", "platform"),
+                ("name", "OPENAI_API_KEY"),
+                ("value", ""),
+                ("description", &long),
+            ],
+        )
+        .await;
+    assert_eq!(got.status, 400);
+    assert!(field_error(&got.text(), "description").is_some());
+    assert_eq!(kw.audit_lines().len(), audit_before);
 
     // Clone: bad target next to the field, then a real one.
     let got = b
@@ -879,7 +955,42 @@ async fn agents_and_sessions_show_their_token_once() {
         got.status, 409,
         "config agents are removed in the config file"
     );
-    let got = b.post("/ui/agents/remove", &[("id", "bot-1")]).await;
+    // Remove asks for the id to be typed; a mismatch changes nothing.
+    let page = b.get("/ui/agents").await.text();
+    assert!(
+        page.contains("href=\"/ui/agents/remove?id=bot%2D1\""),
+        "{page}"
+    );
+    assert!(page.contains("aria-label=\"Remove bot-1\""));
+    let page = b.get("/ui/agents/remove?id=bot-1").await;
+    assert_eq!(page.status, 200);
+    let page = page.text();
+    assert!(page.contains(">Type the agent id to confirm</label>"));
+    assert!(page.contains(">Remove</button>"));
+    assert_eq!(b.get("/ui/agents/remove?id=agent-1").await.status, 409);
+    assert_eq!(b.get("/ui/agents/remove?id=nobody").await.status, 404);
+    let audit_before = kw.audit_lines().len();
+    let got = b
+        .post("/ui/agents/remove", &[("id", "bot-1"), ("confirm", "bot")])
+        .await;
+    assert_eq!(got.status, 400);
+    assert_eq!(code(&got).as_deref(), Some("bad_request"));
+    assert!(field_error(&got.text(), "confirm").is_some());
+    assert_eq!(kw.audit_lines().len(), audit_before);
+    let still = kw
+        .client_as("bot-1", &token)
+        .get("api.openai.com", "/v1/models", &[])
+        .await;
+    assert_eq!(
+        still.status, 200,
+        "a refused removal leaves the agent working"
+    );
+    let got = b
+        .post(
+            "/ui/agents/remove",
+            &[("id", "bot-1"), ("confirm", "bot-1")],
+        )
+        .await;
     assert_eq!(got.status, 303);
     let line = kw.last_audit();
     assert_eq!(line["event"], "agent_rm");
@@ -1012,4 +1123,69 @@ async fn unknown_console_paths_are_404_and_assets_are_embedded() {
     // The JSON API is untouched beside it.
     let got = b.get("/healthz").await;
     assert_eq!(got.status, 200);
+}
+
+/// `Due for rotation`: a secret with a rotation period shows its due date until
+/// the period has passed, then the badge (the list renders the Rotation column
+/// with `rotation_cell` at the current time; here at a time past the due date).
+#[tokio::test]
+async fn a_secret_past_its_rotation_period_is_due_for_rotation() {
+    use keyward::admin::console::secrets::rotation_cell;
+    let kw = console_kw().start().await;
+    let b = Browser::of(&kw);
+    b.sign_in(&tok(OPS)).await;
+    let v = canary();
+    for (name, every) in [("SHORT_KEY", "1h"), ("NO_PERIOD_KEY", "")] {
+        let got = b
+            .post(
+                "/ui/secrets/new",
+                &[
+                    ("name", name),
+                    ("scope", "platform"),
+                    ("value", &v),
+                    ("rotate_every", every),
+                ],
+            )
+            .await;
+        assert_eq!(got.status, 303, "{name}");
+    }
+    let meta = |name: &str| {
+        kw.running
+            .state
+            .vault
+            .list(Some("platform"))
+            .into_iter()
+            .find(|m| m.name == name)
+            .unwrap()
+    };
+    let short = meta("SHORT_KEY");
+    let due = short.due_at().expect("a rotation period gives a due time");
+    let last = time::OffsetDateTime::parse(
+        &short.last_rotated,
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    assert_eq!(due - last, time::Duration::hours(1));
+
+    // Not yet due (the page renders at the current time, within the hour).
+    let before = rotation_cell(&short, last).into_string();
+    assert!(before.starts_with("due "), "{before}");
+    assert!(!before.contains("Due for rotation"));
+    let page = b.get("/ui/secrets").await.text();
+    assert!(
+        page.contains(&before),
+        "the list shows the due date: {page}"
+    );
+    // Once the period has passed: the badge.
+    for at in [due, due + time::Duration::days(30)] {
+        let cell = rotation_cell(&short, at).into_string();
+        assert!(cell.contains("badge due"), "{cell}");
+        assert!(cell.contains(">Due for rotation<"), "{cell}");
+    }
+    // No period: never due.
+    let none = meta("NO_PERIOD_KEY");
+    assert!(none.due_at().is_none());
+    let cell = rotation_cell(&none, due + time::Duration::days(365 * 10)).into_string();
+    assert_eq!(cell, "—");
+    assert_no_leak("console responses", &b.received(), &v);
 }

@@ -116,6 +116,18 @@ async fn the_console_in_chromium_manages_secrets_the_proxy_injects() {
                 assert_eq!(got.status, 200, "the new agent's token works");
                 "ok".to_string()
             }
+            ("agent-removed", _) => {
+                let refused = kw
+                    .client_as("bot-e2e", &agent_token)
+                    .connect("api.openai.com:443")
+                    .await;
+                assert_eq!(
+                    refused.err().map(|(status, _, _)| status),
+                    Some(407),
+                    "a removed agent's token stops working"
+                );
+                "ok".to_string()
+            }
             ("session", token) => {
                 let got = kw
                     .client_as("bot-e2e", token)
@@ -178,7 +190,9 @@ async fn the_console_in_chromium_manages_secrets_the_proxy_injects() {
         "secret_rotate",
         "secret_clone",
         "secret_rm",
+        "secret_describe",
         "agent_add",
+        "agent_rm",
         "session_create",
     ] {
         assert!(

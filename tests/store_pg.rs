@@ -1228,3 +1228,35 @@ async fn concurrent_requests_on_two_replicas_make_one_token_call_and_share_the_t
         "at-shared-1-0123456789",
     );
 }
+
+#[test]
+fn a_description_only_change_is_stored_in_postgres_with_the_same_value_and_version() {
+    let Some(pg) = Pg::start("store_pg::describe") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&pg, "keyward", dir.path());
+    let a = open_store(&cfg).unwrap();
+    assert_eq!(set(&*a, "platform", "K", "described-value-0").unwrap(), 1);
+    let change = Change::DescribeSecret {
+        scope: "platform".into(),
+        name: "K".into(),
+        description: Some("the K key".into()),
+    };
+    let meta = a.apply(change).unwrap().0.into_meta().unwrap();
+    assert_eq!(
+        (meta.version, meta.description.as_deref()),
+        (1, Some("the K key"))
+    );
+    // A store opened afresh reads it from the database.
+    let b = open_store(&cfg).unwrap();
+    let got = b.snapshot().meta("platform", "K").unwrap();
+    assert_eq!(
+        (got.version, got.description.as_deref()),
+        (1, Some("the K key"))
+    );
+    assert_eq!(
+        value_of(&*b, "platform", "K").as_deref(),
+        Some("described-value-0")
+    );
+}

@@ -28,6 +28,7 @@ pub enum Op {
     CreateAgent,
     CreateSession,
     QueryAudit,
+    PatchSecret,
 }
 
 /// One endpoint: method, OpenAPI path template, the permission it needs (`None`:
@@ -82,6 +83,12 @@ pub const ROUTES: &[Route] = &[
         "/v1/secrets/{scope}/{name}",
         Some(Permission::SecretsManage),
         Op::DeleteSecret,
+    ),
+    route(
+        "PATCH",
+        "/v1/secrets/{scope}/{name}",
+        Some(Permission::SecretsManage),
+        Op::PatchSecret,
     ),
     route(
         "POST",
@@ -144,6 +151,7 @@ async fn dispatch(state: Arc<State>, req: Request<Incoming>) -> Result<Response<
         Op::CreateAgent => agents::http_create(&state, &caller, req).await,
         Op::CreateSession => sessions::http_create(&state, &caller, req).await,
         Op::QueryAudit => audit::http_query(&state, query).await,
+        Op::PatchSecret => secrets::http_patch(&state, &caller, &params[0], &params[1], req).await,
     }
 }
 
@@ -247,10 +255,13 @@ mod tests {
     fn unknown_paths_are_404_and_other_methods_405_with_allow() {
         let miss = find_route("GET", "/v1/nothing").err().map(|m| m.deny.code);
         assert_eq!(miss, Some(Code::NotFound));
-        let Err(miss) = find_route("PATCH", "/v1/secrets/platform/X") else {
-            panic!("PATCH matched a route");
+        let Err(miss) = find_route("POST", "/v1/secrets/platform/X") else {
+            panic!("POST matched a route");
         };
         assert_eq!(miss.deny.code, Code::MethodNotAllowed);
-        assert_eq!(miss.response().headers()["allow"], "GET, PUT, DELETE");
+        assert_eq!(
+            miss.response().headers()["allow"],
+            "GET, PUT, DELETE, PATCH"
+        );
     }
 }

@@ -45,6 +45,22 @@ pub struct PutSecret {
 
 pub const PUT_SECRET_SHAPE: &str = r#"{"value": string, "description"?: string, "hosts"?: [string], "rotate_every"?: "90d", "kind"?: "api_key|oauth2|hmac|aws"}"#;
 
+/// What `PATCH /v1/secrets/{scope}/{name}` takes: `description` is required;
+/// `null` or `""` clears it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PatchSecret {
+    #[serde(default, deserialize_with = "present")]
+    pub description: Option<Option<String>>,
+}
+
+/// A field that is present (even as `null`) is `Some`; an absent one stays `None`.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+pub const PATCH_SECRET_SHAPE: &str = r#"{"description": string | null}"#;
+
 /// A stored secret's metadata, and whether it replaced an earlier value.
 #[derive(Debug)]
 pub struct Stored {
@@ -194,6 +210,38 @@ pub async fn delete(
     Ok(meta)
 }
 
+/// Changes only the description of `scope/name` (`None` or empty clears it): no
+/// new value, same version; audited as `secret_describe`, undone if it cannot be.
+pub async fn describe(
+    state: &Arc<State>,
+    caller: &Caller,
+    scope: &str,
+    name: &str,
+    description: Option<String>,
+) -> Result<RecordMeta, Deny> {
+    get(state, scope, name)?;
+    let description = description.filter(|d| !d.is_empty());
+    let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
+    let (meta, undo) = blocking(move || {
+        let change = Change::DescribeSecret {
+            scope: sc,
+            name: nm,
+            description,
+        };
+        let (applied, undo) = st.vault.apply(change)?;
+        Ok((applied.into_meta()?, undo))
+    })
+    .await?;
+    let mut ev = caller.event(EventKind::SecretDescribe, Outcome::Allowed, StatusCode::OK);
+    ev.secret = Some(meta.name.clone());
+    ev.scope = Some(meta.scope.clone());
+    ev.version = Some(meta.version);
+    audit_or_undo(state, ev, undo).await?;
+    refresh(state);
+    tracing::info!(scope = %meta.scope, name = %meta.name, actor = ?caller.actor, "secret_describe via admin API");
+    Ok(meta)
+}
+
 /// Copies `name` from scope `from` into scope `to` (which must not have it),
 /// audited as `secret_clone`; a clone that cannot be audited is undone.
 pub async fn clone_to(
@@ -308,6 +356,24 @@ pub async fn http_put(
         StatusCode::CREATED
     };
     Ok(json_response(status, json!(stored.meta)))
+}
+
+/// `PATCH /v1/secrets/{scope}/{name}`: 200 with the new metadata.
+pub async fn http_patch(
+    state: &Arc<State>,
+    caller: &Caller,
+    scope: &str,
+    name: &str,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Deny> {
+    let body: PatchSecret = read_json(req, PATCH_SECRET_SHAPE).await?;
+    let Some(description) = body.description else {
+        return Err(bad(format!(
+            "\"description\" is required; expected {PATCH_SECRET_SHAPE}"
+        )));
+    };
+    let meta = describe(state, caller, scope, name, description).await?;
+    Ok(json_response(StatusCode::OK, json!(meta)))
 }
 
 /// `DELETE /v1/secrets/{scope}/{name}`: 204.

@@ -34,11 +34,13 @@ pub enum EventKind {
     VaultRotateMasterKey,
     /// The jail refused a packet or connection that was not for keyward.
     JailBlock,
+    /// A secret's description changed (no new value, same version).
+    SecretDescribe,
 }
 
 impl EventKind {
     /// Every kind, for parsing and for docs tests.
-    pub const ALL: [EventKind; 17] = [
+    pub const ALL: [EventKind; 18] = [
         EventKind::Inject,
         EventKind::Tunnel,
         EventKind::Deny,
@@ -56,6 +58,7 @@ impl EventKind {
         EventKind::AdminForbidden,
         EventKind::VaultRotateMasterKey,
         EventKind::JailBlock,
+        EventKind::SecretDescribe,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -77,6 +80,7 @@ impl EventKind {
             EventKind::AdminForbidden => "admin_forbidden",
             EventKind::VaultRotateMasterKey => "vault_rotate_master_key",
             EventKind::JailBlock => "jail_block",
+            EventKind::SecretDescribe => "secret_describe",
         }
     }
 
@@ -92,6 +96,7 @@ impl EventKind {
                 | EventKind::SecretRotate
                 | EventKind::SecretRm
                 | EventKind::SecretClone
+                | EventKind::SecretDescribe
                 | EventKind::AgentAdd
                 | EventKind::AgentRm
         )

@@ -55,6 +55,13 @@ pub enum Change {
         from: String,
         to: String,
     },
+    /// Changes only the description of `scope/name` (`None` clears it): no new
+    /// value, same version, the rotation clock keeps running. The record must exist.
+    DescribeSecret {
+        scope: String,
+        name: String,
+        description: Option<String>,
+    },
     /// Registers an agent; an id already in the table is refused inside the same
     /// locked write, so two concurrent creations cannot both succeed.
     AddAgent(AgentRecord),
@@ -95,7 +102,8 @@ enum Target {
         scope: String,
         name: String,
         before: Option<StoredRecord>,
-        after: Option<(String, u32)>,
+        /// id, version and description: a description-only change keeps the version.
+        after: Option<(String, u32, Option<String>)>,
     },
     Agent {
         id: String,
@@ -115,7 +123,7 @@ impl Undo {
             scope: scope.to_string(),
             name: name.to_string(),
             before,
-            after: after.map(|r| (r.id.clone(), r.version)),
+            after: after.map(|r| (r.id.clone(), r.version, r.description.clone())),
         })
     }
 
@@ -152,7 +160,7 @@ impl Undo {
                 let current = d.find(&scope, &name);
                 let now = current.map(|i| {
                     let r = &d.body.records[i];
-                    (r.id.clone(), r.version)
+                    (r.id.clone(), r.version, r.description.clone())
                 });
                 if now != after {
                     return Err(VaultError::Invalid(format!(
@@ -244,6 +252,15 @@ impl Change {
                     ));
                 }
             }
+            Change::DescribeSecret {
+                scope,
+                name,
+                description,
+            } => {
+                check_scope(scope)?;
+                check_name(name)?;
+                check_description(description)?;
+            }
             Change::AddAgent(agent) => check_agent(agent)?,
             Change::RemoveAgent { .. } => {}
         }
@@ -307,6 +324,25 @@ impl Change {
                 d.seal_into(&mut rec, value.expose())?;
                 let meta = RecordMeta::of(&rec);
                 let undo = Undo::secret(&to, &name, None, Some(&rec));
+                d.body.records.push(rec);
+                Ok((Applied::Secret(meta), undo))
+            }
+            Change::DescribeSecret {
+                scope,
+                name,
+                description,
+            } => {
+                let i = d
+                    .find(&scope, &name)
+                    .ok_or_else(|| not_found(&scope, &name))?;
+                let mut rec = d.body.records.remove(i);
+                let before = Some(rec.clone());
+                // Metadata only: the sealed value, its version and `last_rotated`
+                // stay as they are (the record is not re-sealed).
+                rec.description = description;
+                rec.updated = now();
+                let meta = RecordMeta::of(&rec);
+                let undo = Undo::secret(&scope, &name, before, Some(&rec));
                 d.body.records.push(rec);
                 Ok((Applied::Secret(meta), undo))
             }
@@ -429,7 +465,8 @@ impl Change {
         match self {
             Change::SetSecret { scope, name, .. }
             | Change::RotateSecret { scope, name, .. }
-            | Change::RemoveSecret { scope, name } => (vec![key(scope, name)], vec![]),
+            | Change::RemoveSecret { scope, name }
+            | Change::DescribeSecret { scope, name, .. } => (vec![key(scope, name)], vec![]),
             Change::CloneSecret { name, from, to } => {
                 (vec![key(from, name), key(to, name)], vec![])
             }

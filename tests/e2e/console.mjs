@@ -171,6 +171,15 @@ try {
   await heading("Secrets").waitFor();
   await step("inject-v2");
 
+  // Edit the description alone: no value, same version, same value injected.
+  await page.getByRole("link", { name: `Edit ${NAME} in platform` }).click();
+  await heading(`Edit ${NAME}`).waitFor();
+  await page.getByLabel("Description").fill("Production key, described in the console");
+  await page.getByRole("button", { name: "Save" }).click();
+  await heading("Secrets").waitFor();
+  await page.getByRole("cell", { name: "Production key, described in the console" }).waitFor();
+  await step("inject-v2");
+
   // Clone to another scope.
   await page.getByRole("link", { name: `Clone ${NAME} in platform` }).click();
   await page.getByLabel("Target scope").fill("owner:acme");
@@ -233,6 +242,20 @@ try {
   }
   await settle();
   check(!(await page.content()).includes(sessionToken), "session token shown again after reload");
+
+  // Remove the agent, confirmed by typing its id.
+  await page.goto(new URL("agents", UI).href);
+  await heading("Agents").waitFor();
+  await page.getByRole("link", { name: "Remove bot-e2e" }).click();
+  await heading("Remove bot-e2e").waitFor();
+  await page.getByLabel("Type the agent id to confirm").fill("bot-e2");
+  await page.getByRole("button", { name: "Remove" }).click();
+  await page.getByText("Type bot-e2e exactly to remove it.").waitFor();
+  await page.getByLabel("Type the agent id to confirm").fill("bot-e2e");
+  await shot("agent-remove");
+  await page.getByRole("button", { name: "Remove" }).click();
+  await page.getByText("Removed agent bot-e2e.").waitFor();
+  await step("agent-removed");
 
   // Access log: the injections, filtered; the exports.
   await page.getByRole("navigation", { name: "Main" }).getByRole("link", { name: "Access log" }).click();

@@ -1,6 +1,6 @@
 //! Agents pages: the list (config-file and registered agents), New agent (its
 //! token is shown once, on the response page itself, never stored or shown
-//! again) and Remove, through `admin::agents`'s own functions.
+//! again) and Remove (confirmed by typing the id), through `admin::agents`'s own functions.
 
 use super::forms::Form;
 use super::layout::{
@@ -12,7 +12,7 @@ use crate::admin::agents::{self as api, NewAgent};
 use crate::admin::caller::Caller;
 use crate::admin::Permission;
 use crate::config::valid_agent_id;
-use crate::proxy::error::Code;
+use crate::proxy::error::{Code, Deny};
 use crate::proxy::state::State;
 use http::StatusCode;
 use maud::{html, Markup};
@@ -43,11 +43,7 @@ pub fn list(state: &Arc<State>, p: &Page, caller: &Caller, q: &[(String, String)
                     td data-label="Created" { (a.created.as_deref().map(super::secrets::short_time).unwrap_or_else(|| "—".into())) }
                     td.row-actions {
                         @if a.source == "vault" {
-                            form.inline method="post" action="/ui/agents/remove" {
-                                (csrf_field(&p.csrf))
-                                input type="hidden" name="id" value=(a.id);
-                                button.danger.small type="submit" aria-label=(format!("Remove {}", a.id)) { "Remove" }
-                            }
+                            a.danger href=(format!("/ui/agents/remove?id={}", enc(&a.id))) aria-label=(format!("Remove {}", a.id)) { "Remove" }
                         } @else { span.muted { "in config file" } }
                     }
                 } } }
@@ -162,13 +158,74 @@ pub async fn create(state: &Arc<State>, p: &Page, caller: &Caller, form: Form) -
     }
 }
 
-/// `POST /ui/agents/remove`.
-pub async fn remove(state: &Arc<State>, caller: &Caller, form: Form) -> PageResult {
+fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+fn remove_markup(p: &Page, id: &str, errors: &Errors) -> Markup {
+    html! {
+        (form_error(errors))
+        p { "Removes agent " code { (id) } ". Its proxy token stops working at once." }
+        form method="post" action="/ui/agents/remove" {
+            (csrf_field(&p.csrf))
+            input type="hidden" name="id" value=(id);
+            (field("Type the agent id to confirm", "confirm", "", Kind::Text, None, errors))
+            div.buttons {
+                button.danger type="submit" { "Remove" }
+                a.button.secondary href="/ui/agents" { "Cancel" }
+            }
+        }
+    }
+}
+
+/// A registered agent (config-file agents are removed in the config file).
+fn registered(state: &State, id: &str) -> Result<(), Deny> {
+    match api::list(state).into_iter().find(|a| a.id == id) {
+        Some(a) if a.source == "vault" => Ok(()),
+        Some(_) => Err(Deny::new(
+            Code::Conflict,
+            format!("agent {id} is defined in the config file; remove it there"),
+        )),
+        None => Err(Deny::new(Code::NotFound, format!("agent {id} not found"))),
+    }
+}
+
+/// `GET /ui/agents/remove?id=`: the confirmation page.
+pub fn remove_form(
+    state: &Arc<State>,
+    p: &Page,
+    caller: &Caller,
+    q: &[(String, String)],
+) -> PageResult {
+    p.require(state, Permission::AgentsManage, caller)?;
+    let id = param(q, "id");
+    registered(state, id)?;
+    let m = remove_markup(p, id, &Errors::default());
+    Ok(html_response(
+        StatusCode::OK,
+        page(p, &format!("Remove {id}"), m),
+    ))
+}
+
+/// `POST /ui/agents/remove`: only when the typed id matches.
+pub async fn remove(state: &Arc<State>, p: &Page, caller: &Caller, form: Form) -> PageResult {
     let id = form.text("id");
+    if form.text("confirm") != id {
+        registered(state, &id)?;
+        let mut errors = Errors::default();
+        errors.add("confirm", format!("Type {id} exactly to remove it."));
+        let m = remove_markup(p, &id, &errors);
+        let mut resp = html_response(
+            Code::BadRequest.status(),
+            page(p, &format!("Remove {id}"), m),
+        );
+        with_code(&mut resp, Code::BadRequest);
+        return Ok(resp);
+    }
     match api::remove(state, caller, &id).await {
         Ok(()) => Ok(redirect(&format!(
             "/ui/agents?done=removed&id={}",
-            percent_encoding::utf8_percent_encode(&id, percent_encoding::NON_ALPHANUMERIC)
+            enc(&id)
         ))),
         Err(d) => Err(d),
     }

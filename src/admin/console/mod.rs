@@ -308,6 +308,7 @@ async fn get(
         "/ui/secrets/delete" => secrets::delete_form(state, page, caller, &q),
         "/ui/agents" => agents::list(state, page, caller, &q),
         "/ui/agents/new" => agents::new_form(state, page, caller),
+        "/ui/agents/remove" => agents::remove_form(state, page, caller, &q),
         "/ui/sessions" => sessions::form(state, page, caller),
         "/ui/access-log" => access_log::list(state, page, caller, &q).await,
         "/ui/access-log/export.jsonl" => access_log::export(state, page, caller, &q, false).await,
@@ -350,7 +351,7 @@ async fn post(
         "/ui/secrets/clone" => secrets::clone(state, page, caller, form).await,
         "/ui/secrets/delete" => secrets::delete(state, page, caller, form).await,
         "/ui/agents/new" => agents::create(state, page, caller, form).await,
-        "/ui/agents/remove" => agents::remove(state, caller, form).await,
+        "/ui/agents/remove" => agents::remove(state, page, caller, form).await,
         "/ui/sessions/new" => sessions::create(state, page, caller, form),
         _ => Err(not_found(path)),
     }

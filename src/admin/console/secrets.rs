@@ -1,6 +1,6 @@
 //! Secrets pages: the list (hint, description, version, updated, `Due for
-//! rotation`), New secret, Edit (new value and description; the name is not
-//! editable), Clone to a target scope, Delete confirmed by typing the name. Every
+//! rotation`), New secret, Edit (a new value and/or the description; the name
+//! is not editable), Clone to a target scope, Delete confirmed by typing the name. Every
 //! change is `admin::secrets`'s own function: same checks, same audit lines.
 
 use super::forms::Form;
@@ -86,13 +86,7 @@ pub fn list(state: &Arc<State>, p: &Page, caller: &Caller, q: &[(String, String)
                                     td data-label="Description" { (m.description.as_deref().unwrap_or("")) }
                                     td data-label="Version" { (m.version) }
                                     td data-label="Updated" { time datetime=(m.updated) { (short_time(&m.updated)) } }
-                                    td data-label="Rotation" {
-                                        @if m.due_at().is_some_and(|d| d <= now) {
-                                            span.badge.due { "Due for rotation" }
-                                        } @else if let Some(d) = &m.rotation_due {
-                                            "due " (short_time(d))
-                                        } @else { "—" }
-                                    }
+                                    td data-label="Rotation" { (rotation_cell(m, now)) }
                                     @if manage {
                                         td.row-actions {
                                             a href=(row_link("edit", m)) aria-label=(format!("Edit {} in {}", m.name, m.scope)) { "Edit" }
@@ -109,6 +103,18 @@ pub fn list(state: &Arc<State>, p: &Page, caller: &Caller, q: &[(String, String)
         }
     };
     Ok(html_response(StatusCode::OK, page(p, "Secrets", body)))
+}
+
+/// The Rotation column at `now`: the `Due for rotation` badge once the rotation
+/// period has passed, the due date before that, `—` without a period.
+pub fn rotation_cell(m: &RecordMeta, now: OffsetDateTime) -> Markup {
+    html! {
+        @if m.due_at().is_some_and(|d| d <= now) {
+            span.badge.due { "Due for rotation" }
+        } @else if let Some(d) = &m.rotation_due {
+            "due " (short_time(d))
+        } @else { "—" }
+    }
 }
 
 /// `2024-05-01T12:00:00Z` → `2024-05-01 12:00`.
@@ -274,7 +280,7 @@ fn edit_markup(p: &Page, m: &RecordMeta, description: &str, errors: &Errors) -> 
             input type="hidden" name="scope" value=(m.scope);
             (field("Name", "name", &m.name, Kind::ReadOnly, Some("The name cannot be changed."), errors))
             p.meta { "Scope " strong { (m.scope) } " · version " (m.version) " · hint " code { (m.hint) } }
-            (field("Value", "value", "", Kind::Secret, Some("The new value: saving stores it as the next version."), errors))
+            (field("Value", "value", "", Kind::Secret, Some("The new value: saving stores it as the next version. Leave it empty to change only the description."), errors))
             (field("Description", "description", description, Kind::Text, None, errors))
             div.buttons {
                 button type="submit" { "Save" }
@@ -301,19 +307,52 @@ pub fn edit_form(
     ))
 }
 
-/// `POST /ui/secrets/edit`: a new value (version + 1) and/or description.
+/// `POST /ui/secrets/edit`: a new value (version + 1) and/or description. With
+/// no value, a changed description alone is stored (`secret_describe`, same
+/// version): the console never reads a value back to re-store it.
 pub async fn edit(state: &Arc<State>, p: &Page, caller: &Caller, mut form: Form) -> PageResult {
     let m = target(state, &form.text("scope"), &form.text("name"))?;
-    let description = form.text("description");
+    // An absent field (not sent at all) leaves the description as it is; an
+    // empty one clears it.
+    let description = match form.raw("description") {
+        Some(_) => form.text("description"),
+        None => m.description.clone().unwrap_or_default(),
+    };
     let title = format!("Edit {}", m.name);
-    let Some(value) = form.secret("value") else {
+    let refuse = |d: &Deny, description: &str| {
         let mut errors = Errors::default();
-        errors.add(
-            "value",
-            "Enter the new value (the vault keeps no copy to re-use).",
-        );
-        let mk = edit_markup(p, &m, &description, &errors);
-        return refused(p, &title, mk, Code::BadRequest);
+        place(&mut errors, d);
+        let mk = edit_markup(p, &m, description, &errors);
+        refused(p, &title, mk, d.code)
+    };
+    let saved = |meta: &RecordMeta| {
+        redirect(&format!(
+            "/ui/secrets?done=saved&scope={}&name={}",
+            enc(&meta.scope),
+            enc(&meta.name)
+        ))
+    };
+    let Some(value) = form.secret("value") else {
+        if m.description.as_deref().unwrap_or("") == description {
+            let mut errors = Errors::default();
+            errors.add(
+                "value",
+                "Enter a new value, or change the description (the vault keeps no copy of the value to re-use).",
+            );
+            let mk = edit_markup(p, &m, &description, &errors);
+            return refused(p, &title, mk, Code::BadRequest);
+        }
+        let new = (!description.is_empty()).then(|| description.clone());
+        return match api::describe(state, caller, &m.scope, &m.name, new).await {
+            Ok(meta) => Ok(saved(&meta)),
+            Err(d) if d.code == Code::BadRequest => {
+                let mut errors = Errors::default();
+                errors.add("description", d.message.clone());
+                let mk = edit_markup(p, &m, &description, &errors);
+                refused(p, &title, mk, d.code)
+            }
+            Err(d) => Err(d),
+        };
     };
     let body = PutSecret {
         value: Some(SecretValue(value)),
@@ -323,17 +362,8 @@ pub async fn edit(state: &Arc<State>, p: &Page, caller: &Caller, mut form: Form)
         kind: None,
     };
     match api::put(state, caller, &m.scope, &m.name, body).await {
-        Ok(stored) => Ok(redirect(&format!(
-            "/ui/secrets?done=saved&scope={}&name={}",
-            enc(&stored.meta.scope),
-            enc(&stored.meta.name)
-        ))),
-        Err(d) if d.code == Code::BadRequest => {
-            let mut errors = Errors::default();
-            place(&mut errors, &d);
-            let mk = edit_markup(p, &m, &description, &errors);
-            refused(p, &title, mk, d.code)
-        }
+        Ok(stored) => Ok(saved(&stored.meta)),
+        Err(d) if d.code == Code::BadRequest => refuse(&d, &description),
         Err(d) => Err(d),
     }
 }

@@ -376,3 +376,56 @@ fn formats_1_and_2_are_read_and_replaced_by_format_3_on_the_first_write() {
     };
     assert!(again.apply(rotate).is_err());
 }
+
+#[test]
+fn a_description_only_change_is_logged_keeps_the_value_and_can_be_undone() {
+    let (_dir, cfg, v) = setup();
+    let before = v.snapshot().meta("platform", "A").unwrap();
+    let describe = |d: Option<&str>| Change::DescribeSecret {
+        scope: "platform".into(),
+        name: "A".into(),
+        description: d.map(str::to_string),
+    };
+    let (applied, undo) = v.apply(describe(Some("the A key"))).unwrap();
+    let meta = applied.into_meta().unwrap();
+    assert_eq!(meta.description.as_deref(), Some("the A key"));
+    assert_eq!(
+        (meta.version, &meta.hint, &meta.last_rotated, &meta.hosts),
+        (
+            before.version,
+            &before.hint,
+            &before.last_rotated,
+            &before.hosts
+        )
+    );
+    // On disk, not only in memory: a fresh handle sees it, and the value opens.
+    let reopened = Vault::open_with(
+        &cfg,
+        MasterKey::load_or_create_file(&cfg.master_key_file).unwrap(),
+    )
+    .unwrap();
+    let snap = reopened.snapshot();
+    let got = snap.meta("platform", "A").unwrap();
+    assert_eq!(got.description.as_deref(), Some("the A key"));
+    assert_eq!(got.version, before.version);
+    let opened = snap.get("platform", "A").unwrap().unwrap();
+    assert_eq!(opened.value.expose(), b"value-of-a-123456");
+    drop(reopened);
+    // Undone: the description goes back; a missing secret or a bad description is refused.
+    v.undo(undo).unwrap();
+    assert_eq!(
+        v.snapshot().meta("platform", "A").unwrap().description,
+        None
+    );
+    let missing = Change::DescribeSecret {
+        scope: "platform".into(),
+        name: "NOPE".into(),
+        description: None,
+    };
+    assert!(v.apply(missing).is_err());
+    assert!(v.apply(describe(Some("bell\u{7}"))).is_err());
+    assert_eq!(
+        v.snapshot().meta("platform", "A").unwrap().description,
+        None
+    );
+}

@@ -114,7 +114,16 @@ impl<'a> Batch<'a> {
             let before = self.state.snap.stored(&scope, &name);
             match (before, after) {
                 (Some(_), None) => edits.push(Edit::Remove { scope, name }),
-                (b, Some(a)) if b.is_none_or(|b| b.id != a.id || b.sealed != a.sealed) => {
+                // A description-only change keeps id and sealed value: compare
+                // the metadata too, or it would never reach the log.
+                (b, Some(a))
+                    if b.is_none_or(|b| {
+                        b.id != a.id
+                            || b.sealed != a.sealed
+                            || b.description != a.description
+                            || b.updated != a.updated
+                    }) =>
+                {
                     edits.push(Edit::Put(a))
                 }
                 _ => {}
