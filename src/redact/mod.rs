@@ -89,7 +89,7 @@ mod stream;
 mod test_util;
 
 pub use answer::{read_answer, redact_upstream, Answer, Streamed, WHOLE_BODY_MAX};
-pub use cache::{InScope, ScopeCache, SCOPE_CACHE_SIZE};
+pub use cache::{InScope, Resolved, ScopeCache, SCOPE_CACHE_SIZE};
 pub use decode::{DecodeError, DECODE_OUTPUT_BUDGET};
 pub use error::RedactError;
 pub use forms::{encoded_forms, MIN_ENCODED_PATTERN_LEN};
