@@ -312,6 +312,12 @@ impl Snapshot {
         &self.agents
     }
 
+    /// The agent table, shared: unchanged (the same `Arc`) across snapshots
+    /// whose edits touched only secrets.
+    pub fn shared_agents(&self) -> Arc<Vec<AgentRecord>> {
+        self.agents.clone()
+    }
+
     /// Monotonic file version counter of this snapshot.
     pub fn generation(&self) -> u64 {
         self.generation
