@@ -88,7 +88,7 @@ impl ValueSet {
     /// must be `(value_id(&s), s)`).
     pub fn with_ids(mut pairs: Vec<(ValueId, Secret)>) -> ValueSet {
         pairs.retain(|(_, s)| !s.is_empty());
-        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        pairs.sort_unstable_by_key(|p| p.0);
         pairs.dedup_by(|a, b| a.0 == b.0);
         let mut h = Sha256::new();
         for (id, _) in &pairs {
