@@ -24,11 +24,7 @@ async fn assert_redacted(kw: &Kw, value: &str, what: &str) {
             .get("api.openai.com", &echo_path(value, streamed), &[])
             .await;
         assert_eq!(got.status, 200, "{what}: {}", got.text());
-        assert_eq!(
-            got.text(),
-            "found: [REDACTED]",
-            "{what}, streamed {streamed}"
-        );
+        assert_eq!(got.text(), "found: [REDACTED]", "{what}, streamed {streamed}");
         assert_no_leak(what, &got.body, value);
     }
 }
@@ -41,11 +37,7 @@ async fn every_change_is_redacted_from_the_next_request_on() {
     let kw = Kw::builder().start().await;
     kw.set_secret("platform", "OPENAI_API_KEY", OPENAI_KEY);
     for i in 0..40 {
-        kw.set_secret(
-            "platform",
-            &format!("OTHER_{i:02}"),
-            &format!("kwtest-other-{i:02}-a1b2c3d4e5f6"),
-        );
+        kw.set_secret("platform", &format!("OTHER_{i:02}"), &format!("kwtest-other-{i:02}-a1b2c3d4e5f6"));
     }
     assert_redacted(&kw, "kwtest-other-07-a1b2c3d4e5f6", "a stored value").await;
     for round in 0..6 {

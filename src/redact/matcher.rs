@@ -541,9 +541,7 @@ mod tests {
         let empty = Arc::new(Patterns::new(&[]));
         assert_eq!(Patterns::layered(&[p.clone(), empty.clone()]).layers(), 1);
         assert!(Patterns::layered(&[empty]).is_empty());
-        let broken = Arc::new(Patterns {
-            matcher: Matcher::Broken,
-        });
+        let broken = Arc::new(Patterns { matcher: Matcher::Broken });
         let both = Patterns::layered(&[p, broken]);
         assert!(matches!(both.matcher, Matcher::Broken));
         assert!(both.contains_secret(b"anything"));

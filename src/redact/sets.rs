@@ -129,12 +129,7 @@ impl ValueSet {
         }
         // A power of two, so a value's chunk is the low bits of its id's first
         // byte and stays put as long as the count of chunks does.
-        let count = self
-            .secrets
-            .len()
-            .div_ceil(chunk_values)
-            .next_power_of_two()
-            .min(256);
+        let count = self.secrets.len().div_ceil(chunk_values).next_power_of_two().min(256);
         let mut groups: Vec<Vec<usize>> = vec![Vec::new(); count];
         for (i, id) in self.ids.iter().enumerate() {
             groups[usize::from(id[0]) % count].push(i);
@@ -295,11 +290,7 @@ impl Finished {
         while !self.map.is_empty()
             && (self.map.len() >= PATTERN_CACHE_SIZE || self.bytes + size > PATTERN_CACHE_BYTES)
         {
-            let Some(victim) = self
-                .map
-                .iter()
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| *k)
+            let Some(victim) = self.map.iter().min_by_key(|(_, (_, used))| *used).map(|(k, _)| *k)
             else {
                 break;
             };
@@ -402,10 +393,7 @@ impl PatternCache {
         let refs: Vec<&[u8]> = set.secrets.iter().map(|s| s.expose()).collect();
         let built = Patterns::quick(&refs);
         let mut finished = self.shared.finished.lock();
-        finished
-            .insert(set.fingerprint, built, &set.ids)
-            .patterns
-            .clone()
+        finished.insert(set.fingerprint, built, &set.ids).patterns.clone()
     }
 
     /// (full builds run on a request's path, full builds run in the background).
@@ -478,12 +466,7 @@ impl PatternCache {
     /// before (`prev`): its full build if finished; else an interim (queuing
     /// the full build); else, with nothing to start from or a change too big
     /// for a delta, the full build inline.
-    pub(super) fn serve(
-        &self,
-        lineage: &str,
-        set: &Arc<ValueSet>,
-        prev: Option<&Served>,
-    ) -> Served {
+    pub(super) fn serve(&self, lineage: &str, set: &Arc<ValueSet>, prev: Option<&Served>) -> Served {
         {
             let mut finished = self.shared.finished.lock();
             if let Some(full) = finished.get(&set.fingerprint) {
@@ -508,12 +491,7 @@ impl PatternCache {
 
     /// The hot path's check on an interim: the full build if it is done, a
     /// rebase onto a newer finished build of the lineage, or `None` (keep it).
-    pub(super) fn refresh(
-        &self,
-        lineage: &str,
-        set: &Arc<ValueSet>,
-        cur: &Served,
-    ) -> Option<Served> {
+    pub(super) fn refresh(&self, lineage: &str, set: &Arc<ValueSet>, cur: &Served) -> Option<Served> {
         if let Some(full) = self.finished(&set.fingerprint) {
             return Some(Served::full(full));
         }
@@ -656,11 +634,7 @@ mod tests {
             Some(&b"a [REDACTED] b old-secret-value-1 c [REDACTED]"[..])
         );
         // Another agent with the same values shares the automaton.
-        let other = cache.serve(
-            "other",
-            &set(&["kept-secret-value-2", "new-secret-value-1"]),
-            None,
-        );
+        let other = cache.serve("other", &set(&["kept-secret-value-2", "new-secret-value-1"]), None);
         assert!(Arc::ptr_eq(&other.patterns, &swapped.patterns));
         assert_eq!(cache.builds(), (1, 1));
     }
@@ -683,9 +657,7 @@ mod tests {
             }
         }
         assert_eq!(cache.builds().0, 1);
-        let huge: Vec<String> = (0..DELTA_MAX_VALUES + 1)
-            .map(|i| format!("bulk-{i:06}"))
-            .collect();
+        let huge: Vec<String> = (0..DELTA_MAX_VALUES + 1).map(|i| format!("bulk-{i:06}")).collect();
         let big = cache.serve("a", &refs(&huge), Some(&served));
         assert!(big.full);
         assert_eq!(cache.builds().0, 2);
@@ -734,10 +706,7 @@ mod tests {
         assert!(f.get(&[1u8; 32]).is_none());
         assert_eq!(
             f.bytes,
-            f.map
-                .values()
-                .map(|(l, _)| l.patterns.memory_usage())
-                .sum::<usize>()
+            f.map.values().map(|(l, _)| l.patterns.memory_usage()).sum::<usize>()
         );
     }
 
@@ -747,11 +716,7 @@ mod tests {
         let mut values: Vec<String> = (0..40).map(|i| format!("chunked-secret-{i:04}")).collect();
         let refs = |v: &[String]| set(&v.iter().map(String::as_str).collect::<Vec<_>>());
         let first = cache.serve("a", &refs(&values), None);
-        assert_eq!(
-            first.patterns.layers(),
-            8,
-            "40 values / 8 per chunk → 8 chunks (a power of two)"
-        );
+        assert_eq!(first.patterns.layers(), 8, "40 values / 8 per chunk → 8 chunks (a power of two)");
         for v in &values {
             assert!(first.patterns.contains_secret(v.as_bytes()), "{v}");
         }
@@ -789,17 +754,11 @@ mod tests {
         let s2 = set(&["superseded-secret-2"]);
         cache.serve("a", &s2, Some(&first));
         cache.run_pending();
-        assert!(
-            cache.finished(s1.fingerprint()).is_some(),
-            "b's newest stays"
-        );
+        assert!(cache.finished(s1.fingerprint()).is_some(), "b's newest stays");
         let s3 = set(&["superseded-secret-3"]);
         cache.serve("b", &s3, Some(&first));
         cache.run_pending();
-        assert!(
-            cache.finished(s1.fingerprint()).is_none(),
-            "nobody's newest: dropped"
-        );
+        assert!(cache.finished(s1.fingerprint()).is_none(), "nobody's newest: dropped");
         assert!(cache.finished(s2.fingerprint()).is_some());
         assert!(cache.finished(s3.fingerprint()).is_some());
     }
@@ -914,18 +873,11 @@ mod measure {
     fn print_automaton_memory_by_set_size() {
         for n in [1000usize, 5000] {
             let set = ValueSet::new((0..n).map(|i| {
-                Secret::new(
-                    format!("sk-scale-{i:06}-Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4").into_bytes(),
-                )
+                Secret::new(format!("sk-scale-{i:06}-Zm9vYmFyYmF6cXV4cXV1eDEyMzQ1Njc4").into_bytes())
             }));
             let t = std::time::Instant::now();
             let p = set.build(&Chunks::default(), CHUNK_VALUES);
-            eprintln!(
-                "n={n} build {:?} memory {} KiB; {}",
-                t.elapsed(),
-                p.memory_usage() / 1024,
-                hwm()
-            );
+            eprintln!("n={n} build {:?} memory {} KiB; {}", t.elapsed(), p.memory_usage() / 1024, hwm());
         }
     }
 }
