@@ -196,7 +196,7 @@ impl SecretSource for Snapshot {
     }
 
     fn names(&self, scope: &str) -> Vec<String> {
-        self.list(Some(scope)).into_iter().map(|m| m.name).collect()
+        self.names_in(scope)
     }
 }
 

@@ -130,16 +130,46 @@ fn credential_for(
 /// Every secret value this agent could be granted (SPEC §5), for redaction.
 pub fn in_scope_secrets(call: &Call<'_>) -> Result<Arc<redact::InScope>, Deny> {
     let (principal, snapshot) = (&call.principal, &call.snapshot);
-    call.cx.state.scopes.get(principal, snapshot, || {
-        // SECURITY: a value that cannot be read cannot be redacted: refuse
-        // (before anything is sent) rather than answer with a gap in the set.
-        let grants = resolve::grantable(principal, &**snapshot)?;
-        let mut values = Vec::with_capacity(grants.len());
-        for g in &grants {
-            super::inject::redaction_values(g, &mut values);
-        }
-        Ok::<_, Deny>(values)
+    call.cx.state.scopes.get(principal, snapshot, |only| {
+        redaction_set(principal, snapshot, only)
     })
+}
+
+/// The redaction values per grantable name: of every name (`only` = `None`), or
+/// of those of `only` that are grantable (what [`redact::ScopeCache`] updates an
+/// agent's set with after a vault change).
+pub fn redaction_set(
+    principal: &Principal,
+    snapshot: &Snapshot,
+    only: Option<&std::collections::BTreeSet<String>>,
+) -> Result<redact::Resolved, Deny> {
+    // SECURITY: a value that cannot be read cannot be redacted: refuse
+    // (before anything is sent) rather than answer with a gap in the set.
+    let grants = match only {
+        None => resolve::grantable(principal, snapshot)?,
+        Some(names) => {
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                // Exactly what `grantable` would list for this name: a name
+                // outside the lists or stored in no scope it may use is not
+                // grantable; any other refusal (an unreadable record) refuses.
+                match resolve::grant(principal, name, snapshot) {
+                    Ok(g) => out.push(g),
+                    Err(resolve::Refusal::NotInScope(_) | resolve::Refusal::NotFound(_)) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            out
+        }
+    };
+    Ok(grants
+        .iter()
+        .map(|g| {
+            let mut values = Vec::new();
+            inject::redaction_values(g, &mut values);
+            (g.name.clone(), values)
+        })
+        .collect())
 }
 
 /// Removes client credentials and hop-by-hop headers, fills `{{NAME}}`
@@ -344,3 +374,7 @@ fn upstream_uri(cx: &TunnelCx, uri: &Uri) -> Result<Uri, Deny> {
         .build()
         .map_err(|_| Deny::new(Code::BadRequest, "invalid request target"))
 }
+
+#[cfg(test)]
+#[path = "in_scope_tests.rs"]
+mod in_scope_tests;

@@ -165,9 +165,8 @@ impl State {
         let changed = self.vault.reload()?;
         let current = self.runtime.load();
         if changed || current.vault_generation != self.vault.snapshot().generation() {
-            let config = current.config.clone();
             self.runtime
-                .store(Arc::new(Runtime::build(config, &*self.vault)));
+                .store(Arc::new(current.after_vault_change(&*self.vault)));
             return Ok(true);
         }
         Ok(false)

@@ -61,7 +61,7 @@
 //! kind (an `oauth2` record's client secret and refresh token, an `aws` record's
 //! secret key and session token), plus what exists only for this request (an
 //! OAuth2 access token). [`ScopeCache`] resolves that set once per agent and vault
-//! snapshot; [`PatternCache`] keeps one automaton per distinct set of values
+//! snapshot (after a vault change, only the names whose records changed); [`PatternCache`] keeps one automaton per distinct set of values
 //! (shared between agents). A vault change never builds a whole automaton on a
 //! request's path: the changed set is searched with the agent's previous one
 //! plus a small automaton of only the new values until the full rebuild, run on
@@ -89,7 +89,7 @@ mod stream;
 mod test_util;
 
 pub use answer::{read_answer, redact_upstream, Answer, Streamed, WHOLE_BODY_MAX};
-pub use cache::{InScope, ScopeCache, SCOPE_CACHE_SIZE};
+pub use cache::{InScope, Resolved, ScopeCache, SCOPE_CACHE_SIZE};
 pub use decode::{DecodeError, DECODE_OUTPUT_BUDGET};
 pub use error::RedactError;
 pub use forms::{encoded_forms, MIN_ENCODED_PATTERN_LEN};

@@ -81,12 +81,14 @@ pub struct ValueSet {
 
 impl ValueSet {
     pub fn new(values: impl IntoIterator<Item = Secret>) -> ValueSet {
-        let mut pairs: Vec<(ValueId, Secret)> = values
-            .into_iter()
-            .filter(|s| !s.is_empty())
-            .map(|s| (value_id(&s), s))
-            .collect();
-        pairs.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        ValueSet::with_ids(values.into_iter().map(|s| (value_id(&s), s)).collect())
+    }
+
+    /// [`Self::new`] of values whose [`value_id`]s are already known (each pair
+    /// must be `(value_id(&s), s)`).
+    pub fn with_ids(mut pairs: Vec<(ValueId, Secret)>) -> ValueSet {
+        pairs.retain(|(_, s)| !s.is_empty());
+        pairs.sort_unstable_by_key(|p| p.0);
         pairs.dedup_by(|a, b| a.0 == b.0);
         let mut h = Sha256::new();
         for (id, _) in &pairs {

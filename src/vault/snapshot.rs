@@ -15,7 +15,7 @@ use super::validate::{format_period, valid_scope, MAX_RECORDS};
 use crate::config::valid_secret_name;
 use crate::secret::Secret;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use time::format_description::well_known::Rfc3339;
@@ -98,6 +98,20 @@ struct SnapRecord {
     /// The value, opened on first use and kept for this snapshot's lifetime.
     opened: std::sync::OnceLock<Secret>,
 }
+
+/// By identity: a record is replaced (never changed in place), so two snapshots
+/// hold the same record exactly when they share its `Arc` (what lets
+/// [`Snapshot::changed_names`] skip every shared subtree).
+impl PartialEq for SnapRecord {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+/// The records of one snapshot (shared with it, O(1) to take), kept to tell a
+/// later snapshot what changed since: see [`Snapshot::changed_names`].
+#[derive(Clone)]
+pub struct RecordsView(imbl::OrdMap<RecordKey, Arc<SnapRecord>>);
 
 /// One immutable, verified view of the vault. Values stay sealed until `get`.
 pub struct Snapshot {
@@ -236,6 +250,42 @@ impl Snapshot {
         }))
     }
 
+    /// This snapshot's records, to diff a later snapshot against.
+    pub fn view(&self) -> RecordsView {
+        RecordsView(self.records.clone())
+    }
+
+    /// The names (in any scope) of the records added, removed or replaced
+    /// between `other` and this snapshot (either may be the newer). Costs the
+    /// changes, not the vault: subtrees both share are skipped unvisited.
+    pub fn changed_names(&self, other: &RecordsView) -> BTreeSet<String> {
+        other
+            .0
+            .diff(&self.records)
+            .map(|d| match d {
+                imbl::ordmap::DiffItem::Add((_, n), _)
+                | imbl::ordmap::DiffItem::Remove((_, n), _)
+                | imbl::ordmap::DiffItem::Update {
+                    new: ((_, n), _), ..
+                } => n.clone(),
+            })
+            .collect()
+    }
+
+    /// The names of the records stored in `scope`, sorted (O(log n + found)).
+    pub fn names_in(&self, scope: &str) -> Vec<String> {
+        self.in_scope(scope).map(|((_, n), _)| n.clone()).collect()
+    }
+
+    fn in_scope<'a>(
+        &'a self,
+        scope: &'a str,
+    ) -> impl Iterator<Item = (&'a RecordKey, &'a Arc<SnapRecord>)> + 'a {
+        self.records
+            .range((scope.to_string(), String::new())..)
+            .take_while(move |((s, _), _)| s == scope)
+    }
+
     /// Metadata of one record (never the value).
     pub fn meta(&self, scope: &str, name: &str) -> Option<RecordMeta> {
         self.records
@@ -245,15 +295,27 @@ impl Snapshot {
 
     /// All records (of `scope` if given), sorted by scope then name.
     pub fn list(&self, scope: Option<&str>) -> Vec<RecordMeta> {
-        self.records
-            .values()
-            .filter(|r| scope.is_none_or(|s| r.stored.scope == s))
-            .map(|r| RecordMeta::of(&r.stored))
-            .collect()
+        match scope {
+            Some(s) => self
+                .in_scope(s)
+                .map(|(_, r)| RecordMeta::of(&r.stored))
+                .collect(),
+            None => self
+                .records
+                .values()
+                .map(|r| RecordMeta::of(&r.stored))
+                .collect(),
+        }
     }
 
     pub fn agents(&self) -> &[AgentRecord] {
         &self.agents
+    }
+
+    /// The agent table, shared: unchanged (the same `Arc`) across snapshots
+    /// whose edits touched only secrets.
+    pub fn shared_agents(&self) -> Arc<Vec<AgentRecord>> {
+        self.agents.clone()
     }
 
     /// Monotonic file version counter of this snapshot.
