@@ -308,7 +308,7 @@ fn replicas_starting_together_share_one_schema_and_one_data_key() {
         .map(|h| h.join().unwrap().unwrap())
         .collect();
     assert_eq!(pg.sql("SELECT count(*) FROM fresh.meta"), "1");
-    assert_eq!(pg.sql("SELECT max(version) FROM fresh.schema_version"), "2");
+    assert_eq!(pg.sql("SELECT max(version) FROM fresh.schema_version"), "3");
     set(&*stores[0], "platform", "K", "written-by-the-first-0123").unwrap();
     for s in &stores[1..] {
         // A write reloads the writer; the others read it on their next load.

@@ -209,7 +209,7 @@ fn cli_on(pg: &Pg) -> common::cli::CliEnv {
 
 /// A replica serving on the cluster, its spool in its own dir.
 fn replica(pg: &Pg) -> common::KwBuilder {
-    let store = format!("{}spool = \"SPOOL\"\n", pg.store_toml(SCHEMA));
+    let store = pg.store_toml_spool(SCHEMA, "SPOOL");
     common::Kw::builder()
         .config_toml(&store)
         .before_start(|dir| {

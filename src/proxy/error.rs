@@ -201,9 +201,7 @@ impl Code {
             Code::TooManyConnections
             | Code::AuditUnavailable
             | Code::VaultUnavailable
-            | Code::StoreStale => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            | Code::StoreStale => StatusCode::SERVICE_UNAVAILABLE,
             Code::UpstreamTls
             | Code::UpstreamUnreachable
             | Code::UpstreamProtocol

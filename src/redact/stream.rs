@@ -485,14 +485,15 @@ mod tests {
         let mut r = Redactor::new(p.clone());
         assert_eq!(&r.push(Bytes::from_static(b"x sk-pr"))[..], b"x ");
         assert!(r.held_len() > 0);
-        let chunk = Bytes::from(
-            [b"oj".as_slice(), &[b'.'; 4096]].concat(),
-        );
+        let chunk = Bytes::from([b"oj".as_slice(), &[b'.'; 4096]].concat());
         let (first, rest) = r.push_split(chunk.clone());
         assert!(first.starts_with(b"sk-proj"));
         let rest_at = rest.as_ptr() as usize - chunk.as_ptr() as usize;
         assert!(rest_at < chunk.len(), "rest is a slice of the chunk");
-        assert_eq!([&first[..], &rest[..]].concat(), [b"sk-pr".as_slice(), &chunk[..]].concat());
+        assert_eq!(
+            [&first[..], &rest[..]].concat(),
+            [b"sk-pr".as_slice(), &chunk[..]].concat()
+        );
         assert_eq!(r.held_len(), 0);
     }
 

@@ -188,10 +188,14 @@ impl Pg {
             "spool-{schema}-{}.jsonl",
             SPOOLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         ));
+        self.store_toml_spool(schema, &spool.display().to_string())
+    }
+
+    /// The `[store]` section with the audit spool at `spool`.
+    pub fn store_toml_spool(&self, schema: &str, spool: &str) -> String {
         format!(
-            "\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\ntls = \"disable\"\nspool = \"{}\"\n",
-            self.url(),
-            spool.display()
+            "\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\ntls = \"disable\"\nspool = \"{spool}\"\n",
+            self.url()
         )
     }
 
