@@ -284,6 +284,17 @@ async fn traffic_through_two_replicas_lands_in_two_verified_chains() {
     }
     // The file mirror still has each replica's own lines.
     assert!(a.audit_lines().iter().any(|l| l["path"] == "/a/0"));
+    // `audit query` and `export` read every replica's chain from the database.
+    let cli = cli_on(&pg);
+    let out = cli.ok(&["audit", "query", "--json"], None);
+    for side in ["a", "b"] {
+        assert!(out.contains(&format!("\"/{side}/4\"")), "{side}: {out}");
+    }
+    let cef = cli.ok(&["audit", "export", "--format", "cef"], None);
+    assert!(
+        cef.lines().count() >= 10 && cef.starts_with("CEF:"),
+        "{cef}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

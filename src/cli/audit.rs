@@ -150,12 +150,14 @@ pub fn run(cmd: AuditCmd, cfg: &Config) -> Result<u8, CliError> {
         AuditCmd::Query { filter, json, src } => {
             let format = if json { Output::Json } else { Output::Table };
             let filter = filter.to_filter()?;
-            open(&src).and_then(|log| emit(log, &filter, format, &mut out))
+            if src.file.is_none() && on_db(cfg) {
+                emit_db(cfg, &filter, format, &mut out)
+            } else {
+                open(&src).and_then(|log| emit(log, &filter, format, &mut out))
+            }
         }
         AuditCmd::Verify { anchor, src }
-            if src.file.is_none()
-                && anchor.is_none()
-                && cfg.store.backend == crate::config::store::Backend::Postgres =>
+            if src.file.is_none() && anchor.is_none() && on_db(cfg) =>
         {
             verify_db(cfg, &mut out)
         }
@@ -172,7 +174,11 @@ pub fn run(cmd: AuditCmd, cfg: &Config) -> Result<u8, CliError> {
                 ExportFormat::Cef => Output::Cef,
             };
             let filter = filter.to_filter()?;
-            open(&src).and_then(|log| emit(log, &filter, format, &mut out))
+            if src.file.is_none() && on_db(cfg) {
+                emit_db(cfg, &filter, format, &mut out)
+            } else {
+                open(&src).and_then(|log| emit(log, &filter, format, &mut out))
+            }
         }
     };
     let flushed = out.flush();
@@ -254,9 +260,14 @@ fn verify(log: LogSet, anchor: Option<&str>, out: &mut dyn Write) -> Result<u8, 
     }
 }
 
-/// `audit verify` with `[store] backend = "postgres"`: every replica's chain in
-/// the database (docs/store.md "Audit"); exit 1 when any is broken.
-fn verify_db(cfg: &Config, out: &mut dyn Write) -> Result<u8, Fail> {
+/// With the PostgreSQL store the history is the database's (every replica's
+/// chain); `--file` still reads a file (the local mirror, an export).
+fn on_db(cfg: &Config) -> bool {
+    cfg.store.backend == crate::config::store::Backend::Postgres
+}
+
+/// A pool on the configured database, on a runtime of this command's own.
+fn db_pool(cfg: &Config) -> Result<(tokio::runtime::Runtime, deadpool_postgres::Pool), Fail> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -267,6 +278,45 @@ fn verify_db(cfg: &Config, out: &mut dyn Write) -> Result<u8, Fail> {
             .and_then(|t| t.pool())
             .map_err(|e| Fail::Cli(CliError::User(e.to_string())))?
     };
+    Ok((rt, pool))
+}
+
+/// `query` and `export` over the database: every replica's lines merged by time
+/// (docs/store.md "Audit"); unreadable lines are reported and make the exit code 1.
+fn emit_db(cfg: &Config, filter: &Filter, format: Output, out: &mut dyn Write) -> Result<u8, Fail> {
+    let (rt, pool) = db_pool(cfg)?;
+    let lines = rt.block_on(audit::lines_pg(&pool, &cfg.store.schema))?;
+    let mut table = Table::new();
+    let mut skipped = 0u64;
+    for (replica, seq, line) in lines {
+        let Ok(event) = serde_json::from_str::<Event>(&line) else {
+            eprintln!("keyward: skipped: replica {replica} seq {seq} is not an audit event");
+            skipped += 1;
+            continue;
+        };
+        if !filter.matches(&event) {
+            continue;
+        }
+        match format {
+            Output::Json => writeln!(out, "{line}")?,
+            Output::Cef => writeln!(out, "{}", audit::to_cef(&event))?,
+            Output::Table => table.push(&event),
+        }
+    }
+    if format == Output::Table {
+        table.print(out)?;
+    }
+    if skipped > 0 {
+        eprintln!("keyward: {skipped} unreadable line(s) skipped; run `keyward audit verify`");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+/// `audit verify` with `[store] backend = "postgres"`: every replica's chain in
+/// the database (docs/store.md "Audit"); exit 1 when any is broken.
+fn verify_db(cfg: &Config, out: &mut dyn Write) -> Result<u8, Fail> {
+    let (rt, pool) = db_pool(cfg)?;
     let reports = rt.block_on(audit::verify_pg(&pool, &cfg.store.schema))?;
     let mut bad = 0;
     for r in &reports {
