@@ -3,6 +3,7 @@
 
 use super::error::{Code, Deny};
 use super::intercept::intercept;
+use super::limits::TunnelSlot;
 use super::refuse::refuse;
 use super::relay::relay;
 use super::state::State;
@@ -19,6 +20,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use std::convert::Infallible;
 use std::sync::Arc;
+use tokio::net::TcpStream;
 
 /// A client connection's share of `proxy.max_connections`, held by the
 /// connection and by the tunnel it turns into.
@@ -96,11 +98,7 @@ fn authenticate(state: &State, req: &Request<Incoming>, ev: &mut Event) -> Resul
         }
         return Err(denied());
     };
-    ev.agent = Some(principal.agent.id.clone());
-    ev.run_id = principal.run_id.clone();
-    ev.owner = principal.owner().map(str::to_string);
-    ev.builder = principal.builder().map(str::to_string);
-    ev.chain = principal.chain_name().map(str::to_string);
+    note_principal(ev, &principal);
     Ok(principal)
 }
 
@@ -123,6 +121,45 @@ async fn connect(
     if host == super::jail_report::REPORT_HOST {
         return super::jail_report::record(state, &req, ev);
     }
+    let (admitted, slot) = admit(state, &principal, host, port, ev, client).await?;
+    let upgrade = hyper::upgrade::on(&mut req);
+    let open = GaugeGuard::new(&state.metrics.open_tunnels);
+    let idle = state.limits.idle_timeout.0;
+    tokio::spawn(async move {
+        let _open = (open, slot, conn_slot);
+        match upgrade.await {
+            Ok(client) => match admitted {
+                Admitted::Tunnel(upstream) => relay(TokioIo::new(client), upstream, idle).await,
+                Admitted::Intercept(cx) => intercept(cx, TokioIo::new(client)).await,
+            },
+            Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
+        }
+    });
+    Ok(ok_200())
+}
+
+/// What an allowed tunnel becomes.
+pub(super) enum Admitted {
+    /// Allowlisted: already dialled and audited; bytes are relayed.
+    Tunnel(TcpStream),
+    /// A provider: TLS is opened toward the agent with this context.
+    Intercept(Arc<TunnelCx>),
+}
+
+/// The egress decision for `host:port` (canonical) as `principal`, the same for a
+/// CONNECT and the transparent listener: route, the agent's tunnel slot and rate,
+/// then the dial (before the agent is answered, so a refusal is a status) or the
+/// intercepted tunnel's context.
+pub(super) async fn admit(
+    state: &Arc<State>,
+    principal: &Principal,
+    host: String,
+    port: u16,
+    ev: &mut Event,
+    client: UpstreamClient,
+) -> Result<(Admitted, TunnelSlot), Deny> {
+    // SECURITY: the egress policy decides before any dial: only listed ports,
+    // no private address literal, a provider (intercepted) or an allowlisted host.
     let route = state.runtime().policy.route(&host, port)?;
     let slot = state
         .limiter
@@ -130,7 +167,6 @@ async fn connect(
     state.rate_check(&principal.agent.id)?;
     match route {
         Route::Tunnel => {
-            // Dial before answering 200, so a refusal reaches the agent as a status.
             let upstream = state
                 .dialer
                 .connect(&host, port)
@@ -144,22 +180,11 @@ async fn connect(
             state.audit.record(ev.clone()).map_err(|_| {
                 Deny::new(Code::AuditUnavailable, "the audit log cannot be written")
             })?;
-            let idle = state.limits.idle_timeout.0;
-            let upgrade = hyper::upgrade::on(&mut req);
-            let open = GaugeGuard::new(&state.metrics.open_tunnels);
-            tokio::spawn(async move {
-                let _open = (open, slot, conn_slot);
-                match upgrade.await {
-                    Ok(client) => relay(TokioIo::new(client), upstream, idle).await,
-                    Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
-                }
-            });
-            Ok(ok_200())
+            Ok((Admitted::Tunnel(upstream), slot))
         }
         Route::Intercept(_) => {
-            let Some(authority) = upstream_authority(&host, port) else {
-                return Err(Deny::new(Code::BadRequest, "invalid CONNECT host"));
-            };
+            let authority = upstream_authority(&host, port)
+                .ok_or_else(|| Deny::new(Code::BadRequest, "invalid tunnel host"))?;
             let cx = Arc::new(TunnelCx {
                 state: state.clone(),
                 agent_id: principal.agent.id.clone(),
@@ -170,18 +195,18 @@ async fn connect(
                 authority,
                 client,
             });
-            let upgrade = hyper::upgrade::on(&mut req);
-            let open = GaugeGuard::new(&state.metrics.open_tunnels);
-            tokio::spawn(async move {
-                let _open = (open, slot, conn_slot);
-                match upgrade.await {
-                    Ok(client) => intercept(cx, TokioIo::new(client)).await,
-                    Err(e) => tracing::debug!(error = %e, "tunnel upgrade failed"),
-                }
-            });
-            Ok(ok_200())
+            Ok((Admitted::Intercept(cx), slot))
         }
     }
+}
+
+/// The event's who: the agent and its run, owner, builder and chain.
+pub(super) fn note_principal(ev: &mut Event, principal: &Principal) {
+    ev.agent = Some(principal.agent.id.clone());
+    ev.run_id = principal.run_id.clone();
+    ev.owner = principal.owner().map(str::to_string);
+    ev.builder = principal.builder().map(str::to_string);
+    ev.chain = principal.chain_name().map(str::to_string);
 }
 
 fn ok_200() -> Response<Body> {

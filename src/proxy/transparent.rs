@@ -9,19 +9,18 @@
 //! HTTP answer (the client expects a TLS server): it is audited and the
 //! connection closed.
 
-use super::connect::ConnSlot;
+use super::connect::{admit, note_principal, Admitted, ConnSlot};
 use super::error::{Code, Deny};
 use super::intercept::intercept;
 use super::limits::TunnelSlot;
 use super::refuse::refuse;
 use super::relay::relay;
 use super::state::State;
-use super::tunnel::{upstream_authority, TunnelCx};
 use super::upstream::UpstreamClient;
 use super::workers::Workers;
 use crate::audit::{Event, EventKind, Outcome};
 use crate::metrics::GaugeGuard;
-use crate::policy::{self, Route};
+use crate::policy;
 use crate::sniff::{sniff, Sniffed};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::io;
@@ -151,10 +150,10 @@ async fn serve(
                         slot,
                     );
                     match plan {
-                        Plan::Tunnel(upstream) => {
+                        Admitted::Tunnel(upstream) => {
                             relay(io, upstream, state.limits.idle_timeout.0).await;
                         }
-                        Plan::Intercept(cx) => intercept(cx, io).await,
+                        Admitted::Intercept(cx) => intercept(cx, io).await,
                     }
                 }
                 Err(deny) => record(&state, &deny, ev),
@@ -194,12 +193,6 @@ async fn read_sniff(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Sniffed {
     }
 }
 
-/// What an allowed connection becomes, with the slots it holds.
-enum Plan {
-    Tunnel(TcpStream),
-    Intercept(Arc<TunnelCx>),
-}
-
 /// The CONNECT's decision for `host:port` as `agent` (the caller records a
 /// refusal before it closes the connection, so the audit line is there first).
 async fn decide(
@@ -209,7 +202,7 @@ async fn decide(
     agent: &str,
     ev: &mut Event,
     client: UpstreamClient,
-) -> Result<(Plan, TunnelSlot), Deny> {
+) -> Result<(Admitted, TunnelSlot), Deny> {
     let host = policy::canonical_host(sni)
         .ok_or_else(|| Deny::new(Code::BadRequest, "the SNI is not a valid host name"))?;
     ev.host = Some(host.clone());
@@ -222,48 +215,8 @@ async fn decide(
             "proxy.transparent_agent names no agent (removed?)",
         )
     })?;
-    ev.agent = Some(principal.agent.id.clone());
-    ev.owner = principal.owner().map(str::to_string);
-    ev.builder = principal.builder().map(str::to_string);
-    ev.chain = principal.chain_name().map(str::to_string);
-    // SECURITY: the same egress decision as a CONNECT to host:port.
-    let route = runtime.policy.route(&host, port)?;
-    let slot = state
-        .limiter
-        .open_tunnel(&principal.agent.id, state.limits.max_connections_per_agent)?;
-    state.rate_check(&principal.agent.id)?;
-    match route {
-        Route::Tunnel => {
-            let upstream = state
-                .dialer
-                .connect(&host, port)
-                .await
-                .map_err(|e| e.deny())?;
-            ev.event = EventKind::Tunnel;
-            ev.outcome = Outcome::Allowed;
-            ev.status = Some(200);
-            // SECURITY: fail closed: no audit line, no tunnel.
-            state.audit.record(ev.clone()).map_err(|_| {
-                Deny::new(Code::AuditUnavailable, "the audit log cannot be written")
-            })?;
-            Ok((Plan::Tunnel(upstream), slot))
-        }
-        Route::Intercept(_) => {
-            let authority = upstream_authority(&host, port)
-                .ok_or_else(|| Deny::new(Code::BadRequest, "invalid SNI host"))?;
-            let cx = Arc::new(TunnelCx {
-                state: state.clone(),
-                agent_id: principal.agent.id.clone(),
-                run_id: None,
-                expires: None,
-                host,
-                port,
-                authority,
-                client,
-            });
-            Ok((Plan::Intercept(cx), slot))
-        }
-    }
+    note_principal(ev, &principal);
+    admit(state, &principal, host, port, ev, client).await
 }
 
 /// Plain HTTP on the transparent path: every request is refused (§6: never a
