@@ -147,19 +147,14 @@ pub async fn put(
         hosts: body.hosts.unwrap_or_default(),
         rotate_every,
     };
-    let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
-    let (meta, undo) = blocking(move || {
-        let change = Change::SetSecret {
-            scope: sc,
-            name: nm,
-            value,
-            kind,
-            options: opts,
-        };
-        let (applied, undo) = st.vault.apply(change)?;
-        Ok((applied.into_meta()?, undo))
-    })
-    .await?;
+    let change = Change::SetSecret {
+        scope: scope.to_string(),
+        name: name.to_string(),
+        value,
+        kind,
+        options: opts,
+    };
+    let (meta, undo) = apply(state, change).await?;
     // Decided inside the vault's locked write, so two concurrent PUTs of a new
     // name are one `secret_set` and one `secret_rotate`.
     let replaced = undo.replaced();
@@ -168,12 +163,7 @@ pub async fn put(
     } else {
         (EventKind::SecretSet, StatusCode::CREATED)
     };
-    let mut ev = caller.event(event, Outcome::Allowed, status);
-    ev.secret = Some(meta.name.clone());
-    ev.scope = Some(meta.scope.clone());
-    ev.version = Some(meta.version);
-    audit_or_undo(state, ev, undo).await?;
-    refresh(state);
+    audit_change(state, caller, (event, status), &meta, undo).await?;
     tracing::info!(scope = %meta.scope, name = %meta.name, version = meta.version, actor = ?caller.actor, "{event} via admin API");
     Ok(Stored { meta, replaced })
 }
@@ -186,26 +176,13 @@ pub async fn delete(
     name: &str,
 ) -> Result<RecordMeta, Deny> {
     get(state, scope, name)?;
-    let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
-    let (meta, undo) = blocking(move || {
-        let change = Change::RemoveSecret {
-            scope: sc,
-            name: nm,
-        };
-        let (applied, undo) = st.vault.apply(change)?;
-        Ok((applied.into_meta()?, undo))
-    })
-    .await?;
-    let mut ev = caller.event(
-        EventKind::SecretRm,
-        Outcome::Allowed,
-        StatusCode::NO_CONTENT,
-    );
-    ev.secret = Some(meta.name.clone());
-    ev.scope = Some(meta.scope.clone());
-    ev.version = Some(meta.version);
-    audit_or_undo(state, ev, undo).await?;
-    refresh(state);
+    let change = Change::RemoveSecret {
+        scope: scope.to_string(),
+        name: name.to_string(),
+    };
+    let (meta, undo) = apply(state, change).await?;
+    let done = (EventKind::SecretRm, StatusCode::NO_CONTENT);
+    audit_change(state, caller, done, &meta, undo).await?;
     tracing::info!(scope = %meta.scope, name = %meta.name, actor = ?caller.actor, "secret_rm via admin API");
     Ok(meta)
 }
@@ -221,23 +198,14 @@ pub async fn describe(
 ) -> Result<RecordMeta, Deny> {
     get(state, scope, name)?;
     let description = description.filter(|d| !d.is_empty());
-    let (st, sc, nm) = (state.clone(), scope.to_string(), name.to_string());
-    let (meta, undo) = blocking(move || {
-        let change = Change::DescribeSecret {
-            scope: sc,
-            name: nm,
-            description,
-        };
-        let (applied, undo) = st.vault.apply(change)?;
-        Ok((applied.into_meta()?, undo))
-    })
-    .await?;
-    let mut ev = caller.event(EventKind::SecretDescribe, Outcome::Allowed, StatusCode::OK);
-    ev.secret = Some(meta.name.clone());
-    ev.scope = Some(meta.scope.clone());
-    ev.version = Some(meta.version);
-    audit_or_undo(state, ev, undo).await?;
-    refresh(state);
+    let change = Change::DescribeSecret {
+        scope: scope.to_string(),
+        name: name.to_string(),
+        description,
+    };
+    let (meta, undo) = apply(state, change).await?;
+    let done = (EventKind::SecretDescribe, StatusCode::OK);
+    audit_change(state, caller, done, &meta, undo).await?;
     tracing::info!(scope = %meta.scope, name = %meta.name, actor = ?caller.actor, "secret_describe via admin API");
     Ok(meta)
 }
@@ -263,34 +231,44 @@ pub async fn clone_to(
             format!("scope {to} already has a secret {name}"),
         ));
     }
-    let (st, nm, fr, t) = (
-        state.clone(),
-        name.to_string(),
-        from.to_string(),
-        to.to_string(),
-    );
-    let (meta, undo) = blocking(move || {
-        let change = Change::CloneSecret {
-            name: nm,
-            from: fr,
-            to: t,
-        };
+    let change = Change::CloneSecret {
+        name: name.to_string(),
+        from: from.to_string(),
+        to: to.to_string(),
+    };
+    let (meta, undo) = apply(state, change).await?;
+    let done = (EventKind::SecretClone, StatusCode::CREATED);
+    audit_change(state, caller, done, &meta, undo).await?;
+    tracing::info!(from = %from, to = %meta.scope, name = %meta.name, actor = ?caller.actor, "secret_clone via admin console");
+    Ok(meta)
+}
+
+/// Makes one vault change off the executor: the record it left and its undo.
+async fn apply(state: &Arc<State>, change: Change) -> Result<(RecordMeta, Undo), Deny> {
+    let st = state.clone();
+    blocking(move || {
         let (applied, undo) = st.vault.apply(change)?;
         Ok((applied.into_meta()?, undo))
     })
-    .await?;
-    let mut ev = caller.event(
-        EventKind::SecretClone,
-        Outcome::Allowed,
-        StatusCode::CREATED,
-    );
+    .await
+}
+
+/// The audit line of a secret change (`done`: its event and the status
+/// answered), or the change taken back; then the proxy sees the new vault.
+async fn audit_change(
+    state: &Arc<State>,
+    caller: &Caller,
+    done: (EventKind, StatusCode),
+    meta: &RecordMeta,
+    undo: Undo,
+) -> Result<(), Deny> {
+    let mut ev = caller.event(done.0, Outcome::Allowed, done.1);
     ev.secret = Some(meta.name.clone());
     ev.scope = Some(meta.scope.clone());
     ev.version = Some(meta.version);
     audit_or_undo(state, ev, undo).await?;
     refresh(state);
-    tracing::info!(from = %from, to = %meta.scope, name = %meta.name, actor = ?caller.actor, "secret_clone via admin console");
-    Ok(meta)
+    Ok(())
 }
 
 /// Records the audit line for a secret change, or takes the change back.
