@@ -54,6 +54,14 @@ fn config(pg: &Pg, schema: &str, dir: &std::path::Path) -> Config {
     Config::parse(&text, "<test>").unwrap()
 }
 
+/// A cluster for one test, a temp dir and a store config on schema `keyward`.
+fn pg_config(name: &str) -> Option<(Pg, tempfile::TempDir, Config)> {
+    let pg = Pg::start(name)?;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(&pg, "keyward", dir.path());
+    Some((pg, dir, cfg))
+}
+
 fn set(v: &dyn Store, scope: &str, name: &str, value: &str) -> Result<u32, VaultError> {
     let change = Change::SetSecret {
         scope: scope.into(),
@@ -199,11 +207,9 @@ async fn a_secret_set_on_one_replica_is_injected_by_the_other_within_a_second_an
 
 #[test]
 fn concurrent_rotations_through_two_replicas_lose_no_update() {
-    let Some(pg) = Pg::start("store_pg::concurrent_rotations") else {
+    let Some((pg, _dir, cfg)) = pg_config("store_pg::concurrent_rotations") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&pg, "keyward", dir.path());
     let a = open_store(&cfg).unwrap();
     let b = open_store(&cfg).unwrap();
     set(&*a, "platform", "K", "initial-value-0").unwrap();
@@ -253,11 +259,9 @@ fn agent(id: &str) -> AgentRecord {
 
 #[test]
 fn a_create_only_agent_under_a_race_has_exactly_one_winner() {
-    let Some(pg) = Pg::start("store_pg::agent_race") else {
+    let Some((pg, _dir, cfg)) = pg_config("store_pg::agent_race") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&pg, "keyward", dir.path());
     let stores: Vec<Arc<dyn Store>> = (0..4).map(|_| open_store(&cfg).unwrap()).collect();
     for round in 0..5 {
         let id = format!("racer-{round}");
@@ -322,11 +326,9 @@ fn replicas_starting_together_share_one_schema_and_one_data_key() {
 
 #[test]
 fn a_pg_dump_holds_no_value_in_any_encoding() {
-    let Some(pg) = Pg::start("store_pg::dump_leak") else {
+    let Some((pg, _dir, cfg)) = pg_config("store_pg::dump_leak") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&pg, "keyward", dir.path());
     let store = open_store(&cfg).unwrap();
     let canary = common::canary();
     set(&*store, "platform", "OPENAI_API_KEY", &canary).unwrap();
@@ -350,11 +352,9 @@ fn a_pg_dump_holds_no_value_in_any_encoding() {
 
 #[test]
 fn an_edited_row_fails_to_open_and_a_running_replica_keeps_its_last_good_snapshot() {
-    let Some(pg) = Pg::start("store_pg::tamper") else {
+    let Some((pg, _dir, cfg)) = pg_config("store_pg::tamper") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&pg, "keyward", dir.path());
     let running = open_store(&cfg).unwrap();
     set(&*running, "platform", "K", "the-real-value-0123456789").unwrap();
     set(&*running, "agent:bob", "K", "bob-value-0123456789").unwrap();
@@ -656,11 +656,9 @@ fn a_wrong_password_or_a_database_that_is_down_is_one_line_exit_1_without_the_pa
 
 #[test]
 fn undo_puts_the_sealed_row_back_and_never_overwrites_a_later_change() {
-    let Some(pg) = Pg::start("store_pg::undo") else {
+    let Some((pg, _dir, cfg)) = pg_config("store_pg::undo") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&pg, "keyward", dir.path());
     let a = open_store(&cfg).unwrap();
     let b = open_store(&cfg).unwrap();
     set(&*a, "platform", "K", "first-value-0123456789").unwrap();
@@ -717,11 +715,9 @@ fn undo_puts_the_sealed_row_back_and_never_overwrites_a_later_change() {
 
 #[test]
 fn a_replica_serves_its_last_snapshot_while_the_database_is_down_and_catches_up_after() {
-    let Some(pg) = Pg::start("store_pg::db_down") else {
+    let Some((pg, _dir, cfg)) = pg_config("store_pg::db_down") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&pg, "keyward", dir.path());
     let a = open_store(&cfg).unwrap();
     let b = open_store(&cfg).unwrap();
     set(&*a, "platform", "K", "before-the-outage-0123456789").unwrap();
@@ -1052,11 +1048,9 @@ fn set_change(name: &str, value: &str) -> Change {
 
 #[test]
 fn a_batch_is_one_transaction_all_or_nothing_and_undone_as_one() {
-    let Some(pg) = Pg::start("store_pg::batch") else {
+    let Some((pg, _dir, cfg)) = pg_config("store_pg::batch") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&pg, "keyward", dir.path());
     let a = open_store(&cfg).unwrap();
     let b = open_store(&cfg).unwrap();
     let gen = || pg.sql("SELECT generation FROM keyward.meta");
@@ -1231,11 +1225,9 @@ async fn concurrent_requests_on_two_replicas_make_one_token_call_and_share_the_t
 
 #[test]
 fn a_description_only_change_is_stored_in_postgres_with_the_same_value_and_version() {
-    let Some(pg) = Pg::start("store_pg::describe") else {
+    let Some((_pg, _dir, cfg)) = pg_config("store_pg::describe") else {
         return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = config(&pg, "keyward", dir.path());
     let a = open_store(&cfg).unwrap();
     assert_eq!(set(&*a, "platform", "K", "described-value-0").unwrap(), 1);
     let change = Change::DescribeSecret {

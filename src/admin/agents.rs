@@ -12,7 +12,7 @@ use crate::body::Body;
 use crate::config::{valid_agent_id, valid_secret_name};
 use crate::proxy::error::{Code, Deny};
 use crate::proxy::state::State;
-use crate::vault::{AgentRecord, Change};
+use crate::vault::{AgentRecord, Change, Undo};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -108,21 +108,54 @@ pub async fn create(state: &Arc<State>, caller: &Caller, body: NewAgent) -> Resu
     // The check above is the fast path; `add_agent` repeats it inside the
     // vault's locked write, so of two concurrent creations only one succeeds.
     let (_, undo) = blocking(move || Ok(st.vault.apply(Change::AddAgent(record))?)).await?;
-    let mut ev = caller.event(EventKind::AgentAdd, Outcome::Allowed, StatusCode::CREATED);
-    ev.agent = Some(body.id.clone());
-    ev.chain = body.chain.clone();
-    ev.owner = body.owner.clone();
-    ev.builder = body.builder.clone();
-    if let Err(e) = record_change(state, ev) {
-        // SECURITY: fail closed: an agent whose creation is not audited is rolled back.
-        let st = state.clone();
-        let _ = blocking(move || Ok(st.vault.undo(undo)?)).await;
-        refresh(state);
-        return Err(e);
-    }
-    refresh(state);
+    let who = Who {
+        id: &body.id,
+        chain: &body.chain,
+        owner: &body.owner,
+        builder: &body.builder,
+    };
+    audit_or_undo(
+        state,
+        caller,
+        (EventKind::AgentAdd, StatusCode::CREATED),
+        who,
+        undo,
+    )
+    .await?;
     tracing::info!(agent = %body.id, actor = ?caller.actor, "agent_add via admin API");
     Ok(Created { id: body.id, token })
+}
+
+/// The agent an `agent_add`/`agent_rm` line is about.
+struct Who<'a> {
+    id: &'a str,
+    chain: &'a Option<String>,
+    owner: &'a Option<String>,
+    builder: &'a Option<String>,
+}
+
+/// Writes the audit line of an applied agent change, or takes the change back.
+async fn audit_or_undo(
+    state: &Arc<State>,
+    caller: &Caller,
+    (kind, status): (EventKind, StatusCode),
+    who: Who<'_>,
+    undo: Undo,
+) -> Result<(), Deny> {
+    let mut ev = caller.event(kind, Outcome::Allowed, status);
+    ev.agent = Some(who.id.to_string());
+    ev.chain = who.chain.clone();
+    ev.owner = who.owner.clone();
+    ev.builder = who.builder.clone();
+    let recorded = record_change(state, ev);
+    if recorded.is_err() {
+        // SECURITY: fail closed: an agent change that is not on record (a creation
+        // or a removal) is taken back, so the trail never misses who could act when.
+        let st = state.clone();
+        let _ = blocking(move || Ok(st.vault.undo(undo)?)).await;
+    }
+    refresh(state);
+    recorded
 }
 
 /// One row of the agent list: from the config file or registered in the vault.
@@ -190,20 +223,20 @@ pub async fn remove(state: &Arc<State>, caller: &Caller, id: &str) -> Result<(),
     if !matches!(applied, crate::vault::Applied::Agent(Some(_))) {
         return Err(Deny::new(Code::NotFound, format!("no agent {id:?}")));
     }
-    let mut ev = caller.event(EventKind::AgentRm, Outcome::Allowed, StatusCode::OK);
-    ev.agent = Some(record.id.clone());
-    ev.chain = record.chain.clone();
-    ev.owner = record.owner.clone();
-    ev.builder = record.builder.clone();
-    if let Err(e) = record_change(state, ev) {
-        // SECURITY: fail closed: a removal that is not on record is taken back, so the
-        // trail never misses who could act when.
-        let st = state.clone();
-        let _ = blocking(move || Ok(st.vault.undo(undo)?)).await;
-        refresh(state);
-        return Err(e);
-    }
-    refresh(state);
+    let who = Who {
+        id: &record.id,
+        chain: &record.chain,
+        owner: &record.owner,
+        builder: &record.builder,
+    };
+    audit_or_undo(
+        state,
+        caller,
+        (EventKind::AgentRm, StatusCode::OK),
+        who,
+        undo,
+    )
+    .await?;
     tracing::info!(agent = %id, actor = ?caller.actor, "agent_rm via admin console");
     Ok(())
 }

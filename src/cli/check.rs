@@ -59,18 +59,7 @@ pub fn run(path: Option<&Path>) -> Result<u8, CliError> {
                     cfg.vault.path.display(),
                     records.len()
                 );
-                for p in policy.providers() {
-                    let referenced = cfg
-                        .chains
-                        .iter()
-                        .any(|c| c.secrets.iter().flatten().any(|s| *s == p.secret));
-                    if referenced && !records.iter().any(|r| r.name == p.secret) {
-                        println!(
-                            "warning: {} is used by a chain but has no value in any scope",
-                            p.secret
-                        );
-                    }
-                }
+                warn_unset(&cfg, &policy, &records);
             }
             Err(e) => {
                 println!("error: {e}");
@@ -105,23 +94,28 @@ fn check_postgres(cfg: &Config, policy: &Policy) -> u8 {
                 records.len(),
                 store.snapshot().agents().len()
             );
-            for p in policy.providers() {
-                let referenced = cfg
-                    .chains
-                    .iter()
-                    .any(|c| c.secrets.iter().flatten().any(|s| *s == p.secret));
-                if referenced && !records.iter().any(|r| r.name == p.secret) {
-                    println!(
-                        "warning: {} is used by a chain but has no value in any scope",
-                        p.secret
-                    );
-                }
-            }
+            warn_unset(cfg, policy, &records);
             0
         }
         Err(e) => {
             println!("error: {e}");
             1
+        }
+    }
+}
+
+/// Warns about each provider secret a chain uses that has no value in any scope.
+fn warn_unset(cfg: &Config, policy: &Policy, records: &[crate::vault::RecordMeta]) {
+    for p in policy.providers() {
+        let referenced = cfg
+            .chains
+            .iter()
+            .any(|c| c.secrets.iter().flatten().any(|s| *s == p.secret));
+        if referenced && !records.iter().any(|r| r.name == p.secret) {
+            println!(
+                "warning: {} is used by a chain but has no value in any scope",
+                p.secret
+            );
         }
     }
 }

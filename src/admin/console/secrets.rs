@@ -272,6 +272,22 @@ fn target(state: &State, scope: &str, name: &str) -> Result<RecordMeta, Deny> {
     api::get(state, scope, name)
 }
 
+/// `GET` of a row action's form (`?scope=&name=`): the manage permission, the
+/// secret, and the page titled "VERB name" around `markup`.
+fn row_form(
+    state: &Arc<State>,
+    p: &Page,
+    caller: &Caller,
+    q: &[(String, String)],
+    verb: &str,
+    markup: impl FnOnce(&RecordMeta) -> Markup,
+) -> PageResult {
+    p.require(state, Permission::SecretsManage, caller)?;
+    let m = target(state, param(q, "scope"), param(q, "name"))?;
+    let title = format!("{verb} {}", m.name);
+    Ok(html_response(StatusCode::OK, page(p, &title, markup(&m))))
+}
+
 fn edit_markup(p: &Page, m: &RecordMeta, description: &str, errors: &Errors) -> Markup {
     html! {
         (form_error(errors))
@@ -297,14 +313,10 @@ pub fn edit_form(
     caller: &Caller,
     q: &[(String, String)],
 ) -> PageResult {
-    p.require(state, Permission::SecretsManage, caller)?;
-    let m = target(state, param(q, "scope"), param(q, "name"))?;
-    let title = format!("Edit {}", m.name);
-    let desc = m.description.clone().unwrap_or_default();
-    Ok(html_response(
-        StatusCode::OK,
-        page(p, &title, edit_markup(p, &m, &desc, &Errors::default())),
-    ))
+    row_form(state, p, caller, q, "Edit", |m| {
+        let desc = m.description.clone().unwrap_or_default();
+        edit_markup(p, m, &desc, &Errors::default())
+    })
 }
 
 /// `POST /ui/secrets/edit`: a new value (version + 1) and/or description. With
@@ -392,13 +404,9 @@ pub fn clone_form(
     caller: &Caller,
     q: &[(String, String)],
 ) -> PageResult {
-    p.require(state, Permission::SecretsManage, caller)?;
-    let m = target(state, param(q, "scope"), param(q, "name"))?;
-    let title = format!("Clone {}", m.name);
-    Ok(html_response(
-        StatusCode::OK,
-        page(p, &title, clone_markup(p, &m, "", &Errors::default())),
-    ))
+    row_form(state, p, caller, q, "Clone", |m| {
+        clone_markup(p, m, "", &Errors::default())
+    })
 }
 
 /// `POST /ui/secrets/clone`.
@@ -458,13 +466,9 @@ pub fn delete_form(
     caller: &Caller,
     q: &[(String, String)],
 ) -> PageResult {
-    p.require(state, Permission::SecretsManage, caller)?;
-    let m = target(state, param(q, "scope"), param(q, "name"))?;
-    let title = format!("Delete {}", m.name);
-    Ok(html_response(
-        StatusCode::OK,
-        page(p, &title, delete_markup(p, &m, &Errors::default())),
-    ))
+    row_form(state, p, caller, q, "Delete", |m| {
+        delete_markup(p, m, &Errors::default())
+    })
 }
 
 /// `POST /ui/secrets/delete`: only when the typed name matches.
