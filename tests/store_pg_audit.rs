@@ -2,7 +2,11 @@
 //! throwaway cluster (`common::pg`): two replicas each keep their own chain in
 //! one database, verify proves both complete and the merged history holds the
 //! lines of both; an edited, deleted (middle or tail) or reordered row makes
-//! verify name the replica and the seq.
+//! verify name the replica and the seq. CLI writers (`secret set|rotate|rm|import`,
+//! `agent add|rm`) write chains of their own that verify covers, and a database
+//! that refuses the line undoes the change; `audit tail` and `--follow` read every
+//! chain; `store import --audit` copies a verified file chain and refuses a
+//! tampered one.
 
 mod common;
 
