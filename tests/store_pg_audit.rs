@@ -2,7 +2,11 @@
 //! throwaway cluster (`common::pg`): two replicas each keep their own chain in
 //! one database, verify proves both complete and the merged history holds the
 //! lines of both; an edited, deleted (middle or tail) or reordered row makes
-//! verify name the replica and the seq.
+//! verify name the replica and the seq. CLI writers (`secret set|rotate|rm|import`,
+//! `agent add|rm`) write chains of their own that verify covers, and a database
+//! that refuses the line undoes the change; `audit tail` and `--follow` read every
+//! chain; `store import --audit` copies a verified file chain and refuses a
+//! tampered one.
 
 mod common;
 
@@ -352,4 +356,206 @@ async fn database_down_under_traffic_spools_then_drains_in_order() {
     assert!(at("/before") < at("/during/0"));
     assert!(at("/during/0") < at("/during/1") && at("/during/1") < at("/during/2"));
     assert!(at("/during/2") < at("/after/0"));
+}
+
+/// The chains `audit verify` reports, as (replica, lines); fails on a tampered one.
+fn verified_chains(cli: &common::cli::CliEnv) -> Vec<(String, u64)> {
+    let out = cli.ok(&["audit", "verify"], None);
+    out.lines()
+        .map(|l| {
+            let rest = l
+                .strip_prefix("ok: replica ")
+                .unwrap_or_else(|| panic!("{out}"));
+            let (replica, n) = rest.split_once(": ").unwrap();
+            let n = n.split(' ').next().unwrap().parse().unwrap();
+            (replica.to_string(), n)
+        })
+        .collect()
+}
+
+#[test]
+fn cli_writers_audit_into_chains_of_their_own_and_undo_what_the_database_refuses() {
+    let Some(pg) = Pg::start("cli_writers_audit_into_chains_of_their_own") else {
+        return;
+    };
+    let cli = cli_on(&pg);
+    cli.ok(&["secret", "set", "API_KEY"], Some(b"value-one-0123456789"));
+    cli.ok(
+        &["secret", "rotate", "API_KEY"],
+        Some(b"value-two-0123456789"),
+    );
+    cli.ok(&["agent", "add", "bot-1"], None);
+    cli.ok(
+        &["secret", "import"],
+        Some(b"{\"name\":\"A_KEY\",\"value\":\"import-a-0123456789\"}\n{\"name\":\"B_KEY\",\"value\":\"import-b-0123456789\"}\n"),
+    );
+    cli.ok(&["agent", "rm", "bot-1"], None);
+    cli.ok(&["secret", "rm", "A_KEY"], None);
+    // A command refused before it changes anything leaves no chain.
+    cli.user_error(&["agent", "rm", "nobody-here"], None);
+
+    let chains = verified_chains(&cli);
+    assert_eq!(chains.len(), 6, "one chain per writing command: {chains:?}");
+    assert!(
+        chains.iter().all(|(r, _)| r.starts_with("cli-")),
+        "{chains:?}"
+    );
+    let mut sizes: Vec<u64> = chains.iter().map(|c| c.1).collect();
+    sizes.sort();
+    assert_eq!(sizes, [1, 1, 1, 1, 1, 2], "{chains:?}");
+    let out = cli.ok(&["audit", "query", "--json"], None);
+    let events: Vec<String> = out
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["event"].to_string())
+        .collect();
+    for kind in [
+        "secret_set",
+        "secret_rotate",
+        "agent_add",
+        "agent_rm",
+        "secret_rm",
+    ] {
+        assert!(
+            events.contains(&format!("\"{kind}\"")),
+            "{kind}: {events:?}"
+        );
+    }
+    assert_eq!(events.len(), 7, "{events:?}");
+    // The file of `[audit] path` mirrors the same lines.
+    assert_eq!(cli.audit().len(), 7);
+    let dump = String::from_utf8_lossy(&pg.dump()).to_string();
+    assert!(!dump.contains("value-two-0123456789") && !dump.contains("import-b-0123456789"));
+
+    // The database refuses the audit line: the change is undone, exit 2.
+    pg.sql(&format!(
+        "CREATE FUNCTION {SCHEMA}.refuse() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'audit refused by the test'; END $$; \
+         CREATE TRIGGER refuse BEFORE INSERT ON {SCHEMA}.audit \
+         FOR EACH ROW EXECUTE FUNCTION {SCHEMA}.refuse()"
+    ));
+    let got = cli.run(
+        &["secret", "set", "NEW_KEY"],
+        Some(b"never-stored-0123456789"),
+    );
+    let err = String::from_utf8_lossy(&got.stderr).to_string();
+    assert_eq!(got.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("audit refused by the test") && err.contains("undone"),
+        "{err}"
+    );
+    let got = cli.run(&["agent", "add", "bot-2"], None);
+    assert_eq!(got.status.code(), Some(2));
+    assert!(got.stdout.is_empty(), "no token for an unaudited agent");
+    let list = cli.ok(&["secret", "list"], None);
+    assert!(
+        !list.contains("NEW_KEY") && list.contains("B_KEY"),
+        "{list}"
+    );
+    assert!(!cli.ok(&["agent", "list"], None).contains("bot-2"));
+    pg.sql(&format!("DROP TRIGGER refuse ON {SCHEMA}.audit"));
+    assert_eq!(verified_chains(&cli).len(), 6, "no half-written chain");
+}
+
+#[test]
+fn tail_reads_every_chain_and_follow_prints_new_lines() {
+    let Some((pg, _dir, cfg, rt)) = setup("tail_reads_every_chain_and_follow") else {
+        return;
+    };
+    let _p = two_replicas(&rt, &cfg, 4);
+    let cli = cli_on(&pg);
+    let out = cli.ok(&["audit", "tail", "-n", "3", "--json"], None);
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines
+        .windows(2)
+        .all(|w| w[0]["ts"].as_str() <= w[1]["ts"].as_str()));
+    let all = cli.ok(&["audit", "tail", "-n", "100"], None);
+    assert_eq!(all.lines().count(), 1 + 8, "header + every line: {all}");
+    assert!(all.contains("alpha") && all.contains("beta"), "{all}");
+
+    // --follow: lines written after it started, from a replica and a CLI writer.
+    let mut c = cli.cmd(&["audit", "tail", "-n", "1", "--follow", "--json"]);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .stdin(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                return;
+            }
+        }
+    });
+    let bound = std::time::Duration::from_secs(30);
+    // The last line already there comes first: the follower has its snapshot.
+    let last = rx.recv_timeout(bound).unwrap();
+    assert!(last.contains("/v1/3"), "{last}");
+    rt.block_on(async {
+        let a = PgAudit::register(pool(&cfg), SCHEMA, "r1").await.unwrap();
+        a.record(ev("alpha", 100)).await.unwrap();
+    });
+    cli.ok(
+        &["secret", "set", "FOLLOW_KEY"],
+        Some(b"follow-value-0123456789"),
+    );
+    let first: serde_json::Value = serde_json::from_str(&rx.recv_timeout(bound).unwrap()).unwrap();
+    let second: serde_json::Value = serde_json::from_str(&rx.recv_timeout(bound).unwrap()).unwrap();
+    // SAFETY: kill(2) on the child this test spawned.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    assert_eq!(first["path"], "/v1/100", "{first}");
+    assert_eq!(second["event"], "secret_set", "{second}");
+    assert_eq!(second["secret"], "FOLLOW_KEY", "{second}");
+}
+
+#[test]
+fn store_import_copies_a_verified_file_chain_and_refuses_a_tampered_one() {
+    let Some(pg) = Pg::start("store_import_copies_a_verified_file_chain") else {
+        return;
+    };
+    let file = common::cli::CliEnv::new();
+    file.ok(
+        &["secret", "set", "API_KEY"],
+        Some(b"file-value-0123456789"),
+    );
+    file.ok(
+        &["secret", "rotate", "API_KEY"],
+        Some(b"file-value-9876543210"),
+    );
+    let log = file.path("data/audit.jsonl");
+    let cli = cli_on(&pg);
+    cli.ok(&["store", "init"], None);
+    let out = cli.ok(&["store", "import", "--audit", log.to_str().unwrap()], None);
+    assert!(out.contains("imported 2 audit lines"), "{out}");
+    let chains = verified_chains(&cli);
+    assert_eq!(chains.len(), 1, "{chains:?}");
+    assert!(
+        chains[0].0.starts_with("import-audit.jsonl-") && chains[0].1 == 2,
+        "{chains:?}"
+    );
+    // The same bytes: the file's head is the chain's head.
+    let file_head = file.ok(&["audit", "verify"], None);
+    let head = file_head.trim().rsplit(' ').next().unwrap().to_string();
+    assert!(cli.ok(&["audit", "verify"], None).contains(&head));
+    let q = cli.ok(
+        &["audit", "query", "--json", "--event", "secret_rotate"],
+        None,
+    );
+    assert_eq!(q.lines().count(), 1, "{q}");
+
+    // A tampered file is refused, naming the line; nothing is copied.
+    let text = std::fs::read_to_string(&log).unwrap();
+    std::fs::write(&log, text.replacen("secret_set", "secret_rm", 1)).unwrap();
+    let err = cli.user_error(&["store", "import", "--audit", log.to_str().unwrap()], None);
+    assert!(
+        err.contains("line 1") && err.contains("nothing was imported"),
+        "{err}"
+    );
+    assert_eq!(verified_chains(&cli).len(), 1);
 }

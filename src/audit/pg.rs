@@ -5,7 +5,9 @@
 //! them with one multi-row statement, move the head. [`verify_pg`] proves each
 //! chain complete (seq contiguous from 1, hashes chain, the registered head is
 //! the last row) and names the replica and seq that break it; [`lines_pg`]
-//! merges the chains by time for query/export.
+//! merges the chains by time for query/export, [`tail_pg`] and [`PgFollower`]
+//! for tail. [`PgSink`] is the writer's handle: `serve` with a spool, the CLI
+//! writers without one (a chain per command run).
 //!
 //! The pool is handed in (built by whoever owns `[store]`): audit imports no
 //! other keyward module but leaves.
@@ -21,6 +23,9 @@ pub struct PgAudit {
     pool: Pool,
     schema: String,
     replica: String,
+    /// The chain's `audit_replicas` row exists (else the first append adds it,
+    /// in its own transaction, so a command that writes nothing leaves no chain).
+    registered: std::sync::atomic::AtomicBool,
 }
 
 /// The error of a database step, naming the replica (never a credential: the
@@ -29,6 +34,14 @@ fn db(replica: &str, step: &str, e: impl std::fmt::Display) -> AuditError {
     AuditError::Db {
         what: format!("replica {replica}"),
         message: format!("{step}: {e}"),
+    }
+}
+
+/// A pool that could not hand out a connection: the driver's cause when it has one.
+fn pool_err(replica: &str, e: deadpool_postgres::PoolError) -> AuditError {
+    match &e {
+        deadpool_postgres::PoolError::Backend(be) => db(replica, "connect", describe(be)),
+        _ => db(replica, "connect", e),
     }
 }
 
@@ -50,7 +63,7 @@ impl PgAudit {
     /// Registers `replica` (once; a restart continues its chain) in an already
     /// migrated `schema`.
     pub async fn register(pool: Pool, schema: &str, replica: &str) -> Result<PgAudit, AuditError> {
-        let c = pool.get().await.map_err(|e| db(replica, "connect", e))?;
+        let c = pool.get().await.map_err(|e| pool_err(replica, e))?;
         c.execute(
             &format!(
                 "INSERT INTO {schema}.audit_replicas (replica, head_seq, head_hash) \
@@ -64,6 +77,21 @@ impl PgAudit {
             pool,
             schema: schema.to_string(),
             replica: replica.to_string(),
+            registered: true.into(),
+        })
+    }
+
+    /// A chain registered by its first append (`keyward secret set` and the other
+    /// CLI writers: one chain per command run, none for a command that failed
+    /// before writing). Connects now, so an unreachable database fails the
+    /// command before it changes anything.
+    pub async fn lazy(pool: Pool, schema: &str, replica: &str) -> Result<PgAudit, AuditError> {
+        drop(pool.get().await.map_err(|e| pool_err(replica, e))?);
+        Ok(PgAudit {
+            pool,
+            schema: schema.to_string(),
+            replica: replica.to_string(),
+            registered: false.into(),
         })
     }
 
@@ -89,9 +117,21 @@ impl PgAudit {
         for ev in events.iter_mut().filter(|ev| ev.ts.is_empty()) {
             ev.ts.clone_from(&ts);
         }
-        let mut c = self.pool.get().await.map_err(|e| db(r, "connect", e))?;
+        let mut c = self.pool.get().await.map_err(|e| pool_err(r, e))?;
         let err = |e: tokio_postgres::Error| db(r, "append", describe(&e));
         let tx = c.transaction().await.map_err(err)?;
+        let registered = self.registered.load(std::sync::atomic::Ordering::Acquire);
+        if !registered {
+            tx.execute(
+                &format!(
+                    "INSERT INTO {s}.audit_replicas (replica, head_seq, head_hash) \
+                     VALUES ($1, 0, $2) ON CONFLICT (replica) DO NOTHING"
+                ),
+                &[r, &GENESIS_HASH],
+            )
+            .await
+            .map_err(err)?;
+        }
         // SECURITY: the head row is locked for the whole batch, so two writers
         // with the same replica id cannot fork its chain; other replicas' rows
         // are never touched (no cross-replica lock on the hot path).
@@ -141,6 +181,10 @@ impl PgAudit {
         .await
         .map_err(err)?;
         tx.commit().await.map_err(err)?;
+        if !registered {
+            self.registered
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         Ok(hashes)
     }
 }
@@ -158,7 +202,7 @@ pub struct ChainReport {
 
 /// Checks every registered chain (see the module doc).
 pub async fn verify_pg(pool: &Pool, schema: &str) -> Result<Vec<ChainReport>, AuditError> {
-    let c = pool.get().await.map_err(|e| db("*", "connect", e))?;
+    let c = pool.get().await.map_err(|e| pool_err("*", e))?;
     let err = |e: tokio_postgres::Error| db("*", "verify", describe(&e));
     let heads = c
         .query(
@@ -235,8 +279,8 @@ fn check_row(
 }
 
 /// Every stored line, the chains merged by time (then replica, seq).
-pub async fn lines_pg(pool: &Pool, schema: &str) -> Result<Vec<(String, i64, String)>, AuditError> {
-    let c = pool.get().await.map_err(|e| db("*", "connect", e))?;
+pub async fn lines_pg(pool: &Pool, schema: &str) -> Result<Vec<PgLine>, AuditError> {
+    let c = pool.get().await.map_err(|e| pool_err("*", e))?;
     let rows = c
         .query(
             &format!("SELECT replica, seq, line FROM {schema}.audit ORDER BY ts, replica, seq"),
@@ -250,18 +294,218 @@ pub async fn lines_pg(pool: &Pool, schema: &str) -> Result<Vec<(String, i64, Str
         .collect())
 }
 
+/// One stored line: its chain, its seq there, the JSONL text.
+pub type PgLine = (String, i64, String);
+
+/// Where `audit tail --follow` is in every chain: the last seq printed per replica.
+#[derive(Debug, Default)]
+pub struct PgFollower {
+    schema: String,
+    seen: std::collections::HashMap<String, i64>,
+}
+
+/// The last `n` lines of all chains merged by time (oldest first), and a
+/// follower that starts right after them: both read in one snapshot (REPEATABLE
+/// READ), so a line committed meanwhile is printed by the first poll, never twice
+/// and never skipped.
+pub async fn tail_pg(
+    pool: &Pool,
+    schema: &str,
+    n: usize,
+) -> Result<(Vec<PgLine>, PgFollower), AuditError> {
+    let mut c = pool.get().await.map_err(|e| pool_err("*", e))?;
+    let err = |e: tokio_postgres::Error| db("*", "tail", describe(&e));
+    let tx = c
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(err)?;
+    let heads = tx
+        .query(
+            &format!("SELECT replica, head_seq FROM {schema}.audit_replicas"),
+            &[],
+        )
+        .await
+        .map_err(err)?;
+    let limit = i64::try_from(n).unwrap_or(i64::MAX);
+    let rows = tx
+        .query(
+            &format!(
+                "SELECT replica, seq, line FROM {schema}.audit \
+                 ORDER BY ts DESC, replica DESC, seq DESC LIMIT $1"
+            ),
+            &[&limit],
+        )
+        .await
+        .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    let mut lines: Vec<PgLine> = rows
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    lines.reverse();
+    let follower = PgFollower {
+        schema: schema.to_string(),
+        seen: heads.into_iter().map(|h| (h.get(0), h.get(1))).collect(),
+    };
+    Ok((lines, follower))
+}
+
+impl PgFollower {
+    /// Lines committed since the last call: each chain's in seq order, the
+    /// chains merged by time within the call (a line of one replica that is
+    /// older than one already printed from another still comes, late). Reads
+    /// the small `audit_replicas` table, then only the chains that moved (by
+    /// primary key).
+    pub async fn poll(&mut self, pool: &Pool) -> Result<Vec<PgLine>, AuditError> {
+        let s = &self.schema;
+        let c = pool.get().await.map_err(|e| pool_err("*", e))?;
+        let err = |e: tokio_postgres::Error| db("*", "follow", describe(&e));
+        let heads = c
+            .query(
+                &format!("SELECT replica, head_seq FROM {s}.audit_replicas"),
+                &[],
+            )
+            .await
+            .map_err(err)?;
+        let mut new: Vec<(String, String, i64, String)> = Vec::new();
+        for h in heads {
+            let (replica, head): (String, i64) = (h.get(0), h.get(1));
+            let from = self.seen.get(&replica).copied().unwrap_or(0);
+            if head <= from {
+                continue;
+            }
+            // Rows up to the head read are committed (the head moves in their
+            // transaction); later ones wait for the next poll.
+            let rows = c
+                .query(
+                    &format!(
+                        "SELECT seq, ts, line FROM {s}.audit \
+                         WHERE replica = $1 AND seq > $2 AND seq <= $3 ORDER BY seq"
+                    ),
+                    &[&replica, &from, &head],
+                )
+                .await
+                .map_err(err)?;
+            for r in rows {
+                new.push((r.get(1), replica.clone(), r.get(0), r.get(2)));
+            }
+            self.seen.insert(replica, head);
+        }
+        new.sort();
+        Ok(new
+            .into_iter()
+            .map(|(_, replica, seq, line)| (replica, seq, line))
+            .collect())
+    }
+}
+
+/// Rows per statement when a file's chain is copied in.
+const IMPORT_CHUNK: usize = 1000;
+
+/// `keyward store import --audit FILE`: the file set's chain (`FILE.1 … FILE`),
+/// checked line by line from the genesis hash as `audit verify` does, copied
+/// into the database as chain `replica`, byte for byte (same lines, same
+/// hashes), in one transaction. Refuses a file that does not verify (naming the
+/// line) and a `replica` that exists. Returns the lines copied and the head.
+pub async fn import_file_chain(
+    pool: &Pool,
+    schema: &str,
+    replica: &str,
+    path: &std::path::Path,
+) -> Result<(u64, String), AuditError> {
+    let bad = |file: &std::path::Path, line: u64, why: &str| {
+        super::error::corrupt(file, format!("line {line}: {why}; nothing was imported"))
+    };
+    let mut rows: Vec<(String, String, String, String)> = Vec::new();
+    let mut prev = GENESIS_HASH.to_string();
+    for raw in super::read::LogSet::open(path)?.lines() {
+        let raw = raw?;
+        let line =
+            String::from_utf8(raw.bytes).map_err(|_| bad(&raw.file, raw.line, "not UTF-8"))?;
+        if !raw.terminated {
+            return Err(bad(&raw.file, raw.line, "unfinished (no newline)"));
+        }
+        let (body, hash) =
+            split_hash(&line).ok_or_else(|| bad(&raw.file, raw.line, "no hash field"))?;
+        if chain_hash(&prev, body) != hash {
+            return Err(bad(
+                &raw.file,
+                raw.line,
+                "the chain breaks here (audit verify)",
+            ));
+        }
+        let ts = serde_json::from_str::<Event>(&line)
+            .map_err(|_| bad(&raw.file, raw.line, "not an audit event"))?
+            .ts;
+        let hash = hash.to_string();
+        rows.push((ts, line, std::mem::replace(&mut prev, hash.clone()), hash));
+    }
+    let mut c = pool.get().await.map_err(|e| pool_err(replica, e))?;
+    let err = |e: tokio_postgres::Error| db(replica, "import", describe(&e));
+    let tx = c.transaction().await.map_err(err)?;
+    // SECURITY: never appended to an existing chain (that would fork it).
+    let added = tx
+        .execute(
+            &format!(
+                "INSERT INTO {schema}.audit_replicas (replica, head_seq, head_hash) \
+                 VALUES ($1, 0, $2) ON CONFLICT (replica) DO NOTHING"
+            ),
+            &[&replica, &GENESIS_HASH],
+        )
+        .await
+        .map_err(err)?;
+    if added == 0 {
+        return Err(db(replica, "import", "a chain of that name exists"));
+    }
+    let mut seq: i64 = 0;
+    for chunk in rows.chunks(IMPORT_CHUNK) {
+        let seqs: Vec<i64> = (seq + 1..).take(chunk.len()).collect();
+        seq += chunk.len() as i64;
+        let col = |f: fn(&(String, String, String, String)) -> &str| -> Vec<&str> {
+            chunk.iter().map(f).collect()
+        };
+        let (tss, lines, prevs, hashes) =
+            (col(|r| &r.0), col(|r| &r.1), col(|r| &r.2), col(|r| &r.3));
+        tx.execute(
+            &format!(
+                "INSERT INTO {schema}.audit (replica, seq, ts, line, prev_hash, hash) \
+                 SELECT $1, * FROM unnest($2::bigint[], $3::text[], $4::text[], \
+                 $5::text[], $6::text[])"
+            ),
+            &[&replica, &seqs, &tss, &lines, &prevs, &hashes],
+        )
+        .await
+        .map_err(err)?;
+    }
+    tx.execute(
+        &format!(
+            "UPDATE {schema}.audit_replicas SET head_seq = $2, head_hash = $3 WHERE replica = $1"
+        ),
+        &[&replica, &seq, &prev],
+    )
+    .await
+    .map_err(err)?;
+    tx.commit().await.map_err(err)?;
+    Ok((seq as u64, prev))
+}
+
 /// How long the sink waits for its database round trip before the batch is spooled.
 pub const DB_APPEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// [`PgAudit`] for the synchronous writer ([`super::AuditLog`]): its own small
-/// runtime, a blocking `append`, and the spool. When the database cannot take a
-/// batch, the events are appended (fsync'd) to the spool file and the caller goes
-/// on; the next batch first drains the spool, in order, into the same chain. Only
-/// when the spool cannot be written either does the batch fail (fail closed).
+/// runtime and a blocking `append`. With a spool (`serve`): when the database
+/// cannot take a batch, the events are appended (fsync'd) to the spool file and
+/// the caller goes on; the next batch first drains the spool, in order, into the
+/// same chain. Only when the spool cannot be written either does the batch fail
+/// (fail closed). Without one (the CLI writers, [`PgSink::start_strict`]): a
+/// batch the database does not take is the caller's error (it undoes its change).
 pub struct PgSink {
     rt: Option<tokio::runtime::Runtime>,
     audit: std::sync::Arc<PgAudit>,
-    spool: std::path::PathBuf,
+    spool: Option<std::path::PathBuf>,
     /// Events in the spool not yet drained (known without reading the file).
     spooled: parking_lot::Mutex<bool>,
 }
@@ -274,6 +518,24 @@ impl Drop for PgSink {
     }
 }
 
+/// A one-thread runtime for a sink and a pool built on it.
+fn sink_runtime(
+    make_pool: impl FnOnce() -> Result<Pool, String>,
+    replica: &str,
+) -> Result<(tokio::runtime::Runtime, Pool), AuditError> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("keyward-audit-db")
+        .enable_all()
+        .build()
+        .map_err(|e| db(replica, "runtime", e))?;
+    let pool = {
+        let _g = rt.handle().enter();
+        make_pool().map_err(|e| db(replica, "pool", e))?
+    };
+    Ok((rt, pool))
+}
+
 impl PgSink {
     /// Starts the sink's runtime, builds the pool there (`make_pool`) and
     /// registers `replica`; `spool` is drained on the first write.
@@ -283,16 +545,7 @@ impl PgSink {
         replica: &str,
         spool: &std::path::Path,
     ) -> Result<PgSink, AuditError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("keyward-audit-db")
-            .enable_all()
-            .build()
-            .map_err(|e| db(replica, "runtime", e))?;
-        let pool = {
-            let _g = rt.handle().enter();
-            make_pool().map_err(|e| db(replica, "pool", e))?
-        };
+        let (rt, pool) = sink_runtime(make_pool, replica)?;
         let (schema_s, replica_s) = (schema.to_string(), replica.to_string());
         let audit = run_on(rt.handle(), async move {
             PgAudit::register(pool, &schema_s, &replica_s).await
@@ -304,33 +557,74 @@ impl PgSink {
         Ok(PgSink {
             rt: Some(rt),
             audit: std::sync::Arc::new(audit),
-            spool: spool.to_path_buf(),
+            spool: Some(spool.to_path_buf()),
             spooled: parking_lot::Mutex::new(spooled),
         })
     }
 
-    /// Stores `events` (drained spool first); on a database failure spools them.
+    /// A sink without a spool for a one-shot writer (a CLI command): the chain
+    /// `replica` is registered by its first line ([`PgAudit::lazy`]), and every
+    /// batch is in the database when `append` returns, or `append` fails.
+    pub fn start_strict(
+        make_pool: impl FnOnce() -> Result<Pool, String>,
+        schema: &str,
+        replica: &str,
+    ) -> Result<PgSink, AuditError> {
+        let (rt, pool) = sink_runtime(make_pool, replica)?;
+        let (schema_s, replica_s) = (schema.to_string(), replica.to_string());
+        let audit = run_on(rt.handle(), async move {
+            match tokio::time::timeout(
+                DB_APPEND_TIMEOUT,
+                PgAudit::lazy(pool, &schema_s, &replica_s),
+            )
+            .await
+            {
+                Ok(r) => r,
+                Err(_) => Err(db(&replica_s, "connect", "timed out")),
+            }
+        })
+        .ok_or_else(|| db(replica, "connect", "the audit runtime stopped"))??;
+        Ok(PgSink {
+            rt: Some(rt),
+            audit: std::sync::Arc::new(audit),
+            spool: None,
+            spooled: parking_lot::Mutex::new(false),
+        })
+    }
+
+    /// The chain this sink writes.
+    pub fn replica(&self) -> &str {
+        self.audit.replica()
+    }
+
+    /// Stores `events` (drained spool first); on a database failure spools them
+    /// (without a spool: fails).
     pub fn append(&self, events: &[Event]) -> Result<(), AuditError> {
+        let Some(spool) = &self.spool else {
+            // SECURITY: no spool: a line the database did not take fails the
+            // caller, who undoes the change it was about.
+            return self.try_db(events.to_vec());
+        };
         let mut spooled = self.spooled.lock();
         let mut batch: Vec<Event> = Vec::new();
         if *spooled {
-            batch = read_spool(&self.spool)?;
+            batch = read_spool(spool)?;
         }
         let from_spool = batch.len();
         batch.extend(events.iter().cloned());
         match self.try_db(batch) {
             Ok(()) => {
                 if from_spool > 0 || *spooled {
-                    clear_spool(&self.spool)?;
+                    clear_spool(spool)?;
                     *spooled = false;
                 }
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(error = %e, spool = %self.spool.display(), "audit database unavailable: spooling");
+                tracing::warn!(error = %e, spool = %spool.display(), "audit database unavailable: spooling");
                 // SECURITY: a line that reaches neither the database nor the
                 // fsync'd spool fails the request closed (the caller's error).
-                write_spool(&self.spool, events)?;
+                write_spool(spool, events)?;
                 *spooled = true;
                 Ok(())
             }

@@ -41,7 +41,7 @@ fn vault(cfg: &Config) -> Result<std::sync::Arc<dyn Store>, CliError> {
 
 /// Opened before any change: a change that cannot be audited is not made.
 fn open_audit(cfg: &Config) -> Result<AuditLog, CliError> {
-    AuditLog::open(&cfg.audit).map_err(|e| {
+    super::audit::open_writer(cfg).map_err(|e| {
         CliError::User(format!(
             "{e} (every agent change is audited; nothing was changed)"
         ))

@@ -1,7 +1,11 @@
-//! `keyward audit …`: tail, query, verify and export the audit log (SPEC §2, §8).
+//! `keyward audit …`: tail, query, verify and export the audit log (SPEC §2, §8),
+//! from the file or, with the postgres store, from the database (SPEC §10); and
+//! [`open_writer`], the audit writer of every CLI command that changes the store.
 
 use super::CliError;
-use crate::audit::{self, AuditError, Event, ExportFormat, Filter, LogSet, GENESIS_HASH};
+use crate::audit::{
+    self, AuditError, AuditLog, Event, ExportFormat, Filter, LogSet, PgLine, GENESIS_HASH,
+};
 use crate::config::Config;
 use clap::{Args, Subcommand, ValueEnum};
 use std::io::{self, BufWriter, Write};
@@ -12,6 +16,8 @@ use std::time::Duration;
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 /// `tail` without `-n`.
 const DEFAULT_TAIL_LINES: usize = 10;
+/// The host name in a CLI writer's chain id.
+const HOSTNAME_FILE: &str = "/proc/sys/kernel/hostname";
 /// Placeholder for an absent field in the table.
 const EMPTY_CELL: &str = "-";
 
@@ -63,8 +69,9 @@ pub enum AuditCmd {
 
 #[derive(Args)]
 pub struct Source {
-    /// Read this log instead of the configured `[audit] path` (rotated `FILE.N`
-    /// next to it are included).
+    /// Read this log file instead of the configured history (every replica's
+    /// chain in the database with `[store] backend = "postgres"`, else `[audit]
+    /// path`); rotated `FILE.N` next to it are included.
     #[arg(long, value_name = "FILE")]
     file: Option<PathBuf>,
 }
@@ -141,6 +148,12 @@ pub fn run(cmd: AuditCmd, cfg: &Config) -> Result<u8, CliError> {
     let stdout = io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let result = match cmd {
+        AuditCmd::Tail {
+            n,
+            follow,
+            json,
+            src,
+        } if src.file.is_none() && on_db(cfg) => tail_db(cfg, n, follow, json, &mut out),
         AuditCmd::Tail {
             n,
             follow,
@@ -279,6 +292,112 @@ fn db_pool(cfg: &Config) -> Result<(tokio::runtime::Runtime, deadpool_postgres::
             .map_err(|e| Fail::Cli(CliError::User(e.to_string())))?
     };
     Ok((rt, pool))
+}
+
+/// The audit writer of a CLI command that changes the store. With the file
+/// store: `[audit] path`, as always. With the postgres store: the same file as a
+/// mirror, and a chain of this command run's own in the database
+/// (`cli-HOST-PID-RANDOM`, registered by its first line), written through
+/// [`audit::PgSink::start_strict`]: no spool, so a line the database does not
+/// take is an error and the caller undoes its change (fail closed, as with the
+/// file). `audit verify` covers these chains, `audit query` shows them.
+pub fn open_writer(cfg: &Config) -> Result<AuditLog, AuditError> {
+    let log = AuditLog::open(&cfg.audit)?;
+    if !on_db(cfg) {
+        return Ok(log);
+    }
+    let store = &cfg.store;
+    let make_pool = || {
+        crate::vault::postgres::connect::Target::from_config(store)
+            .and_then(|t| t.pool())
+            .map_err(|e| e.to_string())
+    };
+    let sink = audit::PgSink::start_strict(make_pool, &store.schema, &cli_replica())?;
+    Ok(log.with_db(sink))
+}
+
+/// `cli-HOSTNAME-PID-RANDOM`: a chain per command run (two runs at once never
+/// share a head; the random part keeps a reused pid apart).
+fn cli_replica() -> String {
+    let host = std::fs::read_to_string(HOSTNAME_FILE)
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "keyward".into());
+    format!(
+        "cli-{host}-{}-{}",
+        std::process::id(),
+        crate::ids::request_id()
+    )
+}
+
+/// `keyward store import --audit FILE`: the file's chain into the database as a
+/// chain of its own (`import-NAME-RANDOM`), checked first; returns what to print.
+pub fn import_chain(cfg: &Config, file: &std::path::Path) -> Result<String, CliError> {
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "audit".into());
+    let replica = format!("import-{name}-{}", crate::ids::request_id());
+    let (rt, pool) = db_pool(cfg).map_err(|f| match f {
+        Fail::Cli(e) => e,
+        Fail::Write(e) => CliError::Internal(e.to_string()),
+    })?;
+    let (lines, head) = rt
+        .block_on(audit::import_file_chain(
+            &pool,
+            &cfg.store.schema,
+            &replica,
+            file,
+        ))
+        .map_err(user)?;
+    Ok(format!(
+        "imported {lines} audit lines from {} as chain {replica} (head {head})",
+        file.display()
+    ))
+}
+
+/// `tail` over the database: the last `n` lines of every chain merged by time;
+/// `--follow` then polls every [`FOLLOW_POLL`] for lines committed since (each
+/// chain in order). A database that goes away is reported once and polled on.
+fn tail_db(
+    cfg: &Config,
+    n: usize,
+    follow: bool,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<u8, Fail> {
+    let (rt, pool) = db_pool(cfg)?;
+    let (lines, mut follower) = rt.block_on(audit::tail_pg(&pool, &cfg.store.schema, n))?;
+    print_lines(&texts(lines), json, out)?;
+    out.flush()?;
+    if !follow {
+        return Ok(0);
+    }
+    let mut down = false;
+    loop {
+        std::thread::sleep(FOLLOW_POLL);
+        match rt.block_on(follower.poll(&pool)) {
+            Ok(lines) => {
+                if std::mem::take(&mut down) {
+                    eprintln!("keyward: the database is back; following");
+                }
+                if !lines.is_empty() {
+                    print_lines(&texts(lines), json, out)?;
+                    out.flush()?;
+                }
+            }
+            Err(e) if !down => {
+                down = true;
+                eprintln!("keyward: {e}; still following");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+fn texts(lines: Vec<PgLine>) -> Vec<String> {
+    lines.into_iter().map(|(_, _, line)| line).collect()
 }
 
 /// `query` and `export` over the database: every replica's lines merged by time

@@ -6,7 +6,7 @@
 //! line per secret, like `secret set`. Values are read from stdin only.
 
 use super::CliError;
-use crate::audit::{AuditLog, Event, EventKind, Outcome};
+use crate::audit::{Event, EventKind, Outcome};
 use crate::config::Config;
 use crate::secret::Secret;
 use crate::vault::{
@@ -44,7 +44,7 @@ pub fn run(
             "nothing to import: stdin has no lines (one JSON object per secret)".into(),
         ));
     }
-    let audit = AuditLog::open(&cfg.audit)
+    let audit = super::audit::open_writer(cfg)
         .map_err(|e| CliError::User(format!("{e} (every vault change is audited)")))?;
     let n = changes.len();
     let applied = vault

@@ -529,7 +529,7 @@ fn parse_period(s: &str) -> Result<std::time::Duration, CliError> {
 }
 
 fn open_audit(cfg: &Config) -> Result<AuditLog, CliError> {
-    AuditLog::open(&cfg.audit)
+    super::audit::open_writer(cfg)
         .map_err(|e| CliError::User(format!("{e} (every vault change is audited)")))
 }
 

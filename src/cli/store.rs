@@ -1,6 +1,7 @@
 //! `keyward store init|import|export` (SPEC §10): the PostgreSQL store's schema,
 //! and copies between it and a vault file. Records are copied still sealed (same
-//! data key, same AAD): no value is decrypted on the way, none is printed.
+//! data key, same AAD): no value is decrypted on the way, none is printed. An
+//! audit log is copied in as a chain of its own (`cli/audit.rs::import_chain`).
 
 use super::CliError;
 use crate::config::{Backend, Config};
@@ -14,10 +15,15 @@ use std::path::{Path, PathBuf};
 pub enum StoreCmd {
     /// Create or upgrade the schema (also done by `serve`, under a lock).
     Init,
-    /// Copy a vault file (secrets and agents) into an empty store.
+    /// Copy a vault file (secrets and agents) into an empty store, and/or an
+    /// audit log (checked first) in as a chain of its own.
     Import {
+        #[arg(long, value_name = "FILE", required_unless_present = "audit")]
+        vault: Option<PathBuf>,
+        /// An audit log (`FILE.N` rotated next to it included) whose chain
+        /// verifies from the genesis hash.
         #[arg(long, value_name = "FILE")]
-        vault: PathBuf,
+        audit: Option<PathBuf>,
     },
     /// Write the store out as a vault file (refuses an existing FILE).
     Export {
@@ -47,14 +53,19 @@ pub fn run(cmd: StoreCmd, cfg: &Config) -> Result<u8, CliError> {
                 opened.generation
             );
         }
-        StoreCmd::Import { vault } => {
-            let bytes = read_vault(&vault)?;
-            let (records, agents) = store.import_file(bytes, vault.clone()).map_err(user)?;
-            println!(
-                "imported {records} secrets and {agents} agents from {} into {}",
-                vault.display(),
-                store.describe()
-            );
+        StoreCmd::Import { vault, audit } => {
+            if let Some(vault) = vault {
+                let bytes = read_vault(&vault)?;
+                let (records, agents) = store.import_file(bytes, vault.clone()).map_err(user)?;
+                println!(
+                    "imported {records} secrets and {agents} agents from {} into {}",
+                    vault.display(),
+                    store.describe()
+                );
+            }
+            if let Some(audit) = audit {
+                println!("{}", super::audit::import_chain(cfg, &audit)?);
+            }
         }
         StoreCmd::Export { vault } => {
             let (bytes, records, agents) = store.export_file().map_err(user)?;

@@ -3,6 +3,10 @@
 //! a free 127.0.0.1 port with password (SCRAM) authentication and `fsync=off`,
 //! stopped on drop. Needs Debian's `postgresql` (initdb, pg_ctl) and its client
 //! (psql, pg_dump); missing tools skip locally and fail under CI (`tools.rs`).
+//!
+//! [`Pg::start_with`] can turn TLS on (`ssl = on`, a server certificate for
+//! 127.0.0.1/localhost signed by a test CA made here with rcgen, the key 0600 and
+//! owned by the cluster's user) and make `pg_hba.conf` accept TLS connections only.
 
 use super::tools;
 use std::path::{Path, PathBuf};
@@ -23,7 +27,26 @@ pub struct Pg {
     bin: PathBuf,
     psql: PathBuf,
     pg_dump: PathBuf,
+    tls: Tls,
 }
+
+/// How a test cluster speaks TLS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// `ssl = off` (the default cluster).
+    Off,
+    /// `ssl = on`; plain connections are still accepted.
+    On,
+    /// `ssl = on` and `hostssl`-only `pg_hba.conf`: a plain connection is refused.
+    Required,
+}
+
+/// The server certificate and key, and the CA that signed them (PEM files in
+/// the cluster's dir).
+const SERVER_CERT: &str = "server.crt";
+const SERVER_KEY: &str = "server.key";
+/// The test CA's certificate (what `[store] ca` names for verify-full).
+const CA_CERT: &str = "db-ca.pem";
 
 /// A server binary: on PATH, else Debian's versioned directory.
 fn server_tool(name: &str) -> Option<PathBuf> {
@@ -44,6 +67,16 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The uid and gid of `nobody`, who runs the cluster when the tests run as root.
+fn nobody() -> (u32, u32) {
+    let name = std::ffi::CString::new("nobody").unwrap();
+    // SAFETY: getpwnam with a NUL-terminated name; the record is read at once.
+    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
+    assert!(!pw.is_null(), "no user nobody");
+    // SAFETY: pw is non-null and points at libc's static passwd record.
+    unsafe { ((*pw).pw_uid, (*pw).pw_gid) }
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -52,6 +85,11 @@ fn free_port() -> u16 {
 impl Pg {
     /// Starts a cluster with database `keyward`, or `None` (skipped) without the tools.
     pub fn start(test: &str) -> Option<Pg> {
+        Pg::start_with(test, Tls::Off)
+    }
+
+    /// [`Pg::start`] with TLS as `tls` says.
+    pub fn start_with(test: &str, tls: Tls) -> Option<Pg> {
         let initdb = match server_tool("initdb") {
             Some(p) => p,
             None => return tools::skip_or_fail("initdb (postgresql) not installed", test),
@@ -76,6 +114,7 @@ impl Pg {
             psql,
             pg_dump,
             dir,
+            tls,
         };
         let data = pg.data_dir();
         let out = pg.as_owner(
@@ -98,9 +137,74 @@ impl Pg {
             "initdb: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        if tls != Tls::Off {
+            pg.make_server_cert();
+        }
+        if tls == Tls::Required {
+            pg.hostssl_only();
+        }
         pg.start_server();
         pg.psql(&format!("CREATE DATABASE {DB}"), "postgres");
         Some(pg)
+    }
+
+    /// A test CA and a server certificate it signs (SAN 127.0.0.1 and
+    /// localhost); the key is 0600 and owned by the user the server runs as
+    /// (PostgreSQL refuses a key others can read).
+    fn make_server_cert(&self) {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name
+            .push(DnType::CommonName, "keyward test database CA");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut leaf =
+            CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()]).unwrap();
+        leaf.distinguished_name
+            .push(DnType::CommonName, "127.0.0.1");
+        leaf.is_ca = IsCa::ExplicitNoCa;
+        leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = leaf.signed_by(&key, &issuer).unwrap();
+        let dir = self.dir.path();
+        std::fs::write(dir.join(CA_CERT), ca_cert.pem()).unwrap();
+        std::fs::write(dir.join(SERVER_CERT), cert.pem()).unwrap();
+        let key_path = dir.join(SERVER_KEY);
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if is_root() {
+            let (uid, gid) = nobody();
+            std::os::unix::fs::chown(&key_path, Some(uid), Some(gid)).unwrap();
+        }
+    }
+
+    /// Every `host` line of `pg_hba.conf` becomes `hostssl`.
+    fn hostssl_only(&self) {
+        let hba = self.data_dir().join("pg_hba.conf");
+        let text = std::fs::read_to_string(&hba).unwrap();
+        let out: Vec<String> = text
+            .lines()
+            .map(|l| match l.strip_prefix("host ") {
+                Some(rest) => format!("hostssl {rest}"),
+                None => l.to_string(),
+            })
+            .collect();
+        assert!(out.iter().any(|l| l.starts_with("hostssl ")), "{text}");
+        // Written in place: the file keeps its owner (the cluster's user).
+        std::fs::write(&hba, out.join("\n") + "\n").unwrap();
+    }
+
+    /// The test CA that signed the server certificate (TLS clusters only).
+    pub fn ca_pem(&self) -> PathBuf {
+        assert_ne!(self.tls, Tls::Off, "this cluster has no certificate");
+        self.dir.path().join(CA_CERT)
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -125,11 +229,17 @@ impl Pg {
 
     /// (Re)starts the server and waits until it accepts connections.
     pub fn start_server(&self) {
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off -c full_page_writes=off",
             self.port,
             self.dir.path().display()
         );
+        if self.tls != Tls::Off {
+            let d = self.dir.path().display();
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file={d}/{SERVER_CERT} -c ssl_key_file={d}/{SERVER_KEY}"
+            ));
+        }
         let log = self.dir.path().join("server.log");
         let out = self.as_owner(
             &self.bin.join("pg_ctl"),
@@ -197,6 +307,17 @@ impl Pg {
             "\n[store]\nbackend = \"postgres\"\nurl = \"{}\"\nschema = \"{schema}\"\ntls = \"disable\"\nspool = \"{spool}\"\n",
             self.url()
         )
+    }
+
+    /// [`Pg::store_toml`] with `tls = "{tls}"` and, when given, `ca`.
+    pub fn store_toml_tls(&self, schema: &str, tls: &str, ca: Option<&Path>) -> String {
+        let mut text = self
+            .store_toml(schema)
+            .replace("tls = \"disable\"", &format!("tls = \"{tls}\""));
+        if let Some(ca) = ca {
+            text.push_str(&format!("ca = \"{}\"\n", ca.display()));
+        }
+        text
     }
 
     fn client(&self, prog: &Path) -> Command {

@@ -50,7 +50,13 @@ pub fn dberr(shown: &str, message: impl Into<String>) -> VaultError {
 /// client-side cause. Neither contains the password: the driver never echoes it.
 pub fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
-        return format!("{} ({})", db.message(), db.code().code());
+        let mut text = format!("{} ({})", db.message(), db.code().code());
+        if db.code() == &tokio_postgres::error::SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            && db.message().contains("no encryption")
+        {
+            text.push_str(HINT_SERVER_WANTS_TLS);
+        }
+        return text;
     }
     let mut text = e.to_string();
     let mut src = std::error::Error::source(e);
@@ -59,8 +65,23 @@ pub fn describe(e: &tokio_postgres::Error) -> String {
         text.push_str(&s.to_string());
         src = s.source();
     }
+    if text.contains("server does not support TLS") {
+        text.push_str(HINT_SERVER_HAS_NO_TLS);
+    } else if text.contains("invalid peer certificate") {
+        text.push_str(HINT_CERTIFICATE);
+    }
     text
 }
+
+/// What to change when the server's `pg_hba.conf` has only `hostssl` lines.
+const HINT_SERVER_WANTS_TLS: &str =
+    "; the server accepts TLS connections only: set store.tls = \"verify-full\" (with store.ca) or \"require\"";
+/// What to change when `tls` asks for TLS of a server without it.
+const HINT_SERVER_HAS_NO_TLS: &str =
+    "; turn ssl on in the server, or set store.tls = \"disable\" on a loopback or otherwise protected network only";
+/// What to check when verify-full refuses the server's certificate.
+const HINT_CERTIFICATE: &str =
+    "; store.ca must hold the CA that signed the server's certificate, and store.url's host must be in it";
 
 impl Target {
     pub fn from_config(cfg: &StoreConfig) -> Result<Target, VaultError> {
