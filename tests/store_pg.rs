@@ -308,7 +308,10 @@ fn replicas_starting_together_share_one_schema_and_one_data_key() {
         .map(|h| h.join().unwrap().unwrap())
         .collect();
     assert_eq!(pg.sql("SELECT count(*) FROM fresh.meta"), "1");
-    assert_eq!(pg.sql("SELECT max(version) FROM fresh.schema_version"), "3");
+    assert_eq!(
+        pg.sql("SELECT max(version) FROM fresh.schema_version"),
+        keyward::vault::postgres::schema::latest().to_string()
+    );
     set(&*stores[0], "platform", "K", "written-by-the-first-0123").unwrap();
     for s in &stores[1..] {
         // A write reloads the writer; the others read it on their next load.
@@ -473,7 +476,8 @@ fn import_and_export_round_trip_through_the_cli() {
     )
     .unwrap();
     let out = store.ok(&["store", "init"], None);
-    assert!(out.contains("schema version 3"), "{out}");
+    let latest = keyward::vault::postgres::schema::latest();
+    assert!(out.contains(&format!("schema version {latest}")), "{out}");
     assert!(!out.contains(&pg.password), "{out}");
     let vault = file.path("data/vault.kw");
     let out = store.ok(
