@@ -733,3 +733,85 @@ fn a_secret_import_killed_mid_transaction_leaves_none_of_its_batch() {
     let store = open_store(&cfg).unwrap();
     assert_eq!(store.list(Some("platform")).len(), BATCH + 1);
 }
+
+/// `GET /readyz` of an in-process replica: status and body.
+async fn readyz(kw: &Kw) -> (u16, serde_json::Value) {
+    let addr = kw.running.admin_addr.expect("admin API listening");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("/readyz")
+        .header("host", addr.to_string())
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, serde_json::from_slice(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serving_replica_on_tampered_rows_keeps_its_snapshot_and_is_not_ready() {
+    let Some(pg) = Pg::start("store_pg_faults::readyz") else {
+        return;
+    };
+    let kw = replica(&pg, "keyward").start().await;
+    kw.set_secret("platform", "OPENAI_API_KEY", "sk-the-real-one-0123456789");
+    kw.set_secret("platform", "OTHER", "other-0123456789");
+    assert_eq!(readyz(&kw).await.0, 200);
+    // A row deleted with SQL, announced as a change.
+    pg.sql(
+        "DELETE FROM keyward.records WHERE name = 'OTHER'; \
+         UPDATE keyward.meta SET generation = generation + 1; \
+         SELECT pg_notify('keyward_changes', 'keyward')",
+    );
+    let deadline = Instant::now() + PATIENCE;
+    let body = loop {
+        let (status, body) = readyz(&kw).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "still ready: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(body["store"]["state"], "refused", "{body}");
+    assert!(
+        body["checks"]["store"]
+            .as_str()
+            .unwrap()
+            .contains("failed verification"),
+        "{body}"
+    );
+    // Requests go on from the last good snapshot.
+    let got = kw.client().get("api.openai.com", "/v1/models", &[]).await;
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        kw.upstream.last().headers["authorization"],
+        "Bearer sk-the-real-one-0123456789"
+    );
+    assert!(kw
+        .running
+        .state
+        .vault
+        .snapshot()
+        .get("platform", "OTHER")
+        .unwrap()
+        .is_some());
+    // Admin writes are refused, nothing is written.
+    let admin = kw.running.admin_addr.expect("admin API listening");
+    let status = admin_call(
+        admin,
+        "PUT",
+        "/v1/secrets/platform/NEW",
+        Some(serde_json::json!({ "value": "new-0123456789" })),
+    )
+    .await;
+    assert_eq!(status, Some(503));
+    assert_eq!(
+        pg.sql("SELECT count(*) FROM keyward.records WHERE name = 'NEW'"),
+        "0"
+    );
+}
