@@ -392,7 +392,7 @@ fn a_store_from_before_migration_4_gets_its_digest_on_first_open() {
     );
     // From now on a deletion shows.
     pg.sql("DELETE FROM keyward.agents WHERE id = 'alice'");
-    let err = open_store(&cfg).err().expect("opened").to_string();
+    let err = open_store(&cfg).expect_err("opened").to_string();
     assert!(err.contains("table digest mismatch"), "{err}");
 }
 
