@@ -607,6 +607,7 @@ async fn a_replica_killed_mid_write_leaves_the_store_consistent_and_a_new_one_se
         extra.is_empty() || extra == [format!("LOOP_{acked}")],
         "{extra:?}"
     );
+    eprintln!("killed after {acked} acknowledged PUTs; in flight and applied: {extra:?}");
 
     // The audit chains verify, the killed replica's included.
     let out = Command::new(BIN)

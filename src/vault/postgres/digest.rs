@@ -100,6 +100,11 @@ impl Digester {
         acc.toggle(self.record_leaf(r));
     }
 
+    /// The same, from the record's JSON already at hand (`serde_json::to_string`).
+    pub(in crate::vault) fn toggle_record_json(&self, acc: &mut Acc, json: &str) {
+        acc.toggle(self.leaf(LEAF_RECORD, json));
+    }
+
     pub(in crate::vault) fn toggle_agent(&self, acc: &mut Acc, a: &AgentRecord) {
         acc.toggle(self.agent_leaf(a));
     }

@@ -150,22 +150,22 @@ impl Inner {
         })?;
         let dg = Digester::new(&draft.data_key);
         let after_r = keyed(&draft.body.records);
-        for (key, (_, old)) in &before.records {
+        for (key, (old, _)) in &before.records {
             if !after_r.contains_key(key) {
                 db.delete_record(tx, &key.0, &key.1).await?;
-                dg.toggle_record(&mut acc, old);
+                dg.toggle_record_json(&mut acc, old);
             }
         }
         for (key, (json, rec)) in &after_r {
             match before.records.get(key) {
                 Some((old_json, _)) if old_json == json => continue,
-                Some((_, old)) => {
+                Some((old, _)) => {
                     db.put_record(tx, rec, generation, true).await?;
-                    dg.toggle_record(&mut acc, old);
+                    dg.toggle_record_json(&mut acc, old);
                 }
                 None => db.put_record(tx, rec, generation, false).await?,
             }
-            dg.toggle_record(&mut acc, rec);
+            dg.toggle_record_json(&mut acc, json);
         }
         for (id, old) in &before.agents {
             if draft.body.agents.iter().all(|a| &a.id != id || a != old) {
