@@ -31,6 +31,11 @@ pub fn readiness(state: &State) -> [Check; 4] {
     let audit = audit_writable(state.audit.path());
     let store = match state.vault.freshness() {
         Freshness::Stale { .. } => Err("store stale (unreachable past stale_after)"),
+        // SECURITY: contents that failed verification (tampering) take the replica
+        // out of service; it still answers from its last good snapshot.
+        Freshness::Refused { .. } => {
+            Err("store refused: its contents failed verification (see the log)")
+        }
         Freshness::Current | Freshness::Unreachable { .. } => Ok(()),
     };
     [
@@ -41,8 +46,8 @@ pub fn readiness(state: &State) -> [Check; 4] {
     ]
 }
 
-/// The store's state for `/readyz`: `ok`, or `unreachable`/`stale` with the
-/// seconds since it was last read.
+/// The store's state for `/readyz`: `ok`, or `unreachable`/`stale`/`refused`
+/// with the seconds since it was last read and verified.
 fn store_detail(state: &State) -> Value {
     match state.vault.freshness() {
         Freshness::Current => json!({"state": "ok"}),
@@ -50,6 +55,7 @@ fn store_detail(state: &State) -> Value {
             json!({"state": "unreachable", "age_secs": age.as_secs()})
         }
         Freshness::Stale { age } => json!({"state": "stale", "age_secs": age.as_secs()}),
+        Freshness::Refused { age } => json!({"state": "refused", "age_secs": age.as_secs()}),
     }
 }
 

@@ -19,6 +19,11 @@ pub enum Freshness {
     /// The store has not been readable for `age`, still within `stale_after`:
     /// requests go on from the last snapshot.
     Unreachable { age: Duration },
+    /// The store answers but what it holds failed verification (a row edited,
+    /// deleted or put back outside keyward, a rollback) for `age`: the last good
+    /// snapshot is served, as with a tampered vault file, and the replica is not
+    /// ready until the store verifies again.
+    Refused { age: Duration },
     /// Unreadable for longer than `stale_after`: requests needing a credential
     /// fail closed (`store_stale`).
     Stale { age: Duration },

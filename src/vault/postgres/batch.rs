@@ -4,7 +4,7 @@
 //! rolls the whole transaction back, so `keyward secret import` against the
 //! store is all or nothing (as the file backend's one-entry batch is).
 
-use super::super::change::{Applied, Change, Undo};
+use super::super::change::{Applied, Change, Touched, Undo};
 use super::super::error::VaultError;
 use super::{dberr, describe, raw, Inner};
 use std::collections::BTreeSet;
@@ -14,23 +14,28 @@ pub(super) fn in_batch(i: usize, e: VaultError) -> VaultError {
     VaultError::Invalid(format!("change {}: {e}", i + 1))
 }
 
+/// The rows several changes touch, each once.
+fn union(all: impl Iterator<Item = Touched>) -> Touched {
+    let (mut keys, mut ids) = (BTreeSet::new(), BTreeSet::new());
+    for (k, a) in all {
+        keys.extend(k);
+        ids.extend(a);
+    }
+    (keys.into_iter().collect(), ids.into_iter().collect())
+}
+
 impl Inner {
     pub(super) async fn apply_batch(
         &self,
         changes: Vec<Change>,
     ) -> Result<Vec<(Applied, Undo)>, VaultError> {
+        self.writable()?;
         let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
-        let (mut keys, mut ids) = (BTreeSet::new(), BTreeSet::new());
-        for c in &changes {
-            let (k, a) = c.touches();
-            keys.extend(k);
-            ids.extend(a);
-        }
-        let touched = (keys.into_iter().collect(), ids.into_iter().collect());
+        let touched = union(changes.iter().map(Change::touches));
         let db = self.db();
         let mut c = self.client().await?;
         let tx = raw(&mut c).transaction().await.map_err(err)?;
-        let (mut draft, before_r, before_a) = self.draft(&db, &tx, Some(touched)).await?;
+        let (mut draft, before) = self.draft(&db, &tx, Some(touched)).await?;
         let mut out = Vec::with_capacity(changes.len());
         for (i, change) in changes.into_iter().enumerate() {
             // Dropping `tx` on the error path rolls everything back.
@@ -44,7 +49,7 @@ impl Inner {
             tx.rollback().await.map_err(err)?;
             return Ok(out);
         }
-        self.write(&db, &tx, &draft, before_r, before_a).await?;
+        self.write(&db, &tx, &draft, before).await?;
         tx.commit().await.map_err(err)?;
         self.after_write().await;
         Ok(out)
@@ -58,21 +63,15 @@ impl Inner {
         if undos.is_empty() {
             return Ok(());
         }
-        let (mut keys, mut ids) = (BTreeSet::new(), BTreeSet::new());
-        for u in &undos {
-            let (k, a) = u.touches();
-            keys.extend(k);
-            ids.extend(a);
-        }
-        let touched = (keys.into_iter().collect(), ids.into_iter().collect());
+        let touched = union(undos.iter().map(Undo::touches));
         let db = self.db();
         let mut c = self.client().await?;
         let tx = raw(&mut c).transaction().await.map_err(err)?;
-        let (mut draft, before_r, before_a) = self.draft(&db, &tx, Some(touched)).await?;
+        let (mut draft, before) = self.draft(&db, &tx, Some(touched)).await?;
         for u in undos.into_iter().rev() {
             u.apply_to(&mut draft)?;
         }
-        self.write(&db, &tx, &draft, before_r, before_a).await?;
+        self.write(&db, &tx, &draft, before).await?;
         tx.commit().await.map_err(err)?;
         self.after_write().await;
         Ok(())

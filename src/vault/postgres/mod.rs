@@ -8,11 +8,14 @@
 
 mod batch;
 pub mod connect;
+mod digest;
+mod migrate;
 mod rows;
 pub mod schema;
 mod tokens;
+mod write;
 
-use super::change::{Applied, Change, Touched, Undo};
+use super::change::{Applied, Change, Undo};
 use super::crypto::{self, Key};
 use super::error::VaultError;
 use super::format::{AgentRecord, Draft, FileBody, StoredRecord, SEAL_LIMIT_PER_KEY};
@@ -23,9 +26,9 @@ use crate::config::StoreConfig;
 use crate::secret::Secret;
 use arc_swap::ArcSwap;
 use connect::{dberr, describe, Target};
+use digest::Digester;
 use parking_lot::Mutex;
 use rows::{Db, Meta};
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,13 +59,33 @@ struct Inner {
     /// Generation last reported by `reload()`.
     reported: AtomicU64,
     /// Why the last refresh failed (cleared by a good one).
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Failure>>,
     /// One full load at a time.
     loading: tokio::sync::Mutex<()>,
     /// `[store] stale_after`: how long the last snapshot may be served unrefreshed.
     stale_after: Duration,
     /// When a refresh last succeeded (the snapshot was confirmed current).
     last_ok: Mutex<Instant>,
+}
+
+/// What to do about refused contents (part of the error, logged by the watcher).
+const TAMPERED_HINT: &str = "the database was changed outside keyward: this replica keeps \
+     serving its last good snapshot and refuses the new one; find out who changed it, then \
+     restore the schema from a backup (pg_dump) or import a vault file into a new schema \
+     and restart the replicas (docs/store.md, \"What the database can and cannot do to you\")";
+
+/// The last refresh's error, and whether the database answered but its contents
+/// failed verification (tampering, rollback) rather than not answering.
+#[derive(Debug, Clone)]
+struct Failure {
+    message: String,
+    refused: bool,
+}
+
+/// Why a load failed: the database (`Db`), or what it returned (`Refused`).
+enum Failed {
+    Db(VaultError),
+    Refused(VaultError),
 }
 
 pub struct PgStore {
@@ -273,7 +296,7 @@ impl Store for PgStore {
             return Ok(true);
         }
         match self.inner.failure.lock().clone() {
-            Some(msg) => Err(dberr(self.inner.path_str(), msg)),
+            Some(f) => Err(dberr(self.inner.path_str(), f.message)),
             None => Ok(false),
         }
     }
@@ -291,10 +314,14 @@ impl Store for PgStore {
     }
 
     fn freshness(&self) -> Freshness {
-        if self.inner.failure.lock().is_none() {
-            return Freshness::Current;
-        }
+        let refused = match &*self.inner.failure.lock() {
+            None => return Freshness::Current,
+            Some(f) => f.refused,
+        };
         let age = self.inner.last_ok.lock().elapsed();
+        if refused {
+            return Freshness::Refused { age };
+        }
         if age > self.inner.stale_after {
             Freshness::Stale { age }
         } else {
@@ -304,18 +331,18 @@ impl Store for PgStore {
 }
 
 impl Inner {
-    fn db(&self) -> Db<'_> {
+    pub(super) fn db(&self) -> Db<'_> {
         Db {
             s: &self.db_schema,
             shown: self.path_str(),
         }
     }
 
-    fn path_str(&self) -> &str {
+    pub(super) fn path_str(&self) -> &str {
         self.path.to_str().unwrap_or(&self.shown)
     }
 
-    async fn client(&self) -> Result<deadpool_postgres::Object, VaultError> {
+    pub(super) async fn client(&self) -> Result<deadpool_postgres::Object, VaultError> {
         self.pool.get().await.map_err(|e| {
             let msg = match &e {
                 deadpool_postgres::PoolError::Backend(be) => describe(be),
@@ -333,377 +360,71 @@ impl Inner {
             .ok_or_else(|| dberr(self.path_str(), "no meta row: run `keyward store init`"))
     }
 
-    /// The schema at the latest version with its `meta` row: nothing to migrate, so
-    /// no DDL and no lock (a replica may then run as a role without CREATE).
-    async fn up_to_date(
-        &self,
-        c: &deadpool_postgres::Object,
-    ) -> Result<Option<Opened>, VaultError> {
-        let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
-        let table = format!("{}.schema_version", self.db_schema);
-        let row = c
-            .query_one("SELECT to_regclass($1)::text AS t", &[&table])
-            .await
-            .map_err(err)?;
-        let exists: Option<String> = row.try_get("t").map_err(err)?;
-        if exists.is_none() {
-            return Ok(None);
-        }
-        let sql = format!("SELECT coalesce(max(version), 0) AS v FROM {table}");
-        let have: i32 = c
-            .query_one(&sql, &[])
-            .await
-            .map_err(err)?
-            .try_get("v")
-            .map_err(err)?;
-        if have != schema::latest() {
-            return Ok(None);
-        }
-        let Some(meta) = self.db().meta(&***c, false).await? else {
-            return Ok(None);
-        };
-        rows::unwrap(&self.master, &meta, &self.path)?;
-        Ok(Some(Opened {
-            schema_version: have,
-            generation: meta.generation,
-            created: false,
-        }))
-    }
-
-    /// Creates or upgrades the schema, and the `meta` row, under the advisory lock.
-    async fn migrate(&self) -> Result<Opened, VaultError> {
-        let s = &self.db_schema;
-        let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
-        let mut c = self.client().await?;
-        if let Some(opened) = self.up_to_date(&c).await? {
-            return Ok(opened);
-        }
-        let tx = raw(&mut c).transaction().await.map_err(err)?;
-        // SECURITY: replicas starting together must not both create the first data
-        // key (records sealed under two keys); the lock serialises them.
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&schema::lock_key(s)])
-            .await
-            .map_err(err)?;
-        tx.batch_execute(&schema::create_schema(s))
-            .await
-            .map_err(err)?;
-        let row = tx
-            .query_one(
-                &format!("SELECT coalesce(max(version), 0) AS v FROM {s}.schema_version"),
-                &[],
-            )
-            .await
-            .map_err(err)?;
-        let have: i32 = row.try_get("v").map_err(err)?;
-        if have > schema::latest() {
-            return Err(dberr(
-                self.path_str(),
-                format!(
-                    "schema version {have} is newer than this keyward ({}); upgrade keyward",
-                    schema::latest()
-                ),
-            ));
-        }
-        for n in (have + 1)..=schema::latest() {
-            let sql = schema::migration(s, n as usize)
-                .ok_or_else(|| VaultError::Invalid(format!("no migration {n}")))?;
-            tx.batch_execute(&sql).await.map_err(err)?;
-            tx.execute(
-                &format!("INSERT INTO {s}.schema_version (version) VALUES ($1)"),
-                &[&n],
-            )
-            .await
-            .map_err(err)?;
-        }
-        let db = self.db();
-        let created = match db.meta(&tx, true).await? {
-            Some(meta) => {
-                rows::unwrap(&self.master, &meta, &self.path)?;
-                false
-            }
-            None => {
-                let fresh = Draft::fresh(&self.master, &self.path)?;
-                let meta = Meta {
-                    generation: 0,
-                    master: fresh.body.master.clone(),
-                    data_key: fresh.body.data_key.clone(),
-                    seal: fresh.body.seal.clone(),
-                };
-                db.insert_meta(&tx, &meta).await?;
-                true
-            }
-        };
-        let generation = db.generation(&tx).await?.unwrap_or(0);
-        tx.commit().await.map_err(err)?;
-        Ok(Opened {
-            schema_version: schema::latest(),
-            generation,
-            created,
-        })
-    }
-
     /// Loads everything in one consistent read and swaps the snapshot in (unless
-    /// nothing changed and `force` is off). Records and agents are verified first;
-    /// on any error the last good snapshot stays and the error is kept for `reload`.
-    async fn refresh(&self, force: bool) -> Result<bool, VaultError> {
+    /// nothing changed and `force` is off). Records, agents and the table digest
+    /// are verified first; on any error the last good snapshot stays and the error
+    /// is kept for `reload` (and `freshness`: refused contents are not an outage).
+    pub(super) async fn refresh(&self, force: bool) -> Result<bool, VaultError> {
         let _one = self.loading.lock().await;
-        let res = self.load(force).await;
+        let (res, refused) = match self.load(force).await {
+            Ok(changed) => (Ok(changed), false),
+            Err(Failed::Db(e)) => (Err(e), false),
+            Err(Failed::Refused(e)) => (Err(e), true),
+        };
         match &res {
             Ok(_) => {
                 *self.last_ok.lock() = Instant::now();
                 *self.failure.lock() = None;
             }
-            Err(VaultError::File { message, .. }) => *self.failure.lock() = Some(message.clone()),
-            Err(e) => *self.failure.lock() = Some(e.to_string()),
+            Err(e) => {
+                let message = match e {
+                    VaultError::File { message, .. } => message.clone(),
+                    other => other.to_string(),
+                };
+                *self.failure.lock() = Some(Failure { message, refused });
+            }
         }
         res
     }
 
-    async fn load(&self, force: bool) -> Result<bool, VaultError> {
-        let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
-        let mut c = self.client().await?;
-        let db = self.db();
+    async fn load(&self, force: bool) -> Result<bool, Failed> {
+        let mut c = self.client().await.map_err(Failed::Db)?;
         if !force {
-            let gen = db.generation(&**c).await?;
+            let gen = self.db().generation(&**c).await.map_err(Failed::Db)?;
             if gen == Some(self.current.load().generation()) {
                 return Ok(false);
             }
         }
-        let tx = raw(&mut c)
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(err)?;
-        let meta = db
-            .meta(&tx, false)
-            .await?
-            .ok_or_else(|| dberr(self.path_str(), "no meta row: run `keyward store init`"))?;
-        let data_key = Arc::new(rows::unwrap(&self.master, &meta, &self.path)?);
-        let records = db.records(&tx).await?;
-        let agents = db.agents(&tx, &data_key).await?;
-        tx.commit().await.map_err(err)?;
+        let (meta, records, agents) = self.read_all(&mut c).await.map_err(Failed::Db)?;
         let seen = self.seen.load(Ordering::SeqCst);
         // SECURITY: a restored older database (or a replayed generation) would bring
         // back removed secrets and agents; the generation only moves forward.
         if meta.generation < seen {
-            return Err(dberr(
+            return Err(Failed::Refused(dberr(
                 self.path_str(),
                 format!(
                     "rollback detected: store generation {} is older than generation {seen} already seen",
                     meta.generation
                 ),
-            ));
+            )));
         }
-        let body = body_of(meta, records, agents);
-        // SECURITY: every record is opened once (AAD: id, scope, name, version,
-        // hosts, kind) so an edited or swapped row is refused before it is served.
-        let snap = Snapshot::build(&body, &data_key, &self.path, true)?;
+        let (body, _, snap) = self
+            .verify(meta, records, agents)
+            .map_err(Failed::Refused)?;
         self.seen.fetch_max(body.counter, Ordering::SeqCst);
         self.current.store(Arc::new(snap));
         Ok(true)
     }
 
-    /// One change in one transaction: `meta` locked (`FOR UPDATE`: writers through
-    /// every replica are serialised and the generation strictly increases), the
-    /// rows it touches read and verified, the change applied to them as a draft,
-    /// the difference written, then NOTIFY (delivered at commit).
-    async fn apply(&self, change: Change) -> Result<(Applied, Undo), VaultError> {
-        let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
-        let db = self.db();
-        let mut c = self.client().await?;
-        let tx = raw(&mut c).transaction().await.map_err(err)?;
-        let (mut draft, before_r, before_a) = self.draft(&db, &tx, Some(change.touches())).await?;
-        let (applied, undo) = change.apply_to(&mut draft, &self.path)?;
-        if undo.is_noop() {
-            tx.rollback().await.map_err(err)?;
-            return Ok((applied, undo));
-        }
-        self.write(&db, &tx, &draft, before_r, before_a).await?;
-        tx.commit().await.map_err(err)?;
-        self.after_write().await;
-        Ok((applied, undo))
-    }
-
-    async fn undo(&self, undo: Undo) -> Result<(), VaultError> {
-        let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
-        let db = self.db();
-        let mut c = self.client().await?;
-        let tx = raw(&mut c).transaction().await.map_err(err)?;
-        let (mut draft, before_r, before_a) = self.draft(&db, &tx, None).await?;
-        undo.apply_to(&mut draft)?;
-        self.write(&db, &tx, &draft, before_r, before_a).await?;
-        tx.commit().await.map_err(err)?;
-        self.after_write().await;
-        Ok(())
-    }
-
-    /// Our own write is visible to our readers before `apply` returns.
-    async fn after_write(&self) {
-        if let Err(e) = self.refresh(false).await {
-            tracing::warn!(error = %e, "store refresh after a write failed");
-        }
-    }
-
-    /// Locks `meta` and reads what `change` touches (everything for an undo) into
-    /// a draft; returns it with the rows as they were, keyed, for the diff.
-    async fn draft(
+    /// `meta`, `records` and the agent rows in one REPEATABLE READ, read-only
+    /// transaction (one consistent state); nothing is verified yet.
+    async fn read_all(
         &self,
-        db: &Db<'_>,
-        tx: &tokio_postgres::Transaction<'_>,
-        touched: Option<Touched>,
-    ) -> Result<(Draft, Rows, Agents), VaultError> {
-        let meta = db
-            .meta(tx, true)
-            .await?
-            .ok_or_else(|| dberr(self.path_str(), "no meta row: run `keyward store init`"))?;
-        let data_key = Arc::new(rows::unwrap(&self.master, &meta, &self.path)?);
-        let (records, agents) = match touched {
-            None => (db.records(tx).await?, db.agents(tx, &data_key).await?),
-            Some((keys, ids)) => {
-                let mut records = Vec::new();
-                for (scope, name) in keys {
-                    if let Some(r) = db.record(tx, &scope, &name).await? {
-                        records.push(r);
-                    }
-                }
-                let mut agents = Vec::new();
-                for id in ids {
-                    agents.extend(db.agent(tx, &id, &data_key).await?);
-                }
-                (records, agents)
-            }
-        };
-        let body = body_of(meta, records, agents);
-        let draft = Draft {
-            body,
-            data_key,
-            seal_limit: SEAL_LIMIT_PER_KEY,
-        };
-        // SECURITY: a row edited with SQL must not be laundered by a rotation that
-        // re-seals it (with its edited hosts or scope) under a valid tag.
-        for r in &draft.body.records {
-            drop(draft.open(r, &self.path)?);
-        }
-        let before_r = keyed(&draft.body.records);
-        let before_a = draft
-            .body
-            .agents
-            .iter()
-            .map(|a| (a.id.clone(), a.clone()))
-            .collect();
-        Ok((draft, before_r, before_a))
-    }
-
-    async fn write(
-        &self,
-        db: &Db<'_>,
-        tx: &tokio_postgres::Transaction<'_>,
-        draft: &Draft,
-        before_r: Rows,
-        before_a: Agents,
-    ) -> Result<(), VaultError> {
-        let generation = draft
-            .body
-            .counter
-            .checked_add(1)
-            .ok_or_else(|| VaultError::Invalid("generation counter exhausted".into()))?;
-        let after_r = keyed(&draft.body.records);
-        for key in before_r.keys() {
-            if !after_r.contains_key(key) {
-                db.delete_record(tx, &key.0, &key.1).await?;
-            }
-        }
-        for (key, (json, rec)) in &after_r {
-            match before_r.get(key) {
-                Some((old, _)) if old == json => {}
-                Some(_) => db.put_record(tx, rec, generation, true).await?,
-                None => db.put_record(tx, rec, generation, false).await?,
-            }
-        }
-        for (id, old) in &before_a {
-            if draft.body.agents.iter().all(|a| &a.id != id || a != old) {
-                db.delete_agent(tx, id).await?;
-            }
-        }
-        for a in &draft.body.agents {
-            if before_a.get(&a.id) != Some(a) {
-                db.insert_agent(tx, a, &draft.data_key, generation).await?;
-            }
-        }
-        let meta = Meta {
-            generation,
-            master: draft.body.master.clone(),
-            data_key: draft.body.data_key.clone(),
-            seal: draft.body.seal.clone(),
-        };
-        db.update_meta(tx, &meta).await?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.db_schema])
-            .await
-            .map_err(|e| dberr(self.path_str(), describe(&e)))?;
-        Ok(())
-    }
-
-    async fn import(&self, bytes: Vec<u8>, file: PathBuf) -> Result<(usize, usize), VaultError> {
-        let (body, data_key) = super::file::read_any(&bytes, &self.master, &file)?;
-        let draft = Draft {
-            body,
-            data_key,
-            seal_limit: SEAL_LIMIT_PER_KEY,
-        };
-        // Proves every record of the file opens before anything is copied.
-        Snapshot::build(&draft.body, &draft.data_key, &file, true)?;
+        c: &mut deadpool_postgres::Object,
+    ) -> Result<(Meta, Vec<StoredRecord>, Vec<rows::AgentRow>), VaultError> {
         let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
         let db = self.db();
-        let mut c = self.client().await?;
-        let tx = raw(&mut c).transaction().await.map_err(err)?;
-        let meta = db
-            .meta(&tx, true)
-            .await?
-            .ok_or_else(|| dberr(self.path_str(), "no meta row: run `keyward store init`"))?;
-        let data_key = rows::unwrap(&self.master, &meta, &self.path)?;
-        if !db.records(&tx).await?.is_empty() || !db.agents(&tx, &data_key).await?.is_empty() {
-            return Err(dberr(
-                self.path_str(),
-                "the store already holds secrets or agents; import needs an empty store",
-            ));
-        }
-        let generation = meta
-            .generation
-            .max(draft.body.counter)
-            .checked_add(1)
-            .ok_or_else(|| VaultError::Invalid("generation counter exhausted".into()))?;
-        for r in &draft.body.records {
-            db.put_record(&tx, r, generation, false).await?;
-        }
-        for a in &draft.body.agents {
-            db.insert_agent(&tx, a, &draft.data_key, generation).await?;
-        }
-        // The file's data key (wrapped under the same master key) becomes the store's.
-        db.update_meta(
-            &tx,
-            &Meta {
-                generation,
-                master: draft.body.master.clone(),
-                data_key: draft.body.data_key.clone(),
-                seal: draft.body.seal.clone(),
-            },
-        )
-        .await?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &self.db_schema])
-            .await
-            .map_err(err)?;
-        tx.commit().await.map_err(err)?;
-        self.after_write().await;
-        Ok((draft.body.records.len(), draft.body.agents.len()))
-    }
-
-    async fn export(&self) -> Result<(Vec<u8>, usize, usize), VaultError> {
-        let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
-        let db = self.db();
-        let mut c = self.client().await?;
-        let tx = raw(&mut c)
+        let tx = raw(c)
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
             .read_only(true)
@@ -714,12 +435,50 @@ impl Inner {
             .meta(&tx, false)
             .await?
             .ok_or_else(|| dberr(self.path_str(), "no meta row: run `keyward store init`"))?;
-        let data_key = Arc::new(rows::unwrap(&self.master, &meta, &self.path)?);
         let records = db.records(&tx).await?;
-        let agents = db.agents(&tx, &data_key).await?;
+        let agents = db.agent_rows(&tx).await?;
         tx.commit().await.map_err(err)?;
+        Ok((meta, records, agents))
+    }
+
+    /// Everything `read_all` read, verified: the data key unwraps, every agent's
+    /// MAC, every record opens, and the table digest covers exactly these rows.
+    fn verify(
+        &self,
+        meta: Meta,
+        records: Vec<StoredRecord>,
+        agent_rows: Vec<rows::AgentRow>,
+    ) -> Result<(FileBody, Arc<Key>, Snapshot), VaultError> {
+        let data_key = Arc::new(rows::unwrap(&self.master, &meta, &self.path)?);
+        let db = self.db();
+        let agents = agent_rows
+            .into_iter()
+            .map(|r| db.verify_agent(r, &data_key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let digest = meta.digest.clone();
         let body = body_of(meta, records, agents);
-        Snapshot::build(&body, &data_key, &self.path, true)?;
+        // SECURITY: every record is opened once (AAD: id, scope, name, version,
+        // hosts, kind) so an edited or swapped row is refused before it is served.
+        let snap = Snapshot::build(&body, &data_key, &self.path, true)?;
+        // SECURITY: and the set of rows is the one the last writer left: a deleted,
+        // copied or older row is refused (`digest.rs`).
+        Digester::new(&data_key)
+            .check(
+                digest.as_ref(),
+                body.counter,
+                &body.seal,
+                &body.records,
+                &body.agents,
+            )
+            .map_err(|m| dberr(self.path_str(), format!("{m}; {TAMPERED_HINT}")))?;
+        Ok((body, data_key, snap))
+    }
+
+    /// Writes the store out as a vault file, after the same verification as a load.
+    async fn export(&self) -> Result<(Vec<u8>, usize, usize), VaultError> {
+        let mut c = self.client().await?;
+        let (meta, records, agents) = self.read_all(&mut c).await?;
+        let (body, data_key, _) = self.verify(meta, records, agents)?;
         let (n, a) = (body.records.len(), body.agents.len());
         let draft = Draft {
             body,
@@ -736,20 +495,11 @@ fn raw(c: &mut deadpool_postgres::Object) -> &mut tokio_postgres::Client {
     c
 }
 
-type Rows = BTreeMap<(String, String), (String, StoredRecord)>;
-type Agents = BTreeMap<String, AgentRecord>;
-
-fn keyed(records: &[StoredRecord]) -> Rows {
-    records
-        .iter()
-        .map(|r| {
-            let json = serde_json::to_string(r).unwrap_or_default();
-            ((r.scope.clone(), r.name.clone()), (json, r.clone()))
-        })
-        .collect()
-}
-
-fn body_of(meta: Meta, records: Vec<StoredRecord>, agents: Vec<AgentRecord>) -> FileBody {
+pub(super) fn body_of(
+    meta: Meta,
+    records: Vec<StoredRecord>,
+    agents: Vec<AgentRecord>,
+) -> FileBody {
     FileBody {
         counter: meta.generation,
         master: meta.master,

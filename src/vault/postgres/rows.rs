@@ -1,8 +1,9 @@
 //! Rows and the vault types they hold: a `records` row is exactly the file's
 //! sealed record (`StoredRecord`), an `agents` row an `AgentRecord` with a MAC
 //! under a key derived from the data key (so an inserted or edited agent is
-//! refused), `meta` the file header (key id, KDF, wrapped data key, seal state)
-//! and the generation. Reads, and the writes of a change as a row diff.
+//! refused), `meta` the file header (key id, KDF, wrapped data key, seal state),
+//! the generation and the table digest (`digest.rs`). Reads, and the writes of a
+//! change as a row diff.
 
 use super::super::crypto::{self, Key, Sealed};
 use super::super::error::VaultError;
@@ -10,6 +11,7 @@ use super::super::format::{AgentRecord, MasterHeader, SealState, StoredRecord};
 use super::super::kind::SecretKind;
 use super::super::master::MasterKey;
 use super::connect::{dberr, describe};
+use super::digest::{Acc, Digest};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -29,6 +31,15 @@ pub(in crate::vault) struct Meta {
     pub(in crate::vault) master: MasterHeader,
     pub(in crate::vault) data_key: String,
     pub(in crate::vault) seal: SealState,
+    /// `None` only before migration 4 computed it (a load refuses that).
+    pub(in crate::vault) digest: Option<Digest>,
+}
+
+/// An `agents` row as read, before its MAC is checked.
+pub(in crate::vault) struct AgentRow {
+    id: String,
+    record: String,
+    mac: String,
 }
 
 const RECORD_COLS: &str = "scope, name, id, version, hint, description, hosts, created, \
@@ -55,7 +66,8 @@ impl Db<'_> {
     ) -> Result<Option<Meta>, VaultError> {
         let lock = if for_update { " FOR UPDATE" } else { "" };
         let sql = format!(
-            "SELECT generation, key_id, kdf, data_key, seal_epoch, seal_count FROM {}.meta{lock}",
+            "SELECT generation, key_id, kdf, data_key, seal_epoch, seal_count, row_digest, \
+             digest_mac FROM {}.meta{lock}",
             self.s
         );
         let Some(row) = c.query_opt(&sql, &[]).await.map_err(|e| self.err(e))? else {
@@ -65,6 +77,15 @@ impl Db<'_> {
         let kdf = match kdf {
             Some(k) => Some(serde_json::from_str(&k).map_err(|_| self.bad("meta.kdf"))?),
             None => None,
+        };
+        let acc: Option<String> = self.get(&row, "row_digest")?;
+        let mac: Option<String> = self.get(&row, "digest_mac")?;
+        let digest = match (acc, mac) {
+            (Some(acc), Some(mac)) => Some(Digest {
+                acc: Acc::from_hex(&acc).ok_or_else(|| self.bad("meta.row_digest"))?,
+                mac,
+            }),
+            _ => None,
         };
         Ok(Some(Meta {
             generation: u64_of(self.get::<i64>(&row, "generation")?)
@@ -80,40 +101,43 @@ impl Db<'_> {
                 count: u64_of(self.get::<i64>(&row, "seal_count")?)
                     .ok_or_else(|| self.bad("seal_count"))?,
             },
+            digest,
         }))
     }
 
+    /// Creates the `meta` row (a new store; a concurrent creator wins, nothing changes).
     pub(in crate::vault) async fn insert_meta(
         &self,
         c: &impl GenericClient,
         m: &Meta,
     ) -> Result<(), VaultError> {
-        let kdf = m
-            .master
-            .kdf
-            .as_ref()
-            .map(|k| serde_json::to_string(k).unwrap_or_default());
         let sql = format!(
-            "INSERT INTO {}.meta (generation, key_id, kdf, data_key, seal_epoch, seal_count) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (singleton) DO NOTHING",
+            "INSERT INTO {}.meta (generation, key_id, kdf, data_key, seal_epoch, seal_count, \
+             row_digest, digest_mac) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (singleton) DO NOTHING",
             self.s
         );
-        let params: [&(dyn ToSql + Sync); 6] = [
-            &i64_of(m.generation)?,
-            &m.master.key_id,
-            &kdf,
-            &m.data_key,
-            &i64_of(m.seal.epoch)?,
-            &i64_of(m.seal.count)?,
-        ];
-        c.execute(&sql, &params).await.map_err(|e| self.err(e))?;
-        Ok(())
+        self.write_meta(c, &sql, m).await
     }
 
-    /// Replaces the header (import) and sets the generation and seal state.
+    /// Replaces the header (import) and sets the generation, seal state and digest.
     pub(in crate::vault) async fn update_meta(
         &self,
         c: &impl GenericClient,
+        m: &Meta,
+    ) -> Result<(), VaultError> {
+        let sql = format!(
+            "UPDATE {}.meta SET generation = $1, key_id = $2, kdf = $3, data_key = $4, \
+             seal_epoch = $5, seal_count = $6, row_digest = $7, digest_mac = $8",
+            self.s
+        );
+        self.write_meta(c, &sql, m).await
+    }
+
+    async fn write_meta(
+        &self,
+        c: &impl GenericClient,
+        sql: &str,
         m: &Meta,
     ) -> Result<(), VaultError> {
         let kdf = m
@@ -121,20 +145,19 @@ impl Db<'_> {
             .kdf
             .as_ref()
             .map(|k| serde_json::to_string(k).unwrap_or_default());
-        let sql = format!(
-            "UPDATE {}.meta SET generation = $1, key_id = $2, kdf = $3, data_key = $4, \
-             seal_epoch = $5, seal_count = $6",
-            self.s
-        );
-        let params: [&(dyn ToSql + Sync); 6] = [
+        let acc = m.digest.as_ref().map(|d| d.acc.to_hex());
+        let mac = m.digest.as_ref().map(|d| d.mac.clone());
+        let params: [&(dyn ToSql + Sync); 8] = [
             &i64_of(m.generation)?,
             &m.master.key_id,
             &kdf,
             &m.data_key,
             &i64_of(m.seal.epoch)?,
             &i64_of(m.seal.count)?,
+            &acc,
+            &mac,
         ];
-        c.execute(&sql, &params).await.map_err(|e| self.err(e))?;
+        c.execute(sql, &params).await.map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -157,29 +180,26 @@ impl Db<'_> {
         scope: &str,
         name: &str,
     ) -> Result<Option<StoredRecord>, VaultError> {
-        let sql = format!(
-            "SELECT {RECORD_COLS} FROM {}.records WHERE scope = $1 AND name = $2 FOR UPDATE",
-            self.s
-        );
-        match c
-            .query_opt(&sql, &[&scope, &name])
-            .await
-            .map_err(|e| self.err(e))?
-        {
-            Some(row) => Ok(Some(self.stored(&row)?)),
-            None => Ok(None),
-        }
+        let tail = "WHERE scope = $1 AND name = $2 FOR UPDATE";
+        Ok(self.select_records(c, tail, &[&scope, &name]).await?.pop())
     }
 
     pub(in crate::vault) async fn records(
         &self,
         c: &impl GenericClient,
     ) -> Result<Vec<StoredRecord>, VaultError> {
-        let sql = format!(
-            "SELECT {RECORD_COLS} FROM {}.records ORDER BY scope, name",
-            self.s
-        );
-        let rows = c.query(&sql, &[]).await.map_err(|e| self.err(e))?;
+        self.select_records(c, "ORDER BY scope, name", &[]).await
+    }
+
+    /// The records rows `tail` (`WHERE …`, `ORDER BY …`) selects, decoded.
+    async fn select_records(
+        &self,
+        c: &impl GenericClient,
+        tail: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<StoredRecord>, VaultError> {
+        let sql = format!("SELECT {RECORD_COLS} FROM {}.records {tail}", self.s);
+        let rows = c.query(&sql, params).await.map_err(|e| self.err(e))?;
         rows.iter().map(|r| self.stored(r)).collect()
     }
 
@@ -190,30 +210,59 @@ impl Db<'_> {
         id: &str,
         data_key: &Key,
     ) -> Result<Option<AgentRecord>, VaultError> {
-        let sql = format!(
-            "SELECT id, record, mac FROM {}.agents WHERE id = $1 FOR UPDATE",
-            self.s
-        );
-        match c.query_opt(&sql, &[&id]).await.map_err(|e| self.err(e))? {
-            Some(row) => Ok(Some(self.agent_of(&row, data_key)?)),
+        let tail = "WHERE id = $1 FOR UPDATE";
+        match self.select_agents(c, tail, &[&id]).await?.pop() {
+            Some(row) => Ok(Some(self.verify_agent(row, data_key)?)),
             None => Ok(None),
         }
     }
 
+    /// Every agent, MAC checked.
     pub(in crate::vault) async fn agents(
         &self,
         c: &impl GenericClient,
         data_key: &Key,
     ) -> Result<Vec<AgentRecord>, VaultError> {
-        let sql = format!("SELECT id, record, mac FROM {}.agents ORDER BY id", self.s);
-        let rows = c.query(&sql, &[]).await.map_err(|e| self.err(e))?;
-        rows.iter().map(|r| self.agent_of(r, data_key)).collect()
+        let rows = self.agent_rows(c).await?;
+        rows.into_iter()
+            .map(|r| self.verify_agent(r, data_key))
+            .collect()
     }
 
-    fn agent_of(&self, row: &Row, data_key: &Key) -> Result<AgentRecord, VaultError> {
-        let id: String = self.get(row, "id")?;
-        let record: String = self.get(row, "record")?;
-        let mac: String = self.get(row, "mac")?;
+    /// Every agent row as stored, not yet checked (a load checks after its read).
+    pub(in crate::vault) async fn agent_rows(
+        &self,
+        c: &impl GenericClient,
+    ) -> Result<Vec<AgentRow>, VaultError> {
+        self.select_agents(c, "ORDER BY id", &[]).await
+    }
+
+    /// The agents rows `tail` (`WHERE …`, `ORDER BY …`) selects.
+    async fn select_agents(
+        &self,
+        c: &impl GenericClient,
+        tail: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<AgentRow>, VaultError> {
+        let sql = format!("SELECT id, record, mac FROM {}.agents {tail}", self.s);
+        let rows = c.query(&sql, params).await.map_err(|e| self.err(e))?;
+        rows.iter()
+            .map(|row| {
+                Ok(AgentRow {
+                    id: self.get(row, "id")?,
+                    record: self.get(row, "record")?,
+                    mac: self.get(row, "mac")?,
+                })
+            })
+            .collect()
+    }
+
+    pub(in crate::vault) fn verify_agent(
+        &self,
+        row: AgentRow,
+        data_key: &Key,
+    ) -> Result<AgentRecord, VaultError> {
+        let AgentRow { id, record, mac } = row;
         let tag = hex::decode(mac).map_err(|_| self.bad("agents.mac"))?;
         // SECURITY: an agent row written or edited with SQL (a token hash of the
         // attacker's choosing, another chain) is refused: its MAC needs the data key.

@@ -78,6 +78,12 @@ CREATE TABLE {s}.audit (
 );
 CREATE INDEX audit_ts ON {s}.audit (ts);
 "#,
+    // 4: the table digest (postgres/digest.rs): XOR of keyed per-row leaves over
+    // records and agents, and its MAC with the generation. NULL only until the
+    // opening keyward (it has the key) computes it in the same transaction.
+    r#"
+ALTER TABLE {s}.meta ADD COLUMN row_digest text, ADD COLUMN digest_mac text;
+"#,
 ];
 
 /// The schema version this keyward writes.
