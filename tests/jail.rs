@@ -848,3 +848,33 @@ fn unprivileged_user_option_is_refused() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--user needs root"), "{err}");
 }
+
+/// Where no namespace can be made — here uid 0 of a user namespace that does
+/// not own its network namespace and may not make another user namespace
+/// (`user.max_user_namespaces = 0` inside it) — `run` says so in one line, exit 1.
+#[test]
+fn without_root_or_user_namespaces_it_is_one_line_and_exit_1() {
+    let test = "without_root_or_user_namespaces_it_is_one_line_and_exit_1";
+    if !userns_possible(test) {
+        return;
+    }
+    let s = setup();
+    s.open_config_to_nobody();
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces || exit 98\n\
+         exec {BIN} --config {} run --agent {AGENT} -- true",
+        s.kw.config_path.display()
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["unshare", "--user", "--map-root-user", "sh", "-c", &script])
+        .env("KEYWARD_TOKEN", TOKEN)
+        .env("PATH", JAIL_PATH)
+        .current_dir("/tmp")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot create a network namespace"), "{err}");
+}

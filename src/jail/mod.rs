@@ -76,7 +76,7 @@ pub fn run(opts: Options) -> Result<u8, JailError> {
     let resolv = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
     let nameservers = netns::nameservers(&resolv);
     // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = unsafe { libc::geteuid() } == 0 && netns::in_initial_user_namespace();
     let jail = if root {
         let (ns, sockets) = netns::create(&opts.ports, opts.proxy_port, &nameservers)?;
         Jail::Root(ns, sockets)

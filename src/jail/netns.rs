@@ -103,6 +103,18 @@ fn os(what: &str) -> impl FnOnce(std::io::Error) -> JailError + '_ {
     move |e| JailError::Setup(format!("{what}: {e}"))
 }
 
+/// The inode of the initial user namespace (`PROC_USER_INIT_INO`, fixed by the kernel).
+const INITIAL_USER_NAMESPACE: u64 = 0xEFFF_FFFD;
+
+/// Whether this process is in the initial user namespace, where root can
+/// leave a new network namespace again and change uid and groups (`create`,
+/// `spawn`). uid 0 of some user namespace (`unshare --user --map-root-user`, a
+/// rootless container) takes the unprivileged path instead, one level deeper.
+pub fn in_initial_user_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/user").is_ok_and(|m| m.ino() == INITIAL_USER_NAMESPACE)
+}
+
 /// Creates the jail and binds its sockets, leaving the calling thread back in
 /// the host namespace.
 pub fn create(
