@@ -7,7 +7,6 @@
 //! `POLL_INTERVAL` and reports the deltas to keyward like its own refusals.
 //! Without `nft` the kernel still refuses (RST, port unreachable), uncounted.
 
-use super::JailError;
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -62,33 +61,19 @@ const RULESET: &str = "table inet keyward {
 }
 ";
 
-/// Loads the table into the namespace the calling thread is in (the jail's).
-/// `Ok(false)` when `nft` is not installed: the jail still refuses, uncounted.
-pub fn install() -> Result<bool, JailError> {
-    let child = Command::new("nft")
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(JailError::Setup(format!("cannot run nft: {e}"))),
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(RULESET.as_bytes())
-            .map_err(|e| JailError::Setup(format!("nft: {e}")))?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| JailError::Setup(format!("nft: {e}")))?;
-    if !out.status.success() {
-        return Err(JailError::Setup(format!(
-            "nft (the jail's counting rules): {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+/// Loads the table into the namespace the calling thread is in (the jail's);
+/// whether it is there. Without it (`nft` not installed, or nftables not
+/// usable here) the jail still refuses, uncounted: one warning says so.
+pub fn install() -> bool {
+    match load() {
+        Ok(()) => {}
+        Err(why) => {
+            tracing::warn!(
+                "{why}: what the jail's kernel refuses (other ports, UDP, ICMP) \
+                 is still refused but not counted or audited"
+            );
+            return false;
+        }
     }
     // Only with the rules in place: an echo request must be dropped, not
     // answered by the jail's own loopback.
@@ -97,7 +82,36 @@ pub fn install() -> Result<bool, JailError> {
             break;
         }
     }
-    Ok(true)
+    true
+}
+
+fn load() -> Result<(), String> {
+    let child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err("nft not found (install nftables)".into())
+        }
+        Err(e) => return Err(format!("cannot run nft: {e}")),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(RULESET.as_bytes())
+            .map_err(|e| format!("nft: {e}"))?;
+    }
+    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "nft could not load the jail's counting rules ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(())
 }
 
 /// The packet counts of `COUNTERS` in `nft -j list counters` output.

@@ -148,12 +148,6 @@ async fn supervise(opts: Options, jail: Jail) -> Result<u8, JailError> {
         let s = tokio::net::UdpSocket::from_std(s).map_err(adopt)?;
         tokio::spawn(serve_dns(s, up.clone(), policy.clone()));
     }
-    if !ns.counting {
-        tracing::warn!(
-            "nft not found (install nftables): what the jail's kernel refuses \
-             (other ports, UDP, ICMP) is still refused but not counted or audited"
-        );
-    }
     let kernel = Arc::new(parking_lot::Mutex::new(counters::Tally::default()));
     let poller = ns.counting.then(|| {
         let (up, kernel, entry) = (up.clone(), kernel.clone(), ns.raw());

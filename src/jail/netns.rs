@@ -165,7 +165,7 @@ pub fn configure(
             )));
         }
     }
-    let counting = super::counters::install()?;
+    let counting = super::counters::install();
     let mut transparent = Vec::new();
     for &port in ports {
         transparent.push(tcp_any(port)?);
