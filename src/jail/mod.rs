@@ -124,7 +124,7 @@ enum Jail {
 }
 
 async fn supervise(opts: Options, jail: Jail) -> Result<u8, JailError> {
-    let (ns, sockets, mut pending) = match jail {
+    let (ns, sockets, pending) = match jail {
         Jail::Root(ns, sockets) => (ns, sockets, None),
         Jail::User(j) => (j.ns, j.sockets, Some(j.child)),
     };
@@ -161,7 +161,7 @@ async fn supervise(opts: Options, jail: Jail) -> Result<u8, JailError> {
     // Handlers first: a signal that arrives while CMD starts is CMD's, not a
     // kill of `keyward run` (which would take CMD down with it).
     let signals = Signals::new()?;
-    let status = match pending.take() {
+    let status = match pending {
         None => {
             let cmd = spawn::Cmd {
                 argv: &opts.argv,
