@@ -738,6 +738,32 @@ fn unprivileged_run_jails_and_injects() {
     }
     let s = setup();
     assert_eq!(s.run_unprivileged("exit 7").status.code(), Some(7));
+    assert_eq!(
+        s.run_unprivileged("kill -KILL $$").status.code(),
+        Some(128 + 9)
+    );
+    // SIGTERM to keyward run reaches CMD (here the forked child that became CMD).
+    let mut child = s
+        .command_unprivileged(
+            "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // SAFETY: kill on our own child's pid (setpriv execs keyward run).
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = wait_output(child);
+    assert_eq!(out.status.code(), Some(42), "{rest} {}", text(&out));
+    assert!(rest.contains("got-term"));
     let out = s.run_unprivileged(
         "curl -sS --max-time 20 'https://q.example.test/v1/userns-env?key=dummy'",
     );
