@@ -79,26 +79,74 @@ impl Setup {
 
     /// `keyward run … -- bash -c GUARD; script`.
     fn command(&self, script: &str) -> Command {
+        self.command_as(script, false)
+    }
+
+    /// The same with `keyward run` itself started as nobody (unprivileged
+    /// user namespaces), the token in `KEYWARD_TOKEN`.
+    fn command_unprivileged(&self, script: &str) -> Command {
+        self.command_as(script, true)
+    }
+
+    fn command_as(&self, script: &str, unprivileged: bool) -> Command {
         let guard = format!(
             "[ \"$(readlink /proc/self/ns/net)\" != '{}' ] || {{ echo NOT-JAILED >&2; exit {NOT_JAILED}; }}\n",
             host_netns()
         );
-        let mut c = Command::new(BIN);
-        c.arg("--config")
-            .arg(&self.kw.config_path)
-            .arg("run")
-            .args(["--agent", AGENT, "--token-file"])
-            .arg(self.token_file())
-            .arg("--proxy")
+        let mut c = if unprivileged {
+            self.open_config_to_nobody();
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid",
+                "65534",
+                "--regid",
+                "65534",
+                "--clear-groups",
+                BIN,
+            ]);
+            c.env("KEYWARD_TOKEN", TOKEN);
+            c
+        } else {
+            Command::new(BIN)
+        };
+        c.arg("--config").arg(&self.kw.config_path).arg("run");
+        c.args(["--agent", AGENT]);
+        if !unprivileged {
+            c.arg("--token-file").arg(self.token_file());
+        }
+        c.arg("--proxy")
             .arg(format!("http://{}", self.kw.addr()))
             .arg("--")
             .args(["bash", "-c", &format!("{guard}{script}")])
             .current_dir("/tmp")
             .env("PATH", JAIL_PATH)
             .env("HOME", "/tmp")
-            .env_remove("KEYWARD_TOKEN")
             .stdin(Stdio::null());
+        if !unprivileged {
+            c.env_remove("KEYWARD_TOKEN");
+        }
         c
+    }
+
+    /// What `keyward run` as nobody reads: the config and keyward's CA
+    /// certificate (the vault, master key and CA key stay private).
+    fn open_config_to_nobody(&self) {
+        let mode = |p: &std::path::Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        mode(self.kw.dir.path(), 0o755);
+        mode(&self.kw.config_path, 0o644);
+        mode(&self.kw.dir.path().join("ca.pem"), 0o644);
+    }
+
+    fn run_unprivileged(&self, script: &str) -> Output {
+        let child = self
+            .command_unprivileged(script)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_output(child)
     }
 
     fn run(&self, script: &str) -> Output {
@@ -289,6 +337,148 @@ fn the_hosts_loopback_and_other_ports_are_unreachable() {
         "the host's UDP socket got a datagram"
     );
     assert_eq!(s.kw.upstream.connection_count(), 0);
+}
+
+/// What the jail's own kernel refuses (a port outside `egress.ports`, UDP other
+/// than DNS, ICMP echo) fails at once, reaches nothing on the host, and is
+/// counted and audited by keyward serve as `jail_block` (the nftables counters
+/// in the jail, read by `keyward run`).
+#[test]
+fn kernel_refusals_fail_at_once_and_are_counted_and_audited() {
+    let test = "kernel_refusals_fail_at_once_and_are_counted_and_audited";
+    if !jail_possible(test)
+        || tools::require("nft", test).is_none()
+        || tools::require("/usr/bin/python3", test).is_none()
+    {
+        return;
+    }
+    let s = setup();
+    let (tcp, udp) = probes();
+    let out = s.run(&kernel_probe_script(&tcp, &udp));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_probes_saw_nothing(&s.kw, &tcp, &udp, 0);
+    let reports: Vec<_> =
+        s.kw.audit_lines()
+            .into_iter()
+            .filter(|l| l["event"] == "jail_block")
+            .collect();
+    for kind in ["tcp port", "udp", "icmp"] {
+        assert!(
+            reports.iter().any(|l| l["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&format!("latest: {kind}")))
+                || l["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains(&format!("x {kind}")))),
+            "no jail_block for {kind}: {reports:?}\n{}",
+            text(&out)
+        );
+    }
+    assert!(reports.iter().all(|l| l["agent"] == AGENT), "{reports:?}");
+    let total = jail_blocks_total(&s.kw);
+    assert!(total >= 4, "keyward_jail_blocks_total {total}");
+}
+
+/// Without `nft` (a PATH without /usr/sbin, where `ip` is still found in
+/// /usr/bin) the jail's kernel still refuses at once; `run` says once that
+/// those refusals are not counted.
+#[test]
+fn without_nft_the_kernel_still_refuses_and_run_says_so_once() {
+    let test = "without_nft_the_kernel_still_refuses_and_run_says_so_once";
+    if !jail_possible(test) || tools::require("/usr/bin/python3", test).is_none() {
+        return;
+    }
+    if !std::path::Path::new("/usr/bin/ip").exists()
+        || std::path::Path::new("/usr/bin/nft").exists()
+    {
+        eprintln!("skipped {test}: needs ip in /usr/bin and nft outside it");
+        return;
+    }
+    let s = setup();
+    let (tcp, udp) = probes();
+    let mut cmd = s.command(&kernel_probe_script(&tcp, &udp));
+    cmd.env("PATH", "/usr/bin");
+    let out = wait_output(
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_probes_saw_nothing(&s.kw, &tcp, &udp, 0);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("nft not found").count(), 1, "{stderr}");
+}
+
+/// A TCP listener and a UDP socket on the host's loopback: what the jail must
+/// never reach.
+fn probes() -> (TcpListener, UdpSocket) {
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    tcp.set_nonblocking(true).unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    (tcp, udp)
+}
+
+/// Python inside the jail: each attempt must fail with an immediate error
+/// (refused / not permitted), not a timeout; prints what it saw, exit 0 when
+/// all failed at once.
+fn kernel_probe_script(tcp: &TcpListener, udp: &UdpSocket) -> String {
+    let (tp, up) = (
+        tcp.local_addr().unwrap().port(),
+        udp.local_addr().unwrap().port(),
+    );
+    let py = format!(
+        "import errno, socket, sys\n\
+         bad = 0\n\
+         def attempt(what, f):\n\
+         \x20   global bad\n\
+         \x20   try:\n\
+         \x20       f(); print(what, 'went through'); bad = 1\n\
+         \x20   except OSError as e:\n\
+         \x20       ok = e.errno in (errno.ECONNREFUSED, errno.EPERM, errno.EACCES)\n\
+         \x20       print(what, errno.errorcode.get(e.errno, e)); bad |= not ok\n\
+         def tcp(host, port):\n\
+         \x20   socket.create_connection((host, port), timeout=10).close()\n\
+         def udp(host, port):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         \x20   s.settimeout(10); s.connect((host, port)); s.send(b'hi'); s.send(b'hi'); s.recv(10)\n\
+         def icmp(host):\n\
+         \x20   s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP)\n\
+         \x20   s.settimeout(10); s.sendto(bytes([8, 0, 0, 0, 0, 1, 0, 1]), (host, 0)); s.recv(64)\n\
+         attempt('tcp-loopback', lambda: tcp('127.0.0.1', {tp}))\n\
+         attempt('tcp-22', lambda: tcp('203.0.113.5', 22))\n\
+         attempt('udp-loopback', lambda: udp('127.0.0.1', {up}))\n\
+         attempt('udp-out', lambda: udp('203.0.113.5', {up}))\n\
+         attempt('icmp', lambda: icmp('203.0.113.5'))\n\
+         sys.exit(bad)\n"
+    );
+    format!("/usr/bin/python3 -c \"{py}\"")
+}
+
+/// `upstream_before`: the echo upstream's connections before the probes.
+fn assert_probes_saw_nothing(kw: &Kw, tcp: &TcpListener, udp: &UdpSocket, upstream_before: usize) {
+    assert!(
+        matches!(tcp.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the host's loopback server got a connection"
+    );
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(udp.recv_from(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the host's UDP socket got a datagram"
+    );
+    assert_eq!(kw.upstream.connection_count(), upstream_before);
+}
+
+fn jail_blocks_total(kw: &Kw) -> u64 {
+    kw.running
+        .state
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix("keyward_jail_blocks_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -522,4 +712,195 @@ fn bad_input_is_one_line_and_exit_1() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("does not authenticate"));
+}
+
+/// Whether nobody may make a user + network namespace here.
+fn userns_possible(test: &str) -> bool {
+    if !jail_possible(test) || tools::require("setpriv", test).is_none() {
+        return false;
+    }
+    let ok = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["unshare", "--user", "--map-root-user", "--net", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok || tools::skip_or_fail::<()>("no unprivileged user namespaces here", test).is_some()
+}
+
+/// `keyward run` as nobody: the jail made in a user namespace, the core cases
+/// of the root jail again (status, env-proxy and `--noproxy` curl injected, the
+/// host's loopback unreachable, kernel refusals counted, no way back).
+#[test]
+fn unprivileged_run_jails_and_injects() {
+    let test = "unprivileged_run_jails_and_injects";
+    if !userns_possible(test) || tools::require("curl", test).is_none() {
+        return;
+    }
+    let s = setup();
+    assert_eq!(s.run_unprivileged("exit 7").status.code(), Some(7));
+    assert_eq!(
+        s.run_unprivileged("kill -KILL $$").status.code(),
+        Some(128 + 9)
+    );
+    // SIGTERM to keyward run reaches CMD (here the forked child that became CMD).
+    let mut child = s
+        .command_unprivileged(
+            "trap 'echo got-term; exit 42' TERM; echo ready; while :; do sleep 0.1; done",
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // SAFETY: kill on our own child's pid (setpriv execs keyward run).
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = wait_output(child);
+    assert_eq!(out.status.code(), Some(42), "{rest} {}", text(&out));
+    assert!(rest.contains("got-term"));
+    let out = s.run_unprivileged(
+        "curl -sS --max-time 20 'https://q.example.test/v1/userns-env?key=dummy'",
+    );
+    assert_injected(&s.kw, "/v1/userns-env", &out);
+    let out = s.run_unprivileged(
+        "unset HTTPS_PROXY https_proxy; \
+         curl -sS --max-time 20 --noproxy '*' 'https://q.example.test/v1/userns-noproxy?key=dummy'",
+    );
+    assert_injected(&s.kw, "/v1/userns-noproxy", &out);
+
+    let (tcp, udp) = probes();
+    let upstream_before = s.kw.upstream.connection_count();
+    let out = s.run_unprivileged(&kernel_probe_script(&tcp, &udp));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_probes_saw_nothing(&s.kw, &tcp, &udp, upstream_before);
+    if tools::find("nft").is_some() {
+        let blocks =
+            s.kw.audit_lines()
+                .into_iter()
+                .filter(|l| l["event"] == "jail_block" && l["agent"] == AGENT)
+                .count();
+        assert!(blocks >= 3, "{}", text(&out));
+    }
+
+    let script = "cat /proc/self/uid_map\n\
+         grep -h Cap /proc/self/status\n\
+         cat /proc/$PPID/environ /proc/$PPID/mem 2>&1 | head -c 2000\n\
+         r=0\n\
+         nsenter --net=/proc/1/ns/net true 2>/dev/null && { echo escaped-pid1; r=1; }\n\
+         nsenter --net=/proc/$PPID/ns/net true 2>/dev/null && { echo escaped-ppid; r=1; }\n\
+         ip route del local 0.0.0.0/0 dev lo table local 2>/dev/null && { echo route-changed; r=1; }\n\
+         nft flush ruleset 2>/dev/null && { echo rules-flushed; r=1; }\n\
+         exit $r";
+    let out = s.run_unprivileged(script);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // A user namespace of nobody's: uid 0 inside is 65534 outside, and only it.
+    let map: Vec<&str> = stdout
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(map, ["0", "65534", "1"], "{stdout}");
+    assert!(stdout.contains("CapEff:\t0000000000000000"), "{stdout}");
+    assert!(stdout.contains("CapBnd:\t0000000000000000"), "{stdout}");
+    assert_no_leak("the jail's view", &out.stdout, TOKEN);
+    assert_no_leak("the jail's view", &out.stdout, Q_SECRET);
+}
+
+#[test]
+fn unprivileged_run_leaves_nothing_after_kill_9() {
+    let test = "unprivileged_run_leaves_nothing_after_kill_9";
+    if !userns_possible(test) {
+        return;
+    }
+    let s = setup();
+    let before = host_state();
+    let mut child = s
+        .command_unprivileged("readlink /proc/self/ns/net; exec sleep 600")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let ns = line.trim().to_string();
+    assert!(ns.starts_with("net:["), "{ns}");
+    assert!(namespace_in_use(&ns));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let deadline = Instant::now() + WAIT;
+    while namespace_in_use(&ns) {
+        assert!(Instant::now() < deadline, "{ns} survived kill -9");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(host_state(), before);
+}
+
+#[test]
+fn unprivileged_user_option_is_refused() {
+    let test = "unprivileged_user_option_is_refused";
+    if !userns_possible(test) {
+        return;
+    }
+    let s = setup();
+    s.open_config_to_nobody();
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            BIN,
+        ])
+        .arg("--config")
+        .arg(&s.kw.config_path)
+        .args(["run", "--agent", AGENT, "--user", "1000", "--", "true"])
+        .env("KEYWARD_TOKEN", TOKEN)
+        .current_dir("/tmp")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--user needs root"), "{err}");
+}
+
+/// Where no namespace can be made — here uid 0 of a user namespace that does
+/// not own its network namespace and may not make another user namespace
+/// (`user.max_user_namespaces = 0` inside it) — `run` says so in one line, exit 1.
+#[test]
+fn without_root_or_user_namespaces_it_is_one_line_and_exit_1() {
+    let test = "without_root_or_user_namespaces_it_is_one_line_and_exit_1";
+    if !userns_possible(test) {
+        return;
+    }
+    let s = setup();
+    s.open_config_to_nobody();
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces || exit 98\n\
+         exec {BIN} --config {} run --agent {AGENT} -- true",
+        s.kw.config_path.display()
+    );
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["unshare", "--user", "--map-root-user", "sh", "-c", &script])
+        .env("KEYWARD_TOKEN", TOKEN)
+        .env("PATH", JAIL_PATH)
+        .current_dir("/tmp")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("cannot create a network namespace"), "{err}");
 }

@@ -5,6 +5,7 @@
 mod common;
 
 use bytes::Bytes;
+use common::tools;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
@@ -210,4 +211,145 @@ async fn jail_reports_are_audited_as_jail_block_and_counted() {
     let metrics = kw.running.state.metrics.render();
     assert!(metrics.contains("keyward_jail_blocks_total 4"), "{metrics}");
     assert!(kw.upstream.requests().is_empty());
+}
+
+/// The pod setup for real (deploy/kubernetes/pod-sidecar): in a network
+/// namespace this test makes, the init container's script from pod.yaml, as it
+/// is, sends the pod's TCP to `transparent_listen` (127.0.0.1:15001, as in the
+/// example's configmap); a curl that knows nothing of keyward (no proxy)
+/// connects to `files.test` at a TEST-NET-3 address and is injected as
+/// `transparent_agent`. The namespace's only links are `lo` and a veth pair
+/// whose both ends are in it (the pod's "eth0", for the default route): a
+/// packet no rule catches goes nowhere, even if the rules were wrong.
+#[test]
+fn the_pod_init_script_redirects_tcp_to_the_transparent_listener() {
+    let test = "the_pod_init_script_redirects_tcp_to_the_transparent_listener";
+    for tool in ["iptables", "ip6tables", "ip", "curl"] {
+        if tools::require(tool, test).is_none() {
+            return;
+        }
+    }
+    let inside = std::thread::spawn(move || redirected_in_own_namespace(test));
+    inside.join().expect("the namespace thread");
+}
+
+/// The `transparent_listen` of deploy/kubernetes/pod-sidecar/configmap.yaml.
+const POD_TRANSPARENT_LISTEN: &str = "127.0.0.1:15001";
+/// Where the pod's "eth0" sends everything: only inside the test's namespace.
+const POD_ADDR: &str = "192.0.2.1/24";
+const FAR_ADDR: &str = "203.0.113.5";
+
+fn thread_netns() -> String {
+    std::fs::read_link("/proc/thread-self/ns/net")
+        .unwrap()
+        .display()
+        .to_string()
+}
+
+/// The init container's shell script (the `- |` block of `keyward-redirect`).
+fn pod_init_script() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/kubernetes/pod-sidecar/pod.yaml"
+    );
+    let yaml = std::fs::read_to_string(path).unwrap();
+    let from = yaml
+        .find("name: keyward-redirect")
+        .expect("the init container");
+    let mut lines = yaml[from..]
+        .lines()
+        .skip_while(|l| l.trim() != "- |")
+        .skip(1);
+    let first = lines.next().expect("the script");
+    let indent = first.len() - first.trim_start().len();
+    let mut script = format!("{}\n", first.trim_start());
+    for l in lines {
+        if !l.trim().is_empty() && l.len() - l.trim_start().len() < indent {
+            break;
+        }
+        script.push_str(l.get(indent..).unwrap_or(""));
+        script.push('\n');
+    }
+    assert!(script.contains("REDIRECT"), "{script}");
+    script
+}
+
+/// On a thread of its own: `unshare(CLONE_NEWNET)` moves only this thread (and
+/// the threads and processes it starts) into the new namespace.
+fn redirected_in_own_namespace(test: &str) {
+    let host = thread_netns();
+    // SAFETY: unshare on this thread; no memory preconditions.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        tools::skip_or_fail::<()>("cannot create a network namespace (not root?)", test);
+        return;
+    }
+    let ours = thread_netns();
+    // SECURITY of the test: nothing is configured or started before we know
+    // we are in the namespace we made.
+    assert_ne!(ours, host, "still in the host's network namespace");
+    let sh = |args: &[&str]| {
+        let out = std::process::Command::new(args[0])
+            .args(&args[1..])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    sh(&["ip", "link", "set", "lo", "up"]);
+    sh(&[
+        "ip", "link", "add", "kw0", "type", "veth", "peer", "name", "kw1",
+    ]);
+    sh(&["ip", "addr", "add", POD_ADDR, "dev", "kw0"]);
+    sh(&["ip", "link", "set", "kw1", "up"]);
+    sh(&["ip", "link", "set", "kw0", "up"]);
+    sh(&["ip", "route", "add", "default", "dev", "kw0"]);
+    sh(&["sh", "-c", &pod_init_script()]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let kw = rt.block_on(async {
+        let kw = Kw::builder()
+            .provider(Provider::bearer("files", "files.test", FILES_SECRET))
+            .proxy("transparent_listen", POD_TRANSPARENT_LISTEN)
+            .proxy("transparent_agent", AGENT)
+            .start()
+            .await;
+        kw.set_secret("platform", FILES_SECRET, REAL);
+        kw
+    });
+    let ca = kw.dir.path().join("ca.pem");
+    let script = format!(
+        "[ \"$(readlink /proc/self/ns/net)\" = '{ours}' ] || {{ echo NOT-IN-OUR-NAMESPACE >&2; exit 99; }}\n\
+         exec curl -sS --max-time 20 --noproxy '*' --cacert {ca} \
+           --resolve files.test:443:{FAR_ADDR} \
+           -H 'authorization: Bearer keyward-placeholder' https://files.test/v1/redirected",
+        ca = ca.display()
+    );
+    let out = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env_remove("HTTPS_PROXY")
+        .env_remove("https_proxy")
+        .env_remove("ALL_PROXY")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(REAL),
+        "the secret reached the client"
+    );
+    let seen = kw.upstream.last();
+    assert_eq!(seen.uri, "/v1/redirected");
+    let auth: Vec<_> = seen.headers.get_all("authorization").iter().collect();
+    assert_eq!(auth, vec![format!("Bearer {REAL}").as_str()]);
+    let inject = kw
+        .audit_lines()
+        .into_iter()
+        .find(|l| l["event"] == "inject" && l["path"] == "/v1/redirected")
+        .expect("an inject line");
+    assert_eq!(inject["agent"], AGENT);
+    assert_eq!(inject["host"], "files.test");
+    assert_no_leak_in_audit(&kw);
+    drop(kw);
+    drop(rt);
 }

@@ -99,6 +99,7 @@ mod linux {
             proxy_port: args.jail_proxy_port,
             policy,
             run_as,
+            user_given: args.user.is_some(),
         };
         let code = jail::run(opts).map_err(|e| match e {
             JailError::User(m) | JailError::Unsupported(m) => CliError::User(m),

@@ -1,15 +1,19 @@
 //! `keyward run` (SPEC §12): CMD in a network namespace whose only way out is
 //! keyward. `netns` makes the namespace and binds its sockets (before any
-//! thread exists), `spawn` starts CMD in it without the capabilities to leave,
-//! `relay` turns every caught connection into an authenticated CONNECT to
-//! `keyward serve`, `dns` is the stub that names keyward's hosts, `sniff` reads
-//! SNI and `Host`. See docs/jail.md.
+//! thread exists; as root), `userns` does the same from a forked child in a
+//! user namespace (without root), `counters` loads the nftables rules that
+//! count what the jail's kernel refuses, `spawn` starts CMD in it without the
+//! capabilities to leave, `relay` turns every caught connection into an
+//! authenticated CONNECT to `keyward serve`, `dns` is the stub that names
+//! keyward's hosts, `sniff` reads SNI and `Host`. See docs/jail.md.
 
+pub mod counters;
 pub mod dns;
 pub mod netns;
 pub mod relay;
 pub use crate::sniff;
 pub mod spawn;
+pub mod userns;
 
 use crate::policy::Policy;
 use crate::secret::Secret;
@@ -56,6 +60,8 @@ pub struct Options {
     /// Names the DNS stub answers: the ones this policy would route.
     pub policy: Policy,
     pub run_as: spawn::RunAs,
+    /// Whether `--user` was given (only root can honour it).
+    pub user_given: bool,
 }
 
 /// Runs CMD in the jail; its exit code. Call on the main thread, before any
@@ -68,20 +74,60 @@ pub fn run(opts: Options) -> Result<u8, JailError> {
         )));
     }
     let resolv = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
-    let (ns, sockets) = netns::create(&opts.ports, opts.proxy_port, &netns::nameservers(&resolv))?;
+    let nameservers = netns::nameservers(&resolv);
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0 && netns::in_initial_user_namespace();
+    let jail = if root {
+        let (ns, sockets) = netns::create(&opts.ports, opts.proxy_port, &nameservers)?;
+        Jail::Root(ns, sockets)
+    } else {
+        if opts.user_given {
+            return Err(JailError::User(
+                "--user needs root; without it CMD runs as you (uid 0 of its user namespace)"
+                    .into(),
+            ));
+        }
+        let cmd = spawn::Cmd {
+            argv: &opts.argv,
+            env: &opts.env,
+            remove: &opts.remove,
+        };
+        Jail::User(userns::create(
+            &opts.ports,
+            opts.proxy_port,
+            &nameservers,
+            &cmd,
+        )?)
+    };
+    // SECURITY: CMD may run with this process's uid (a user namespace, or
+    // `--user 0`); a dumpable process of the same uid can be ptraced, or its
+    // /proc/<pid>/mem and environ read, by it, and this one holds the token.
+    // SAFETY: prctl on this process; no memory preconditions.
+    if unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) } != 0 {
+        return Err(JailError::Setup(format!(
+            "cannot make keyward run non-dumpable: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(RELAY_THREADS)
         .enable_all()
         .build()
         .map_err(|e| JailError::Setup(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(supervise(opts, ns, sockets))
+    rt.block_on(supervise(opts, jail))
 }
 
-async fn supervise(
-    opts: Options,
-    ns: netns::Namespace,
-    sockets: netns::Sockets,
-) -> Result<u8, JailError> {
+/// The jail as made: by this process (root), or by a child waiting to become CMD.
+enum Jail {
+    Root(netns::Namespace, netns::Sockets),
+    User(userns::Jailed),
+}
+
+async fn supervise(opts: Options, jail: Jail) -> Result<u8, JailError> {
+    let (ns, sockets, pending) = match jail {
+        Jail::Root(ns, sockets) => (ns, sockets, None),
+        Jail::User(j) => (j.ns, j.sockets, Some(j.child)),
+    };
     let up = Arc::new(relay::Upstream {
         proxy: opts.proxy,
         authorization: opts.authorization,
@@ -102,13 +148,48 @@ async fn supervise(
         let s = tokio::net::UdpSocket::from_std(s).map_err(adopt)?;
         tokio::spawn(serve_dns(s, up.clone(), policy.clone()));
     }
+    let kernel = Arc::new(parking_lot::Mutex::new(counters::Tally::default()));
+    let poller = ns.counting.then(|| {
+        let (up, kernel, entry) = (up.clone(), kernel.clone(), ns.raw());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(counters::POLL_INTERVAL).await;
+                count_kernel(entry, &up, &kernel).await;
+            }
+        })
+    });
     // Handlers first: a signal that arrives while CMD starts is CMD's, not a
     // kill of `keyward run` (which would take CMD down with it).
     let signals = Signals::new()?;
-    // Spawned from this (the main) thread, which outlives the child.
-    let mut child = spawn::spawn(&ns, &opts.argv, &opts.env, &opts.remove, opts.run_as)?;
+    let status = match pending {
+        None => {
+            let cmd = spawn::Cmd {
+                argv: &opts.argv,
+                env: &opts.env,
+                remove: &opts.remove,
+            };
+            // Spawned from this (the main) thread, which outlives the child.
+            let mut child = spawn::spawn(&ns, &cmd, opts.run_as)?;
+            let pid = child.id().map(|p| p as libc::pid_t);
+            let wait = async move { child.wait().await };
+            signals.forward(pid, wait).await?
+        }
+        Some(child) => {
+            let pid = child.start()?;
+            let wait = async move {
+                tokio::task::spawn_blocking(move || wait_pid(pid))
+                    .await
+                    .map_err(std::io::Error::other)?
+            };
+            signals.forward(Some(pid), wait).await?
+        }
+    };
+    if let Some(p) = poller {
+        p.abort();
+        // The last refusals, up to CMD's exit.
+        count_kernel(ns.raw(), &up, &kernel).await;
+    }
     drop(ns);
-    let status = signals.forward(&mut child).await?;
     let blocked = up.blocked.load(std::sync::atomic::Ordering::Relaxed);
     if blocked > 0 {
         tracing::warn!("jail_block: {blocked} connection(s) or lookup(s) refused in total");
@@ -123,6 +204,51 @@ async fn supervise(
         }
     }
     Ok(spawn::exit_code(status))
+}
+
+/// Reads the jail's counters (`nft` run inside it) and reports what is new.
+async fn count_kernel(
+    (user, net): (Option<i32>, i32),
+    up: &relay::Upstream,
+    tally: &parking_lot::Mutex<counters::Tally>,
+) {
+    let mut nft = tokio::process::Command::new("nft");
+    nft.args(["-j", "list", "counters", "table", "inet", counters::TABLE])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    // SAFETY: between fork and exec, setns only (async-signal-safe) on
+    // descriptors the caller keeps open.
+    unsafe {
+        nft.pre_exec(move || netns::enter(user, net));
+    }
+    let Ok(out) = nft.output().await else {
+        return;
+    };
+    let Some(now) = counters::parse(&out.stdout) else {
+        return;
+    };
+    let deltas = tally.lock().deltas(now);
+    for (n, (_, what)) in deltas.into_iter().zip(counters::COUNTERS) {
+        up.block_n(n, what);
+    }
+}
+
+/// Waits for a child that is not a `tokio::process::Child` (the user-namespace one).
+fn wait_pid(pid: libc::pid_t) -> std::io::Result<std::process::ExitStatus> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child; `status` lives on this frame.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            return Ok(std::process::ExitStatus::from_raw(status));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
 }
 
 async fn accept(l: tokio::net::TcpListener, up: Arc<relay::Upstream>, proxy_aware: bool) {
@@ -183,15 +309,16 @@ impl Signals {
         })
     }
 
-    /// Waits for CMD, passing the signals on.
+    /// Waits for CMD (`wait`), passing the signals on to `pid`.
     async fn forward(
         mut self,
-        child: &mut tokio::process::Child,
+        pid: Option<libc::pid_t>,
+        wait: impl std::future::Future<Output = std::io::Result<std::process::ExitStatus>>,
     ) -> Result<std::process::ExitStatus, JailError> {
-        let pid = child.id().map(|p| p as libc::pid_t);
+        tokio::pin!(wait);
         loop {
             let sig = tokio::select! {
-                status = child.wait() => {
+                status = &mut wait => {
                     return status.map_err(|e| JailError::Setup(format!("wait: {e}")));
                 }
                 _ = self.int.recv() => libc::SIGINT,

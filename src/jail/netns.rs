@@ -62,19 +62,57 @@ pub struct Sockets {
     pub dns: Vec<std::net::UdpSocket>,
 }
 
-/// An open handle on the jail's namespace (for `setns` in the child).
+/// Open handles on the jail's namespaces (for `setns` in a child: CMD, `nft`).
 pub struct Namespace {
-    fd: OwnedFd,
+    pub net: OwnedFd,
+    /// The jail's user namespace when `keyward run` is not root: entered
+    /// first, it gives the capabilities over `net`.
+    pub user: Option<OwnedFd>,
+    /// Whether the counting rules (`counters`) are loaded.
+    pub counting: bool,
 }
 
 impl Namespace {
-    pub fn raw_fd(&self) -> i32 {
-        self.fd.as_raw_fd()
+    /// The raw descriptors, for `enter` between fork and exec.
+    pub fn raw(&self) -> (Option<i32>, i32) {
+        (
+            self.user.as_ref().map(|u| u.as_raw_fd()),
+            self.net.as_raw_fd(),
+        )
     }
+}
+
+/// Joins the jail (its user namespace first, where there is one). Only in a
+/// forked child before exec: a process with threads cannot join a user namespace.
+pub fn enter(user: Option<i32>, net: i32) -> std::io::Result<()> {
+    // SAFETY: setns on descriptors the caller keeps open; no memory preconditions.
+    unsafe {
+        if let Some(user) = user {
+            if libc::setns(user, libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        if libc::setns(net, libc::CLONE_NEWNET) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn os(what: &str) -> impl FnOnce(std::io::Error) -> JailError + '_ {
     move |e| JailError::Setup(format!("{what}: {e}"))
+}
+
+/// The inode of the initial user namespace (`PROC_USER_INIT_INO`, fixed by the kernel).
+const INITIAL_USER_NAMESPACE: u64 = 0xEFFF_FFFD;
+
+/// Whether this process is in the initial user namespace, where root can
+/// leave a new network namespace again and change uid and groups (`create`,
+/// `spawn`). uid 0 of some user namespace (`unshare --user --map-root-user`, a
+/// rootless container) takes the unprivileged path instead, one level deeper.
+pub fn in_initial_user_namespace() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/user").is_ok_and(|m| m.ino() == INITIAL_USER_NAMESPACE)
 }
 
 /// Creates the jail and binds its sockets, leaving the calling thread back in
@@ -90,7 +128,7 @@ pub fn create(
         let e = std::io::Error::last_os_error();
         return Err(JailError::Unsupported(format!(
             "cannot create a network namespace ({e}); keyward run needs root \
-             (CAP_SYS_ADMIN); unprivileged user namespaces are not supported yet"
+             (CAP_SYS_ADMIN) or, as another user, unprivileged user namespaces"
         )));
     }
     let inside = configure(ports, proxy_port, nameservers);
@@ -107,7 +145,9 @@ pub fn create(
     inside
 }
 
-fn configure(
+/// Sets up the namespace the calling thread is in (a new, empty one) and binds
+/// the jail's sockets there.
+pub fn configure(
     ports: &[u16],
     proxy_port: u16,
     nameservers: &[IpAddr],
@@ -125,6 +165,7 @@ fn configure(
             )));
         }
     }
+    let counting = super::counters::install();
     let mut transparent = Vec::new();
     for &port in ports {
         transparent.push(tcp_any(port)?);
@@ -154,7 +195,12 @@ fn configure(
         proxy,
         dns,
     };
-    Ok((Namespace { fd: fd.into() }, sockets))
+    let ns = Namespace {
+        net: fd.into(),
+        user: None,
+        counting,
+    };
+    Ok((ns, sockets))
 }
 
 /// `[::]:port` dual stack, or `0.0.0.0:port` where IPv6 is off.

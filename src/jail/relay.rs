@@ -47,9 +47,25 @@ impl Upstream {
     /// Logs a refusal (rate-limited: a loop of blocked connects is one line per
     /// hundred after the first few).
     pub fn block(&self, what: &str) {
-        let n = self.blocked.fetch_add(1, Ordering::Relaxed) + 1;
-        if n <= BLOCK_LOG_BURST || n.is_multiple_of(BLOCK_LOG_EVERY) {
-            tracing::warn!(blocked = n, "jail_block: {what}");
+        self.block_n(1, what);
+    }
+
+    /// `n` refusals of one kind at once (the jail's kernel counters).
+    pub fn block_n(&self, n: u64, what: &str) {
+        if n == 0 {
+            return;
+        }
+        let after = self.blocked.fetch_add(n, Ordering::Relaxed) + n;
+        let before = after - n;
+        // Logged when this batch reaches into the first few, or past a hundred mark.
+        if before < BLOCK_LOG_BURST || before / BLOCK_LOG_EVERY != after / BLOCK_LOG_EVERY {
+            let what = if n == 1 {
+                what.to_string()
+            } else {
+                format!("{n} x {what}")
+            };
+            let what = what.as_str();
+            tracing::warn!(blocked = after, "jail_block: {what}");
             // Reported at the same (rate-limited) moments: keyward serve writes
             // the `jail_block` audit line and counts keyward_jail_blocks_total.
             if let Ok(rt) = tokio::runtime::Handle::try_current() {

@@ -38,36 +38,69 @@ struct CapData {
     inheritable: u32,
 }
 
-/// Spawns `argv` in the jail with `env` added to (and `remove` taken from) the
-/// current environment. Call from the thread that lives as long as the child
-/// (`PR_SET_PDEATHSIG` is tied to the thread that forks).
-pub fn spawn(
-    ns: &Namespace,
-    argv: &[OsString],
-    env: &[(String, String)],
-    remove: &[&str],
-    run_as: RunAs,
-) -> Result<tokio::process::Child, JailError> {
-    let (program, args) = argv
-        .split_first()
-        .ok_or_else(|| JailError::User("give the command to run after `--`".into()))?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args);
-    for k in remove {
-        cmd.env_remove(k);
+/// CMD: `argv` with `env` added to (and `remove` taken from) the current environment.
+pub struct Cmd<'a> {
+    pub argv: &'a [OsString],
+    pub env: &'a [(String, String)],
+    pub remove: &'a [&'static str],
+}
+
+impl Cmd<'_> {
+    fn command(&self) -> Result<std::process::Command, JailError> {
+        let (program, args) = self
+            .argv
+            .split_first()
+            .ok_or_else(|| JailError::User("give the command to run after `--`".into()))?;
+        let mut cmd = std::process::Command::new(program);
+        cmd.args(args);
+        for k in self.remove {
+            cmd.env_remove(k);
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        Ok(cmd)
     }
-    cmd.envs(env.iter().map(|(k, v)| (k, v)));
-    let jail_fd = ns.raw_fd();
+
+    fn program(&self) -> String {
+        self.argv
+            .first()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+}
+
+/// Spawns CMD into the jail (`keyward run` as root). Call from the thread that
+/// lives as long as the child (`PR_SET_PDEATHSIG` is tied to the thread that forks).
+pub fn spawn(ns: &Namespace, cmd: &Cmd, run_as: RunAs) -> Result<tokio::process::Child, JailError> {
+    let mut command = tokio::process::Command::from(cmd.command()?);
+    let (_, jail_fd) = ns.raw();
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe system calls on values copied in before the fork.
     unsafe {
-        cmd.pre_exec(move || harden(jail_fd, parent, run_as));
+        command.pre_exec(move || harden(Some(jail_fd), parent, Some(run_as)));
     }
-    cmd.kill_on_drop(true);
-    cmd.spawn()
-        .map_err(|e| JailError::User(format!("cannot start {}: {e}", program.to_string_lossy())))
+    command.kill_on_drop(true);
+    command
+        .spawn()
+        .map_err(|e| JailError::User(format!("cannot start {}: {e}", cmd.program())))
+}
+
+/// Replaces this process (the unprivileged mode's child, already in the
+/// jail's user and network namespaces, uid 0 there) with CMD, hardened the
+/// same way. Returns only on failure.
+pub fn exec(cmd: &Cmd, parent: libc::pid_t) -> JailError {
+    use std::os::unix::process::CommandExt;
+    let mut command = match cmd.command() {
+        Ok(c) => c,
+        Err(e) => return e,
+    };
+    // SAFETY: as in `spawn` (exec runs the closure in this process just before execve).
+    unsafe {
+        command.pre_exec(move || harden(None, parent, None));
+    }
+    let e = command.exec();
+    JailError::User(format!("cannot start {}: {e}", cmd.program()))
 }
 
 fn check(rc: libc::c_int) -> std::io::Result<()> {
@@ -78,14 +111,18 @@ fn check(rc: libc::c_int) -> std::io::Result<()> {
     }
 }
 
-/// In the forked child, before exec.
-fn harden(jail_fd: i32, parent: libc::pid_t, run_as: RunAs) -> std::io::Result<()> {
+/// In the forked child, before exec: into the jail (`jail_fd`, as root), then
+/// every capability away; `run_as` is `None` in a user namespace, where the
+/// only uid is 0 (mapped to the invoking user) and setgroups is denied.
+fn harden(jail_fd: Option<i32>, parent: libc::pid_t, run_as: Option<RunAs>) -> std::io::Result<()> {
     // SAFETY (whole block): plain system calls on integers and on structs that
     // live on this stack frame.
     unsafe {
         // SECURITY: into the jail first, while we still hold CAP_SYS_ADMIN; the
         // rest takes away every way back (setns to /proc/1/ns/net needs it).
-        check(libc::setns(jail_fd, libc::CLONE_NEWNET))?;
+        if let Some(fd) = jail_fd {
+            check(libc::setns(fd, libc::CLONE_NEWNET))?;
+        }
         check(libc::prctl(libc::PR_SET_SECUREBITS, SECUREBITS, 0, 0, 0))?;
         for cap in 0..=CAP_MAX {
             if libc::prctl(libc::PR_CAPBSET_DROP, cap, 0, 0, 0) < 0
@@ -101,9 +138,11 @@ fn harden(jail_fd: i32, parent: libc::pid_t, run_as: RunAs) -> std::io::Result<(
             0,
             0,
         ))?;
-        check(libc::setgroups(0, std::ptr::null()))?;
-        check(libc::setgid(run_as.gid))?;
-        check(libc::setuid(run_as.uid))?;
+        if let Some(run_as) = run_as {
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(run_as.gid))?;
+            check(libc::setuid(run_as.uid))?;
+        }
         // After the uid change, which clears the parent-death signal.
         check(libc::prctl(
             libc::PR_SET_PDEATHSIG,
