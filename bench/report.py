@@ -88,6 +88,28 @@ def svg_chart(peers, sc, path):
     open(path, "w").write("\n".join(out) + "\n")
 
 
+def sections(text):
+    """The page's "## " sections as (heading, text) pairs, in order."""
+    out, cur = [], None
+    for line in text.splitlines():
+        if line.startswith("## "):
+            cur = [line]
+            out.append((line.strip(), cur))
+        elif cur is not None:
+            cur.append(line)
+    return [(h, "\n".join(body).rstrip()) for h, body in out]
+
+
+def kept_sections(path, new_text):
+    """The old page's sections whose heading the new text does not have."""
+    if not os.path.exists(path):
+        return []
+    def key(h):  # "## Peers (kit ..., run-X.jsonl)" is the same section in every run
+        return h.split(" (")[0]
+    have = {key(h) for h, _ in sections(new_text)}
+    return [body + "\n" for h, body in sections(open(path).read()) if key(h) not in have]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--scenarios", required=True)
@@ -229,6 +251,10 @@ def main():
           "and a request on 100 of them after the idle period.", ""]
     if a.notes and os.path.exists(a.notes):
         L += [open(a.notes).read().rstrip(), ""]
+    # Sections other scripts write into this page (bench/scale.sh, store_pg.sh,
+    # jail.sh, ...) are kept: every "## " section of the old page that this
+    # report neither generates nor has in the notes is carried over, in order.
+    L += kept_sections(a.out_md, "\n".join(L))
     open(a.out_md, "w").write("\n".join(L))
     print("\n".join(L))
 
