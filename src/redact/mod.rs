@@ -57,8 +57,8 @@
 //! large ones: `matcher::DFA_MAX_FORMS`). A set of up to 64 distinct form
 //! prefixes (about 7 secrets) also gets a SIMD prefilter (`prefilter`): Teddy over
 //! a lowercased copy of each 16 KiB block finds where a form may start, and the
-//! automaton confirms only there (same output as the automaton alone; ~1
-//! instruction per byte instead of ~18 on a body without secrets).
+//! automaton confirms only there (same output as the automaton alone; ~2
+//! instructions per byte instead of ~18 on a body without secrets).
 //!
 //! **Which secrets.** Every credential the agent could be granted (SPEC §5: each
 //! name in its chain ∩ agent lists, resolved through the same tiers), of every
