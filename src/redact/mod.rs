@@ -54,7 +54,11 @@
 //! WebSocket frames after a `101` go through the same patterns (`websocket.rs`).
 //! [`Patterns`] is built once per secret set and shared (`Arc`); building it is
 //! far more expensive than using it (a DFA for small sets, the contiguous NFA for
-//! large ones: `matcher::DFA_MAX_FORMS`).
+//! large ones: `matcher::DFA_MAX_FORMS`). A set of up to 64 distinct form
+//! prefixes (about 7 secrets) also gets a SIMD prefilter (`prefilter`): Teddy over
+//! a lowercased copy of each 16 KiB block finds where a form may start, and the
+//! automaton confirms only there (same output as the automaton alone; ~2
+//! instructions per byte instead of ~18 on a body without secrets).
 //!
 //! **Which secrets.** Every credential the agent could be granted (SPEC §5: each
 //! name in its chain ∩ agent lists, resolved through the same tiers), of every
@@ -69,7 +73,8 @@
 //! until then: over-redaction for a moment, never under).
 //!
 //! **Files.** `forms` (the spellings of a secret), `matcher` (the automaton and
-//! the scan, also over several automata as one), `sets` ([`PatternCache`], the
+//! the scan, also over several automata as one), `prefilter` (the SIMD candidate
+//! search), `sets` ([`PatternCache`], the
 //! interim sets and the builder thread), `cache` ([`ScopeCache`]), `stream` ([`Redactor`]
 //! and the streaming body), `decode` (gzip/deflate/br), `head` (headers, trailers,
 //! reason phrase), `answer` (the entry points), `error` ([`RedactError`]). This
@@ -83,6 +88,7 @@ mod error;
 mod forms;
 mod head;
 mod matcher;
+mod prefilter;
 mod sets;
 mod stream;
 #[cfg(test)]

@@ -39,6 +39,8 @@ pub struct Redactor {
     patterns: Arc<Patterns>,
     held: Vec<u8>,
     scratch: Vec<u8>,
+    /// The prefilter's lowercased block (`prefilter.rs`), kept between chunks.
+    lower: Vec<u8>,
     redactions: u64,
 }
 
@@ -48,6 +50,7 @@ impl Redactor {
             patterns,
             held: Vec::new(),
             scratch: Vec::new(),
+            lower: Vec::new(),
             redactions: 0,
         }
     }
@@ -106,7 +109,7 @@ impl Redactor {
         self.scratch.clear();
         self.scratch.extend_from_slice(&self.held);
         self.scratch.extend_from_slice(&chunk[..seam_len]);
-        let (settled, n) = search.scan(&self.scratch, false, &mut out);
+        let (settled, n) = search.scan(&self.scratch, false, &mut out, &mut self.lower);
         if settled < h {
             // Cannot happen (the seam's last `max_pattern_len - 1` bytes are the
             // most it holds back, so it settles past the held bytes); keep the
@@ -132,7 +135,7 @@ impl Redactor {
             return Bytes::new();
         };
         let mut out = None;
-        let (settled, n) = search.scan(&chunk, false, &mut out);
+        let (settled, n) = search.scan(&chunk, false, &mut out, &mut self.lower);
         self.redactions += n as u64;
         self.held.extend_from_slice(&chunk[settled..]);
         match out {
@@ -150,7 +153,7 @@ impl Redactor {
         self.scratch.clear();
         self.scratch.extend_from_slice(&self.held);
         self.scratch.extend_from_slice(chunk);
-        let (settled, n) = search.scan(&self.scratch, false, &mut out);
+        let (settled, n) = search.scan(&self.scratch, false, &mut out, &mut self.lower);
         self.redactions += n as u64;
         self.held.clear();
         self.held.extend_from_slice(&self.scratch[settled..]);
@@ -168,7 +171,7 @@ impl Redactor {
             Matcher::Broken => Bytes::new(),
             Matcher::Ready(search) => {
                 let mut out = None;
-                let (_, n) = search.scan(&held, true, &mut out);
+                let (_, n) = search.scan(&held, true, &mut out, &mut self.lower);
                 self.redactions += n as u64;
                 Bytes::from(out.unwrap_or(held))
             }
