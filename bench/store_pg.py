@@ -183,6 +183,23 @@ class Pg:
             raise RuntimeError(f"psql: {r.stderr}")
         return r.stdout
 
+    def cpu_s(self):
+        """CPU seconds of the postmaster and its live children (backends, walwriter, ...)."""
+        with open(os.path.join(self.data, "postmaster.pid")) as f:
+            root = int(f.readline())
+        total = 0.0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    rest = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(pid) == root or int(rest[1]) == root:
+                total += (int(rest[11]) + int(rest[12])) / CLK
+        return total
+
     def stop(self):
         if getattr(self, "started", False):
             subprocess.run((["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
@@ -327,6 +344,7 @@ inject = {{ header = "authorization", value = "Bearer {{secret}}" }}
 [[agents]]
 id = "bench-agent"
 token_sha256 = "{sha(self.agent_token)}"
+secrets = ["BENCH_KEY"]   # its redaction set: one secret, not the whole vault
 """
         if backend == "postgres":
             text += (f'\n[store]\nbackend = "postgres"\nurl = "{self.pg.url()}"\nschema = "{schema}"\n'
@@ -348,11 +366,18 @@ token_sha256 = "{sha(self.agent_token)}"
         self.cli(cfg, ["secret", "set", "BENCH_KEY", "--scope", "platform"], stdin=value.encode())
 
     def import_n(self, cfg, n):
-        lines = "".join(json.dumps({"name": f"S{i:06d}", "value": "sk-" + secrets.token_hex(20)}) + "\n"
-                        for i in range(n))
+        """Fills an empty store with n secrets (BENCH_KEY and n-1 others): `keyward secret import` into a
+        vault file, then `keyward store import --vault` (records copied still sealed).
+        Returns (secret import s, store import s)."""
+        file_cfg = self.config(cfg["name"] + "-fill", "file")
+        lines = json.dumps({"name": "BENCH_KEY", "value": "sk-bench-" + secrets.token_hex(16)}) + "\n"
+        lines += "".join(json.dumps({"name": f"S{i:06d}", "value": "sk-" + secrets.token_hex(20)}) + "\n"
+                         for i in range(n - 1))
         t0 = time.perf_counter()
-        self.cli(cfg, ["secret", "import"], stdin=lines.encode())
-        return time.perf_counter() - t0
+        self.cli(file_cfg, ["secret", "import"], stdin=lines.encode())
+        t1 = time.perf_counter()
+        self.cli(cfg, ["store", "import", "--vault", f"{file_cfg['dir']}/vault.kw"])
+        return t1 - t0, time.perf_counter() - t1
 
     def serve(self, cfg):
         self.replicas += 1
@@ -396,7 +421,7 @@ token_sha256 = "{sha(self.agent_token)}"
         return "Basic " + base64.b64encode(f"bench-agent:{self.agent_token}".encode()).decode()
 
     def oha_args(self, cfg, c):
-        return ["oha", "--no-tui", "--output-format", "json", "-c", str(c), "--cacert", f"{self.root}/up-ca.pem",
+        return ["oha", "--no-tui", "--output-format", "json", "-c", str(c), "--cacert", f"{self.root}/ca.pem",
                 "-x", f"http://127.0.0.1:{cfg['proxy']}", "--proxy-header", f"Proxy-Authorization: {self.proxy_auth()}"]
 
     def oha(self, cfg, proc, c, secs, warm=1.0):
@@ -404,11 +429,11 @@ token_sha256 = "{sha(self.agent_token)}"
         args = self.oha_args(cfg, c)
         if warm:
             subprocess.run(args + ["-z", f"{warm}s", url], capture_output=True, timeout=warm + OHA_TIMEOUT_PAD_S)
-        c0 = cpu_s(proc.pid)
+        c0, g0 = cpu_s(proc.pid), self.pg.cpu_s()
         t0 = time.perf_counter()
         p = subprocess.run(args + ["-z", f"{secs}s", url], capture_output=True, text=True,
                            timeout=secs + OHA_TIMEOUT_PAD_S)
-        c1 = cpu_s(proc.pid)
+        c1, g1 = cpu_s(proc.pid), self.pg.cpu_s()
         if p.returncode != 0:
             raise RuntimeError(f"oha failed: {p.stderr[-500:]}")
         d = json.loads(p.stdout)
@@ -420,11 +445,14 @@ token_sha256 = "{sha(self.agent_token)}"
             "rps": round(ok / total, 1), "n_ok": ok,
             "n_non2xx": sum(v for k, v in codes.items() if not 200 <= k < 300),
             "n_err": sum(v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"),
+            "errors": {k: v for k, v in d.get("errorDistribution", {}).items() if k != "aborted due to deadline"},
             "p50_ms": round(lat["p50"] * 1000, 3) if lat.get("p50") is not None else None,
             "p99_ms": round(lat["p99"] * 1000, 3) if lat.get("p99") is not None else None,
             "cpu_s": round(c1 - c0, 3),
             "cpu_s_per_1k": round((c1 - c0) / (ok / 1000), 5) if ok else None,
             "rss_mib": rss_mib(proc.pid),
+            # The database's CPU in the same window (its backends serve this replica).
+            "pg_cpu_s_per_1k": round((g1 - g0) / (ok / 1000), 5) if ok else None,
         }
 
     def probe_conn(self, cfg):
@@ -450,6 +478,7 @@ token_sha256 = "{sha(self.agent_token)}"
         self.set_bench_key(file_cfg, value)
         self.set_bench_key(pg_cfg, value)
         runs = {"file": [], "postgres": []}
+        self.pg.psql("SELECT pg_stat_statements_reset()")
         order = ["file", "postgres"]
         for rnd in range(a.rounds):
             for backend in (order if rnd % 2 == 0 else order[::-1]):
@@ -461,12 +490,15 @@ token_sha256 = "{sha(self.agent_token)}"
                     self.procs.stop(p)
                 r["round"] = rnd
                 runs[backend].append(r)
-                log(f"rps round {rnd} {backend}: {r['rps']} rps, cpu/1k {r['cpu_s_per_1k']} s, "
-                    f"p50 {r['p50_ms']} ms, err {r['n_err']}, non2xx {r['n_non2xx']}")
+                log(f"rps round {rnd} {backend}: {r['rps']} rps, cpu/1k {r['cpu_s_per_1k']} s (pg {r['pg_cpu_s_per_1k']}), "
+                    f"p50 {r['p50_ms']} ms, err {r['n_err']} {list(r['errors'])[:2]}, non2xx {r['n_non2xx']}")
         med = {b: {"rps": statistics.median(x["rps"] for x in v),
-                   "cpu_s_per_1k": statistics.median(x["cpu_s_per_1k"] for x in v)} for b, v in runs.items()}
+                   "cpu_s_per_1k": statistics.median(x["cpu_s_per_1k"] or 0 for x in v),
+                   "pg_cpu_s_per_1k": statistics.median(x["pg_cpu_s_per_1k"] or 0 for x in v),
+                   "p50_ms": statistics.median(x["p50_ms"] or 0 for x in v)} for b, v in runs.items()}
         audit_rows = self.pg.psql("SELECT count(*) FROM rps.audit").strip()
         return {"runs": runs, "median": med, "pg_audit_rows": int(audit_rows),
+                "top_statements": self.top_statements(),
                 "ratio_rps": round(med["postgres"]["rps"] / med["file"]["rps"], 3),
                 "ratio_cpu_per_1k": round(med["postgres"]["cpu_s_per_1k"] / med["file"]["cpu_s_per_1k"], 3)}
 
@@ -477,17 +509,16 @@ token_sha256 = "{sha(self.agent_token)}"
             schema = f"n{n}"
             cfg_a = self.config(f"put-{n}-a", "postgres", schema)
             cfg_b = self.config(f"put-{n}-b", "postgres", schema)
-            self.set_bench_key(cfg_a, "sk-bench-" + secrets.token_hex(16))
-            import_s = self.import_n(cfg_a, n)
-            log(f"{n} secrets: import {import_s:.2f} s")
+            file_s, import_s = self.import_n(cfg_a, n)
+            log(f"{n} secrets: secret import (file) {file_s:.2f} s, store import {import_s:.2f} s")
             self.pg.psql("SELECT pg_stat_statements_reset()")
             pa, ready_a = self.serve(cfg_a)
             log(f"{n} secrets: cold start (spawn -> /readyz 200) {ready_a:.2f} s, rss {rss_mib(pa.pid)} MiB")
-            row = {"secrets": n, "import_s": round(import_s, 3), "cold_start_s": round(ready_a, 3),
+            row = {"secrets": n, "file_import_s": round(file_s, 3), "store_import_s": round(import_s, 3), "cold_start_s": round(ready_a, 3),
                    "rss_ready_mib": rss_mib(pa.pid)}
             try:
                 conn = self.admin_conn(cfg_a)
-                names = [f"S{i:06d}" for i in range(n)]
+                names = [f"S{i:06d}" for i in range(n - 1)]
                 lat = []
                 deadline = time.perf_counter() + a.put_max_secs
                 for i in range(a.puts):
@@ -533,21 +564,20 @@ token_sha256 = "{sha(self.agent_token)}"
 
     def top_statements(self):
         out = self.pg.psql(
-            "SELECT calls, round(mean_exec_time::numeric, 3), round(total_exec_time::numeric, 1), "
+            "SELECT calls, rows, round(mean_exec_time::numeric, 3), round(total_exec_time::numeric, 1), "
             "regexp_replace(regexp_replace(query, '\\s+', ' ', 'g'), '^(.{60}).*(.{50})$', '\\1 … \\2') "
             "FROM pg_stat_statements "
             "ORDER BY total_exec_time DESC LIMIT 8")
         rows = []
         for line in out.strip().splitlines():
-            calls, mean, total, q = line.split("|", 3)
-            rows.append({"calls": int(calls), "mean_ms": float(mean), "total_ms": float(total), "query": q})
+            calls, nrows, mean, total, q = line.split("|", 4)
+            rows.append({"calls": int(calls), "rows": int(nrows), "mean_ms": float(mean), "total_ms": float(total), "query": q})
         return rows
 
     def phase_prop(self):
         a = self.a
         cfg_a = self.config("prop-a", "postgres", "prop")
         cfg_b = self.config("prop-b", "postgres", "prop")
-        self.set_bench_key(cfg_a, "sk-bench-" + secrets.token_hex(16))
         self.import_n(cfg_a, a.prop_secrets)
         pa, _ = self.serve(cfg_a)
         pb, _ = self.serve(cfg_b)
@@ -582,8 +612,14 @@ token_sha256 = "{sha(self.agent_token)}"
             pconn.close()
             c1 = cpu_s(pb.pid)
         finally:
+            if load.poll() is None:
+                load.send_signal(signal.SIGINT)  # oha prints its summary on Ctrl-C
+            try:
+                load.wait(10)
+            except subprocess.TimeoutExpired:
+                pass
             self.procs.stop(load, timeout=5)
-        res = {"secrets": a.prop_secrets + 1, "load_c": a.prop_load_c,
+        res = {"secrets": a.prop_secrets, "load_c": a.prop_load_c,
                "from_put_response": summary_ms(from_commit), "from_put_sent": summary_ms(from_start),
                "put_on_a": summary_ms(put_ms), "b_cpu_s": round(c1 - c0, 2),
                "sampling_s": round(t_end - t_first, 1)}
@@ -613,7 +649,11 @@ token_sha256 = "{sha(self.agent_token)}"
             wait_port(self.echo_port, ec, "echo upstream")
             for ph in a.phases.split(","):
                 log(f"== phase {ph}  ({subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()})")
-                res["phases"][ph] = getattr(self, f"phase_{ph}")()
+                try:
+                    res["phases"][ph] = getattr(self, f"phase_{ph}")()
+                except (RuntimeError, OSError, subprocess.SubprocessError, ValueError, ZeroDivisionError) as e:
+                    log(f"phase {ph} failed: {e!r}")
+                    res["phases"][ph] = {"error": repr(e)}
         finally:
             res["uptime_after"] = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
             self.procs.stop_all()
