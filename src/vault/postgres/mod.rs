@@ -6,6 +6,7 @@
 //! runs on a small runtime of its own and callers wait on a channel, never a
 //! proxy worker (the request path only loads the snapshot). docs/store.md.
 
+mod adopt;
 mod batch;
 pub mod connect;
 mod rows;
@@ -515,14 +516,20 @@ impl Inner {
         let mut c = self.client().await?;
         let tx = raw(&mut c).transaction().await.map_err(err)?;
         let (mut draft, before_r, before_a) = self.draft(&db, &tx, Some(change.touches())).await?;
+        let (base, wrapped) = (draft.body.counter, draft.body.data_key.clone());
         let (applied, undo) = change.apply_to(&mut draft, &self.path)?;
         if undo.is_noop() {
             tx.rollback().await.map_err(err)?;
             return Ok((applied, undo));
         }
+        // Only a change under the same data key can be laid over the snapshot.
+        let edits =
+            (draft.body.data_key == wrapped).then(|| adopt::edits_of(&before_r, &before_a, &draft));
         self.write(&db, &tx, &draft, before_r, before_a).await?;
         tx.commit().await.map_err(err)?;
-        self.after_write().await;
+        if !self.adopt(base, edits, &draft.data_key).await {
+            self.after_write().await;
+        }
         Ok((applied, undo))
     }
 
