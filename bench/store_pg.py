@@ -535,17 +535,21 @@ secrets = ["BENCH_KEY"]   # its redaction set: one secret, not the whole vault
                 pb, ready_b = self.serve(cfg_b)
                 row["cold_start_b_s"] = round(ready_b, 3)
                 pconn = self.probe_conn(cfg_b)
-                delays = []
+                delays, sent = [], []
                 for i in range(a.resync_samples):
                     value = "sk-bench-" + secrets.token_hex(16)
                     want = hashlib.sha256(f"Bearer {value}".encode()).hexdigest()[:16]
+                    t_sent = time.perf_counter()
                     self.put(conn, "BENCH_KEY", value)
                     t = time.perf_counter()
                     delays.append(self.wait_value(pconn, want, t))
+                    sent.append(delays[-1] + (t - t_sent) * 1000)
                     time.sleep(random.uniform(0.05, 0.3))
                 pconn.close()  # an open tunnel would hold B's graceful shutdown
-                row["resync_b"] = summary_ms(delays)
-                log(f"{n} secrets: change on A in effect on B after {row['resync_b']}")
+                row["resync_b"] = summary_ms(delays)  # from A's PUT response
+                row["resync_b_from_put_sent"] = summary_ms(sent)
+                log(f"{n} secrets: change on A in effect on B after {row['resync_b']} (from the PUT's "
+                    f"response; from its request: {row['resync_b_from_put_sent']})")
                 self.procs.stop(pb)
             finally:
                 self.procs.stop(pa)
