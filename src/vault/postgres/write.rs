@@ -27,14 +27,20 @@ impl Inner {
         let mut c = self.client().await?;
         let tx = raw(&mut c).transaction().await.map_err(err)?;
         let (mut draft, before) = self.draft(&db, &tx, Some(change.touches())).await?;
+        let (base, wrapped) = (draft.body.counter, draft.body.data_key.clone());
         let (applied, undo) = change.apply_to(&mut draft, &self.path)?;
         if undo.is_noop() {
             tx.rollback().await.map_err(err)?;
             return Ok((applied, undo));
         }
+        // Only a change under the same data key can be laid over the snapshot.
+        let edits = (draft.body.data_key == wrapped)
+            .then(|| super::adopt::edits_of(&before.records, &before.agents, &draft));
         self.write(&db, &tx, &draft, before).await?;
         tx.commit().await.map_err(err)?;
-        self.after_write().await;
+        if !self.adopt(base, edits, &draft.data_key).await {
+            self.after_write().await;
+        }
         Ok((applied, undo))
     }
 
@@ -241,10 +247,10 @@ pub(super) struct Before {
     acc: Option<Acc>,
 }
 
-type Rows = BTreeMap<(String, String), (String, StoredRecord)>;
-type Agents = BTreeMap<String, AgentRecord>;
+pub(super) type Rows = BTreeMap<(String, String), (String, StoredRecord)>;
+pub(super) type Agents = BTreeMap<String, AgentRecord>;
 
-fn keyed(records: &[StoredRecord]) -> Rows {
+pub(super) fn keyed(records: &[StoredRecord]) -> Rows {
     records
         .iter()
         .map(|r| {
