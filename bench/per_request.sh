@@ -55,7 +55,9 @@ if [[ $TOOL == callgrind ]]; then
   kill "$PID"; wait "$PID" 2>/dev/null || true
   trap - EXIT
   dump="$(ls -1 "$OUT/$tag.cg".* 2>/dev/null | grep -v '\.cg$' | sort -V | head -n 1)"
-  total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/{gsub(",","",$1); print $1; exit}')"
+  # awk reads to the end: an early exit would SIGPIPE callgrind_annotate and, with
+  # pipefail, end the script here.
+  total="$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ && !t {gsub(",","",$1); t=$1} END {print t}')"
   ok="$(python3 -c "import json,sys;print(json.load(open(sys.argv[1]))['statusCodeDistribution'].get('200',0))" "$OUT/$tag.oha.json")"
   echo "$WHO: $total instructions / $ok requests = $((total / ok)) per request ($dump)"
   callgrind_annotate --inclusive=yes "$dump" 2>/dev/null | head -n 60 >"$OUT/$tag.top.txt"

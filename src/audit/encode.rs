@@ -136,9 +136,12 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
-    // Start of the run of bytes that need no escape: copied in one go.
+    // Start of the run of bytes that need no escape: copied in one go. Typical
+    // fields need none, so whole words are checked first and only the rest (from
+    // the first word with a byte to escape, or the tail) goes byte by byte.
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let clean = clean_prefix_len(bytes);
+    for (i, &b) in bytes.iter().enumerate().skip(clean) {
         let escape = JSON_ESCAPE[usize::from(b)];
         if escape == 0 {
             continue;
@@ -160,6 +163,41 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     }
     out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
+}
+
+/// Bytes per word of [`clean_prefix_len`].
+const WORD: usize = 8;
+/// `0x01` in every byte of a word.
+const ONES: u64 = u64::from_ne_bytes([1; WORD]);
+/// `0x80` in every byte of a word.
+const HIGHS: u64 = ONES * 0x80;
+
+/// True if a byte of `w` is below 0x20 (`hasless(w, 0x20)`: exact for "any
+/// byte", bytes >= 0x80 never count).
+fn word_has_control(w: u64) -> bool {
+    w.wrapping_sub(ONES * 0x20) & !w & HIGHS != 0
+}
+
+/// True if a byte of `w` is `b` (`haszero(w ^ b…b)`: exact for "any byte").
+fn word_has_byte(w: u64, b: u8) -> bool {
+    let x = w ^ (ONES * u64::from(b));
+    x.wrapping_sub(ONES) & !x & HIGHS != 0
+}
+
+/// How many leading bytes of `bytes` are whole words none of whose bytes JSON
+/// escapes (a control byte, `"` or a backslash); a multiple of [`WORD`].
+fn clean_prefix_len(bytes: &[u8]) -> usize {
+    let mut clean = 0;
+    for chunk in bytes.chunks_exact(WORD) {
+        let mut word = [0u8; WORD];
+        word.copy_from_slice(chunk);
+        let w = u64::from_ne_bytes(word);
+        if word_has_control(w) || word_has_byte(w, b'"') || word_has_byte(w, b'\\') {
+            break;
+        }
+        clean += WORD;
+    }
+    clean
 }
 
 /// Appends `n` in decimal, as serde_json writes integers.
@@ -328,6 +366,24 @@ mod tests {
         e.write_canonical_body(&mut body);
         body.push(b'}');
         assert_eq!(body, serde_json::to_vec(&e).unwrap());
+    }
+
+    /// The word-at-a-time scan finds a byte to escape at any position of any
+    /// word, next to any neighbour (high bytes of UTF-8 included).
+    #[test]
+    fn an_escape_at_any_position_is_written_like_serde() {
+        for special in ['"', '\\', '\u{0}', '\u{1f}', '\n'] {
+            for neighbour in ['a', '\u{7f}', 'é', ' ', '!', '#', '[', ']'] {
+                for at in 0..24 {
+                    let mut text: String = std::iter::repeat_n(neighbour, 24).collect();
+                    let cut = text.char_indices().nth(at).unwrap().0;
+                    text.insert(cut, special);
+                    let mut out = Vec::new();
+                    push_json_str(&mut out, &text);
+                    assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The append-only writer, [`AuditLog`]: chains each event off the head of the
 //! log, writes whole lines under `PATH.lock`, rotates a full file, and, on the
 //! request path, writes the lines of concurrent requests in one group
-//! ([`AuditLog::commit`]).
+//! ([`AuditLog::commit`]), keeping `PATH.lock` across back-to-back group
+//! commits (see [`LOCK_HOLD_MAX`]).
 
 use super::encode::{render, GENESIS_HASH};
 use super::error::{corrupt, io_err, AuditError};
@@ -12,15 +13,28 @@ use super::files::{
 use super::read::chain_head;
 use crate::clock::now_rfc3339;
 use crate::config::AuditConfig;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Room reserved per line of a batch: a typical request line is 300–400 bytes.
 const LINE_BYTES_HINT: usize = 512;
 /// The batch buffer is kept for the next batch up to this capacity.
 const KEPT_BUFFER_BYTES: usize = 256 * 1024;
+/// The request path's writer keeps `PATH.lock` across group commits for at most
+/// this long, then lets it go so another writer (`keyward secret set`, a second
+/// proxy) gets in: such a writer waits at most about this long plus
+/// [`LOCK_REST`]. While the lock was never let go nobody else can have written,
+/// so commits skip the catch-up `stat` and the two `flock` calls.
+pub const LOCK_HOLD_MAX: Duration = Duration::from_millis(50);
+/// A held lock is let go once no commit came for this long.
+pub const LOCK_HOLD_IDLE: Duration = Duration::from_millis(5);
+/// After a hold of [`LOCK_HOLD_MAX`], commits take and release the lock one by
+/// one for this long (as `record` always does), so a waiting writer gets a turn.
+pub const LOCK_REST: Duration = Duration::from_millis(5);
 /// Audit files are created private to the proxy's user.
 #[cfg(unix)]
 const FILE_MODE: u32 = 0o600;
@@ -40,11 +54,58 @@ enum Sink {
 
 struct Inner {
     sink: Sink,
-    /// `PATH.lock`: held exclusively around read-last-hash + append (+ rotate).
+    /// `PATH.lock`: held exclusively around read-last-hash + append (+ rotate),
+    /// and across group commits while `hold` is set.
     lock: Option<File>,
     prev_hash: String,
     /// The batch buffer, kept between batches (cleared, its capacity reused).
     buf: Vec<u8>,
+    hold: Hold,
+}
+
+/// The state of a lock kept across group commits.
+#[derive(Default)]
+struct Hold {
+    /// Since when `lock` has been held without a break (None: not held now).
+    since: Option<Instant>,
+    /// When a commit last wrote under the hold.
+    last_write: Option<Instant>,
+    /// Until then commits lock one by one (a full hold just ended).
+    rest_until: Option<Instant>,
+    /// The thread that lets the lock go is running.
+    releaser: bool,
+    /// The log is being dropped: the releaser ends.
+    closed: bool,
+}
+
+/// What the writer and its lock releaser share.
+struct Shared {
+    inner: Mutex<Inner>,
+    /// Wakes the releaser when a hold starts or the log closes.
+    wake: Condvar,
+}
+
+impl Inner {
+    fn new(sink: Sink, lock: Option<File>, prev_hash: String) -> Inner {
+        Inner {
+            sink,
+            lock,
+            prev_hash,
+            buf: Vec::new(),
+            hold: Hold::default(),
+        }
+    }
+
+    /// Lets a held lock go; the next append catches up from the disk.
+    fn release_hold(&mut self) {
+        if self.hold.since.take().is_some() {
+            if let Some(lock) = &self.lock {
+                // Closing the lock file would release it too; an unlock error
+                // leaves nothing to clean up.
+                let _ = lock.unlock();
+            }
+        }
+    }
 }
 
 /// The append-only writer. `record` returns only once the line is handed to the
@@ -53,7 +114,7 @@ pub struct AuditLog {
     path: PathBuf,
     /// Rotate when a line would take the live file past this many bytes (0 = never).
     rotate_bytes: u64,
-    inner: Mutex<Inner>,
+    shared: Arc<Shared>,
     /// Lines waiting for a group write (see [`AuditLog::commit`]), one queue per
     /// lane: requests on one serving thread share a lane, so a leader only ever
     /// completes lines of its own thread and never has to wake another one.
@@ -68,6 +129,26 @@ const LANES: usize = 16;
 
 fn lanes() -> Vec<Mutex<Queue>> {
     (0..LANES).map(|_| Mutex::default()).collect()
+}
+
+/// Spreads threads over lanes by their `ThreadId`, which hashes as one counter
+/// value: taken as it is (consecutive threads, consecutive lanes) instead of
+/// SipHash on every commit.
+#[derive(Default)]
+struct ThreadIdHasher(u64);
+
+impl std::hash::Hasher for ThreadIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 ^= n;
+    }
 }
 
 /// The task that writes a lane's queue; it does so when dropped, so even a
@@ -128,18 +209,11 @@ impl AuditLog {
     /// `rotate_bytes` (0 = never), the file is rotated first.
     pub fn open_rotating(path: &Path, rotate_bytes: u64) -> Result<AuditLog, AuditError> {
         if path == Path::new(STDOUT_PATH) {
-            return Ok(AuditLog {
-                path: path.to_path_buf(),
-                rotate_bytes: 0,
-                inner: Mutex::new(Inner {
-                    sink: Sink::Stdout,
-                    lock: None,
-                    prev_hash: GENESIS_HASH.to_string(),
-                    buf: Vec::new(),
-                }),
-                lanes: lanes(),
-                db: None,
-            });
+            return Ok(AuditLog::new(
+                path,
+                0,
+                Inner::new(Sink::Stdout, None, GENESIS_HASH.to_string()),
+            ));
         }
         let io = io_err(path);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -157,18 +231,28 @@ impl AuditLog {
             len: meta.len(),
             id: file_id(&meta),
         };
-        Ok(AuditLog {
+        Ok(AuditLog::new(
+            path,
+            rotate_bytes,
+            Inner::new(Sink::File(sink), Some(lock), prev_hash),
+        ))
+    }
+
+    fn new(path: &Path, rotate_bytes: u64, inner: Inner) -> AuditLog {
+        AuditLog {
             path: path.to_path_buf(),
             rotate_bytes,
-            inner: Mutex::new(Inner {
-                sink: Sink::File(sink),
-                lock: Some(lock),
-                prev_hash,
-                buf: Vec::new(),
+            shared: Arc::new(Shared {
+                inner: Mutex::new(inner),
+                wake: Condvar::new(),
             }),
             lanes: lanes(),
             db: None,
-        })
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.shared.inner.lock()
     }
 
     /// Also writes every batch to the database through `sink` (after the file).
@@ -183,8 +267,8 @@ impl AuditLog {
 
     /// Chains, writes and returns the written line's hash.
     pub fn record(&self, mut ev: Event) -> Result<String, AuditError> {
-        let mut inner = self.inner.lock();
-        let mut hashes = self.append(&mut inner, std::slice::from_mut(&mut ev))?;
+        let mut inner = self.inner();
+        let mut hashes = self.append(&mut inner, std::slice::from_mut(&mut ev), false)?;
         hashes
             .pop()
             .ok_or_else(|| corrupt(&self.path, "no line was written"))
@@ -192,8 +276,9 @@ impl AuditLog {
 
     /// Like [`AuditLog::record`], for the request path: lines that arrive while
     /// another task of the same thread is writing are written together by that
-    /// task (group commit: one lock, one `stat` and one `write` for the batch;
-    /// lanes of other threads take the lock in turn). Returns, like
+    /// task (group commit: one `write` for the batch, under `PATH.lock`, which is
+    /// kept across back-to-back batches, so the lock and the catch-up `stat` are
+    /// paid once per hold, not per batch; lanes of other threads take turns). Returns, like
     /// `record`, only once this line is in the kernel, or with the error that
     /// kept its batch from being written. The event comes back as it was (its
     /// `ts` cleared again), for the caller's later lines about the same request.
@@ -225,7 +310,7 @@ impl AuditLog {
     /// This thread's group-commit queue.
     fn lane(&self) -> &Mutex<Queue> {
         use std::hash::{BuildHasher, BuildHasherDefault};
-        let hasher = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+        let hasher = BuildHasherDefault::<ThreadIdHasher>::default();
         let i = hasher.hash_one(std::thread::current().id()) as usize % self.lanes.len();
         &self.lanes[i]
     }
@@ -249,7 +334,7 @@ impl AuditLog {
                 return;
             }
             let (mut events, senders): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
-            let written = self.append(&mut self.inner.lock(), &mut events);
+            let written = self.append(&mut self.inner(), &mut events, true);
             match written {
                 Ok(hashes) => {
                     for ((done, ev), hash) in senders.into_iter().zip(events).zip(hashes) {
@@ -267,8 +352,21 @@ impl AuditLog {
 
     /// Chains and writes `events` in order (one lock, one catch-up and, unless a
     /// rotation falls inside the batch, one `write`); returns their hashes.
-    fn append(&self, inner: &mut Inner, events: &mut [Event]) -> Result<Vec<String>, AuditError> {
-        let hashes = self.append_file(inner, events)?;
+    /// `hold`: keep the lock afterwards (group commits; see [`LOCK_HOLD_MAX`]).
+    fn append(
+        &self,
+        inner: &mut Inner,
+        events: &mut [Event],
+        hold: bool,
+    ) -> Result<Vec<String>, AuditError> {
+        let hashes = match self.append_file(inner, events, hold) {
+            Ok(h) => h,
+            Err(e) => {
+                // Whatever went wrong, the next append starts from the disk.
+                inner.release_hold();
+                return Err(e);
+            }
+        };
         if let Some(db) = &self.db {
             // SECURITY: the batch's requests wait for the database (or the
             // fsync'd spool); an error here fails them closed.
@@ -281,11 +379,12 @@ impl AuditLog {
         &self,
         inner: &mut Inner,
         events: &mut [Event],
+        hold: bool,
     ) -> Result<Vec<String>, AuditError> {
         let mut buf = std::mem::take(&mut inner.buf);
         buf.clear();
         buf.reserve(events.len() * LINE_BYTES_HINT);
-        let written = self.append_into(inner, events, &mut buf);
+        let written = self.append_into(inner, events, &mut buf, hold);
         // Kept for the next batch unless one unusually large batch grew it.
         if buf.capacity() <= KEPT_BUFFER_BYTES {
             inner.buf = buf;
@@ -298,6 +397,7 @@ impl AuditLog {
         inner: &mut Inner,
         events: &mut [Event],
         buf: &mut Vec<u8>,
+        hold: bool,
     ) -> Result<Vec<String>, AuditError> {
         let ts = now_rfc3339();
         for ev in events.iter_mut().filter(|ev| ev.ts.is_empty()) {
@@ -330,8 +430,29 @@ impl AuditLog {
                     .lock
                     .as_ref()
                     .ok_or_else(|| corrupt(&self.path, "no lock file"))?;
-                let _held = LockGuard::exclusive(lock).map_err(io_err(&self.path))?;
-                self.catch_up(sink, &mut inner.prev_hash)?;
+                // Held since our last append (never let go in between): nobody
+                // else can have written, so there is nothing to catch up on.
+                let mut _held = None;
+                if inner.hold.since.is_none() {
+                    let guard = LockGuard::exclusive(lock).map_err(io_err(&self.path))?;
+                    self.catch_up(sink, &mut inner.prev_hash)?;
+                    let now = Instant::now();
+                    if hold
+                        && inner.hold.rest_until.is_none_or(|t| now >= t)
+                        && self.start_releaser(&mut inner.hold)
+                    {
+                        // Kept past this append; the releaser lets it go.
+                        std::mem::forget(guard);
+                        inner.hold.since = Some(now);
+                        inner.hold.rest_until = None;
+                        self.shared.wake.notify_one();
+                    } else {
+                        _held = Some(guard);
+                    }
+                }
+                if inner.hold.since.is_some() {
+                    inner.hold.last_write = Some(Instant::now());
+                }
                 for ev in events.iter_mut() {
                     let prev = hashes.last().unwrap_or(&inner.prev_hash);
                     let start = buf.len();
@@ -357,6 +478,20 @@ impl AuditLog {
                 Ok(hashes)
             }
         }
+    }
+
+    /// Starts the thread that lets a held lock go (once); false if it cannot run,
+    /// and then the lock is taken per append.
+    fn start_releaser(&self, hold: &mut Hold) -> bool {
+        if hold.releaser {
+            return true;
+        }
+        let shared = Arc::downgrade(&self.shared);
+        let started = std::thread::Builder::new()
+            .name("keyward-audit-lock".into())
+            .spawn(move || release_when_due(shared));
+        hold.releaser = started.is_ok();
+        hold.releaser
     }
 
     /// Appends whole lines; a failed write is taken back so no partial line stays.
@@ -427,6 +562,47 @@ impl AuditLog {
         sink.len = meta.len();
         tracing::info!(rotated_to = %target.display(), "audit log rotated");
         Ok(())
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        let mut inner = self.inner();
+        inner.hold.closed = true;
+        inner.release_hold();
+        drop(inner);
+        self.shared.wake.notify_all();
+    }
+}
+
+/// The releaser: lets a held `PATH.lock` go after [`LOCK_HOLD_IDLE`] without a
+/// commit or [`LOCK_HOLD_MAX`] in all (then [`LOCK_REST`] of per-append locking
+/// follows). Ends when the log is dropped.
+fn release_when_due(shared: std::sync::Weak<Shared>) {
+    let Some(shared) = shared.upgrade() else {
+        return;
+    };
+    let mut inner = shared.inner.lock();
+    loop {
+        if inner.hold.closed {
+            inner.release_hold();
+            return;
+        }
+        let Some(since) = inner.hold.since else {
+            shared.wake.wait(&mut inner);
+            continue;
+        };
+        let now = Instant::now();
+        let full = since + LOCK_HOLD_MAX;
+        let idle = inner.hold.last_write.unwrap_or(since) + LOCK_HOLD_IDLE;
+        if now >= full {
+            inner.release_hold();
+            inner.hold.rest_until = Some(now + LOCK_REST);
+        } else if now >= idle {
+            inner.release_hold();
+        } else {
+            shared.wake.wait_until(&mut inner, full.min(idle));
+        }
     }
 }
 
@@ -559,6 +735,77 @@ mod tests {
         assert_eq!(report.lines, 3);
     }
 
+    /// The request path keeps `PATH.lock` across commits; another writer on the
+    /// same chain (a CLI `secret set`: its own `AuditLog`, blocking `record`s)
+    /// still gets in, and the commits after its lines chain off them.
+    #[test]
+    fn held_lock_lets_another_writer_in_and_keeps_one_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = Arc::new(AuditLog::open_rotating(&path, 4096).unwrap());
+        let cli_path = path.clone();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let cli = rt.block_on(async {
+            let mut e = Event::new(EventKind::Inject, Outcome::Allowed);
+            log.commit(&mut e).await.unwrap();
+            // The lock is held now (until idle or LOCK_HOLD_MAX): the CLI waits
+            // for the releaser, then writes.
+            let cli = std::thread::spawn(move || {
+                let other = AuditLog::open_rotating(&cli_path, 4096).unwrap();
+                for i in 0..20 {
+                    let mut e = Event::new(EventKind::SecretSet, Outcome::Allowed);
+                    e.request_id = Some(format!("cli-{i}"));
+                    other.record(e).unwrap();
+                }
+            });
+            let mut tasks = Vec::new();
+            for i in 0..200 {
+                let log = log.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut e = Event::new(EventKind::Inject, Outcome::Allowed);
+                    e.request_id = Some(format!("task-{i}"));
+                    log.commit(&mut e).await.unwrap();
+                }));
+                if i % 20 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            for t in tasks {
+                t.await.unwrap();
+            }
+            cli
+        });
+        cli.join().unwrap();
+        // And the proxy writes again after the CLI's last line.
+        rt.block_on(async {
+            let mut e = Event::new(EventKind::Inject, Outcome::Allowed);
+            log.commit(&mut e).await.unwrap();
+        });
+        let report = verify(&path).unwrap();
+        assert!(report.is_ok(), "{:?}", report.problem);
+        assert_eq!(report.lines, 1 + 20 + 200 + 1);
+    }
+
+    /// A log dropped while it holds the lock lets it go at once.
+    #[test]
+    fn dropping_a_log_that_holds_the_lock_releases_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        let log = AuditLog::open_path(&path).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut e = Event::new(EventKind::Inject, Outcome::Allowed);
+            log.commit(&mut e).await.unwrap();
+        });
+        drop(log);
+        let lock = File::open(lock_path(&path)).unwrap();
+        lock.try_lock().unwrap();
+    }
+
     #[test]
     fn rotation_continues_the_chain_across_files() {
         let dir = tempfile::tempdir().unwrap();
@@ -652,7 +899,7 @@ mod tests {
         tricky.version = Some(0);
         log.record(tricky.clone()).unwrap();
         let mut batch = vec![tricky.clone(), ev("deny", "denied", "b", None), tricky];
-        log.append(&mut log.inner.lock(), &mut batch).unwrap();
+        log.append(&mut log.inner(), &mut batch, false).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         let mut prev = GENESIS_HASH.to_string();
         for line in text.lines() {

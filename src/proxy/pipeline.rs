@@ -26,7 +26,7 @@ pub async fn handle(
     ev.agent = Some(cx.agent_id.clone());
     ev.run_id = cx.run_id.clone();
     ev.host = Some(cx.host.clone());
-    ev.method = Some(req.method().to_string());
+    ev.method = Some(req.method().as_str().to_owned());
     // Path only: the query string may carry data the agent considers private.
     ev.path = Some(req.uri().path().to_string());
     // Boxed: hyper keeps a connection's in-flight slot allocated while it is idle,
