@@ -26,7 +26,8 @@
 //! writer.rs  AuditLog, group commit → read, encode, files, event
 //! read.rs    LogSet, RawLines, tail, follow, last line → encode, files
 //! encode.rs  canonical line, chain hash → event
-//! pg.rs      PgAudit, PgSink: per-replica chains in PostgreSQL, verify_pg, tail_pg → read, encode, event
+//! pg.rs      PgAudit: per-replica chains in PostgreSQL, verify_pg, tail_pg → read, encode, event
+//! sink.rs    PgSink: the writer's ordered, non-blocking hand-off to PgAudit (+ spool) → pg, event
 //! files.rs   names (PATH.N, PATH.lock), file identity, advisory lock
 //! event.rs   Event, EventKind, Outcome
 //! error.rs   AuditError
@@ -42,6 +43,7 @@ mod files;
 mod pg;
 mod query;
 mod read;
+mod sink;
 mod verify;
 mod writer;
 
@@ -51,11 +53,11 @@ pub use event::{Event, EventKind, Outcome};
 pub use export::{cef_escape_header, cef_escape_value, export, export_set, to_cef, ExportFormat};
 pub use files::{lock_path, rotated_files, rotated_path};
 pub use pg::{
-    import_file_chain, lines_pg, tail_pg, verify_pg, ChainReport, PgAudit, PgFollower, PgLine, PgSink,
-    DB_APPEND_TIMEOUT,
+    import_file_chain, lines_pg, tail_pg, verify_pg, ChainReport, PgAudit, PgFollower, PgLine,
 };
 pub use query::{parse_time, query, query_iter, query_set, Filter, Record};
 pub use read::{tail, tail_and_follow, Follower, LogSet, RawLine, RawLines};
+pub use sink::{PgSink, DB_APPEND_TIMEOUT, DB_RETRY_AFTER};
 pub use verify::{verify, verify_from, verify_set, Tamper, VerifyReport};
 pub use writer::AuditLog;
 

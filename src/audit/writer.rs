@@ -121,7 +121,7 @@ pub struct AuditLog {
     lanes: Vec<Mutex<Queue>>,
     /// With `[store] backend = "postgres"`: every batch also goes to the
     /// database (`pg.rs`); the file is then the mirror.
-    db: Option<super::pg::PgSink>,
+    db: Option<super::sink::PgSink>,
 }
 
 /// Group-commit queues: threads are spread over this many (by thread id).
@@ -256,7 +256,7 @@ impl AuditLog {
     }
 
     /// Also writes every batch to the database through `sink` (after the file).
-    pub fn with_db(mut self, sink: super::pg::PgSink) -> AuditLog {
+    pub fn with_db(mut self, sink: super::sink::PgSink) -> AuditLog {
         self.db = Some(sink);
         self
     }
@@ -334,20 +334,52 @@ impl AuditLog {
                 return;
             }
             let (mut events, senders): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
-            let written = self.append(&mut self.inner(), &mut events, true);
-            match written {
-                Ok(hashes) => {
+            let mut inner = self.inner();
+            let written = self.append_file_or_release(&mut inner, &mut events, true);
+            match (written, &self.db) {
+                (Ok(hashes), Some(db)) => {
+                    // SECURITY: the batch's requests are released only once the
+                    // database (or the fsync'd spool) has their lines; an error
+                    // there fails them closed. Submitted under the lock, so the
+                    // database chain takes batches in file order; not waited
+                    // for here, so the next batch forms meanwhile.
+                    db.submit(
+                        events,
+                        Box::new(move |events, stored| {
+                            let rows = senders.into_iter().zip(events).zip(hashes);
+                            for ((done, ev), hash) in rows {
+                                let r = match &stored {
+                                    Ok(()) => Ok(hash),
+                                    Err(e) => Err(e.duplicate()),
+                                };
+                                let _ = done.send((ev, r));
+                            }
+                        }),
+                    );
+                }
+                (Ok(hashes), None) => {
                     for ((done, ev), hash) in senders.into_iter().zip(events).zip(hashes) {
                         let _ = done.send((ev, Ok(hash)));
                     }
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     for (done, ev) in senders.into_iter().zip(events) {
                         let _ = done.send((ev, Err(e.duplicate())));
                     }
                 }
             }
         }
+    }
+
+    /// [`Self::append_file`]; after an error the next append starts from the disk.
+    fn append_file_or_release(
+        &self,
+        inner: &mut Inner,
+        events: &mut [Event],
+        hold: bool,
+    ) -> Result<Vec<String>, AuditError> {
+        self.append_file(inner, events, hold)
+            .inspect_err(|_| inner.release_hold())
     }
 
     /// Chains and writes `events` in order (one lock, one catch-up and, unless a
@@ -359,17 +391,10 @@ impl AuditLog {
         events: &mut [Event],
         hold: bool,
     ) -> Result<Vec<String>, AuditError> {
-        let hashes = match self.append_file(inner, events, hold) {
-            Ok(h) => h,
-            Err(e) => {
-                // Whatever went wrong, the next append starts from the disk.
-                inner.release_hold();
-                return Err(e);
-            }
-        };
+        let hashes = self.append_file_or_release(inner, events, hold)?;
         if let Some(db) = &self.db {
-            // SECURITY: the batch's requests wait for the database (or the
-            // fsync'd spool); an error here fails them closed.
+            // SECURITY: the caller waits for the database (or the fsync'd
+            // spool); an error here fails it closed (it undoes its change).
             db.append(events)?;
         }
         Ok(hashes)
