@@ -127,6 +127,32 @@ fn two_replicas_keep_their_own_chains_verify_and_merge() {
     assert_eq!(report(&reports, "r2").lines, 10);
 }
 
+/// Two handles with one replica id (a restart that overlaps the old process):
+/// each one's cached head goes stale as the other writes, so its one-statement
+/// append stores nothing and it re-reads the head under the lock: one chain, no fork.
+#[test]
+fn two_writers_with_one_replica_id_keep_one_chain() {
+    let Some((_pg, _dir, cfg, rt)) = setup("two_writers_with_one_replica_id_keep_one_chain")
+    else {
+        return;
+    };
+    let p = pool(&cfg);
+    rt.block_on(async {
+        let a = PgAudit::register(pool(&cfg), SCHEMA, "twin").await.unwrap();
+        let b = PgAudit::register(pool(&cfg), SCHEMA, "twin").await.unwrap();
+        let write = |log: PgAudit, agent: &'static str| async move {
+            for i in 0..20 {
+                log.record(ev(agent, i)).await.unwrap();
+            }
+        };
+        tokio::join!(write(a, "alpha"), write(b, "beta"));
+    });
+    let reports = rt.block_on(verify_pg(&p, SCHEMA)).unwrap();
+    let twin = report(&reports, "twin");
+    assert!(twin.problem.is_none(), "{reports:?}");
+    assert_eq!(twin.lines, 40, "{reports:?}");
+}
+
 #[test]
 fn tampered_rows_name_the_replica_and_seq() {
     let Some((pg, _dir, cfg, rt)) = setup("tampered_rows_name_the_replica_and_seq") else {

@@ -26,6 +26,9 @@ pub struct PgAudit {
     /// The chain's `audit_replicas` row exists (else the first append adds it,
     /// in its own transaction, so a command that writes nothing leaves no chain).
     registered: std::sync::atomic::AtomicBool,
+    /// The head this handle last wrote (seq, hash): the next batch is one
+    /// statement that moves the head only if it is still there ([`Self::append`]).
+    head: parking_lot::Mutex<Option<(i64, String)>>,
 }
 
 /// The error of a database step, naming the replica (never a credential: the
@@ -78,6 +81,7 @@ impl PgAudit {
             schema: schema.to_string(),
             replica: replica.to_string(),
             registered: true.into(),
+            head: parking_lot::Mutex::new(None),
         })
     }
 
@@ -92,6 +96,7 @@ impl PgAudit {
             schema: schema.to_string(),
             replica: replica.to_string(),
             registered: false.into(),
+            head: parking_lot::Mutex::new(None),
         })
     }
 
@@ -111,12 +116,80 @@ impl PgAudit {
     /// Chains `events` off this replica's head and stores them in one
     /// transaction; returns their hashes. On error nothing was stored.
     pub async fn append(&self, events: &mut [Event]) -> Result<Vec<String>, AuditError> {
-        let r = &self.replica;
-        let s = &self.schema;
         let ts = now_rfc3339();
         for ev in events.iter_mut().filter(|ev| ev.ts.is_empty()) {
             ev.ts.clone_from(&ts);
         }
+        let known = self.head.lock().clone();
+        if let Some((seq, prev)) = known {
+            if let Some(hashes) = self.append_at(events, seq, prev).await? {
+                return Ok(hashes);
+            }
+        }
+        // First batch, or the head moved under us: lock it and read it.
+        *self.head.lock() = None;
+        self.append_locked(events).await
+    }
+
+    /// The hot path: one statement (its own transaction, one round trip, a
+    /// cached prepared statement) that inserts the batch chained off `(seq,
+    /// prev)` and moves the head, only if the head is still `(seq, prev)`.
+    /// `None`: it was not (another writer with this replica id), nothing stored.
+    async fn append_at(
+        &self,
+        events: &mut [Event],
+        seq: i64,
+        prev: String,
+    ) -> Result<Option<Vec<String>>, AuditError> {
+        let (r, s) = (&self.replica, &self.schema);
+        let rows = Rows::render(events, seq, prev);
+        let c = self.pool.get().await.map_err(|e| pool_err(r, e))?;
+        let err = |e: tokio_postgres::Error| db(r, "append", describe(&e));
+        // SECURITY: the head moves only from where this handle left it (the
+        // UPDATE's row lock re-checks the condition under concurrency), so two
+        // writers with one replica id cannot fork its chain; other replicas'
+        // rows are never touched (no cross-replica lock on the hot path).
+        let stmt = c
+            .prepare_cached(&format!(
+                "WITH moved AS (UPDATE {s}.audit_replicas SET head_seq = $2, head_hash = $3 \
+                 WHERE replica = $1 AND head_seq = $4 AND head_hash = $5 RETURNING 1) \
+                 INSERT INTO {s}.audit (replica, seq, ts, line, prev_hash, hash) \
+                 SELECT $1, u.* FROM unnest($6::bigint[], $7::text[], $8::text[], \
+                 $9::text[], $10::text[]) AS u WHERE EXISTS (SELECT 1 FROM moved)"
+            ))
+            .await
+            .map_err(err)?;
+        let n = c
+            .execute(
+                &stmt,
+                &[
+                    r,
+                    &rows.head_seq,
+                    &rows.head_hash,
+                    &seq,
+                    &rows.base_hash,
+                    &rows.seqs,
+                    &rows.tss,
+                    &rows.lines,
+                    &rows.prevs,
+                    &rows.hashes,
+                ],
+            )
+            .await
+            .map_err(err)?;
+        if n != rows.seqs.len() as u64 {
+            return Ok(None);
+        }
+        *self.head.lock() = Some((rows.head_seq, rows.head_hash));
+        Ok(Some(rows.hashes))
+    }
+
+    /// The first batch of a handle (and after the head moved): a transaction
+    /// that registers the chain if needed, locks and reads the head, inserts,
+    /// moves the head.
+    async fn append_locked(&self, events: &mut [Event]) -> Result<Vec<String>, AuditError> {
+        let r = &self.replica;
+        let s = &self.schema;
         let mut c = self.pool.get().await.map_err(|e| pool_err(r, e))?;
         let err = |e: tokio_postgres::Error| db(r, "append", describe(&e));
         let tx = c.transaction().await.map_err(err)?;
@@ -146,22 +219,17 @@ impl PgAudit {
             .await
             .map_err(err)?
             .ok_or_else(|| db(r, "append", "the replica is not registered"))?;
-        let mut seq: i64 = row.get(0);
-        let mut prev: String = row.get(1);
-        let (mut seqs, mut tss, mut lines, mut prevs, mut hashes) =
-            (vec![], vec![], vec![], vec![], vec![]);
-        let mut buf = Vec::new();
-        for ev in events.iter_mut() {
-            buf.clear();
-            let hash = render(ev, &prev, &mut buf);
-            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
-            seq += 1;
-            seqs.push(seq);
-            tss.push(ev.ts.clone());
-            lines.push(line);
-            prevs.push(std::mem::replace(&mut prev, hash.clone()));
-            hashes.push(hash);
-        }
+        let rows = Rows::render(events, row.get(0), row.get(1));
+        let Rows {
+            head_seq: seq,
+            head_hash: prev,
+            seqs,
+            tss,
+            lines,
+            prevs,
+            hashes,
+            ..
+        } = rows;
         tx.execute(
             &format!(
                 "INSERT INTO {s}.audit (replica, seq, ts, line, prev_hash, hash) \
@@ -185,7 +253,56 @@ impl PgAudit {
             self.registered
                 .store(true, std::sync::atomic::Ordering::Release);
         }
+        *self.head.lock() = Some((seq, prev));
         Ok(hashes)
+    }
+}
+
+/// A batch rendered off a head, as the columns of its rows.
+struct Rows {
+    base_hash: String,
+    head_seq: i64,
+    head_hash: String,
+    seqs: Vec<i64>,
+    tss: Vec<String>,
+    lines: Vec<String>,
+    prevs: Vec<String>,
+    hashes: Vec<String>,
+}
+
+impl Rows {
+    fn render(events: &mut [Event], mut seq: i64, mut prev: String) -> Rows {
+        let base_hash = prev.clone();
+        let n = events.len();
+        let (mut seqs, mut tss, mut lines, mut prevs, mut hashes) = (
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+            Vec::with_capacity(n),
+        );
+        let mut buf = Vec::new();
+        for ev in events.iter_mut() {
+            buf.clear();
+            let hash = render(ev, &prev, &mut buf);
+            let line = String::from_utf8_lossy(&buf).trim_end().to_string();
+            seq += 1;
+            seqs.push(seq);
+            tss.push(ev.ts.clone());
+            lines.push(line);
+            prevs.push(std::mem::replace(&mut prev, hash.clone()));
+            hashes.push(hash);
+        }
+        Rows {
+            base_hash,
+            head_seq: seq,
+            head_hash: prev,
+            seqs,
+            tss,
+            lines,
+            prevs,
+            hashes,
+        }
     }
 }
 
