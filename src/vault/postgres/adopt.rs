@@ -17,16 +17,14 @@ impl Inner {
     /// is exactly the generation the write started from (`meta` was locked, so
     /// nothing else committed in between): costs the change, not the vault (a full
     /// load opens every record). Else (or if a record fails) `after_write` loads.
-    pub(super) async fn adopt(
-        &self,
-        base: u64,
-        edits: Option<Vec<Edit>>,
-        data_key: &Arc<Key>,
-    ) -> bool {
+    ///
+    /// The caller holds `loading` from before its write transaction to here, so
+    /// the LISTEN task, woken by our own NOTIFY, finds this generation current
+    /// and loads nothing (instead of a full load the write would wait behind).
+    pub(super) fn adopt(&self, base: u64, edits: Option<Vec<Edit>>, data_key: &Arc<Key>) -> bool {
         let Some(edits) = edits else {
             return false;
         };
-        let _one = self.loading.lock().await;
         let cur = self.current.load_full();
         if cur.generation() != base || self.seen.load(Ordering::SeqCst) > base {
             return false;

@@ -24,6 +24,8 @@ impl Inner {
         self.writable()?;
         let err = |e: tokio_postgres::Error| dberr(self.path_str(), describe(&e));
         let db = self.db();
+        // Taken before the pool client, as `refresh` does (one lock order).
+        let loading = self.loading.lock().await;
         let mut c = self.client().await?;
         let tx = raw(&mut c).transaction().await.map_err(err)?;
         let (mut draft, before) = self.draft(&db, &tx, Some(change.touches())).await?;
@@ -38,7 +40,10 @@ impl Inner {
             .then(|| super::adopt::edits_of(&before.records, &before.agents, &draft));
         self.write(&db, &tx, &draft, before).await?;
         tx.commit().await.map_err(err)?;
-        if !self.adopt(base, edits, &draft.data_key).await {
+        drop(c);
+        let adopted = self.adopt(base, edits, &draft.data_key);
+        drop(loading);
+        if !adopted {
             self.after_write().await;
         }
         Ok((applied, undo))
