@@ -6,7 +6,6 @@
 //! runs on a small runtime of its own and callers wait on a channel, never a
 //! proxy worker (the request path only loads the snapshot). docs/store.md.
 
-mod adopt;
 mod batch;
 pub mod connect;
 mod digest;
