@@ -132,8 +132,7 @@ fn two_replicas_keep_their_own_chains_verify_and_merge() {
 /// append stores nothing and it re-reads the head under the lock: one chain, no fork.
 #[test]
 fn two_writers_with_one_replica_id_keep_one_chain() {
-    let Some((_pg, _dir, cfg, rt)) = setup("two_writers_with_one_replica_id_keep_one_chain")
-    else {
+    let Some((_pg, _dir, cfg, rt)) = setup("two_writers_with_one_replica_id_keep_one_chain") else {
         return;
     };
     let p = pool(&cfg);
