@@ -10,19 +10,16 @@ mod common;
 use bytes::Bytes;
 use common::cli::CliEnv;
 use common::pg::Pg;
+use common::store::{agent, config, set, value_of, MASTER};
 use common::{assert_no_leak, Kw, KwBuilder};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use keyward::config::{Config, VaultConfig};
 use keyward::secret::Secret;
-use keyward::vault::{
-    open_store, AgentRecord, Change, MasterKey, SetOptions, Store, Vault, VaultError,
-};
+use keyward::vault::{open_store, Change, MasterKey, SetOptions, Store, Vault, VaultError};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-/// One master key for every replica of a test (base64 of 32 bytes).
-const MASTER: &str = "a2V5d2FyZC10ZXN0LW1hc3Rlci1rZXktMzItYnl0ZXM=";
 /// SPEC §10: a change through any replica is in effect on all within this.
 const PROPAGATION: Duration = Duration::from_secs(1);
 const ADMIN_TOKEN: &str = "kwadm-all-0123456789abcdef";
@@ -43,43 +40,12 @@ fn replica_toml(toml: &str) -> KwBuilder {
         .before_start(|dir| std::fs::write(dir.join("master.key"), format!("{MASTER}\n")).unwrap())
 }
 
-/// A config (for library calls) naming the cluster, with the shared master key.
-fn config(pg: &Pg, schema: &str, dir: &std::path::Path) -> Config {
-    std::fs::write(dir.join("master.key"), format!("{MASTER}\n")).unwrap();
-    let text = format!(
-        "[vault]\npath = \"{d}/vault.kw\"\nmaster_key_file = \"{d}/master.key\"\n{}",
-        pg.store_toml(schema),
-        d = dir.display()
-    );
-    Config::parse(&text, "<test>").unwrap()
-}
-
 /// A cluster for one test, a temp dir and a store config on schema `keyward`.
 fn pg_config(name: &str) -> Option<(Pg, tempfile::TempDir, Config)> {
     let pg = Pg::start(name)?;
     let dir = tempfile::tempdir().unwrap();
     let cfg = config(&pg, "keyward", dir.path());
     Some((pg, dir, cfg))
-}
-
-fn set(v: &dyn Store, scope: &str, name: &str, value: &str) -> Result<u32, VaultError> {
-    let change = Change::SetSecret {
-        scope: scope.into(),
-        name: name.into(),
-        value: Secret::from_str(value),
-        kind: None,
-        options: SetOptions::default(),
-    };
-    v.apply(change)
-        .and_then(|(a, _)| a.into_meta())
-        .map(|m| m.version)
-}
-
-fn value_of(v: &dyn Store, scope: &str, name: &str) -> Option<String> {
-    v.snapshot()
-        .get(scope, name)
-        .unwrap()
-        .map(|o| String::from_utf8(o.value.expose().to_vec()).unwrap())
 }
 
 /// One admin API call with the all-permissions token.
@@ -243,18 +209,6 @@ fn concurrent_rotations_through_two_replicas_lose_no_update() {
         pg.sql("SELECT version FROM keyward.records WHERE name = 'K'"),
         (2 * EACH + 1).to_string()
     );
-}
-
-fn agent(id: &str) -> AgentRecord {
-    AgentRecord {
-        id: id.into(),
-        token_sha256: "a".repeat(64),
-        chain: None,
-        owner: None,
-        builder: None,
-        secrets: None,
-        created: "2026-01-01T00:00:00Z".into(),
-    }
 }
 
 #[test]

@@ -17,68 +17,23 @@ mod common;
 use bytes::Bytes;
 use common::cli::CliEnv;
 use common::pg::Pg;
+use common::store::{agent, config, set, value_of, MASTER};
 use common::{Kw, KwBuilder};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use keyward::config::Config;
 use keyward::secret::Secret;
-use keyward::vault::{open_store, AgentRecord, Change, Freshness, SetOptions, Store, VaultError};
+use keyward::vault::{open_store, Change, Freshness, Store};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// One master key for every replica of a test (base64 of 32 bytes).
-const MASTER: &str = "a2V5d2FyZC10ZXN0LW1hc3Rlci1rZXktMzItYnl0ZXM=";
 const ADMIN_TOKEN: &str = "kwadm-all-0123456789abcdef";
 const BIN: &str = env!("CARGO_BIN_EXE_keyward");
 /// How long a test waits for something that should happen at once (a refresh,
 /// a process start); a deadline for a hang, not a measured number.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-/// A config (for library calls) naming schema `schema` of the cluster.
-fn config(pg: &Pg, schema: &str, dir: &std::path::Path) -> Config {
-    std::fs::write(dir.join("master.key"), format!("{MASTER}\n")).unwrap();
-    let text = format!(
-        "[vault]\npath = \"{d}/vault.kw\"\nmaster_key_file = \"{d}/master.key\"\n{}",
-        pg.store_toml(schema),
-        d = dir.display()
-    );
-    Config::parse(&text, "<test>").unwrap()
-}
-
-fn set(v: &dyn Store, scope: &str, name: &str, value: &str) -> Result<u32, VaultError> {
-    let change = Change::SetSecret {
-        scope: scope.into(),
-        name: name.into(),
-        value: Secret::from_str(value),
-        kind: None,
-        options: SetOptions::default(),
-    };
-    v.apply(change)
-        .and_then(|(a, _)| a.into_meta())
-        .map(|m| m.version)
-}
-
-fn value_of(v: &dyn Store, scope: &str, name: &str) -> Option<String> {
-    v.snapshot()
-        .get(scope, name)
-        .unwrap()
-        .map(|o| String::from_utf8(o.value.expose().to_vec()).unwrap())
-}
-
-fn agent(id: &str) -> AgentRecord {
-    AgentRecord {
-        id: id.into(),
-        token_sha256: common::sha256_hex(&format!("tok-{id}")),
-        chain: None,
-        owner: None,
-        builder: None,
-        secrets: None,
-        created: "2026-01-01T00:00:00Z".into(),
-    }
-}
 
 /// Waits until `running` refuses what the database holds now (the tampering
 /// below bumps the generation and notifies, as an attacker hiding nothing would

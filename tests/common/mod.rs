@@ -11,6 +11,7 @@ pub mod kw;
 pub mod leaks;
 pub mod pg;
 pub mod seed;
+pub mod store;
 pub mod tools;
 pub mod vault;
 
