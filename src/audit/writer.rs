@@ -334,35 +334,42 @@ impl AuditLog {
                 return;
             }
             let (mut events, senders): (Vec<Event>, Vec<_>) = batch.into_iter().unzip();
-            let mut inner = self.inner();
-            let written = self.append_file_or_release(&mut inner, &mut events, true);
-            match (written, &self.db) {
-                (Ok(hashes), Some(db)) => {
-                    // SECURITY: the batch's requests are released only once the
-                    // database (or the fsync'd spool) has their lines; an error
-                    // there fails them closed. Submitted under the lock, so the
-                    // database chain takes batches in file order; not waited
-                    // for here, so the next batch forms meanwhile.
-                    db.submit(
-                        events,
-                        Box::new(move |events, stored| {
-                            let rows = senders.into_iter().zip(events).zip(hashes);
-                            for ((done, ev), hash) in rows {
-                                let r = match &stored {
-                                    Ok(()) => Ok(hash),
-                                    Err(e) => Err(e.duplicate()),
-                                };
-                                let _ = done.send((ev, r));
-                            }
-                        }),
-                    );
+            let written = {
+                let mut inner = self.inner();
+                let written = self.append_file_or_release(&mut inner, &mut events, true);
+                match (written, &self.db) {
+                    (Ok(hashes), Some(db)) => {
+                        // SECURITY: the batch's requests are released only once the
+                        // database (or the fsync'd spool) has their lines; an error
+                        // there fails them closed. Submitted under the lock, so the
+                        // database chain takes batches in file order; not waited
+                        // for here, so the next batch forms meanwhile.
+                        db.submit(
+                            events,
+                            Box::new(move |events, stored| {
+                                let rows = senders.into_iter().zip(events).zip(hashes);
+                                for ((done, ev), hash) in rows {
+                                    let r = match &stored {
+                                        Ok(()) => Ok(hash),
+                                        Err(e) => Err(e.duplicate()),
+                                    };
+                                    let _ = done.send((ev, r));
+                                }
+                            }),
+                        );
+                        continue;
+                    }
+                    (written, _) => written,
                 }
-                (Ok(hashes), None) => {
+            };
+            // The file alone: the requests are told outside the writer's lock.
+            match written {
+                Ok(hashes) => {
                     for ((done, ev), hash) in senders.into_iter().zip(events).zip(hashes) {
                         let _ = done.send((ev, Ok(hash)));
                     }
                 }
-                (Err(e), _) => {
+                Err(e) => {
                     for (done, ev) in senders.into_iter().zip(events) {
                         let _ = done.send((ev, Err(e.duplicate())));
                     }
