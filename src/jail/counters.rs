@@ -75,8 +75,8 @@ pub fn install() -> bool {
             return false;
         }
     }
-    // Only with the rules in place: an echo request must be dropped, not
-    // answered by the jail's own loopback.
+    // SECURITY: ping sockets are opened only with the rules in place: an echo
+    // request must be dropped (and counted), not answered by the jail's own loopback.
     for range in PING_GROUPS {
         if std::fs::write(PING_GROUP_RANGE, range).is_ok() {
             break;

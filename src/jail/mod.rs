@@ -81,6 +81,8 @@ pub fn run(opts: Options) -> Result<u8, JailError> {
         let (ns, sockets) = netns::create(&opts.ports, opts.proxy_port, &nameservers)?;
         Jail::Root(ns, sockets)
     } else {
+        // SECURITY: without root there is no switching to another uid; refusing
+        // `--user` beats silently running CMD as the caller instead.
         if opts.user_given {
             return Err(JailError::User(
                 "--user needs root; without it CMD runs as you (uid 0 of its user namespace)"

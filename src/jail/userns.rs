@@ -243,6 +243,8 @@ fn make(
     let write = |path: &str, text: String| {
         std::fs::write(path, text).map_err(|e| JailError::Setup(format!("{path}: {e}")))
     };
+    // SECURITY: uid/gid 0 inside map to the invoking user only, and setgroups is
+    // denied (else CMD could drop a group that a file's permissions deny it).
     write("/proc/self/setgroups", "deny".into())?;
     write("/proc/self/uid_map", format!("0 {uid} 1\n"))?;
     write("/proc/self/gid_map", format!("0 {gid} 1\n"))?;
